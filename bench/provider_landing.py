@@ -1,0 +1,315 @@
+"""Benchmark 1: provider landing, credflow against the CLI chain on the same bytes.
+
+    .venv/bin/python bench/provider_landing.py            # 8 files, 1 GiB; then one 2 GiB file
+    .venv/bin/python bench/provider_landing.py --quick    # 8 files, 32 MiB; then one 64 MiB file
+
+Data: GPG-encrypted (to credflow's local key, no compression, as providers send large files)
+gzip CSV, in N files on the local sshd, made fresh in a temporary directory. The gzip stream is
+a series of identical gzip members of one generated CSV block (valid gzip: `gunzip` and Python
+read every member); the CSV is random-valued rows that compress about 2.7:1, like real rosters.
+
+credflow: `sync(build_definitions(config), instance, sensor_names=[provider sensor])` in a child
+process: the sensor tick, then per file a run of `raw` (SFTP → S3 raw copy) and `landed` (S3 raw →
+verify → gpg decrypt → gunzip → multipart upload to data/csv/…). Peak RSS is that child's VmHWM.
+
+Baseline (the practical limit, the same bytes, the same S3): OpenSSH `sftp -b` get of all files in
+one session, `gpg --decrypt` each, `gunzip` each, boto3 `upload_file` each (default TransferConfig).
+
+MB/s = encrypted input bytes / wall time (MB = 10^6 bytes; sizes in MiB/GiB are binary).
+The single big file is landed by credflow alone, for its peak RSS (and its rate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    MiB,
+    bench_stack,
+    bench_workdir,
+    child_result,
+    print_machine,
+    progress_with_rss,
+    run_child,
+    table,
+    write_json,
+)
+
+PROVIDER = "acme_health"
+SENSOR = f"provider_feed_{PROVIDER}_sensor"
+MB = 1_000_000
+BLOCK_ROWS = 400_000  # ~36 MiB of CSV per generated block
+
+
+# ------------------------------------------------------------------------------ data
+
+
+def csv_block(rows: int, seed: int) -> bytes:
+    """Random-valued roster rows (compress ~2.7:1 with gzip -6)."""
+    rng = random.Random(seed)
+    first = ["Amara", "Ben", "Chloe", "Dev", "Ebony", "Femi", "Grace", "Hassan", "Isla", "Jamal"]
+    last = ["Adeyemi", "Brown", "Chen", "Doherty", "Evans", "Fernandes", "Green", "Hussain"]
+    states = ["NY", "CA", "TX", "FL", "WA", "IL"]
+    lines = []
+    for index in range(rows):
+        lines.append(
+            f"m-{rng.randrange(10**9):09d},{rng.choice(first)},{rng.choice(last)},"
+            f"{rng.randrange(10**10):010d},{rng.choice(states)},"
+            f"{rng.randrange(1, 10**6) / 100:.2f},20{rng.randrange(10, 25)}-"
+            f"{rng.randrange(1, 13):02d}-{rng.randrange(1, 29):02d},"
+            f"note {rng.randrange(10**6)}\n"
+        )
+    return "".join(lines).encode()
+
+
+def make_gzip_csv(path: Path, target_bytes: int, member: bytes, member_plain: int,
+                  header: bytes) -> int:
+    """A gzip file of about `target_bytes`: a header member, then copies of `member`; returns
+    the CSV bytes it holds (without the header)."""
+    plain = 0
+    with open(path, "wb") as out:
+        out.write(gzip.compress(header, mtime=0))
+        written = out.tell()
+        while written < target_bytes:
+            out.write(member)
+            written += len(member)
+            plain += member_plain
+    return plain
+
+
+
+def generate(outbox: Path, scratch: Path, home: Path, sizes: list[tuple[str, int]]) -> dict:
+    """Encrypted gzip CSVs in the outbox (written under a dot-name, then renamed)."""
+    from credflow_assets.local.gpg_keys import encrypt_file
+    from credflow_assets.local.seed_provider_feeds import demo_provider_gpg
+
+    started = time.monotonic()
+    # A member of at most a quarter of the smallest file (~30,000 rows per MiB of gzip).
+    rows = max(10_000, min(BLOCK_ROWS, min(size for _, size in sizes) * 30_000 // MiB // 4))
+    block = csv_block(rows, seed=8)
+    member = gzip.compress(block, compresslevel=6, mtime=0)
+    header = b"member_id,first_name,last_name,npi,license_state,amount,date,notes\n"
+    print(f"CSV block {len(block) / MiB:.1f} MiB → gzip member {len(member) / MiB:.1f} MiB "
+          f"(ratio {len(block) / len(member):.2f})")
+    files = {}
+    outbox.mkdir(parents=True, exist_ok=True)
+    with demo_provider_gpg(home) as keys:
+        for name, size in sizes:
+            gz = scratch / (name.removesuffix(".gpg"))
+            plain = make_gzip_csv(gz, size, member, len(block), header)
+            hidden = outbox / f".{name}.writing"
+            encrypt_file(keys.homedir, gz, hidden, [keys.credflow_fingerprint])
+            gz.unlink()
+            os.replace(hidden, outbox / name)
+            files[name] = {"encrypted_bytes": (outbox / name).stat().st_size,
+                           "csv_bytes": plain + len(header)}
+    total = sum(f["encrypted_bytes"] for f in files.values())
+    print(f"generated {len(files)} file(s), {total / MiB:,.0f} MiB encrypted, in "
+          f"{time.monotonic() - started:.0f}s")
+    return files
+
+
+# ------------------------------------------------------------------------------ credflow
+
+
+def child_credflow(options: dict) -> None:
+    """In the child: one sync of the provider sensor; stage seconds from the materializations."""
+    import dagster as dg
+
+    from credflow_assets.config import load_config
+    from credflow_assets.definitions import build_definitions
+    from credflow_assets.provider_feeds.assets import LANDED_KEY, RAW_KEY
+    from credflow_assets.sync import sync
+
+    profile = options.get("profile")
+    started = time.monotonic()
+    defs = build_definitions(load_config(os.environ["CREDFLOW_CONFIG"]))
+    with dg.DagsterInstance.get() as instance:
+        load_seconds = time.monotonic() - started
+        profiler = None
+        if profile:
+            from pyinstrument import Profiler
+
+            profiler = Profiler(interval=0.005)
+            profiler.start()
+        t0 = time.monotonic()
+        report = sync(defs, instance, sensor_names=[SENSOR], progress=progress_with_rss)
+        seconds = time.monotonic() - t0
+        if profiler is not None:
+            profiler.stop()
+            Path(profile).write_text(profiler.output_text(unicode=True, show_all=False))
+        stages: dict[str, float] = {}
+        for key, names in ((RAW_KEY, ("download", "upload")),
+                           (LANDED_KEY, ("fetch_raw", "verify", "decrypt", "decompress",
+                                         "inspect", "upload"))):
+            records = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=key), limit=1000).records
+            run_ids = {run.run_id for run in report.runs}
+            for record in records:
+                if record.event_log_entry.run_id not in run_ids:
+                    continue
+                metadata = record.asset_materialization.metadata
+                for name in names:
+                    value = metadata.get(f"seconds_{name}")
+                    if value is not None:
+                        label = f"{key.path[-1]}.{name}"
+                        stages[label] = stages.get(label, 0.0) + float(value.value)
+    child_result({
+        "sync_seconds": seconds,
+        "load_seconds": load_seconds,
+        "runs": len(report.runs),
+        "failed": [f"{run.partition}: {run.error}" for run in report.failed],
+        "run_seconds": [run.seconds for run in report.runs],
+        "stages": stages,
+    })
+
+
+# ------------------------------------------------------------------------------ baseline
+
+
+def baseline(env: dict, names: list[str], work: Path, bucket: str) -> dict:
+    """sftp get (one session) → gpg --decrypt → gunzip → boto3 upload_file, file by file."""
+    import boto3
+
+    down = work / "baseline"
+    down.mkdir()
+    remote_dir = f"{PROVIDER}/outbox"
+    batch = down / "batch.txt"
+    batch.write_text("".join(f"get {remote_dir}/{name} {down}/{name}\n" for name in names))
+    stages = {}
+    started = time.monotonic()
+    subprocess.run(
+        ["sftp", "-q", "-b", str(batch), "-P", env["CREDFLOW_SFTP_PORT"],
+         "-i", env["CREDFLOW_SFTP_KEY_FILE"],
+         "-o", f"UserKnownHostsFile={env['CREDFLOW_SFTP_KNOWN_HOSTS']}",
+         "-o", "BatchMode=yes", f"{env['CREDFLOW_SFTP_USER']}@{env['CREDFLOW_SFTP_HOST']}"],
+        check=True, stdout=subprocess.DEVNULL,
+    )
+    stages["sftp get"] = time.monotonic() - started
+    stages["gpg --decrypt"] = stages["gunzip"] = stages["upload_file"] = 0.0
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
+    for name in names:
+        encrypted = down / name
+        gz = down / name.removesuffix(".gpg")
+        t = time.monotonic()
+        subprocess.run(
+            ["gpg", "--homedir", env["CREDFLOW_GPG_HOME"], "--batch", "--yes", "--quiet",
+             "--pinentry-mode", "loopback", "--passphrase", env["CREDFLOW_GPG_PASSPHRASE"],
+             "--output", str(gz), "--decrypt", str(encrypted)],
+            check=True, stderr=subprocess.DEVNULL,
+        )
+        encrypted.unlink()
+        stages["gpg --decrypt"] += time.monotonic() - t
+        t = time.monotonic()
+        subprocess.run(["gunzip", "-f", str(gz)], check=True)
+        stages["gunzip"] += time.monotonic() - t
+        csv_path = down / name.removesuffix(".gz.gpg")
+        t = time.monotonic()
+        client.upload_file(str(csv_path), bucket, f"bench-baseline/{csv_path.name}")
+        stages["upload_file"] += time.monotonic() - t
+        csv_path.unlink()
+    return {"seconds": time.monotonic() - started, "stages": stages}
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (< 1 min)")
+    parser.add_argument("--files", type=int, default=8)
+    parser.add_argument("--total-mib", type=int, help="total encrypted MiB of the N files")
+    parser.add_argument("--big-mib", type=int, help="the single file's MiB (0: skip)")
+    parser.add_argument("--no-baseline", action="store_true", help="credflow only (experiments)")
+    parser.add_argument("--profile", help="write a pyinstrument profile of credflow's sync here")
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child_credflow(json.loads(args.child))
+        return
+
+    total_mib = args.total_mib or (32 if args.quick else 1024)
+    big_mib = args.big_mib if args.big_mib is not None else (64 if args.quick else 2048)
+    info = print_machine()
+    names = [f"roster_part{index:02d}.csv.gz.gpg" for index in range(args.files)]
+    with bench_workdir("landing") as work, bench_stack(work) as (state, config, env):
+        outbox = Path(env["CREDFLOW_SFTP_ROOT"]) / PROVIDER / "outbox"
+        scratch = work / "scratch"
+        scratch.mkdir()
+        files = generate(outbox, scratch, Path(env["CREDFLOW_HOME"]),
+                         [(name, total_mib * MiB // args.files) for name in names])
+        encrypted = sum(f["encrypted_bytes"] for f in files.values())
+        csv_bytes = sum(f["csv_bytes"] for f in files.values())
+
+        if args.no_baseline:
+            base = {"seconds": float("nan"), "stages": {}}
+        else:
+            print(f"\n== baseline: sftp → gpg → gunzip → upload_file ({len(names)} files)")
+            base = baseline(env, names, work, config.buckets.provider_data)
+            print(f"   {base['seconds']:.1f}s")
+
+        print(f"\n== credflow: sensor → raw → landed ({len(names)} files)")
+        options = {"profile": args.profile}
+        cred = run_child([__file__, "--child", json.dumps(options)])
+        if cred["failed"]:
+            raise SystemExit(f"credflow runs failed: {cred['failed']}")
+        print(f"   sync {cred['sync_seconds']:.1f}s, child wall {cred['wall_seconds']:.1f}s")
+
+        big = None
+        if big_mib:
+            for name in names:
+                (outbox / name).unlink()
+            print(f"\n== credflow: one {big_mib:,} MiB file")
+            big_files = generate(outbox, scratch, Path(env["CREDFLOW_HOME"]),
+                                 [("roster_big.csv.gz.gpg", big_mib * MiB)])
+            big = run_child([__file__, "--child", json.dumps({})])
+            if big["failed"]:
+                raise SystemExit(f"credflow run failed: {big['failed']}")
+            big["encrypted_bytes"] = big_files["roster_big.csv.gz.gpg"]["encrypted_bytes"]
+
+    base_rate = encrypted / MB / base["seconds"]
+    cred_rate = encrypted / MB / cred["sync_seconds"]
+    rows = [
+        ["baseline: sftp, gpg, gunzip, upload_file", f"{encrypted / MiB:,.0f} MiB",
+         base["seconds"], base_rate, "1.00", "-"],
+        ["credflow: sync (tick + raw + landed runs)", f"{encrypted / MiB:,.0f} MiB",
+         cred["sync_seconds"], cred_rate, f"{cred_rate / base_rate:.2f}",
+         f"{cred['peak_rss_mb']:.0f} MB"],
+    ]
+    if big:
+        big_rate = big["encrypted_bytes"] / MB / big["sync_seconds"]
+        rows.append([f"credflow: one {big_mib:,} MiB file", f"{big['encrypted_bytes'] / MiB:,.0f} MiB",
+                     big["sync_seconds"], big_rate, "-", f"{big['peak_rss_mb']:.0f} MB"])
+    print(f"\nProvider landing: {len(names)} encrypted gzip CSV files, {encrypted / MiB:,.0f} MiB "
+          f"encrypted, {csv_bytes / MiB:,.0f} MiB of CSV")
+    print(table(["pipeline", "input", "seconds", "MB/s", "ratio", "peak RSS"], rows))
+    print("\nbaseline stages (s): " + ", ".join(f"{k} {v:.1f}" for k, v in base["stages"].items()))
+    print("credflow stages (s, summed over runs): "
+          + ", ".join(f"{k} {v:.1f}" for k, v in cred["stages"].items()))
+    overhead = cred["sync_seconds"] - sum(cred["stages"].values())
+    print(f"credflow outside the timed stages (tick, settle, hashing, Dagster): {overhead:.1f}s")
+    print(f"credflow child: peak RSS {cred['peak_rss_mb']:.0f} MB (VmHWM), process tree "
+          f"{cred['tree_peak_rss_mb']:.0f} MB (sampled, incl. gpg)")
+    if big:
+        print(f"big file: peak RSS {big['peak_rss_mb']:.0f} MB (VmHWM), tree "
+              f"{big['tree_peak_rss_mb']:.0f} MB; stages: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in big["stages"].items()))
+    print(f"targets: ratio ≥ 0.8 → {cred_rate / base_rate:.2f}; peak RSS ≤ 300 MB → "
+          f"{max([cred['peak_rss_mb']] + ([big['peak_rss_mb']] if big else [])):.0f} MB")
+    write_json(args.json, {"machine": info, "files": len(names), "encrypted_bytes": encrypted,
+                           "csv_bytes": csv_bytes, "baseline": base, "credflow": cred,
+                           "big": big, "ratio": cred_rate / base_rate})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""credflow: the Dagster code location for a therapist-credentialing operation's file flows."""

@@ -1,0 +1,453 @@
+"""The `credflow` command: the local stack, the config, and running the sensors in-process."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from credflow_assets.config import ConfigError, load_config, resolve_config_path, to_public_dict
+
+
+class _Settings:
+    def __init__(self, config_path: str | None, home: str | None):
+        self._config_path = config_path
+        self._home = home
+
+    @property
+    def config_path(self) -> Path:
+        return resolve_config_path(self._config_path)
+
+    @property
+    def home(self) -> Path:
+        from credflow_assets.local.stack import stack_home
+
+        return stack_home(self._home)
+
+    def config(self):
+        try:
+            return load_config(self.config_path)
+        except ConfigError as error:
+            raise click.ClickException(str(error)) from None
+
+    def resources(self, *names: str):
+        """Initialized resources (env settings resolved), as a Dagster run would get them.
+
+        As in any non-asset context, dagster-aws hands out `s3` as the boto3 client itself.
+        """
+        import dagster as dg
+
+        from credflow_assets.resources.from_config import build_resources
+
+        available = build_resources(self.config())
+        return dg.build_resources({name: available[name] for name in names})
+
+    def adopt_stack_environment(self) -> None:
+        """When the local stack is up, point everything at it (explicit variables still win)."""
+        from credflow_assets.local.stack import StackState, environment
+
+        state = StackState.load(self.home)
+        if state is None or not all(state.running(name) for name in state.services):
+            return
+        if not state.services:
+            return
+        for name, value in environment(state, self.config()).items():
+            os.environ.setdefault(name, value)
+
+
+@click.group()
+@click.option("--config", "config_path", envvar="CREDFLOW_CONFIG", type=click.Path(dir_okay=False),
+              help="The config file [default: $CREDFLOW_CONFIG, else ./credflow.yaml].")
+@click.option("--home", envvar="CREDFLOW_HOME", type=click.Path(file_okay=False),
+              help="Where the local stack keeps its state [default: $CREDFLOW_HOME, else ./.credflow].")
+@click.pass_context
+def main(context: click.Context, config_path: str | None, home: str | None) -> None:
+    """credflow: therapist-credentialing file flows on Dagster."""
+    context.obj = _Settings(config_path, home)
+
+
+# --- config -------------------------------------------------------------------------------
+
+@main.group()
+def config() -> None:
+    """Inspect the configuration."""
+
+
+@config.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (secrets masked).")
+@click.pass_obj
+def config_show(settings: _Settings, as_json: bool) -> None:
+    """Print the effective config, with every secret masked."""
+    settings.adopt_stack_environment()
+    public = {"config_file": str(settings.config_path), **to_public_dict(settings.config())}
+    if as_json:
+        click.echo(json.dumps(public, indent=2))
+    else:
+        import yaml
+
+        click.echo(yaml.safe_dump(public, sort_keys=False))
+
+
+# --- local stack --------------------------------------------------------------------------
+
+@main.group()
+def local() -> None:
+    """The embedded local stack: moto (S3, SQS, Glue), sshd (SFTP), the Drive server, SQLite."""
+
+
+@local.command("up")
+@click.pass_obj
+def local_up(settings: _Settings) -> None:
+    """Start the local services (those not already running) and provision them."""
+    from credflow_assets.local import stack
+
+    state = stack.up(settings.home, settings.config(), settings.config_path)
+    for name, service in state.services.items():
+        click.echo(f"{name:6} running  pid {service['pid']:<7} 127.0.0.1:{service['port']}")
+    click.echo(f"state in {settings.home}; `eval \"$(credflow local env)\"` to use it from a shell")
+
+
+@local.command("down")
+@click.pass_obj
+def local_down(settings: _Settings) -> None:
+    """Stop the local services (their data stays for the next `up`)."""
+    from credflow_assets.local import stack
+
+    stopped = stack.down(settings.home)
+    click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@local.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def local_status(settings: _Settings, as_json: bool) -> None:
+    """Show which local services run, with pid and port; exits 1 when any is down."""
+    from credflow_assets.local import stack
+
+    report = stack.status(settings.home)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        for name, service in report.items():
+            where = f"pid {service['pid']:<7} 127.0.0.1:{service['port']}" if service["running"] else ""
+            click.echo(f"{name:6} {'running' if service['running'] else 'stopped':8} {where}")
+    sys.exit(0 if all(service["running"] for service in report.values()) else 1)
+
+
+@local.command("env")
+@click.pass_obj
+def local_env(settings: _Settings) -> None:
+    """Print `export` lines for the running stack: eval "$(credflow local env)"."""
+    from credflow_assets.local import stack
+
+    try:
+        state = stack.require_running(settings.home)
+    except RuntimeError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(stack.export_lines(stack.environment(state, settings.config())))
+
+
+@local.command("seed")
+@click.pass_obj
+def local_seed(settings: _Settings) -> None:
+    """Load demo data into the running stack for the flows that exist."""
+    from credflow_assets.local import seed, stack
+
+    try:
+        state = stack.require_running(settings.home)
+    except RuntimeError as error:
+        raise click.ClickException(str(error)) from None
+    settings.adopt_stack_environment()
+    with settings.resources("drive", "s3", "directory_db") as resources:
+        for line in seed.seed(settings.config(), resources):
+            click.echo(line)
+
+
+# --- running ------------------------------------------------------------------------------
+
+@main.command("sync")
+@click.option("--sensor", "sensor_names", multiple=True, help="Only this sensor (repeatable).")
+@click.option("--verbose", is_flag=True, help="Also print Dagster's own event log lines.")
+@click.pass_obj
+def sync_command(settings: _Settings, sensor_names: tuple[str, ...], verbose: bool) -> None:
+    """Evaluate every sensor and run what it requests, in-process, to completion.
+
+    Exits 1 when a run failed, naming the failed partitions.
+    """
+    settings.adopt_stack_environment()
+    if not os.environ.get("DAGSTER_HOME"):
+        raise click.ClickException(
+            "DAGSTER_HOME is not set: start the local stack (`credflow local up`) or set it"
+        )
+    import dagster as dg
+
+    from credflow_assets.definitions import build_definitions
+    from credflow_assets.sync import sync
+
+    defs = build_definitions(settings.config())
+    with dg.DagsterInstance.get() as instance:
+        report = sync(defs, instance, sensor_names=list(sensor_names) or None,
+                      progress=click.echo, verbose=verbose)
+    ok_runs = len(report.runs) - len(report.failed)
+    click.echo(
+        f"sync: {len(report.runs)} run(s), {ok_runs} succeeded, {len(report.failed)} failed; "
+        f"{report.partitions_added} new partition(s); "
+        f"{report.skipped_run_keys} request(s) already done"
+    )
+    for run in report.failed:
+        click.echo(f"  FAILED {run.job} partition {run.partition}: {run.error} (run {run.run_id})")
+    for sensor_name, error in report.sensor_errors.items():
+        click.echo(f"  SENSOR ERROR {sensor_name}: {error}")
+    sys.exit(0 if report.ok else 1)
+
+
+@main.command("lineage")
+@click.argument("therapist_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def lineage(settings: _Settings, therapist_id: str, as_json: bool) -> None:
+    """For every upload of a therapist: S3 key, renditions, Drive ids and links, runs, failures."""
+    settings.adopt_stack_environment()
+    import dagster as dg
+
+    from credflow_assets.therapists.lineage import format_lineage, therapist_lineage
+
+    with dg.DagsterInstance.get() as instance:
+        found = therapist_lineage(instance, therapist_id)
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+    else:
+        click.echo("\n".join(format_lineage(found)))
+
+
+@main.command("logs")
+@click.argument("words", nargs=-1, required=True, metavar="[diff] PARTITION")
+@click.option("--run", "run_id", help="This run's log instead of the latest.")
+@click.option("--flow", help="Only this flow's logs (therapists, drive_feeds, …).")
+@click.pass_obj
+def logs(settings: _Settings, words: tuple[str, ...], run_id: str | None,
+         flow: str | None) -> None:
+    """Print a file's latest parse log (or --run's); `logs diff PARTITION` compares the last two."""
+    settings.adopt_stack_environment()
+    from credflow_assets.parse_logs import diff_logs, list_logs, read_log
+
+    diff = len(words) == 2 and words[0] == "diff"
+    if len(words) != 1 and not diff:
+        raise click.UsageError("expected PARTITION or `diff PARTITION`")
+    partition = words[-1]
+    bucket = settings.config().buckets.logs
+    with settings.resources("s3") as resources:
+        client = resources.s3
+        found = list_logs(client, bucket, partition, flow=flow)
+        if run_id:
+            found = [entry for entry in found if entry["run_id"] == run_id]
+        if not found or (diff and len(found) < 2):
+            what = f"run {run_id}" if run_id else ("two parses" if diff else "a parse")
+            raise click.ClickException(
+                f"no parse log for {what} of partition {partition!r} in s3://{bucket}/"
+            )
+        if diff:
+            older, newer = found[-2], found[-1]
+            click.echo(diff_logs(read_log(client, bucket, older["key"]),
+                                 read_log(client, bucket, newer["key"]),
+                                 f"run {older['run_id']}", f"run {newer['run_id']}")
+                       or "the last two parses logged the same lines")
+        else:
+            latest = found[-1]
+            click.echo(f"# s3://{bucket}/{latest['key']}", err=True)
+            click.echo(read_log(client, bucket, latest["key"]), nl=False)
+
+
+@main.group()
+def feeds() -> None:
+    """Drive inbound feeds."""
+
+
+@feeds.command("status")
+@click.pass_obj
+def feeds_status(settings: _Settings) -> None:
+    """Each feed's table, latest processed files and outbound summaries."""
+    settings.adopt_stack_environment()
+    from credflow_assets.drive_feeds.status import feed_status_lines
+
+    with settings.resources("drive", "tables_db") as resources:
+        for line in feed_status_lines(settings.config(), resources.tables_db.get_engine(),
+                                      resources.drive):
+            click.echo(line)
+
+
+@main.group()
+def mpf() -> None:
+    """Magically Processed Folders: audit and repair."""
+
+
+@mpf.command("audit")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def mpf_audit(settings: _Settings, as_json: bool) -> None:
+    """List misplaced files, nested, duplicate and id-less folders, and missing uploads.
+
+    Exits 1 when there is anything to repair.
+    """
+    settings.adopt_stack_environment()
+    from credflow_assets.therapists.audit import audit_mpf
+
+    config = settings.config()
+    with settings.resources("drive", "s3") as resources:
+        report = audit_mpf(resources.drive, config.drive.mpf_root_folder_id,
+                           s3_client=resources.s3,
+                           signup_bucket=config.buckets.signup)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        click.echo("\n".join(report.summary_lines()) or "the MPF is clean")
+    sys.exit(0 if report.is_clean else 1)
+
+
+@mpf.command("repair")
+@click.option("--dry-run", is_flag=True, help="Say what would be done; change nothing.")
+@click.pass_obj
+def mpf_repair(settings: _Settings, dry_run: bool) -> None:
+    """Fix what `credflow mpf audit` finds: move files, un-nest folders, merge duplicates."""
+    settings.adopt_stack_environment()
+    from credflow_assets.therapists.audit import audit_mpf, repair_mpf
+    from credflow_assets.therapists.directory import UnknownTherapistError, get_therapist
+
+    config = settings.config()
+    with settings.resources("drive", "s3", "directory_db") as resources:
+        engine = resources.directory_db.get_engine()
+
+        def resolve_therapist(therapist_id: str):
+            try:
+                return get_therapist(engine, therapist_id)
+            except UnknownTherapistError:
+                return None
+
+        report = audit_mpf(resources.drive, config.drive.mpf_root_folder_id,
+                           s3_client=resources.s3,
+                           signup_bucket=config.buckets.signup)
+        actions = repair_mpf(resources.drive, config.drive.mpf_root_folder_id, report,
+                             resolve_therapist=resolve_therapist, dry_run=dry_run)
+    prefix = "would: " if dry_run else ""
+    for action in actions:
+        click.echo(f"{prefix}{action}")
+    click.echo(f"{len(actions)} action(s){' planned' if dry_run else ''}")
+
+
+@main.command("reparse")
+@click.option("--flow", required=True,
+              type=click.Choice(["therapists", "drive_feeds", "provider_feeds", "staged_tables"]))
+@click.option("--feed", help="drive_feeds: only this feed.")
+@click.option("--provider", help="provider_feeds: only this provider.")
+@click.option("--table", help="staged_tables: only this table.")
+@click.option("--since", type=click.DateTime(formats=["%Y-%m-%d"]),
+              help="Only partitions last materialized on or after this date (UTC).")
+@click.option("--partition", "partition_keys", multiple=True, help="This partition (repeatable).")
+@click.option("--webserver", help="Launch as backfills through this Dagster webserver "
+              "[default: $CREDFLOW_WEBSERVER_URL, else 127.0.0.1:3000 if it answers].")
+@click.option("--in-process", is_flag=True, help="Run here even when a webserver is running.")
+@click.option("--verbose", is_flag=True, help="Also print Dagster's own event log lines.")
+@click.pass_obj
+def reparse_command(settings: _Settings, flow: str, feed: str | None, provider: str | None,
+                    table: str | None, since, partition_keys: tuple[str, ...],
+                    webserver: str | None, in_process: bool, verbose: bool) -> None:
+    """Rerun existing partitions of a flow, every run tagged with one credflow/reparse_id.
+
+    With a webserver running, each flow job's partitions become one backfill (the daemon runs
+    them; the UI shows them). Otherwise they run here, in-process, and the command exits 1
+    when a run failed. Each run writes its own parse log beside the earlier ones.
+    """
+    from datetime import timezone
+
+    names = [name for name in (feed, provider, table) if name]
+    if len(names) > 1:
+        raise click.UsageError("give at most one of --feed, --provider, --table")
+    settings.adopt_stack_environment()
+    import dagster as dg
+
+    from credflow_assets.definitions import build_definitions
+    from credflow_assets.reparse import ReparseError, reparse, select_partitions
+
+    defs = build_definitions(settings.config())
+    with dg.DagsterInstance.get() as instance:
+        try:
+            chosen = select_partitions(
+                instance, flow, name=names[0] if names else None,
+                since=since.replace(tzinfo=timezone.utc) if since else None,
+                partitions=list(partition_keys) or None,
+            )
+        except ReparseError as error:
+            raise click.ClickException(str(error)) from None
+        if not chosen:
+            click.echo(f"no {flow} partition matches; nothing to reparse")
+            return
+        url = None if in_process else _webserver_or_fail(webserver)
+        if url:
+            _reparse_as_backfills(url, flow, chosen)
+            return
+        report = reparse(defs, instance, flow, chosen, progress=click.echo, verbose=verbose)
+    click.echo(f"reparse {report.reparse_id}: {len(report.runs)} run(s), "
+               f"{len(report.failed)} failed (find them by tag credflow/reparse_id="
+               f"{report.reparse_id})")
+    for run in report.failed:
+        click.echo(f"  FAILED {run.partition}: {run.error} (run {run.run_id})")
+    sys.exit(1 if report.failed else 0)
+
+
+def _webserver_or_fail(explicit: str | None) -> str | None:
+    from credflow_assets.backfills import BackfillError, find_webserver
+
+    try:
+        return find_webserver(explicit)
+    except BackfillError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _reparse_as_backfills(url: str, flow: str, partitions: list[str]) -> None:
+    from credflow_assets.backfills import BackfillError, launch_backfills
+    from credflow_assets.reparse import REPARSE_TAG, new_reparse_id, partitions_by_job
+
+    reparse_id = new_reparse_id()
+    try:
+        backfill_ids = launch_backfills(
+            url, partitions_by_job(flow, partitions), {REPARSE_TAG: reparse_id},
+            title=f"credflow reparse {reparse_id} ({flow})",
+        )
+    except BackfillError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"reparse {reparse_id}: {len(partitions)} partition(s) of {flow} as "
+               f"{len(backfill_ids)} backfill(s) through {url}")
+    for backfill_id in backfill_ids:
+        click.echo(f"  backfill {backfill_id}: {url}/runs/b/{backfill_id}")
+    click.echo(f"the daemon runs them; find every run by tag {REPARSE_TAG}={reparse_id}")
+
+
+@main.command("dev")
+@click.option("--port", default=3000, show_default=True)
+@click.pass_obj
+def dev(settings: _Settings, port: int) -> None:
+    """Local stack + `dagster dev` (webserver on 127.0.0.1, daemon on: sensors run by themselves)."""
+    from credflow_assets.local import stack
+
+    stack.up(settings.home, settings.config(), settings.config_path)
+    settings.adopt_stack_environment()
+    dagster = Path(sys.executable).with_name("dagster")
+    command = [str(dagster), "dev", "-m", "credflow_assets.definitions",
+               "-h", "127.0.0.1", "-p", str(port)]
+    click.echo(f"Dagster UI on http://127.0.0.1:{port} (Ctrl-C stops it; the stack stays up)")
+    os.execv(command[0], command)
+
+
+def _register_flow_commands() -> None:
+    from credflow_assets.staged_tables.commands import tables
+
+    main.add_command(tables)
+
+
+_register_flow_commands()
+
+if __name__ == "__main__":
+    main()

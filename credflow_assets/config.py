@@ -1,0 +1,320 @@
+"""credflow's configuration: one YAML file, validated by a typed model.
+
+Where things live (buckets, folders, feeds, providers, tables, databases) is written in the file.
+Secrets never are: a secret field only accepts `{env: VARIABLE}`, which becomes a Dagster `EnvVar`
+read at run time. Endpoints that differ between the local stack and production (the moto server's
+port, the local Drive server's URL) use the same `{env: VARIABLE}` form, so the one file serves any
+machine whose environment says where the services are.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CONFIG_ENV_VAR = "CREDFLOW_CONFIG"
+DEFAULT_CONFIG_NAME = "credflow.yaml"
+MASK = "****"
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_RESOURCE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing or invalid; the message names the file and the field."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EnvRef(_Model):
+    """`{env: NAME}`: the value is read from the environment variable NAME when a run needs it."""
+
+    env: str
+
+    @field_validator("env")
+    @classmethod
+    def _valid_name(cls, name: str) -> str:
+        if not _ENV_NAME.match(name):
+            raise ValueError(f"{name!r} is not an environment variable name")
+        return name
+
+    def current_value(self) -> str | None:
+        return os.environ.get(self.env)
+
+
+class Secret(EnvRef):
+    """A secret: only ever `{env: NAME}`, never a literal, so it cannot leak from the file."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_literals(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise ValueError(
+                "secrets are never written in the config file; write {env: VARIABLE_NAME} "
+                "and set that environment variable"
+            )
+        return value
+
+
+StrSetting = Annotated[str | EnvRef, Field(union_mode="left_to_right")]
+IntSetting = Annotated[int | EnvRef, Field(union_mode="left_to_right")]
+
+
+class AwsConfig(_Model):
+    region: str = "us-east-1"
+    # None in production: boto3 then talks to AWS (or honours AWS_ENDPOINT_URL itself).
+    endpoint_url: StrSetting | None = None
+
+
+class BucketsConfig(_Model):
+    signup: str = Field(description="therapist uploads, keyed {therapist_id}/{file}")
+    provider_data: str = Field(description="raw and landed provider files")
+    adhoc: str = Field(description="analysts' staging/ and prod/ tables")
+    logs: str = Field(description="per-file parse logs")
+    renditions: str = Field(description="PDF renditions of therapist uploads, by source etag")
+
+
+class S3EventQueueConfig(_Model):
+    """S3 `ObjectCreated` notifications for a bucket prefix, delivered to an SQS queue."""
+
+    bucket: str = Field(description="a key of `buckets`")
+    prefix: str = ""
+    queue: str
+
+
+class EventsConfig(_Model):
+    signup_uploads: S3EventQueueConfig
+    staging_uploads: S3EventQueueConfig
+
+
+class DriveConfig(_Model):
+    # None in production: the client talks to Google's endpoint.
+    api_url: StrSetting | None = None
+    token: Secret | None = None
+    service_account_file: Secret | None = None
+    mpf_root_folder_id: str
+    num_retries: int = Field(5, ge=0, le=10)
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> DriveConfig:
+        if self.token is None and self.service_account_file is None:
+            raise ValueError("set drive.token (local server) or drive.service_account_file")
+        return self
+
+
+class SqlConfig(_Model):
+    directory_url: StrSetting = Field(description="therapist directory (read only)")
+    tables_url: StrSetting = Field(description="parsed feed tables")
+
+
+class GpgConfig(_Model):
+    homedir: StrSetting
+    passphrase: Secret | None = None
+
+
+class FeedConfig(_Model):
+    name: str
+    inbound_folder_id: str
+    outbound_folder_id: str
+    schema_name: str = Field(alias="schema", description="a DataFrameModel in drive_feeds.schemas")
+    id_column: str
+    date_formats: dict[str, str] = {}
+    table: str
+    # Columns whose change makes a change-history row; empty means every column.
+    tracked_columns: list[str] = []
+
+    @field_validator("name", "table")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        return _check_identifier(value)
+
+
+class SftpConfig(_Model):
+    host: StrSetting
+    port: IntSetting = 22
+    username: StrSetting
+    private_key_file: Secret
+    known_hosts_file: StrSetting | None = None
+    host_key_fingerprint: str | None = None
+
+    @model_validator(mode="after")
+    def _host_key_pinned(self) -> SftpConfig:
+        if self.known_hosts_file is None and self.host_key_fingerprint is None:
+            raise ValueError(
+                "the server's host key must be pinned: set known_hosts_file or host_key_fingerprint"
+            )
+        return self
+
+
+class ProviderConfig(_Model):
+    name: str
+    sftp: SftpConfig
+    remote_dir: str = "."
+    pattern: str = "*"
+    folder: str = Field(description="the provider's folder under data/{type}/")
+    gpg_passphrase: Secret | None = None
+    # The provider's public key (armored): detached `.sig` files are verified against it.
+    signing_key_file: StrSetting | None = None
+    require_signature: bool = False
+    # Decompression stops past this many bytes extracted from one file (zip/gzip bombs).
+    max_extracted_bytes: int = Field(10 * 1024**3, gt=0)
+
+    @field_validator("name")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        return _check_identifier(value)
+
+
+class NotificationsConfig(_Model):
+    # A Slack-compatible incoming webhook; without one, failures are written to the log.
+    webhook_url: Secret | None = None
+
+
+class StagedTableConfig(_Model):
+    name: str
+    schema_name: str | None = Field(None, alias="schema")
+
+    @field_validator("name")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        return _check_identifier(value)
+
+
+class StagedTablesConfig(_Model):
+    glue_database: str
+    staging_prefix: str = "staging/"
+    prod_prefix: str = "prod/"
+    tables: list[StagedTableConfig] = []
+
+
+class CredflowConfig(_Model):
+    aws: AwsConfig = AwsConfig()
+    buckets: BucketsConfig
+    events: EventsConfig
+    drive: DriveConfig
+    sql: SqlConfig
+    gpg: GpgConfig
+    feeds: list[FeedConfig] = []
+    providers: list[ProviderConfig] = []
+    staged_tables: StagedTablesConfig
+    notifications: NotificationsConfig = NotificationsConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CredflowConfig:
+        bucket_keys = set(BucketsConfig.model_fields)
+        for name, queue in (("signup_uploads", self.events.signup_uploads),
+                            ("staging_uploads", self.events.staging_uploads)):
+            if queue.bucket not in bucket_keys:
+                raise ValueError(
+                    f"events.{name}.bucket: {queue.bucket!r} is not one of {sorted(bucket_keys)}"
+                )
+        for kind, names in (("feeds", [f.name for f in self.feeds]),
+                            ("providers", [p.name for p in self.providers]),
+                            ("staged_tables.tables", [t.name for t in self.staged_tables.tables])):
+            duplicates = sorted({n for n in names if names.count(n) > 1})
+            if duplicates:
+                raise ValueError(f"{kind}: names must be unique, repeated: {duplicates}")
+        return self
+
+    def bucket(self, key: str) -> str:
+        return getattr(self.buckets, key)
+
+
+def _check_identifier(value: str) -> str:
+    if not _RESOURCE_NAME.match(value):
+        raise ValueError(
+            f"{value!r} must be lower case letters, digits and underscores, starting with a letter"
+        )
+    return value
+
+
+def resolve_config_path(path: str | os.PathLike | None = None) -> Path:
+    """The config file to use: the given path, else $CREDFLOW_CONFIG, else ./credflow.yaml."""
+    if path is not None:
+        return Path(path).expanduser().resolve()
+    from_env = os.environ.get(CONFIG_ENV_VAR)
+    if from_env:
+        return Path(from_env).expanduser().resolve()
+    return (Path.cwd() / DEFAULT_CONFIG_NAME).resolve()
+
+
+def load_config(path: str | os.PathLike | None = None) -> CredflowConfig:
+    """Read and validate the config file; a bad file raises ConfigError naming file and field."""
+    config_path = resolve_config_path(path)
+    try:
+        text = config_path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{config_path}: config file not found (pass --config, set {CONFIG_ENV_VAR}, "
+            f"or run from a directory holding {DEFAULT_CONFIG_NAME})"
+        ) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError(f"{config_path}{where}: not valid YAML: {problem}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{config_path}: expected a mapping at the top level")
+    try:
+        return CredflowConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_describe_validation_error(config_path, error)) from None
+
+
+def _describe_validation_error(path: Path, error: ValidationError) -> str:
+    # A union field (`int | {env: NAME}`) reports once per branch; join those into one line.
+    problems: dict[str, list[str]] = {}
+    for problem in error.errors(include_url=False, include_input=False):
+        location = ".".join(_location_part(p) for p in problem["loc"] if not _is_branch(p))
+        location = location.replace(".[", "[") or "(top level)"
+        message = problem["msg"].removeprefix("Value error, ")
+        if message not in problems.setdefault(location, []):
+            problems[location].append(message)
+    lines = [f"{path}: {len(problems)} problem(s)"]
+    lines += [f"  {location}: {' — or: '.join(messages)}" for location, messages in problems.items()]
+    return "\n".join(lines)
+
+
+def _location_part(part: int | str) -> str:
+    return f"[{part}]" if isinstance(part, int) else str(part)
+
+
+def _is_branch(part: int | str) -> bool:
+    return isinstance(part, str) and (part in {"str", "int", "EnvRef", "Secret"} or "[" in part)
+
+
+def to_public_dict(config: CredflowConfig) -> dict[str, Any]:
+    """The effective config as plain data, with every secret masked.
+
+    `{env: NAME}` settings show the variable and, for non-secrets, its current value; secrets
+    show only whether the variable is set.
+    """
+    return _public(config)
+
+
+def _public(value: Any) -> Any:
+    if isinstance(value, Secret):
+        is_set = value.current_value() is not None
+        return {"env": value.env, "set": is_set, "value": MASK if is_set else None}
+    if isinstance(value, EnvRef):
+        return {"env": value.env, "value": value.current_value()}
+    if isinstance(value, BaseModel):
+        return {
+            (field.alias or name): _public(getattr(value, name))
+            for name, field in type(value).model_fields.items()
+        }
+    if isinstance(value, list):
+        return [_public(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _public(item) for key, item in value.items()}
+    return value
+

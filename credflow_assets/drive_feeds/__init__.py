@@ -1,0 +1,61 @@
+"""Drive inbound feeds → parsed tables, change history and outbound summaries (source doc 001).
+
+Reads top to bottom: sensors.py (new inbound file revisions, one partition each) → assets.py
+(the inbound sheet, the feed's table, the outbound summary) → checks.py (the pandera schema as
+a blocking check). schemas.py holds one DataFrameModel per feed; validation.py, sheets.py,
+ingest.py and store.py the engine; summary.py the outbound file; status.py a terminal report;
+bench.py a 1,000,000-row benchmark (`python -m credflow_assets.drive_feeds.bench`).
+
+A feed is a config entry plus a DataFrameModel: `build_defs` makes each feed's table asset, job
+and sensor from the config, and checks every feed against its model when the code location
+loads.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import dagster as dg
+
+    from credflow_assets.config import CredflowConfig
+    from credflow_assets.drive_feeds.settings import DriveFeedSettings
+
+FAILURE_SENSOR_NAME = "drive_feeds_failure_notifications"
+
+
+def build_defs(config: CredflowConfig, settings: DriveFeedSettings | None = None) -> dg.Definitions:
+    import dagster as dg
+
+    from credflow_assets.drive_feeds.assets import (
+        build_feed_job,
+        build_inbound_asset,
+        build_records_asset,
+        build_summary_asset,
+    )
+    from credflow_assets.drive_feeds.sensors import build_inbound_sensor
+    from credflow_assets.drive_feeds.settings import DriveFeedSettings, records_key
+    from credflow_assets.drive_feeds.validation import build_plan
+    from credflow_assets.notifications import build_failure_notification_sensor
+
+    if not config.feeds:
+        return dg.Definitions()
+    feeds = {feed.name: feed for feed in config.feeds}
+    plans = [build_plan(feed) for feed in config.feeds]
+    jobs = {feed.name: build_feed_job(feed) for feed in config.feeds}
+    return dg.Definitions(
+        assets=[
+            build_inbound_asset(feeds),
+            *(build_records_asset(plan) for plan in plans),
+            build_summary_asset(feeds, [records_key(name) for name in feeds]),
+        ],
+        jobs=list(jobs.values()),
+        sensors=[
+            *(build_inbound_sensor(feed, jobs[feed.name]) for feed in config.feeds),
+            build_failure_notification_sensor(FAILURE_SENSOR_NAME, list(jobs.values()),
+                                              "drive feeds"),
+        ],
+        resources={
+            "drive_feed_settings": settings or DriveFeedSettings(logs_bucket=config.buckets.logs)
+        },
+    )

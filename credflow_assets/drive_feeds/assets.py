@@ -1,0 +1,315 @@
+"""An inbound sheet → its feed's table (+ change history) → a summary in the outbound folder.
+
+One partition per inbound file revision, keyed `{feed}/{drive file id}/{revision}`: what is
+processed is decided by the Drive id and revision, never by names, dates or file counts. The
+inbound and outbound assets are shared by every feed (the key carries the feed); the table is
+one asset per feed, made by `build_records_asset` from the feed's config and model.
+"""
+
+
+import hashlib
+import shutil
+import tempfile
+from pathlib import Path
+
+import dagster as dg
+from dagster_aws.s3 import S3Resource
+
+from credflow_assets.config import FeedConfig
+from credflow_assets.drive_feeds import checks
+from credflow_assets.drive_feeds.settings import (
+    FEED_TAG,
+    GROUP,
+    INBOUND_KEY,
+    SUMMARY_KEY,
+    DriveFeedSettings,
+    job_name,
+    parse_partition_key,
+    records_key,
+)
+from credflow_assets.drive_feeds.validation import (
+    ENGINE_COLUMNS,
+    FeedPlan,
+)
+from credflow_assets.parse_logs import logged_events
+from credflow_assets.partitions import drive_feed_file_partitions
+from credflow_assets.resources.drive import DriveResource
+from credflow_assets.resources.sql import SqlResource
+
+
+def _file_label(feed: str, name: str, file_id: str, revision: str) -> str:
+    return f"feed {feed}: file {name!r} (Drive id {file_id}, revision {revision})"
+
+
+def cache_dir(instance: dg.DagsterInstance, feed: str, file_id: str, revision: str) -> Path:
+    """Where an inbound file revision is kept between the download and the summary."""
+    return Path(instance.storage_directory()) / "drive_feeds" / feed / file_id / revision
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch_content(drive: DriveResource, sheet: dict, dest: Path) -> str | None:
+    """Download (or, for a Google Sheet, export as CSV) the file to `dest`. Returns the md5 of
+    what arrived, or None for an export (Drive gives Sheets no checksum)."""
+    from credflow_assets.drive_feeds.sheets import GOOGLE_SHEET
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if sheet["kind"] == GOOGLE_SHEET:
+        partial = dest.with_name(dest.name + ".part")
+        partial.write_bytes(drive.export_file(sheet["file_id"], "text/csv"))
+        partial.replace(dest)
+        return None
+    drive.download_file(sheet["file_id"], dest)
+    return _md5(dest)
+
+
+def build_inbound_asset(feeds: dict[str, FeedConfig]) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=INBOUND_KEY,
+        partitions_def=drive_feed_file_partitions,
+        group_name=GROUP,
+        kinds={"googledrive", "csv"},
+        description="An inbound sheet (CSV, XLSX or Google Sheet) from a feed's inbound Drive "
+        "folder, downloaded: one partition per file revision, `{feed}/{drive file id}/{revision}`.",
+    )
+    def inbound_sheet(context: dg.AssetExecutionContext, drive: DriveResource) -> dg.Output[dict]:
+        from credflow_assets.drive_feeds.sheets import SheetError, file_kind, local_name, revision_of
+
+        feed_name, file_id, revision = parse_partition_key(context.partition_key)
+        if feed_name not in feeds:
+            raise dg.Failure(f"partition {context.partition_key}: no feed named {feed_name!r} "
+                             f"in the config ({', '.join(sorted(feeds))})")
+        file = drive.find_file(file_id)
+        if file is None or file.get("trashed"):
+            raise dg.Failure(f"feed {feed_name}: Drive file {file_id} (revision {revision}) was "
+                             "deleted before it was processed")
+        label = _file_label(feed_name, file["name"], file_id, revision)
+        try:
+            kind = file_kind(file["name"], file["mimeType"])
+        except SheetError as error:
+            raise dg.Failure(f"{label}: {error}") from None
+        sheet = {
+            "feed": feed_name, "file_id": file_id, "revision": revision, "name": file["name"],
+            "mime_type": file["mimeType"], "modified_time": file.get("modifiedTime"),
+            "md5": file.get("md5Checksum"), "size": int(file["size"]) if file.get("size") else None,
+            "kind": kind, "link": file.get("webViewLink"), "superseded_by": None,
+        }
+        current = revision_of(file)
+        if current == revision:
+            dest = cache_dir(context.instance, feed_name, file_id, revision) / local_name(file)
+            arrived = fetch_content(drive, sheet, dest)
+            if arrived is not None and arrived != revision:
+                current = arrived  # the content changed between listing and download
+            sheet["local_path"] = str(dest)
+            sheet["size"] = dest.stat().st_size
+        if current != revision:
+            # Drive serves only the newest content; that revision has a partition of its own.
+            sheet["superseded_by"] = current
+            context.log.warning(f"{label}: superseded by revision {current} before it was "
+                                "processed; nothing to do for this revision")
+        else:
+            context.log.info(f"{label}: downloaded {sheet['size']:,} bytes ({kind})")
+        metadata = {
+            "feed": feed_name, "file": file["name"], "drive_file_id": file_id,
+            "revision": revision, "mime_type": file["mimeType"], "kind": kind,
+            "modified_time": file.get("modifiedTime") or "", "md5": file.get("md5Checksum") or "",
+            "size_bytes": sheet["size"] or 0,
+            "superseded_by": sheet["superseded_by"] or "",
+        }
+        if file.get("webViewLink"):
+            metadata["drive_link"] = dg.MetadataValue.url(file["webViewLink"])
+        return dg.Output(sheet, metadata=metadata)
+
+    return inbound_sheet
+
+
+def table_schema(plan: FeedPlan) -> dg.TableSchema:
+    columns = [
+        dg.TableColumn(
+            name=column.name,
+            type=column.kind if not column.date_format or column.date_format == "ISO8601"
+            else f"{column.kind} (read as {column.date_format})",
+            description=column.description,
+            constraints=dg.TableColumnConstraints(
+                nullable=column.name != plan.id_column and column.nullable,
+                unique=column.name == plan.id_column,
+            ),
+        )
+        for column in plan.columns
+    ]
+    columns += [dg.TableColumn(name=name, type="datetime" if name.endswith("_at") else "text",
+                               description="set by credflow")
+                for name in ENGINE_COLUMNS]
+    return dg.TableSchema(columns=columns)
+
+
+def table_metadata(**values) -> dict:
+    """Dagster's table metadata keys (what `TableMetadataSet` writes; it is not exported by
+    dagster 1.13): `dagster/column_schema`, `dagster/row_count`, `dagster/table_name`, …"""
+    return {f"dagster/{key}": value for key, value in values.items() if value is not None}
+
+
+def build_records_asset(plan: FeedPlan) -> dg.AssetsDefinition:
+    feed = plan.feed
+    static_metadata = table_metadata(column_schema=table_schema(plan), table_name=feed.table)
+
+    @dg.asset(
+        key=records_key(feed.name),
+        ins={"sheet": dg.AssetIn(key=INBOUND_KEY)},
+        partitions_def=drive_feed_file_partitions,
+        group_name=GROUP,
+        kinds={"pandas", "sql"},
+        check_specs=[checks.schema_check_spec(plan)],
+        metadata={**static_metadata, "feed": feed.name, "schema": feed.schema_name},
+        description=f"The {feed.name} feed's rows, validated by {feed.schema_name} and upserted "
+        f"into `{feed.table}` by {feed.id_column}; changes of tracked columns are kept in "
+        f"`{feed.table}_history`.",
+    )
+    def records(
+        context: dg.AssetExecutionContext,
+        sheet: dict,
+        drive: DriveResource,
+        tables_db: SqlResource,
+        s3: S3Resource,
+        drive_feed_settings: DriveFeedSettings,
+    ):
+        yield from logged_events(
+            context, _ingest(context, sheet, drive, tables_db, drive_feed_settings),
+            flow=GROUP, s3_client=s3.get_client(), bucket=drive_feed_settings.logs_bucket,
+        )
+
+    def _ingest(context, sheet: dict, drive: DriveResource, tables_db: SqlResource,
+                drive_feed_settings: DriveFeedSettings):
+        from credflow_assets.drive_feeds.ingest import HeaderMismatch, SourceFile, ingest_file
+        from credflow_assets.drive_feeds.sheets import SheetError, SheetReader, local_name
+
+        if sheet["feed"] != feed.name:
+            raise dg.Failure(f"partition {context.partition_key} belongs to feed "
+                             f"{sheet['feed']}, not {feed.name}")
+        source = SourceFile(feed=feed.name, file_id=sheet["file_id"], revision=sheet["revision"],
+                            name=sheet["name"], mime_type=sheet["mime_type"],
+                            modified_time=sheet["modified_time"])
+        label = _file_label(feed.name, source.name, source.file_id, source.revision)
+        if sheet["superseded_by"]:
+            yield dg.MaterializeResult(metadata={
+                "skipped": f"superseded by revision {sheet['superseded_by']}; nothing written"})
+            yield dg.AssetCheckResult(check_name=checks.CHECK_NAME, passed=True,
+                                      description="not checked: revision superseded")
+            return
+        path = Path(sheet.get("local_path") or "")
+        if not path.is_file():  # a rerun elsewhere or after the cache was cleared
+            path = cache_dir(context.instance, feed.name, source.file_id, source.revision) / \
+                local_name({"name": sheet["name"], "mimeType": sheet["mime_type"]})
+            arrived = fetch_content(drive, sheet, path)
+            if arrived is not None and arrived != source.revision:
+                raise dg.Failure(f"{label}: Drive now serves revision {arrived}; this revision's "
+                                 "content is gone (the newer one is its own partition)")
+        try:
+            reader = SheetReader(path, sheet["kind"], feed.date_formats)
+            report = ingest_file(
+                tables_db.get_engine(), plan, reader, source,
+                chunk_rows=drive_feed_settings.chunk_rows, run_id=context.run.run_id,
+                sample_size=drive_feed_settings.metadata_sample_rows, log=context.log.info,
+            )
+        except HeaderMismatch as error:
+            yield checks.header_failure(plan, source, error.problem, error.header)
+            raise dg.Failure(
+                f"{label}: headers do not match {feed.schema_name}: {error}; nothing written",
+                metadata={"missing_columns": error.problem.missing,
+                          "unexpected_columns": error.problem.unexpected},
+            ) from None
+        except SheetError as error:
+            yield checks.unreadable_file(plan, source, str(error))
+            raise dg.Failure(f"{label}: {error}; nothing written") from None
+        context.log.info(
+            f"{label}: {report.rows_read:,} row(s): {report.inserted:,} inserted, "
+            f"{report.updated:,} updated, {report.unchanged:,} unchanged, "
+            f"{report.rejected:,} rejected, {report.history_rows:,} change-history row(s) "
+            f"in {report.seconds:.1f}s"
+        )
+        if report.rejected:
+            context.log.warning(f"{label}: rejected rows by reason: {report.reasons}")
+        yield dg.MaterializeResult(metadata={
+            **table_metadata(column_schema=table_schema(plan), table_name=feed.table,
+                             row_count=report.table_rows, partition_row_count=report.accepted,
+                             storage_kind=tables_db.get_engine().dialect.name),
+            "file": source.name, "drive_file_id": source.file_id, "revision": source.revision,
+            "rows_read": report.rows_read, "inserted": report.inserted,
+            "updated": report.updated, "unchanged": report.unchanged,
+            "rejected": report.rejected, "blank_rows": report.blank_rows,
+            "history_rows": report.history_rows,
+            "seconds": round(report.seconds, 2),
+            "rows_per_second": round(report.rows_read / report.seconds) if report.seconds else 0,
+            "rejections_by_reason": dg.MetadataValue.json(report.reasons),
+            "rejected_rows_sample": dg.MetadataValue.md(
+                checks.rejection_table(report.rejection_sample)),
+        })
+        yield checks.rows_result(plan, source, report)
+
+    return records
+
+
+def build_summary_asset(feeds: dict[str, FeedConfig], records_keys: list[dg.AssetKey]):
+    @dg.asset(
+        key=SUMMARY_KEY,
+        deps=records_keys,
+        partitions_def=drive_feed_file_partitions,
+        group_name=GROUP,
+        kinds={"googledrive"},
+        description="A summary of each processed inbound file in its feed's outbound Drive "
+        "folder: counts and rejected rows with reasons; appProperties link it to the inbound "
+        "file id and revision.",
+    )
+    def outbound_summary(
+        context: dg.AssetExecutionContext, drive: DriveResource, tables_db: SqlResource
+    ) -> dg.MaterializeResult:
+        from credflow_assets.drive_feeds.store import (
+            ensure_bookkeeping,
+            processed_file,
+            rejections_of,
+        )
+        from credflow_assets.drive_feeds.summary import publish_summary, write_summary
+
+        feed_name, file_id, revision = parse_partition_key(context.partition_key)
+        feed = feeds[feed_name]
+        engine = tables_db.get_engine()
+        ensure_bookkeeping(engine)
+        with engine.connect() as connection:
+            record = processed_file(connection, feed_name, file_id, revision)
+            if record is None:
+                return dg.MaterializeResult(metadata={
+                    "skipped": "this revision was not processed (superseded); no summary"})
+            with tempfile.TemporaryDirectory(prefix="credflow-summary-") as work:
+                path = write_summary(Path(work) / "summary.txt", feed, record,
+                                     rejections_of(connection, feed_name, file_id, revision))
+                summary, action = publish_summary(drive, feed, record, path)
+        label = _file_label(feed_name, record["file_name"], file_id, revision)
+        context.log.info(f"{label}: summary {action} in the outbound folder ({summary['id']})")
+        shutil.rmtree(cache_dir(context.instance, feed_name, file_id, revision),
+                      ignore_errors=True)
+        metadata = {
+            "summary_file_id": summary["id"], "summary_name": summary["name"],
+            "action": action, "outbound_folder_id": feed.outbound_folder_id,
+            **{key: record[key] for key in ("inserted", "updated", "unchanged", "rejected")},
+        }
+        if summary.get("webViewLink"):
+            metadata["summary_link"] = dg.MetadataValue.url(summary["webViewLink"])
+        return dg.MaterializeResult(metadata=metadata)
+
+    return outbound_summary
+
+
+def build_feed_job(feed: FeedConfig):
+    return dg.define_asset_job(
+        job_name(feed.name),
+        selection=dg.AssetSelection.assets(INBOUND_KEY, records_key(feed.name), SUMMARY_KEY),
+        executor_def=dg.in_process_executor,
+        tags={FEED_TAG: feed.name},
+        description=f"One inbound {feed.name} sheet → {feed.table} → its outbound summary.",
+    )

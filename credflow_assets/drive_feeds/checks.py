@@ -1,0 +1,93 @@
+"""The pandera schema check of each feed, declared on `["tables", feed, "records"]`.
+
+Blocking: a file whose header does not match the model (or that cannot be read as a sheet)
+fails the check with ERROR severity before anything is written, naming the missing, unexpected
+and repeated columns, and the file is a failed partition. Rows that break the model's rules do
+not block: they are rejected, the check reports them (WARN) by row number, column and kind of
+problem, and the good rows go in. No cell values appear here: they may be personal data.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from credflow_assets.drive_feeds.ingest import IngestReport, SourceFile
+from credflow_assets.drive_feeds.settings import records_key
+from credflow_assets.drive_feeds.sheets import HeaderProblem
+from credflow_assets.drive_feeds.validation import FeedPlan
+
+CHECK_NAME = "pandera_schema"
+
+
+def schema_check_spec(plan: FeedPlan) -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec(
+        name=CHECK_NAME,
+        asset=records_key(plan.name),
+        blocking=True,
+        description=(
+            f"The sheet matches {plan.model.__name__}: its headers exactly (blocking: a wrong or "
+            f"missing header fails the file before anything is written), and each row its rules "
+            f"(a bad row is rejected and listed; the good rows go in)."
+        ),
+    )
+
+
+def _file_metadata(source: SourceFile) -> dict:
+    return {"file": source.name, "drive_file_id": source.file_id, "revision": source.revision}
+
+
+def header_failure(plan: FeedPlan, source: SourceFile, problem: HeaderProblem,
+                   header: list[str]) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name=CHECK_NAME,
+        asset_key=records_key(plan.name),
+        passed=False,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=f"{source.name}: {problem.describe()}",
+        metadata={
+            **_file_metadata(source),
+            "missing_columns": dg.MetadataValue.json(problem.missing),
+            "unexpected_columns": dg.MetadataValue.json(problem.unexpected),
+            "repeated_columns": dg.MetadataValue.json(problem.duplicated),
+            "file_columns": dg.MetadataValue.json(header),
+            "expected_columns": dg.MetadataValue.json(plan.column_names),
+        },
+    )
+
+
+def unreadable_file(plan: FeedPlan, source: SourceFile, problem: str) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name=CHECK_NAME,
+        asset_key=records_key(plan.name),
+        passed=False,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=f"{source.name}: {problem}",
+        metadata={**_file_metadata(source), "problem": problem},
+    )
+
+
+def rows_result(plan: FeedPlan, source: SourceFile, report: IngestReport) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name=CHECK_NAME,
+        asset_key=records_key(plan.name),
+        passed=report.rejected == 0,
+        # Bad rows are rejected and listed, not a reason to hold back the good ones.
+        severity=dg.AssetCheckSeverity.WARN,
+        description=(f"{report.rejected} of {report.rows_read} row(s) rejected"
+                     if report.rejected else f"all {report.rows_read} row(s) valid"),
+        metadata={
+            **_file_metadata(source),
+            "rows_read": report.rows_read,
+            "rejected_rows": report.rejected,
+            "rejections_by_reason": dg.MetadataValue.json(report.reasons),
+            "sample": dg.MetadataValue.md(rejection_table(report.rejection_sample)),
+        },
+    )
+
+
+def rejection_table(sample: list[tuple[int, str, str]]) -> str:
+    if not sample:
+        return "no rejected rows"
+    lines = ["| row | column | reason |", "|---|---|---|"]
+    lines += [f"| {row} | {column} | {reason.replace('|', '/')} |" for row, column, reason in sample]
+    return "\n".join(lines)

@@ -1,0 +1,416 @@
+"""One inbound file → the feed's table, in bulk, streamed in chunks: no row cap.
+
+Phase 1 reads the file chunk by chunk, validates each chunk (pandera, lazily) and stages the
+rows in temporary tables: the feed's table is not touched, so a file that fails part-way (a
+malformed line, the wrong encoding) has written nothing. Phase 2, in one transaction, rejects
+ids that occur more than once in the file, writes a history row for each row whose tracked
+columns really changed, upserts (`INSERT … SELECT … ON CONFLICT DO UPDATE … WHERE changed`, so an
+unchanged row is not written at all), and records the file, its counts and its rejected rows.
+Memory follows the chunk size, not the file size.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+
+from credflow_assets.drive_feeds.sheets import HeaderProblem, SheetReader, check_header
+from credflow_assets.drive_feeds.store import (
+    SQL_TYPES,
+    FeedTables,
+    files_table,
+    rejections_table,
+)
+from credflow_assets.drive_feeds.validation import (
+    FIRST_INGESTED_AT,
+    LAST_CHANGED_AT,
+    SOURCE_FILE_ID,
+    SOURCE_REVISION,
+    FeedPlan,
+    validate_chunk,
+)
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
+
+ROW, OK = "_row", "_ok"  # staging columns: spreadsheet row number, passed validation
+PAGE_ROWS = 10_000
+PROGRESS_EVERY_ROWS = 100_000
+GC_EVERY_CHUNKS = 5
+
+
+class HeaderMismatch(ValueError):
+    def __init__(self, problem: HeaderProblem, header: list[str]):
+        self.problem, self.header = problem, header
+        super().__init__(problem.describe())
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    feed: str
+    file_id: str
+    revision: str
+    name: str
+    mime_type: str | None = None
+    modified_time: str | None = None
+
+
+@dataclass
+class IngestReport:
+    rows_read: int = 0
+    blank_rows: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    history_rows: int = 0
+    table_rows: int = 0
+    seconds: float = 0.0
+    # (row number, column, reason): no values, safe for logs and metadata
+    rejection_sample: list[tuple[int, str, str]] = field(default_factory=list)
+    reasons: dict[str, int] = field(default_factory=dict)  # "column: reason" → rows
+
+    @property
+    def accepted(self) -> int:
+        return self.inserted + self.updated + self.unchanged
+
+
+def ingest_file(
+    engine: Engine,
+    plan: FeedPlan,
+    reader: SheetReader,
+    source: SourceFile,
+    *,
+    chunk_rows: int = 10_000,
+    run_id: str | None = None,
+    sample_size: int = 20,
+    log: Callable[[str], None] = lambda message: None,
+) -> IngestReport:
+    """Validate and upsert one file; HeaderMismatch (nothing written) when its header is wrong."""
+    started = time.monotonic()
+    names, problem = check_header(reader.header, plan.column_names)
+    if problem is not None:
+        raise HeaderMismatch(problem, reader.header)
+    tables = FeedTables(plan)
+    tables.ensure(engine)
+    staging = _Staging(plan)
+    report = IngestReport()
+    with engine.connect() as connection:
+        with connection.begin():
+            staging.create(connection)
+        try:
+            _stage(connection, plan, reader, names, staging, report, chunk_rows, log)
+            with connection.begin():
+                _apply(connection, plan, tables, staging, source, report, run_id, sample_size)
+        finally:
+            with connection.begin():
+                staging.drop(connection)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+class _Staging:
+    """Temporary tables of one ingest, private to its connection."""
+
+    def __init__(self, plan: FeedPlan):
+        suffix = uuid.uuid4().hex[:12]
+        metadata = sa.MetaData()
+        self.rows = sa.Table(
+            f"credflow_stage_{suffix}", metadata,
+            sa.Column(ROW, sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+            sa.Column(OK, sa.Boolean, nullable=False),
+            *(sa.Column(c.name, SQL_TYPES[c.kind]()) for c in plan.columns),
+            prefixes=["TEMPORARY"],
+        )
+        self.rejections = sa.Table(
+            f"credflow_rejects_{suffix}", metadata,
+            sa.Column(ROW, sa.BigInteger, nullable=False),
+            sa.Column("column_name", sa.Text, nullable=False),
+            sa.Column("reason", sa.Text, nullable=False),
+            sa.Column("value", sa.Text),
+            prefixes=["TEMPORARY"],
+        )
+        # Created with the table: the duplicate check and the joins look rows up by id.
+        sa.Index(f"credflow_stage_{suffix}_id", self.rows.c[plan.id_column])
+
+    def create(self, connection: Connection) -> None:
+        self.rows.create(connection)
+        self.rejections.create(connection)
+
+    def drop(self, connection: Connection) -> None:
+        self.rows.drop(connection, checkfirst=True)
+        self.rejections.drop(connection, checkfirst=True)
+
+
+def _stage(connection, plan, reader, names, staging, report, chunk_rows, log) -> None:
+    next_progress = PROGRESS_EVERY_ROWS
+    rejected_rows = chunks = 0
+    for chunk in reader.chunks(names, chunk_rows):
+        result = validate_chunk(plan, chunk)
+        report.rows_read += result.rows
+        report.blank_rows += result.blank_rows
+        good_numbers = set(result.good.index)
+        with connection.begin():
+            _bulk_insert(connection, staging.rows, _stage_columns(plan, result.good))
+            # Rejected rows that have an id are staged too, only so that a duplicate id is
+            # seen whichever of its rows were bad.
+            bad = [(n, v) for n, v in result.row_ids if n not in good_numbers]
+            _bulk_insert(connection, staging.rows, {
+                ROW: [n for n, _ in bad], OK: [False] * len(bad),
+                plan.id_column: [v for _, v in bad]})
+            _bulk_insert(connection, staging.rejections, {
+                ROW: [r.row_number for r in result.rejections],
+                "column_name": [r.column for r in result.rejections],
+                "reason": [r.reason for r in result.rejections],
+                "value": [r.value for r in result.rejections]})
+        rejected_rows += len({r.row_number for r in result.rejections})
+        del chunk, result
+        chunks += 1
+        if chunks % GC_EVERY_CHUNKS == 0:
+            # pandas and pandera leave each chunk in reference cycles, which only a full
+            # collection frees: without this, memory grows until the collector gets round to it.
+            gc.collect()
+        if report.rows_read >= next_progress:
+            log(f"{plan.name}: {report.rows_read:,} rows read, {rejected_rows:,} rejected so far")
+            next_progress += PROGRESS_EVERY_ROWS
+
+
+def _stage_columns(plan: FeedPlan, good) -> dict[str, list]:
+    """The chunk's good rows, column by column, as Python values (None for missing)."""
+    import pandas as pd
+
+    columns: dict[str, list] = {ROW: good.index.tolist(), OK: [True] * len(good)}
+    for column in plan.columns:
+        series = good[column.name]
+        missing = series.isna()
+        if column.kind == "date":
+            values = series.dt.date.astype(object)
+        elif column.kind == "datetime":
+            values = pd.Series(series.dt.to_pydatetime(), index=series.index, dtype=object)
+        else:
+            values = series.astype(object)
+        columns[column.name] = values.where(~missing, None).tolist()
+    return columns
+
+
+def _bulk_insert(connection, table: sa.Table, columns: dict[str, list]) -> None:
+    """executemany straight on the driver cursor, with each column's own bind processing (as
+    SQLAlchemy would convert the value): Core's per-row parameter handling costs more than
+    the database's work for wide chunks. psycopg2 gets execute_values (a multi-row VALUES)."""
+    names = list(columns)
+    if not names or not columns[names[0]]:
+        return
+    dialect = connection.dialect
+    values = []
+    for name in names:
+        process = table.c[name].type._cached_bind_processor(dialect)
+        column = columns[name]
+        values.append([process(v) for v in column] if process is not None else column)
+    rows = list(zip(*values))
+    quote = dialect.identifier_preparer
+    column_list = ", ".join(quote.quote(name) for name in names)
+    target = quote.format_table(table)
+    if dialect.driver == "psycopg2":
+        from psycopg2.extras import execute_values
+
+        cursor = connection.connection.cursor()
+        try:
+            execute_values(cursor, f"INSERT INTO {target} ({column_list}) VALUES %s", rows,
+                           page_size=1000)
+        finally:
+            cursor.close()
+    elif dialect.paramstyle == "qmark":
+        cursor = connection.connection.cursor()
+        try:
+            marks = ", ".join("?" for _ in names)
+            cursor.executemany(f"INSERT INTO {target} ({column_list}) VALUES ({marks})", rows)
+        finally:
+            cursor.close()
+    else:
+        connection.execute(table.insert(), [dict(zip(names, row)) for row in rows])
+
+
+def _insert(engine_dialect: str):
+    if engine_dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    elif engine_dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        raise NotImplementedError(f"feed tables support SQLite and PostgreSQL, not {engine_dialect}")
+    return insert
+
+
+def _apply(connection, plan, tables: FeedTables, staging: _Staging, source: SourceFile,
+           report: IngestReport, run_id, sample_size) -> None:
+    dialect = connection.dialect.name
+    insert = _insert(dialect)
+    now = datetime.now(timezone.utc)
+    stage, records, id_column = staging.rows, tables.records, plan.id_column
+    key = (rejections_table.c.feed == source.feed) & (rejections_table.c.file_id == source.file_id) \
+        & (rejections_table.c.revision == source.revision)
+    # One writer per feed from here on: PostgreSQL by an advisory lock on the feed, SQLite by
+    # this first write (the database's write lock, held to the end of the transaction).
+    if dialect == "postgresql":
+        connection.execute(sa.select(sa.func.pg_advisory_xact_lock(
+            sa.func.hashtext(f"credflow.drive_feed.{plan.name}"))))
+    connection.execute(rejections_table.delete().where(key))
+
+    _reject_duplicate_ids(connection, plan, staging)
+    connection.execute(stage.delete().where(stage.c[OK].is_(False)))
+
+    new_rows = sa.select(sa.func.count()).select_from(stage).where(
+        ~sa.exists().where(records.c[id_column] == stage.c[id_column]))
+    report.inserted = connection.execute(new_rows).scalar_one()
+    staged = connection.execute(sa.select(sa.func.count()).select_from(stage)).scalar_one()
+
+    value_columns = plan.value_columns
+    same = sa.and_(sa.true(), *(records.c[c].is_not_distinct_from(stage.c[c]) for c in value_columns))
+    report.updated, report.history_rows = _write_history(
+        connection, plan, tables, stage, same, source, run_id, now)
+    report.unchanged = staged - report.inserted - report.updated
+
+    statement = insert(records).from_select(
+        [*plan.column_names, SOURCE_FILE_ID, SOURCE_REVISION, FIRST_INGESTED_AT, LAST_CHANGED_AT],
+        sa.select(*(stage.c[c] for c in plan.column_names),
+                  sa.literal(source.file_id, sa.Text), sa.literal(source.revision, sa.Text),
+                  sa.literal(now, sa.DateTime(timezone=True)),
+                  sa.literal(now, sa.DateTime(timezone=True))).where(sa.true()),
+    )
+    excluded = statement.excluded
+    unchanged = sa.and_(sa.true(), *(records.c[c].is_not_distinct_from(excluded[c])
+                                     for c in value_columns))
+    if value_columns:
+        statement = statement.on_conflict_do_update(
+            index_elements=[id_column],
+            set_={**{c: excluded[c] for c in value_columns},
+                  SOURCE_FILE_ID: excluded[SOURCE_FILE_ID],
+                  SOURCE_REVISION: excluded[SOURCE_REVISION],
+                  LAST_CHANGED_AT: excluded[LAST_CHANGED_AT]},
+            where=~unchanged,
+        )
+    else:
+        statement = statement.on_conflict_do_nothing(index_elements=[id_column])
+    connection.execute(statement)
+
+    rejects = staging.rejections
+    connection.execute(rejections_table.insert().from_select(
+        ["feed", "file_id", "revision", "row_number", "column_name", "reason", "value"],
+        sa.select(sa.literal(source.feed, sa.Text), sa.literal(source.file_id, sa.Text),
+                  sa.literal(source.revision, sa.Text), rejects.c[ROW], rejects.c.column_name,
+                  rejects.c.reason, rejects.c.value)
+        .order_by(rejects.c[ROW], rejects.c.column_name),
+    ))
+    report.rejected = connection.execute(
+        sa.select(sa.func.count(sa.distinct(rejects.c[ROW])))).scalar_one()
+    report.rejection_sample = [
+        (row[0], row[1], row[2]) for row in connection.execute(
+            sa.select(rejects.c[ROW], rejects.c.column_name, rejects.c.reason)
+            .order_by(rejects.c[ROW], rejects.c.column_name).limit(sample_size))
+    ]
+    reasons: dict[str, int] = {}
+    for column, reason, count in connection.execute(
+            sa.select(rejects.c.column_name, rejects.c.reason, sa.func.count())
+            .group_by(rejects.c.column_name, rejects.c.reason)):
+        kind = f"{column}: {reason.split(' (also row')[0]}"  # duplicates name their rows
+        reasons[kind] = reasons.get(kind, 0) + count
+    report.reasons = dict(sorted(reasons.items(), key=lambda item: -item[1]))
+    values = {
+        "file_name": source.name, "mime_type": source.mime_type,
+        "modified_time": source.modified_time, "rows_read": report.rows_read,
+        "blank_rows": report.blank_rows, "inserted": report.inserted, "updated": report.updated,
+        "unchanged": report.unchanged, "rejected": report.rejected,
+        "history_rows": report.history_rows, "processed_at": now, "run_id": run_id,
+    }
+    connection.execute(
+        insert(files_table)
+        .values(feed=source.feed, file_id=source.file_id, revision=source.revision, **values)
+        .on_conflict_do_update(index_elements=["feed", "file_id", "revision"], set_=values)
+    )
+    report.table_rows = connection.execute(
+        sa.select(sa.func.count()).select_from(records)).scalar_one()
+
+
+def _reject_duplicate_ids(connection, plan: FeedPlan, staging: _Staging) -> None:
+    """An id on more than one row of the file: every one of those rows is rejected (which of
+    them is right cannot be told), naming the other rows."""
+    stage, id_column = staging.rows, plan.id_column
+    duplicated = (sa.select(stage.c[id_column]).group_by(stage.c[id_column])
+                  .having(sa.func.count() > 1))
+    rows = connection.execute(
+        sa.select(stage.c[ROW], stage.c[id_column])
+        .where(stage.c[id_column].in_(duplicated))
+        .order_by(stage.c[id_column], stage.c[ROW])
+    )
+    batch: list[dict] = []
+    for value, group in itertools.groupby(rows, key=lambda row: row[1]):
+        numbers = [row[0] for row in group]
+        for number in numbers:
+            others = [n for n in numbers if n != number]
+            shown = ", ".join(str(n) for n in others[:10]) + (" …" if len(others) > 10 else "")
+            batch.append({ROW: number, "column_name": id_column,
+                          "reason": f"duplicate {id_column} in this file (also row {shown})",
+                          "value": str(value)})
+    # Written after reading: a cursor and writes on one SQLite connection do not mix well.
+    for start in range(0, len(batch), PAGE_ROWS):
+        connection.execute(staging.rejections.insert(), batch[start:start + PAGE_ROWS])
+    if batch:
+        connection.execute(stage.delete().where(stage.c[id_column].in_(duplicated)))
+
+
+def _write_history(connection, plan, tables: FeedTables, stage, same, source, run_id, now):
+    """History rows for rows whose tracked columns changed, page by page; returns (rows that
+    differ in any column, history rows written)."""
+    records, id_column = tables.records, plan.id_column
+    value_columns = plan.value_columns
+    if not value_columns:
+        return 0, 0
+    tracked = set(plan.tracked)
+    query = (
+        sa.select(stage.c[ROW], stage.c[id_column],
+                  *(stage.c[c] for c in value_columns),
+                  *(records.c[c].label(f"old__{c}") for c in value_columns))
+        .join(records, records.c[id_column] == stage.c[id_column])
+        .where(~same)
+        .order_by(stage.c[ROW])
+        .limit(PAGE_ROWS)
+    )
+    changed_rows = history_rows = 0
+    last = -1
+    while True:
+        page = connection.execute(query.where(stage.c[ROW] > last)).mappings().all()
+        if not page:
+            return changed_rows, history_rows
+        last = page[-1][ROW]
+        changed_rows += len(page)
+        entries = []
+        for row in page:
+            changes = {c: {"from": _jsonable(row[f"old__{c}"]), "to": _jsonable(row[c])}
+                       for c in value_columns
+                       if c in tracked and row[f"old__{c}"] != row[c]}
+            if changes:
+                entries.append({
+                    id_column: row[id_column], "changed_columns": ",".join(changes),
+                    "changes": json.dumps(changes, ensure_ascii=False),
+                    "source_file_id": source.file_id, "source_file_name": source.name,
+                    "source_revision": source.revision, "run_id": run_id, "changed_at": now,
+                })
+        if entries:
+            connection.execute(tables.history.insert(), entries)
+            history_rows += len(entries)
+
+
+def _jsonable(value):
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)

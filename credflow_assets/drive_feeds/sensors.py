@@ -1,0 +1,151 @@
+"""One sensor per feed: new inbound file revisions → one run each, keyed by Drive id + revision.
+
+Each tick lists the inbound folder from a modifiedTime cursor (`modifiedTime >= cursor - lookback`,
+oldest first), so it costs what changed, not what the folder holds. Equal timestamps are normal
+(a batch of uploads in one second; a tick that stopped mid-batch): the cursor keeps the files it
+has seen inside the lookback window, by id and modifiedTime, so a file is neither missed nor
+requested twice. The lookback also catches a file Drive lists a little late. The partition key
+is `{feed}/{drive file id}/{revision}`: two files with the same name are two ids; a corrected
+re-upload is a new revision (or a new id); each is processed once. The run key is the partition
+key, so a tick that runs twice launches nothing twice.
+"""
+
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+
+from credflow_assets.config import FeedConfig
+from credflow_assets.drive_feeds.settings import (
+    FEED_TAG,
+    FILE_TAG,
+    DriveFeedSettings,
+    partition_key,
+)
+from credflow_assets.partitions import drive_feed_file_partitions, is_valid_partition_key
+from credflow_assets.resources.drive import DriveResource, escape_query_literal
+
+LIST_FIELDS = "id,name,mimeType,modifiedTime,md5Checksum,size,trashed"
+FOLDER_MIME = "application/vnd.google-apps.folder"
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def format_time(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+@dataclass
+class FeedCursor:
+    """The newest modifiedTime seen, and the files seen within the lookback window before it
+    (file id → the modifiedTime it had when seen)."""
+
+    newest: str | None = None
+    seen: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> "FeedCursor":
+        if not text:
+            return cls()
+        data = json.loads(text)
+        return cls(newest=data.get("newest"), seen=dict(data.get("seen", {})))
+
+    def to_json(self) -> str:
+        return json.dumps({"newest": self.newest, "seen": self.seen}, sort_keys=True)
+
+    def window_start(self, lookback: timedelta) -> str | None:
+        return format_time(parse_time(self.newest) - lookback) if self.newest else None
+
+
+def inbound_query(folder_id: str, since: str | None) -> str:
+    q = (f"'{escape_query_literal(folder_id)}' in parents and trashed = false "
+         f"and mimeType != '{FOLDER_MIME}'")
+    if since:
+        q += f" and modifiedTime >= '{since}'"
+    return q
+
+
+def select_new_files(files, cursor: FeedCursor, limit: int,
+                     lookback: timedelta) -> tuple[list[dict], FeedCursor]:
+    """From files listed oldest first, the (at most `limit`) not seen before, and the cursor
+    after them. Pure: the sensor's whole bookkeeping, testable without Drive."""
+    seen = dict(cursor.seen)
+    newest = cursor.newest
+    newest_time = parse_time(newest) if newest else None
+    chosen: list[dict] = []
+    for file in files:
+        modified = file["modifiedTime"]
+        if seen.get(file["id"]) == modified:
+            continue
+        if len(chosen) >= limit:
+            break  # the rest (not older than these) are listed again next tick
+        chosen.append(file)
+        seen[file["id"]] = modified
+        moment = parse_time(modified)
+        if newest_time is None or moment > newest_time:
+            newest_time, newest = moment, modified
+    if newest_time is not None:
+        horizon = newest_time - lookback
+        seen = {file_id: modified for file_id, modified in seen.items()
+                if parse_time(modified) >= horizon}
+    return chosen, FeedCursor(newest=newest, seen=seen)
+
+
+def build_inbound_sensor(feed: FeedConfig, job) -> dg.SensorDefinition:
+    @dg.sensor(
+        name=f"drive_feed_{feed.name}_inbound_sensor",
+        job=job,
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"New revisions of sheets in the {feed.name} feed's inbound Drive folder "
+        f"({feed.inbound_folder_id}), one run each.",
+    )
+    def inbound_sensor(
+        context: dg.SensorEvaluationContext,
+        drive: DriveResource,
+        drive_feed_settings: DriveFeedSettings,
+    ) -> dg.SensorResult:
+        from credflow_assets.drive_feeds.sheets import revision_of
+
+        cursor = FeedCursor.from_json(context.cursor)
+        lookback = timedelta(seconds=drive_feed_settings.lookback_seconds)
+        listing = drive.list_files(
+            inbound_query(feed.inbound_folder_id, cursor.window_start(lookback)),
+            fields=LIST_FIELDS, order_by="modifiedTime",
+            page_size=min(1000, drive_feed_settings.max_files_per_tick + 100),
+        )
+        files, next_cursor = select_new_files(
+            listing, cursor, drive_feed_settings.max_files_per_tick, lookback)
+        keys, requests = [], []
+        for file in files:
+            revision = revision_of(file)
+            if revision is None:
+                context.log.info(f"{feed.name}: skipping Drive file {file['id']}: "
+                                 f"{file['mimeType']} is not a sheet")
+                continue
+            key = partition_key(feed.name, file["id"], revision)
+            if not is_valid_partition_key(key):
+                context.log.warning(f"{feed.name}: skipping Drive file {file['id']}: "
+                                    f"{key!r} cannot be a partition key")
+                continue
+            # A revision seen before (a rename changes modifiedTime, not the content) is
+            # requested again with the same run key, which Dagster and `credflow sync` skip.
+            keys.append(key)
+            requests.append(dg.RunRequest(
+                partition_key=key, run_key=key,
+                tags={FEED_TAG: feed.name, FILE_TAG: file["id"]},
+            ))
+        if requests:
+            context.log.info(f"{feed.name}: {len(requests)} new inbound file revision(s)")
+        return dg.SensorResult(
+            run_requests=requests,
+            dynamic_partitions_requests=(
+                [drive_feed_file_partitions.build_add_request(keys)] if keys else []),
+            cursor=next_cursor.to_json(),
+        )
+
+    return inbound_sensor

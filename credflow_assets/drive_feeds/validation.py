@@ -1,0 +1,229 @@
+"""A feed's plan (its model, id column, date formats and SQL types, checked once when the code
+location loads) and the validation of one chunk of rows against it.
+
+Validation is per row: a bad cell rejects its row, with the spreadsheet row number and a reason;
+the other rows go on. Reasons name the column and the kind of problem, never the value (values
+are kept for the outbound summary only, not for logs or run metadata).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from credflow_assets.config import FeedConfig
+
+# Columns the engine adds to every feed table; a model may not use these names.
+SOURCE_FILE_ID, SOURCE_REVISION = "source_file_id", "source_revision"
+FIRST_INGESTED_AT, LAST_CHANGED_AT = "first_ingested_at", "last_changed_at"
+ENGINE_COLUMNS = (SOURCE_FILE_ID, SOURCE_REVISION, FIRST_INGESTED_AT, LAST_CHANGED_AT)
+MAX_VALUE_CHARS = 200
+
+
+class FeedConfigError(ValueError):
+    """A feed's config does not fit its model (raised when the definitions load)."""
+
+
+@dataclass(frozen=True)
+class Rejection:
+    row_number: int
+    column: str
+    reason: str
+    value: str | None = None  # for the outbound summary only
+
+
+@dataclass
+class ColumnPlan:
+    name: str
+    kind: str  # text | date | datetime | integer | float | boolean
+    nullable: bool
+    description: str | None
+    date_format: str | None = None
+
+
+@dataclass
+class FeedPlan:
+    feed: FeedConfig
+    model: type
+    schema: Any  # pandera DataFrameSchema, id uniqueness left to the engine (file-wide)
+    columns: list[ColumnPlan]
+    tracked: list[str]
+    needs_coercion: bool = False
+    by_name: dict[str, ColumnPlan] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.feed.name
+
+    @property
+    def id_column(self) -> str:
+        return self.feed.id_column
+
+    @property
+    def column_names(self) -> list[str]:
+        return [column.name for column in self.columns]
+
+    @property
+    def value_columns(self) -> list[str]:
+        return [c.name for c in self.columns if c.name != self.id_column]
+
+
+def build_plan(feed: FeedConfig) -> FeedPlan:
+    """Resolve the feed's model by name and check the config against it."""
+    from credflow_assets.drive_feeds.schemas import UnknownSchemaError, schema_model
+
+    where = f"feeds[{feed.name}]"
+    try:
+        model = schema_model(feed.schema_name)
+    except UnknownSchemaError as error:
+        raise FeedConfigError(f"{where}.schema: {error}") from None
+    full = model.to_schema()
+    names = list(full.columns)
+    if feed.id_column not in names:
+        raise FeedConfigError(
+            f"{where}.id_column: {feed.id_column!r} is not a column of {feed.schema_name} "
+            f"({', '.join(names)})"
+        )
+    clash = sorted(set(names) & set(ENGINE_COLUMNS))
+    if clash:
+        raise FeedConfigError(f"{where}: {feed.schema_name} uses reserved column name(s) {clash}")
+    columns = []
+    for name, column in full.columns.items():
+        kind = _kind(column.dtype)
+        fmt = feed.date_formats.get(name)
+        if kind in ("date", "datetime"):
+            fmt = fmt or "ISO8601"
+            kind = "datetime" if fmt == "ISO8601" or re.search(r"%[HIMSfp]", fmt) else "date"
+        elif fmt:
+            raise FeedConfigError(
+                f"{where}.date_formats: {name!r} is not a DateTime column of {feed.schema_name}"
+            )
+        columns.append(ColumnPlan(name, kind, bool(column.nullable), column.description, fmt))
+    unknown_formats = sorted(set(feed.date_formats) - set(names))
+    if unknown_formats:
+        raise FeedConfigError(f"{where}.date_formats: no such column(s) {unknown_formats}")
+    unknown_tracked = sorted(set(feed.tracked_columns) - set(names))
+    if unknown_tracked:
+        raise FeedConfigError(f"{where}.tracked_columns: no such column(s) {unknown_tracked}")
+    tracked = [c for c in (feed.tracked_columns or names) if c != feed.id_column]
+    schema = full.update_column(feed.id_column, unique=False)
+    plan = FeedPlan(feed=feed, model=model, schema=schema, columns=columns, tracked=tracked,
+                    needs_coercion=any(c.coerce for c in full.columns.values()) or full.coerce)
+    plan.by_name = {column.name: column for column in columns}
+    return plan
+
+
+def _kind(dtype) -> str:
+    text = str(dtype).lower()
+    if "datetime" in text or text == "date":
+        return "datetime"
+    if "int" in text:
+        return "integer"
+    if "float" in text:
+        return "float"
+    if "bool" in text:
+        return "boolean"
+    return "text"
+
+
+def human_date_format(fmt: str) -> str:
+    """`%d/%m/%Y` → `DD/MM/YYYY`, for messages people read."""
+    if fmt == "ISO8601":
+        return "YYYY-MM-DD"
+    for directive, text in (("%d", "DD"), ("%m", "MM"), ("%Y", "YYYY"), ("%y", "YY"),
+                            ("%H", "hh"), ("%M", "mm"), ("%S", "ss"), ("%b", "Mon"),
+                            ("%B", "Month")):
+        fmt = fmt.replace(directive, text)
+    return fmt
+
+
+@dataclass
+class ChunkResult:
+    good: pd.DataFrame  # typed, only rows that passed
+    rejections: list[Rejection]
+    row_ids: list[tuple[int, str]]  # (row number, id) of every row with an id, good or not
+    blank_rows: int
+    rows: int  # non-blank rows read
+
+
+def validate_chunk(plan: FeedPlan, chunk: pd.DataFrame) -> ChunkResult:
+    """Parse dates with the feed's formats and run the pandera schema lazily on one chunk."""
+    import pandas as pd
+    import pandera.errors
+
+    blank = chunk.isna().all(axis=1)
+    chunk = chunk.loc[~blank].copy()
+    rejections: list[Rejection] = []
+    unparseable: set[tuple[int, str]] = set()
+    for column in plan.columns:
+        if column.kind not in ("date", "datetime"):
+            continue
+        raw = chunk[column.name]
+        parsed = pd.to_datetime(raw, format=column.date_format, errors="coerce")
+        bad = raw.notna() & parsed.isna()
+        for row_number, value in raw[bad].items():
+            rejections.append(Rejection(
+                int(row_number), column.name,
+                f"not a date in the format {human_date_format(column.date_format)}",
+                _value(value),
+            ))
+            unparseable.add((int(row_number), column.name))
+        chunk[column.name] = parsed
+    ids = chunk[plan.id_column]
+    row_ids = [(int(n), v) for n, v in ids[ids.notna()].items()]
+    try:
+        good = plan.schema.validate(chunk, lazy=True)
+        failed_rows: set[int] = set()
+    except pandera.errors.SchemaErrors as errors:
+        failed_rows = set()
+        for case in errors.failure_cases.itertuples(index=False):
+            if case.index is None or pd.isna(case.index):
+                raise ValueError(
+                    f"column {case.column}: {case.check} (not a per-row problem)"
+                ) from None
+            row_number = int(case.index)
+            if (row_number, case.column) in unparseable and case.check == "not_nullable":
+                continue  # already reported as an unparseable date
+            failed_rows.add(row_number)
+            rejections.append(Rejection(row_number, str(case.column), _reason(case.check),
+                                        _value(case.failure_case)))
+        good = None
+    rejected = failed_rows | {row for row, _column in unparseable}
+    if rejected or good is None:
+        good = chunk.drop(index=sorted(rejected))
+        if plan.needs_coercion and len(good):
+            good = plan.schema.validate(good, lazy=True)
+    rejections.sort(key=lambda r: (r.row_number, r.column))
+    return ChunkResult(good=good, rejections=rejections, row_ids=row_ids,
+                       blank_rows=int(blank.sum()), rows=len(chunk))
+
+
+def _reason(check: Any) -> str:
+    check = str(check)
+    if check == "not_nullable":
+        return "empty"
+    if check.startswith("str_matches("):
+        return "not in the expected form"
+    if check.startswith("str_length("):
+        return "wrong length"
+    if check.startswith("isin("):
+        return "not one of the allowed values"
+    if check.startswith(("greater_than", "less_than", "in_range")):
+        return f"out of range ({check})"
+    if check.startswith("coerce_dtype("):
+        return f"not a valid {check[len('coerce_dtype('):-1].strip(chr(39))}"
+    return f"fails {check}"
+
+
+def _value(value: Any) -> str | None:
+    import pandas as pd
+
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    if hasattr(value, "strftime"):
+        value = value.strftime("%Y-%m-%d")
+    return str(value)[:MAX_VALUE_CHARS]

@@ -1,0 +1,289 @@
+"""A log per parse of a file, redacted, gzip-compressed, stored in S3 beside the data (doc 004).
+
+    with parse_log(context, flow="drive_feeds", s3_client=client, bucket=logs_bucket) as log:
+        log.redact_values([row.first_name, row.last_name])   # personal values the file holds
+        logger.info("validated %d rows", n)                    # any logger under "credflow"
+        context.log.info("upserted")                           # and the asset's own log
+    ... metadata={**log.metadata()}                            # {"log_uri": "s3://…"}
+
+What is captured: records at INFO and above from Python loggers under `credflow` and from the
+asset's `context.log`, but only those emitted inside this `with` block in this thread or task.
+The scope is a context variable, not global logger state, so two partitions parsed at once in
+one process never share a log.
+
+The log is uploaded when the block ends, also (above all) when it raises: the exception then
+carries the log's address in its metadata (a `dg.Failure` is re-raised with `log_uri` added).
+If the upload itself fails, the run still reports its own outcome and says the log was not
+stored.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import gzip
+import logging
+import re
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dagster as dg
+
+LOG_PREFIX = "parsing_logs"
+CAPTURED_LOGGER = "credflow"
+
+_active_log: contextvars.ContextVar[ParseLog | None] = contextvars.ContextVar(
+    "credflow_active_parse_log", default=None
+)
+
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_PHONE = re.compile(r"(?<![\w-])\+?\d[\d ()-]{7,}\d(?![\w-])")
+_DATE = re.compile(
+    r"\b(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}|(?:19|20)\d{6})\b"
+)
+_TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
+# Shorter tokens ("Al", "CT") are too common to redact everywhere; longer ones are personal.
+_MIN_REDACTED_TOKEN = 3
+
+
+class Redactor:
+    """Removes e-mails, phone numbers, dates and every registered personal value from text."""
+
+    def __init__(self) -> None:
+        self._tokens: set[str] = set()
+
+    def add(self, values: Iterable[object]) -> None:
+        for value in values:
+            if value is None:
+                continue
+            for token in _TOKEN.findall(str(value)):
+                if len(token) >= _MIN_REDACTED_TOKEN:
+                    self._tokens.add(token.casefold())
+
+    def __call__(self, text: str) -> str:
+        text = _EMAIL.sub("[email]", text)
+        text = _DATE.sub("[date]", text)
+        text = _PHONE.sub("[phone]", text)
+        if not self._tokens:
+            return text
+        return _TOKEN.sub(
+            lambda match: "[redacted]" if match.group(0).casefold() in self._tokens
+            else match.group(0),
+            text,
+        )
+
+
+class _ScopedHandler(logging.Handler):
+    """Writes a record to its parse log only when emitted inside that log's scope."""
+
+    _formatter = logging.Formatter()
+
+    def __init__(self, parse_log: ParseLog) -> None:
+        super().__init__(level=logging.INFO)
+        self.parse_log = parse_log
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _active_log.get() is self.parse_log and super().filter(record)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            # Redact the message with its arguments and any traceback; the timestamp stays.
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + self._formatter.formatException(record.exc_info)
+            self.parse_log._write(
+                f"{self._formatter.formatTime(record)} {record.levelname} {record.name}: "
+                f"{self.parse_log.redactor(message)}"
+            )
+        except Exception:  # noqa: BLE001 - a log line must never break a parse
+            self.handleError(record)
+
+
+class ParseLog:
+    def __init__(self, flow: str, partition: str, run_id: str, directory: Path) -> None:
+        self.flow = flow
+        self.partition = partition
+        self.run_id = run_id
+        self.redactor = Redactor()
+        self.uri: str | None = None
+        self.not_stored_reason: str | None = None
+        self.lines = 0
+        self._path = directory / "parse.log.gz"
+        self._file = gzip.open(self._path, "wt", encoding="utf-8")
+
+    @property
+    def key(self) -> str:
+        return log_key(self.flow, self.partition, self.run_id)
+
+    def redact_values(self, values: Iterable[object]) -> None:
+        """Register personal values read from the file (names, ids, …) for redaction."""
+        self.redactor.add(values)
+
+    def metadata(self) -> dict[str, dg.MetadataValue]:
+        if self.uri:
+            return {"log_uri": dg.MetadataValue.path(self.uri)}
+        return {"log_uri": dg.MetadataValue.text(f"not stored: {self.not_stored_reason}")}
+
+    def _write(self, line: str) -> None:
+        self._file.write(line + "\n")
+        self.lines += 1
+
+    def _close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+
+def log_key(flow: str, partition: str, run_id: str) -> str:
+    return f"{LOG_PREFIX}/{flow}/{partition}/{run_id}.log.gz"
+
+
+@contextmanager
+def parse_log(
+    context: dg.AssetExecutionContext | dg.OpExecutionContext,
+    *,
+    flow: str,
+    s3_client,
+    bucket: str,
+    partition: str | None = None,
+    run_id: str | None = None,
+) -> Iterator[ParseLog]:
+    """Capture the parse's log for the block; `partition` and `run_id` default to the context's."""
+    partition = partition or context.partition_key
+    run_id = run_id or context.run.run_id
+    with tempfile.TemporaryDirectory(prefix="credflow-parse-log-") as directory:
+        log = ParseLog(flow, partition, run_id, Path(directory))
+        handler = _ScopedHandler(log)
+        credflow_logger = logging.getLogger(CAPTURED_LOGGER)
+        if not credflow_logger.isEnabledFor(logging.INFO):
+            # Left at Python's default (WARNING), INFO records would be dropped before any
+            # handler sees them; what else receives them is decided by those handlers' levels.
+            credflow_logger.setLevel(logging.INFO)
+        captured = [credflow_logger, context.log]
+        for logger in captured:
+            logger.addHandler(handler)
+        token = _active_log.set(log)
+        failure: BaseException | None = None
+        try:
+            yield log
+        except BaseException as error:
+            failure = error
+            logging.getLogger(f"{CAPTURED_LOGGER}.parse").error(
+                "parse failed: %s: %s", type(error).__name__, error
+            )
+        finally:
+            _active_log.reset(token)
+            for logger in captured:
+                logger.removeHandler(handler)
+            log._close()
+            _upload(context, log, s3_client, bucket)
+        if failure is not None:
+            raise _with_log_uri(failure, log) from failure
+
+
+def _upload(context, log: ParseLog, s3_client, bucket: str) -> None:
+    try:
+        finished_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+        s3_client.upload_file(str(log._path), bucket, log.key, ExtraArgs={
+            "ContentType": "text/plain", "ContentEncoding": "gzip",
+            # S3's LastModified has whole seconds: two parses in one second need this to sort.
+            "Metadata": {"finished-at": finished_at, "partition": _ascii(log.partition)},
+        })
+        log.uri = f"s3://{bucket}/{log.key}"
+    except Exception as error:  # noqa: BLE001 - the parse's own outcome must still be reported
+        log.not_stored_reason = f"{type(error).__name__}: {error}"
+        context.log.warning(f"the parse log of {log.partition} was not stored: "
+                            f"{log.not_stored_reason}")
+
+
+def _with_log_uri(error: BaseException, log: ParseLog) -> BaseException:
+    if not isinstance(error, Exception) or isinstance(error, dg.RetryRequested):
+        return error
+    if isinstance(error, dg.Failure):
+        return dg.Failure(
+            description=error.description,
+            metadata={**(error.metadata or {}), **log.metadata()},
+            allow_retries=error.allow_retries,
+        )
+    return dg.Failure(
+        description=f"{type(error).__name__}: {error}",
+        metadata=log.metadata(),
+    )
+
+
+def _ascii(text: str) -> str:
+    # S3 user metadata must be ASCII.
+    return text.encode("ascii", "backslashreplace").decode()
+
+
+def read_log(s3_client, bucket: str, key: str) -> str:
+    body = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    return gzip.decompress(body).decode("utf-8")
+
+
+def list_logs(s3_client, bucket: str, partition: str, flow: str | None = None) -> list[dict]:
+    """Stored logs of a partition, oldest first: {key, flow, run_id, finished_at}."""
+    from credflow_assets.resources.s3 import iter_objects
+
+    flows = [flow] if flow else _flows(s3_client, bucket)
+    found = []
+    for name in flows:
+        prefix = f"{LOG_PREFIX}/{name}/{partition}/"
+        for item in iter_objects(s3_client, bucket, prefix=prefix):
+            rest = item["Key"][len(prefix):]
+            if "/" in rest or not rest.endswith(".log.gz"):
+                continue  # a longer partition key sharing this prefix
+            head = s3_client.head_object(Bucket=bucket, Key=item["Key"])
+            found.append({"key": item["Key"], "flow": name,
+                          "run_id": rest.removesuffix(".log.gz"),
+                          "finished_at": head.get("Metadata", {}).get(
+                              "finished-at", item["LastModified"].isoformat())})
+    return sorted(found, key=lambda entry: entry["finished_at"])
+
+
+def _flows(s3_client, bucket: str) -> list[str]:
+    page = s3_client.list_objects_v2(Bucket=bucket, Prefix=f"{LOG_PREFIX}/", Delimiter="/")
+    return [p["Prefix"][len(LOG_PREFIX) + 1:].rstrip("/") for p in page.get("CommonPrefixes", [])]
+
+
+_LINE_PREFIX = re.compile(r"^\S+ \S+ ")  # "2026-11-22 12:00:00,123 " added by the formatter
+
+
+def diff_logs(older: str, newer: str, older_name: str, newer_name: str) -> str:
+    """A unified diff of two parses' logs, ignoring the timestamps every line starts with."""
+    import difflib
+
+    def strip(text: str) -> list[str]:
+        return [_LINE_PREFIX.sub("", line) + "\n" for line in text.splitlines()]
+
+    return "".join(difflib.unified_diff(strip(older), strip(newer), older_name, newer_name))
+
+
+
+def logged_events(
+    context: dg.AssetExecutionContext,
+    events: Iterator,
+    *,
+    flow: str,
+    s3_client,
+    bucket: str,
+) -> Iterator:
+    """Run an asset body (a generator of results) inside a parse log.
+
+    Its events are passed on after the log is stored, each `MaterializeResult` with `log_uri`
+    added; when the body fails, the events it yielded first (a failed check) still reach
+    Dagster, then the failure carrying `log_uri`.
+    """
+    collected = []
+    try:
+        with parse_log(context, flow=flow, s3_client=s3_client, bucket=bucket) as log:
+            for event in events:
+                collected.append(event)
+    except BaseException:
+        yield from collected
+        raise
+    for event in collected:
+        if isinstance(event, dg.MaterializeResult):
+            event = event._replace(metadata={**(event.metadata or {}), **log.metadata()})
+        yield event

@@ -1,0 +1,77 @@
+"""Provider SFTP feeds → immutable raw copies → verified, decrypted, decompressed files in S3
+(source doc 002).
+
+Reads top to bottom: sensors.py (one sensor per provider lists its SFTP directory) →
+assets.py (`raw`: the file as downloaded; `landed`: verified, decrypted, decompressed, typed) →
+failures.py (one clear message per failed file; only transient errors retried). unpack.py holds
+the pure file transforms (safe extraction, bomb limits, type detection, CSV row counts),
+naming.py the partition, run and S3 keys, settings.py the resources.
+
+Adding a provider is a config entry: its sensor, its feed resource and its partitions follow.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    import dagster as dg
+
+    from credflow_assets.config import CredflowConfig
+    from credflow_assets.provider_feeds.settings import ProviderFeedsSettings
+
+FAILURE_SENSOR_NAME = "provider_feeds_failure_notification"
+
+
+def build_defs(
+    config: CredflowConfig, *, settings: Optional[ProviderFeedsSettings] = None
+) -> dg.Definitions:
+    """The flow's assets, job, sensors and resources for the providers in `config`.
+
+    `settings` overrides the flow-wide defaults (scratch directory, settle time, batch size);
+    by default they come from the config (the bucket) and the resource's defaults.
+    """
+    import dagster as dg
+
+    from credflow_assets.notifications import build_failure_notification_sensor
+    from credflow_assets.provider_feeds.assets import (
+        build_provider_feed_assets,
+        provider_feeds_job,
+    )
+    from credflow_assets.provider_feeds.sensors import build_provider_sensor
+    from credflow_assets.provider_feeds.settings import (
+        SETTINGS_KEY,
+        ProviderFeed,
+        ProviderFeedsSettings,
+        provider_feed_resource_key,
+    )
+    from credflow_assets.resources.from_config import setting
+
+    resources = {
+        SETTINGS_KEY: settings or ProviderFeedsSettings(bucket=config.buckets.provider_data,
+                                                        logs_bucket=config.buckets.logs),
+    }
+    for provider in config.providers:
+        resources[provider_feed_resource_key(provider.name)] = ProviderFeed(
+            name=provider.name,
+            remote_dir=provider.remote_dir,
+            pattern=provider.pattern,
+            folder=provider.folder,
+            gpg_homedir=setting(config.gpg.homedir),
+            # The passphrase of the key this provider encrypts to; credflow's own by default.
+            gpg_passphrase=setting(provider.gpg_passphrase or config.gpg.passphrase),
+            signing_key_file=setting(provider.signing_key_file),
+            require_signature=provider.require_signature,
+            max_extracted_bytes=provider.max_extracted_bytes,
+        )
+    return dg.Definitions(
+        assets=build_provider_feed_assets(list(config.providers)),
+        jobs=[provider_feeds_job],
+        sensors=[
+            *(build_provider_sensor(provider) for provider in config.providers),
+            build_failure_notification_sensor(
+                FAILURE_SENSOR_NAME, [provider_feeds_job], "provider feed"
+            ),
+        ],
+        resources=resources,
+    )

@@ -1,0 +1,557 @@
+"""A provider's file → its immutable raw copy in S3 → verified, decrypted, decompressed, landed.
+
+One partition per file (`{provider}/{remote path}`). Two assets, run together by
+`provider_feeds_job`:
+
+- `["s3","provider_feeds","raw"]` downloads the file (and its `.sig`) from the provider's SFTP
+  server into `raw/{provider}/{date of mtime}/{name}`, with size and sha256. Raw copies are never
+  overwritten. A rerun whose raw copy exists reuses it without contacting the SFTP server
+  (providers delete files).
+- `["s3","provider_feeds","landed"]` reads only the raw copy: verifies the signature, decrypts,
+  decompresses and uploads each resulting file to `data/{csv|pdf|xml|other}/{folder}/{name}`.
+
+Files stream through a scratch directory (SFTP → disk → S3; S3 → disk → gpg → disk →
+decompress → disk → multipart upload); the scratch directory goes away after every file,
+whether it landed or failed. Every failure names the provider, the file and the cause.
+"""
+
+
+import hashlib
+import posixpath
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Optional
+from urllib.parse import quote
+
+import dagster as dg
+
+from credflow_assets.config import ProviderConfig
+from credflow_assets.materializations import latest_metadata_value
+from credflow_assets.parse_logs import logged_events
+from credflow_assets.partitions import provider_file_partitions
+from credflow_assets.provider_feeds.failures import FileRef, file_failure
+from credflow_assets.provider_feeds.naming import (
+    SIGNATURE_SUFFIX,
+    RemoteIdentity,
+    landed_key,
+    mtime_date,
+    raw_keys,
+    signature_keys,
+)
+from credflow_assets.provider_feeds.settings import (
+    SETTINGS_KEY,
+    ProviderFeed,
+    ProviderFeedsSettings,
+    provider_feed_resource_key,
+)
+from credflow_assets.provider_feeds.unpack import (
+    CONTENT_TYPES,
+    count_csv_rows,
+    decrypted_name,
+    detect_type,
+    looks_encrypted,
+    unpack,
+)
+from credflow_assets.resources.from_config import sftp_resource_key
+from credflow_assets.resources.s3 import (
+    head_object_or_none,
+    s3_uri,
+    transfer_config,
+    upload_stream,
+)
+from credflow_assets.resources.sftp import SftpNoSuchFile
+
+GROUP = "provider_feeds"
+RAW_KEY = dg.AssetKey(["s3", "provider_feeds", "raw"])
+LANDED_KEY = dg.AssetKey(["s3", "provider_feeds", "landed"])
+JOB_NAME = "provider_feeds_job"
+HASH_CHUNK = 1024 * 1024
+PROGRESS_LOG_SECONDS = 15
+
+# Transient SFTP/S3 errors only: every other failure is raised with allow_retries=False.
+RETRY_POLICY = dg.RetryPolicy(
+    max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
+
+provider_feeds_job = dg.define_asset_job(
+    JOB_NAME,
+    selection=dg.AssetSelection.assets(RAW_KEY, LANDED_KEY),
+    executor_def=dg.in_process_executor,
+    description="One provider file: download the raw copy, then verify, decrypt, decompress "
+    "and land it.",
+)
+
+
+def build_provider_feed_assets(providers: list[ProviderConfig]) -> list[dg.AssetsDefinition]:
+    """The two assets, partitioned over every provider's files.
+
+    A partition names its provider, so the assets require the feed resource of every
+    configured provider (and the raw asset their SFTP resources) and pick one per run.
+    """
+    sftp_keys = {provider.name: sftp_resource_key(provider) for provider in providers}
+    feed_keys = {provider_feed_resource_key(provider.name) for provider in providers}
+
+    @dg.asset(
+        key=RAW_KEY,
+        partitions_def=provider_file_partitions,
+        group_name=GROUP,
+        kinds={"s3", "sftp"},
+        retry_policy=RETRY_POLICY,
+        required_resource_keys={"s3", SETTINGS_KEY, *feed_keys, *sftp_keys.values()},
+        description="The provider's file exactly as downloaded, stored immutably at "
+        "raw/{provider}/{date}/{name} with its size and sha256 (and its .sig beside it).",
+    )
+    def provider_file_raw(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        with _one_file_failure(context, "store the raw copy"):
+            return materialize_raw(context, sftp_keys)
+
+    @dg.asset(
+        key=LANDED_KEY,
+        deps=[RAW_KEY],
+        partitions_def=provider_file_partitions,
+        group_name=GROUP,
+        kinds={"s3", "csv", "pdf"},
+        retry_policy=RETRY_POLICY,
+        required_resource_keys={"s3", SETTINGS_KEY, *feed_keys},
+        description="The raw copy verified, decrypted and decompressed; every resulting file at "
+        "data/{csv|pdf|xml|other}/{provider folder}/{name}.",
+    )
+    def provider_file_landed(context: dg.AssetExecutionContext):
+        settings: ProviderFeedsSettings = getattr(context.resources, SETTINGS_KEY)
+        yield from logged_events(context, _land(context), flow=GROUP,
+                                 s3_client=_s3_client(context), bucket=settings.logs_bucket)
+
+    def _land(context: dg.AssetExecutionContext):
+        with _one_file_failure(context, "land"):
+            yield materialize_landed(context)
+
+    return [provider_file_raw, provider_file_landed]
+
+
+# ------------------------------------------------------------------------------ raw
+
+
+def materialize_raw(context: dg.AssetExecutionContext,
+                    sftp_keys: dict[str, str]) -> dg.MaterializeResult:
+    ref = FileRef.from_partition_key(context.partition_key)
+    _feed(context, ref)  # fails at once for a provider that is not in the config
+    settings: ProviderFeedsSettings = getattr(context.resources, SETTINGS_KEY)
+    client = _s3_client(context)
+    wanted = RemoteIdentity.from_tags(context.run.tags)
+    recorded = latest_raw_copy(context.instance, context.partition_key)
+
+    if recorded is not None and (wanted is None or identity_of(recorded) == wanted):
+        try:
+            missing = [key for key in _copy_keys(recorded)
+                       if head_object_or_none(client, recorded["bucket"], key) is None]
+        except Exception as error:  # noqa: BLE001 - classified in file_failure
+            raise file_failure(ref, "check the raw copy", error, log=context.log) from None
+        if not missing:
+            context.log.info(
+                f"{ref}: raw copy {s3_uri(recorded['bucket'], recorded['key'])} already stored "
+                "(size and mtime match); the SFTP server is not contacted"
+            )
+            return _raw_result(recorded, reused=True, seconds={})
+        context.log.warning(f"{ref}: raw copy incomplete in S3 (missing {missing}); fetching again")
+
+    sftp = getattr(context.resources, sftp_keys[ref.provider])
+    seconds: dict[str, float] = {}
+    with settings.scratch(ref.provider) as work:
+        try:
+            with sftp.open_session() as session:
+                copy = _fetch_raw(context, session, client, settings, ref, wanted, work, seconds)
+        except dg.Failure:
+            raise
+        except Exception as error:  # noqa: BLE001 - classified in file_failure
+            raise file_failure(ref, "download", error, scrub={f"{work}/": ""},
+                               log=context.log) from None
+    return _raw_result(copy, reused=False, seconds=seconds)
+
+
+def _fetch_raw(context, session, client, settings: ProviderFeedsSettings, ref: FileRef,
+               wanted: Optional[RemoteIdentity], work: Path,
+               seconds: dict[str, float]) -> dict[str, Any]:
+    remote = session.stat(ref.remote_path)
+    if remote.is_dir:
+        raise file_failure(ref, "download", "it is a directory, not a file", transient=False)
+    if wanted is not None and (remote.size, remote.mtime) != (wanted.size, wanted.mtime):
+        context.log.warning(
+            f"{ref}: changed since the sensor listed it (size {wanted.size} -> {remote.size}, "
+            f"mtime {wanted.mtime} -> {remote.mtime}); storing the current version"
+        )
+    data = _store_version(context, session, client, settings, ref, ref.remote_path, remote,
+                          raw_keys(ref.provider, ref.remote_path, remote.size, remote.mtime),
+                          work, seconds)
+    signature = None
+    if wanted is None or wanted.signature is not None:
+        sig_path = ref.remote_path + SIGNATURE_SUFFIX
+        try:
+            sig_remote = session.stat(sig_path)
+        except SftpNoSuchFile:
+            sig_remote = None
+        if sig_remote is not None and not sig_remote.is_dir:
+            signature = _store_version(
+                context, session, client, settings, ref, sig_path, sig_remote,
+                signature_keys(data["key"], sig_remote.size, sig_remote.mtime), work, seconds,
+            )
+        elif wanted is not None:
+            context.log.warning(f"{ref}: the sensor saw {sig_path}, which is gone now")
+    return {"provider": ref.provider, "remote_path": ref.remote_path,
+            "bucket": settings.bucket, **data, "signature": signature}
+
+
+def _store_version(context, session, client, settings: ProviderFeedsSettings, ref: FileRef,
+                   remote_path: str, remote, keys: tuple[str, ...], work: Path,
+                   seconds: dict[str, float]) -> dict[str, Any]:
+    """Download one version of a remote file and store it under the first free key.
+
+    A key already holding this version (same remote size and mtime) is reused without a
+    download; a key holding another version is never overwritten.
+    """
+    bucket = settings.bucket
+    target = None
+    for key in keys:
+        head = head_object_or_none(client, bucket, key)
+        if head is None:
+            target = key
+            break
+        meta = head.get("Metadata", {})
+        if (meta.get("remote-size"), meta.get("remote-mtime")) == (str(remote.size),
+                                                                    str(remote.mtime)):
+            context.log.info(f"{ref}: {remote_path} already stored at {s3_uri(bucket, key)}")
+            return {"key": key, "size": head["ContentLength"], "sha256": meta.get("sha256", ""),
+                    "remote_size": remote.size, "remote_mtime": remote.mtime}
+    if target is None:
+        raise file_failure(ref, "store the raw copy",
+                           f"every raw key for this version is taken by another version: {keys}",
+                           transient=False)
+
+    local = work / posixpath.basename(remote_path)
+    started = time.monotonic()
+    context.log.info(f"{ref}: downloading {remote_path} ({_size(remote.size)})")
+    result = session.download(remote_path, local, progress=_progress(context, ref, remote_path))
+    seconds["download"] = seconds.get("download", 0.0) + time.monotonic() - started
+    if (result.size, result.mtime) != (remote.size, remote.mtime):
+        raise file_failure(ref, "download", f"{remote_path} changed while it was fetched "
+                           "(size or mtime); it is retried", transient=True)
+    digest = sha256_file(local)
+    context.log.info(
+        f"{ref}: downloaded {remote_path} ({_size(result.size)}) in {result.seconds:.1f}s"
+        + (f", resumed at {list(result.resumed_from)}" if result.resumed else "")
+    )
+    started = time.monotonic()
+    with open(local, "rb") as stream:
+        upload_stream(
+            client, stream, bucket, target,
+            max_concurrency=settings.upload_concurrency,
+            extra_args={
+                "ContentType": "application/octet-stream",
+                "Metadata": {
+                    "provider": ref.provider,
+                    "remote-path": quote(remote_path),
+                    "remote-size": str(remote.size),
+                    "remote-mtime": str(remote.mtime),
+                    "sha256": digest,
+                },
+            },
+        )
+    seconds["upload"] = seconds.get("upload", 0.0) + time.monotonic() - started
+    local.unlink()
+    context.log.info(f"{ref}: raw copy stored at {s3_uri(bucket, target)} (sha256 {digest[:16]}…)")
+    return {"key": target, "size": result.size, "sha256": digest,
+            "remote_size": remote.size, "remote_mtime": remote.mtime}
+
+
+def _raw_result(copy: dict[str, Any], *, reused: bool,
+                seconds: dict[str, float]) -> dg.MaterializeResult:
+    signature = copy.get("signature")
+    return dg.MaterializeResult(
+        metadata={
+            "provider": copy["provider"],
+            "remote_path": copy["remote_path"],
+            "raw_uri": dg.MetadataValue.path(s3_uri(copy["bucket"], copy["key"])),
+            "size": copy["size"],
+            "sha256": copy["sha256"],
+            "remote_modified": f"{mtime_date(copy['remote_mtime'])} (mtime {copy['remote_mtime']})",
+            "signature_uri": dg.MetadataValue.path(s3_uri(copy["bucket"], signature["key"]))
+            if signature else "none",
+            "reused_raw_copy": reused,
+            "seconds_download": round(seconds.get("download", 0.0), 3),
+            "seconds_upload": round(seconds.get("upload", 0.0), 3),
+            # Machine-readable: the landed asset and reruns read the raw copy from here.
+            "raw_copy": dg.MetadataValue.json(copy),
+        }
+    )
+
+
+def latest_raw_copy(instance: dg.DagsterInstance, partition: str) -> Optional[dict[str, Any]]:
+    """The raw copy recorded by the partition's latest raw materialization, if any."""
+    return latest_metadata_value(instance, RAW_KEY, partition, "raw_copy")
+
+
+def identity_of(copy: dict[str, Any]) -> RemoteIdentity:
+    signature = copy.get("signature")
+    return RemoteIdentity(
+        copy["remote_size"], copy["remote_mtime"],
+        (signature["remote_size"], signature["remote_mtime"]) if signature else None,
+    )
+
+
+def _copy_keys(copy: dict[str, Any]) -> list[str]:
+    return [copy["key"]] + ([copy["signature"]["key"]] if copy.get("signature") else [])
+
+
+# ------------------------------------------------------------------------------ landed
+
+
+def materialize_landed(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    ref = FileRef.from_partition_key(context.partition_key)
+    feed = _feed(context, ref)
+    settings: ProviderFeedsSettings = getattr(context.resources, SETTINGS_KEY)
+    client = _s3_client(context)
+    copy = latest_raw_copy(context.instance, context.partition_key)
+    if copy is None:
+        raise file_failure(ref, "land", "no raw copy is recorded; materialize "
+                           f"{RAW_KEY.to_user_string()} for this partition first", transient=False)
+    raw_uri = s3_uri(copy["bucket"], copy["key"])
+    name = posixpath.basename(ref.remote_path)
+    seconds: dict[str, float] = {}
+    stage = "fetch the raw copy"
+    with settings.scratch(ref.provider) as work:
+        scrub = {f"{work}/raw/": "", f"{work}/plain/": "", f"{work}/sig/": "",
+                 str(work): "(scratch)"}
+        try:
+            with _timed(seconds, "fetch_raw"):
+                raw_local = _fetch_copy(client, settings, copy, work / "raw" / name)
+            context.log.info(f"{ref}: fetched raw copy {raw_uri} ({_size(copy['size'])}, sha256 "
+                             f"verified) in {seconds['fetch_raw']:.1f}s")
+
+            stage = "verify the signature"
+            with _timed(seconds, "verify"):
+                signer = _verify(client, settings, feed, ref, copy, raw_local, work / "sig")
+            context.log.info(f"{ref}: signature " + (f"verified, signed by {signer}" if signer
+                             else "none (not required)"))
+
+            stage = "decrypt"
+            encrypted = looks_encrypted(raw_local, name)
+            plain, plain_name = raw_local, name
+            if encrypted:
+                plain_name = decrypted_name(name)
+                with _timed(seconds, "decrypt"):
+                    decrypted = feed.gpg().decrypt_file(raw_local, work / "plain" / plain_name)
+                    plain = decrypted.dest_path
+                raw_local.unlink()
+                context.log.info(f"{ref}: decrypted to {plain_name} ({_size(decrypted.size)}) "
+                                 f"in {seconds['decrypt']:.1f}s")
+            else:
+                context.log.info(f"{ref}: not encrypted")
+
+            stage = "decompress"
+            with _timed(seconds, "decompress"):
+                found, files = unpack(plain, plain_name, work / "out",
+                                      max_bytes=feed.max_extracted_bytes)
+            if found != "none":
+                plain.unlink()
+            context.log.info(f"{ref}: {found if found != 'none' else 'not compressed'}: "
+                             f"{len(files)} file(s) in {seconds['decompress']:.1f}s")
+
+            stage = "upload"
+            landed = []
+            for extracted in files:
+                with _timed(seconds, "inspect"):
+                    category = detect_type(extracted.path, extracted.name)
+                    rows, note = (count_csv_rows(extracted.path) if category == "csv"
+                                  else (None, None))
+                key = landed_key(category, feed.folder, extracted.name)
+                with _timed(seconds, "upload"), open(extracted.path, "rb") as stream:
+                    upload_stream(
+                        client, stream, settings.bucket, key,
+                        max_concurrency=settings.upload_concurrency,
+                        extra_args={
+                            "ContentType": CONTENT_TYPES[category],
+                            "Metadata": {"provider": ref.provider,
+                                         "source-raw-key": quote(copy["key"]),
+                                         "source-sha256": copy["sha256"]},
+                        },
+                    )
+                extracted.path.unlink()
+                entry = {"key": key, "name": extracted.name, "type": category,
+                         "size": extracted.size, "rows": rows}
+                if note:
+                    entry["rows_note"] = note
+                landed.append(entry)
+                context.log.info(
+                    f"{ref}: landed {extracted.name} at {s3_uri(settings.bucket, key)} "
+                    f"({category}, {_size(extracted.size)}"
+                    + (f", {rows:,} row(s)" if rows is not None else "") + ")"
+                )
+        except dg.Failure:
+            raise
+        except Exception as error:  # noqa: BLE001 - classified in file_failure
+            raise file_failure(ref, stage, error, scrub=scrub,
+                               metadata={"raw_uri": dg.MetadataValue.path(raw_uri)},
+                               log=context.log) from None
+
+    if not landed:
+        context.log.warning(f"{ref}: the archive holds no regular files; nothing landed")
+    return dg.MaterializeResult(metadata=_landed_metadata(ref, copy, raw_uri, found, encrypted,
+                                                          signer, landed, seconds, settings))
+
+
+def _fetch_copy(client, settings: ProviderFeedsSettings, stored: dict[str, Any],
+                local: Path) -> Path:
+    """Stream an S3 object to a local file and check it against its recorded sha256."""
+    local.parent.mkdir(parents=True, exist_ok=True)
+    client.download_file(stored["bucket"], stored["key"], str(local),
+                         Config=transfer_config(max_concurrency=settings.upload_concurrency))
+    digest = sha256_file(local)
+    if stored.get("sha256") and digest != stored["sha256"]:
+        raise ValueError(
+            f"{s3_uri(stored['bucket'], stored['key'])} has sha256 {digest}, but "
+            f"{stored['sha256']} was recorded when it was stored: the raw copy is damaged"
+        )
+    return local
+
+
+def _verify(client, settings: ProviderFeedsSettings, feed: ProviderFeed, ref: FileRef,
+            copy: dict[str, Any], raw_local: Path, sig_dir: Path) -> Optional[str]:
+    """The signer's fingerprint; None when there is no signature and none is required."""
+    signature = copy.get("signature")
+    name = posixpath.basename(ref.remote_path)
+    if signature is None:
+        if feed.require_signature:
+            raise file_failure(
+                ref, "verify the signature",
+                f"signature required (require_signature) but no {name}{SIGNATURE_SUFFIX} came "
+                "with the file; refusing to land unverified data", transient=False,
+            )
+        return None
+    if not feed.signing_key_file:
+        raise file_failure(
+            ref, "verify the signature",
+            f"{name}{SIGNATURE_SUFFIX} came with the file but provider {feed.name} has no "
+            "signing_key_file to verify it with; refusing to land unverified data",
+            transient=False,
+        )
+    try:
+        armored = Path(feed.signing_key_file).read_text()
+    except OSError as error:
+        raise file_failure(
+            ref, "verify the signature",
+            f"cannot read the provider's signing key {feed.signing_key_file}: "
+            f"{error.strerror or error}", transient=False,
+        ) from None
+    sig_local = _fetch_copy(client, settings, {**signature, "bucket": copy["bucket"]},
+                            sig_dir / f"{name}{SIGNATURE_SUFFIX}")
+    gpg = feed.gpg()
+    allowed = gpg.import_keys(armored)
+    return gpg.verify_detached(sig_local, raw_local, allowed_fingerprints=allowed)
+
+
+def _landed_metadata(ref: FileRef, copy: dict[str, Any], raw_uri: str, found: str,
+                     encrypted: bool, signer: Optional[str], landed: list[dict],
+                     seconds: dict[str, float], settings: ProviderFeedsSettings) -> dict:
+    by_type: dict[str, int] = {}
+    for entry in landed:
+        by_type[entry["type"]] = by_type.get(entry["type"], 0) + 1
+    rows = [entry["rows"] for entry in landed if entry["rows"] is not None]
+    total_bytes = sum(entry["size"] for entry in landed)
+    summary = f"{len(landed)} file(s) landed" + (
+        ": " + ", ".join(f"{count} {kind}" for kind, count in sorted(by_type.items()))
+        if landed else "") + (f"; {sum(rows):,} CSV row(s)" if rows else "") + (
+        f"; {_size(total_bytes)}")
+    table = ["| S3 key | type | size | rows |", "|---|---|---|---|"] + [
+        f"| s3://{settings.bucket}/{entry['key']} | {entry['type']} | {entry['size']:,} | "
+        f"{'' if entry['rows'] is None else format(entry['rows'], ',')} |"
+        for entry in landed
+    ]
+    return {
+        "provider": ref.provider,
+        "remote_path": ref.remote_path,
+        "summary": summary,
+        "raw_uri": dg.MetadataValue.path(raw_uri),
+        "raw_sha256": copy["sha256"],
+        "signature": f"verified: {signer}" if signer else "none",
+        "encrypted": encrypted,
+        "compression": found,
+        "landed_files": len(landed),
+        "landed_keys": dg.MetadataValue.json([entry["key"] for entry in landed]),
+        "landed": dg.MetadataValue.json(landed),
+        "files": dg.MetadataValue.md("\n".join(table)),
+        "bytes_landed": total_bytes,
+        "csv_rows": sum(rows),
+        **{f"seconds_{stage}": round(seconds.get(stage, 0.0), 3)
+           for stage in ("fetch_raw", "verify", "decrypt", "decompress", "inspect", "upload")},
+    }
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+@contextmanager
+def _one_file_failure(context, stage: str) -> Iterator[None]:
+    """Anything unforeseen still fails as this file's failure (retried only if transient)."""
+    try:
+        yield
+    except dg.Failure:
+        raise
+    except Exception as error:  # noqa: BLE001 - classified in file_failure
+        raise file_failure(FileRef.from_partition_key(context.partition_key), stage,
+                           error, log=context.log) from None
+
+
+def _s3_client(context):
+    # Through `required_resource_keys`, dagster-aws's S3Resource (a resource factory) is
+    # the boto3 client itself; as a typed parameter it is the resource with get_client().
+    s3 = context.resources.s3
+    return s3.get_client() if hasattr(type(s3), "get_client") else s3
+
+
+def _feed(context, ref: FileRef) -> ProviderFeed:
+    try:
+        return getattr(context.resources, provider_feed_resource_key(ref.provider))
+    except Exception:  # noqa: BLE001 - Dagster raises its own error for an unknown resource
+        raise file_failure(ref, "find the provider", f"provider {ref.provider!r} is not in "
+                           "the config", transient=False) from None
+
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextmanager
+def _timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        seconds[stage] = seconds.get(stage, 0.0) + time.monotonic() - started
+
+
+def _progress(context, ref: FileRef, remote_path: str):
+    last = [time.monotonic()]
+
+    def report(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_LOG_SECONDS and total:
+            last[0] = now
+            context.log.info(f"{ref}: downloading {remote_path}: {done * 100 // total}% "
+                             f"({_size(done)} of {_size(total)})")
+
+    return report
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{count} B"

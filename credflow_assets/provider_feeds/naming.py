@@ -1,0 +1,123 @@
+"""Names: partition keys, run keys, raw and landed S3 keys, and a remote file's identity.
+
+A partition is one file a provider dropped: `{provider}/{remote path}`. Dagster refuses `...`
+and control characters in keys and commas break UI backfills, so the path part is
+percent-encoded for exactly those (and for `%` itself), which keeps ordinary paths readable and
+makes the key reversible: `parse_partition_key` gives back the provider and the exact path.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Optional
+from urllib.parse import unquote
+
+from credflow_assets.partitions import is_valid_partition_key
+
+SIGNATURE_SUFFIX = ".sig"
+# Run tags carrying what the sensor saw, so a run downloads the version it was asked for.
+PROVIDER_TAG = "credflow/provider"
+REMOTE_PATH_TAG = "credflow/remote_path"
+REMOTE_SIZE_TAG = "credflow/remote_size"
+REMOTE_MTIME_TAG = "credflow/remote_mtime"
+SIGNATURE_TAG = "credflow/remote_signature"  # "{size}:{mtime}" of `X.sig`, or "none"
+
+_TRIPLE_DOT = re.compile(r"\.(?=\.\.)")
+
+
+def encode_path(path: str) -> str:
+    out = []
+    for char in path:
+        if char in "%," or not char.isprintable():
+            out.append("".join(f"%{byte:02X}" for byte in char.encode("utf-8")))
+        else:
+            out.append(char)
+    return _TRIPLE_DOT.sub("%2E", "".join(out))
+
+
+def partition_key(provider: str, remote_path: str) -> str:
+    key = f"{provider}/{encode_path(remote_path)}"
+    if not is_valid_partition_key(key):  # cannot happen for a non-empty path; keep it loud
+        raise ValueError(f"cannot build a partition key for {provider}:{remote_path!r}")
+    return key
+
+
+def parse_partition_key(key: str) -> tuple[str, str]:
+    """`{provider}/{encoded path}` → (provider, remote path)."""
+    provider, slash, encoded = key.partition("/")
+    if not slash or not provider or not encoded:
+        raise ValueError(f"partition key {key!r} is not {{provider}}/{{remote path}}")
+    return provider, unquote(encoded, errors="strict")
+
+
+@dataclass(frozen=True)
+class RemoteIdentity:
+    """What identifies one version of a remote file: size and mtime, plus its `.sig`'s."""
+
+    size: int
+    mtime: int
+    signature: Optional[tuple[int, int]] = None  # (size, mtime) of `X.sig` when present
+
+    def to_json(self) -> list[int]:
+        return [self.size, self.mtime, *(self.signature or ())]
+
+    @classmethod
+    def from_json(cls, value: list[int]) -> RemoteIdentity:
+        size, mtime, *signature = value
+        return cls(int(size), int(mtime), tuple(signature) if signature else None)
+
+    def run_key(self, key: str) -> str:
+        run_key = f"{key}@{self.size}:{self.mtime}"
+        if self.signature:
+            run_key += f"+sig@{self.signature[0]}:{self.signature[1]}"
+        return run_key
+
+    def tags(self) -> dict[str, str]:
+        return {
+            REMOTE_SIZE_TAG: str(self.size),
+            REMOTE_MTIME_TAG: str(self.mtime),
+            SIGNATURE_TAG: f"{self.signature[0]}:{self.signature[1]}" if self.signature else "none",
+        }
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, str]) -> Optional[RemoteIdentity]:
+        """The identity a sensor asked for; None for a run started by hand."""
+        if REMOTE_SIZE_TAG not in tags or REMOTE_MTIME_TAG not in tags:
+            return None
+        signature = tags.get(SIGNATURE_TAG, "none")
+        sig = None
+        if signature != "none":
+            sig_size, _, sig_mtime = signature.partition(":")
+            sig = (int(sig_size), int(sig_mtime))
+        return cls(int(tags[REMOTE_SIZE_TAG]), int(tags[REMOTE_MTIME_TAG]), sig)
+
+
+def mtime_date(mtime: int) -> str:
+    return datetime.fromtimestamp(mtime, tz=timezone.utc).strftime("%Y-%m-%d")
+
+
+def raw_keys(provider: str, remote_path: str, size: int, mtime: int) -> tuple[str, str]:
+    """(primary, alternate) S3 keys for the raw copy of one version of a remote file.
+
+    The primary key is `raw/{provider}/{date of mtime}/{name}`. Raw copies are never
+    overwritten: a different version with the same name and date goes to the alternate key,
+    which carries its mtime and size and so is unique to it.
+    """
+    name = posixpath.basename(remote_path)
+    date = mtime_date(mtime)
+    return (f"raw/{provider}/{date}/{name}",
+            f"raw/{provider}/{date}/v{mtime}-{size}/{name}")
+
+
+def signature_keys(data_key: str, size: int, mtime: int) -> tuple[str, str]:
+    """The `.sig` beside its file's raw copy (alternate: a newer signature of the same file)."""
+    directory, name = posixpath.split(data_key)
+    return (f"{data_key}{SIGNATURE_SUFFIX}",
+            f"{directory}/sig-v{mtime}-{size}/{name}{SIGNATURE_SUFFIX}")
+
+
+def landed_key(category: str, folder: str, name: str) -> str:
+    return f"data/{category}/{folder}/{name}"

@@ -1,0 +1,1 @@
+"""One module per external system. Resources import nothing from the flows."""

@@ -1,0 +1,200 @@
+"""S3: dagster-aws's `S3Resource`, plus the small helpers the flows share.
+
+Endpoint handling. Every AWS client in credflow gets its endpoint explicitly: `S3Resource` has an
+`endpoint_url` field (dagster-aws passes it to `boto3.session.Session().resource("s3", …)`), and
+`AwsClientResource` below (the base of the SQS and Glue resources) has the same field. Locally it
+is the moto server's URL; in production it is None and boto3 uses AWS. With `endpoint_url=None`,
+boto3 (>= 1.28) also honours the `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_<SERVICE>` environment
+variables, so a process started with `local_aws_env(...)` reaches moto even through a client built
+without an endpoint; that is a fallback, not what credflow relies on.
+
+Nothing here touches the network or builds a client at import time; boto3 is imported lazily.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import IO, TYPE_CHECKING, Any, ClassVar
+
+from dagster import ConfigurableResource
+from pydantic import Field, PrivateAttr
+
+if TYPE_CHECKING:
+    from dagster_aws.s3 import S3Resource
+
+# S3's multipart minimum is 5 MiB (moto enforces it too); 8 MiB parts keep memory small while
+# allowing files up to 80 GiB within S3's 10,000-part limit.
+DEFAULT_PART_SIZE = 8 * 1024 * 1024
+MIN_PART_SIZE = 5 * 1024 * 1024
+
+
+def s3_resource(
+    region: str,
+    endpoint_url: str | None,
+    *,
+    aws_access_key_id: str | None = None,
+    aws_secret_access_key: str | None = None,
+) -> S3Resource:
+    """dagster-aws's `S3Resource` for `region`, pointed at `endpoint_url` (None: AWS itself).
+
+    Credentials come from the usual boto3 chain (environment, profile, instance role) unless
+    given; pass `EnvVar(...)` values, never literals from the YAML.
+    """
+    from dagster_aws.s3 import S3Resource
+
+    return S3Resource(
+        region_name=region,
+        endpoint_url=endpoint_url,
+        aws_access_key_id=aws_access_key_id,
+        aws_secret_access_key=aws_secret_access_key,
+    )
+
+
+def s3_uri(bucket: str, key: str) -> str:
+    return f"s3://{bucket}/{key}"
+
+
+def head_object_or_none(client, bucket: str, key: str) -> dict[str, Any] | None:
+    """`head_object`, or None when the object does not exist (any other error is raised)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        return client.head_object(Bucket=bucket, Key=key)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+            return None
+        raise
+
+
+def iter_objects(
+    client: Any,
+    bucket: str,
+    prefix: str = "",
+    start_after: str | None = None,
+    *,
+    page_size: int = 1000,
+) -> Iterator[dict[str, Any]]:
+    """Every object under `prefix` (key order), after `start_after` if given.
+
+    Pages with `ContinuationToken`, so it goes past S3's 1,000 keys per response. Yields the
+    `list_objects_v2` entries (`Key`, `Size`, `ETag`, `LastModified`, …). Keys that sort before
+    `start_after` are never seen: a cursor over keys alone misses new keys that sort early (see
+    SERVICES.md), which is why sensors drain the event queue and only the reconciliation pass
+    lists.
+    """
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
+    if start_after:
+        kwargs["StartAfter"] = start_after
+    while True:
+        page = client.list_objects_v2(**kwargs)
+        yield from page.get("Contents", [])
+        if not page.get("IsTruncated"):
+            return
+        kwargs.pop("StartAfter", None)
+        kwargs["ContinuationToken"] = page["NextContinuationToken"]
+
+
+def transfer_config(
+    *, part_size: int = DEFAULT_PART_SIZE, max_concurrency: int = 4
+) -> Any:
+    """A `TransferConfig` whose memory use is bounded by about `2 * max_concurrency * part_size`.
+
+    Multipart starts at `part_size`; at most `max_concurrency` parts are in flight and at most as
+    many more are buffered from a non-seekable stream (s3transfer's default buffers 10).
+    """
+    from boto3.s3.transfer import TransferConfig
+
+    if part_size < MIN_PART_SIZE:
+        raise ValueError(f"part_size {part_size} is below S3's 5 MiB multipart minimum")
+    config = TransferConfig(
+        multipart_threshold=part_size,
+        multipart_chunksize=part_size,
+        max_concurrency=max_concurrency,
+        max_io_queue=max_concurrency * 2,
+        use_threads=max_concurrency > 1,
+        preferred_transfer_client="classic",
+    )
+    config.max_in_memory_upload_chunks = max_concurrency
+    return config
+
+
+def upload_stream(
+    client: Any,
+    stream: IO[bytes],
+    bucket: str,
+    key: str,
+    *,
+    part_size: int = DEFAULT_PART_SIZE,
+    max_concurrency: int = 4,
+    extra_args: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Stream a file-like object to `s3://bucket/key` (multipart above `part_size`).
+
+    Memory stays bounded whatever the size (see `transfer_config`); the stream need not be
+    seekable. Returns `{"bucket", "key", "size", "etag"}` from a `head_object` afterwards, for
+    materialization metadata and run keys.
+    """
+    client.upload_fileobj(
+        stream,
+        bucket,
+        key,
+        ExtraArgs=extra_args or None,
+        Config=transfer_config(part_size=part_size, max_concurrency=max_concurrency),
+    )
+    head = client.head_object(Bucket=bucket, Key=key)
+    return {
+        "bucket": bucket,
+        "key": key,
+        "size": head["ContentLength"],
+        "etag": head["ETag"].strip('"'),
+    }
+
+
+class AwsClientResource(ConfigurableResource):
+    """Base for credflow's own boto3-backed resources (SQS, Glue): region, endpoint, credentials.
+
+    The client is built on first use (or in `setup_for_execution`) and kept private; nothing
+    happens at import or construction. Subclasses set the class variable `service_name`.
+    """
+
+    region_name: str = Field(description="AWS region, e.g. us-east-1.")
+    endpoint_url: str | None = Field(
+        default=None,
+        description="Custom endpoint (the local moto server); None means AWS itself.",
+    )
+    aws_access_key_id: str | None = Field(
+        default=None, description="Access key; None uses the boto3 credential chain."
+    )
+    aws_secret_access_key: str | None = Field(
+        default=None, description="Secret key; None uses the boto3 credential chain."
+    )
+    aws_session_token: str | None = Field(default=None, description="Optional session token.")
+    max_attempts: int = Field(default=5, description="boto3 retry attempts (standard mode).")
+
+    service_name: ClassVar[str] = ""
+
+    _client: Any = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context) -> None:
+        self._client = self._build_client()
+
+    @property
+    def client(self) -> Any:
+        """The boto3 client (built once, lazily)."""
+        if self._client is None:
+            self._client = self._build_client()
+        return self._client
+
+    def _build_client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        return boto3.session.Session().client(
+            self.service_name,
+            region_name=self.region_name,
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key,
+            aws_session_token=self.aws_session_token,
+            config=Config(retries={"max_attempts": self.max_attempts, "mode": "standard"}),
+        )

@@ -1,0 +1,501 @@
+"""Staged CSV → prod copy → Glue partition, one staged file (partition) per run.
+
+    ["s3", "staging", "file"]     the upload, observed (key, size, etag, header), and its two
+                                  blocking checks (checks.py)
+    ["s3", "prod", "file"]        the promoted copy: prod/{table}/ingest_date=D/{file}
+    ["glue", database, table]     one asset per configured table: the table (created from its
+                                  first good file) and the file's ingest_date partition
+
+All three run in one job (`staged_file_job`), so a failing check stops the prod and Glue steps
+of the same run: nothing reaches prod or Glue, and the staged file is left as it was.
+
+What happens to the staged file. A file that fails a check stays in staging, untouched, until a
+corrected upload replaces it (same key) or someone deletes it. A promoted file is *removed* from
+staging once its copy is in prod and its partition is registered: staging then holds exactly the
+uploads that still need attention (waiting for a run, or rejected), never a second copy of prod.
+The source system's mess was staging files left behind that no longer matched anything; here
+nothing good is left behind, and what is left is named by the audit. The record of the upload
+(key, etag, uploader, header) stays on the staged-file asset's materialization and in the prod
+object's metadata (`credflow-staged-key`, `credflow-staged-etag`). A file is removed only if
+it is still the version that was promoted: a newer upload under the same key stays for its own
+run.
+
+Which version. A run is requested for one upload (`credflow/staged_version`: etag and
+last-modified time). If the object changed since, the run fails as superseded and the newer
+upload's own run checks it; the copy is conditional on the checked etag (`CopySourceIfMatch`).
+The `ingest_date` is the date the upload names in its `ingest-date` metadata
+(`x-amz-meta-ingest-date: 2024-01-31`, to load an old export into its own partition), else the
+UTC date it was uploaded to staging; either way a rerun lands in the same place. A re-upload of
+the same name for the same date replaces that prod file (Glue then reads the new one).
+"""
+
+
+import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from typing import Any
+from urllib.parse import quote
+
+import dagster as dg
+from dagster_aws.s3 import S3Resource
+
+from credflow_assets.parse_logs import parse_log
+from credflow_assets.partitions import staged_file_partitions
+from credflow_assets.resources.glue import GlueError, GlueResource, table_columns
+from credflow_assets.resources.s3 import DEFAULT_PART_SIZE, transfer_config
+from credflow_assets.staged_tables.checks import (
+    CHECK_SPECS,
+    StagedObject,
+    columns_check_result,
+    requested_ingest_date,
+    rows_check_result,
+    uploader_of,
+)
+from credflow_assets.staged_tables.columns import (
+    HeaderError,
+    compare_columns,
+    normalize_header,
+    read_header,
+    resolve_table_columns,
+)
+from credflow_assets.staged_tables.layout import PARTITION_COLUMN, StagedFile, object_key_for
+from credflow_assets.staged_tables.settings import (
+    GROUP,
+    JOB_NAME,
+    PROD_FILE_KEY,
+    STAGING_FILE_KEY,
+    VERSION_TAG,
+    StagedTablesSettings,
+    glue_table_key,
+    object_version,
+)
+
+PROD_METADATA_SOURCE_KEY = "credflow-staged-key"
+PROD_METADATA_SOURCE_ETAG = "credflow-staged-etag"
+
+
+@dg.asset(
+    key=STAGING_FILE_KEY,
+    partitions_def=staged_file_partitions,
+    group_name=GROUP,
+    kinds={"s3", "csv", "pandas"},
+    check_specs=CHECK_SPECS,
+    description="An analyst's CSV in staging/{table}/, observed (key, size, etag, header) and "
+    "checked against its table before it may be promoted.",
+)
+def staged_file(
+    context: dg.AssetExecutionContext,
+    s3: S3Resource,
+    glue: GlueResource,
+    staged_tables_settings: StagedTablesSettings,
+):
+    settings = staged_tables_settings
+    layout = settings.layout
+    client = s3.get_client()
+    target = _target(layout, context.partition_key)
+    staged = head_staged(client, layout.bucket, target, log=context.log)
+    requested = context.run.tags.get(VERSION_TAG)
+    if requested and requested != staged.version:
+        raise dg.Failure(
+            description=f"{staged.uri}: superseded — this run was for upload {requested}, the "
+            f"object is now {staged.version}; the newer upload is checked by its own run",
+            metadata={"uploader_key": staged.key, "requested_version": requested,
+                      "current_version": staged.version},
+        )
+
+    model = _model_for(settings, staged.table)
+    raw_header: list[str] | None = None
+    header_error: str | None = None
+    report = None
+    # The parse's own log (doc 004), beside the data in the logs bucket, linked below. It holds
+    # counts, columns and checks, never cell values (those are in the check's metadata).
+    with parse_log(context, flow=GROUP, s3_client=client, bucket=settings.logs_bucket) as log, \
+            _unless_replaced(staged):
+        reference = resolve_table_columns(glue, client, layout, settings.glue_database,
+                                          staged.table)
+        context.log.info(f"{staged.uri} ({staged.size} bytes, etag {staged.etag}): table "
+                         f"{staged.table}, columns from {reference.description}")
+        try:
+            raw_header = read_header(client, layout.bucket, staged.key, etag=staged.etag)
+        except HeaderError as error:
+            header_error = str(error)
+        comparison = (compare_columns(normalize_header(raw_header), reference.columns)
+                      if raw_header is not None else None)
+        if comparison is not None:
+            started = time.monotonic()
+            body = client.get_object(Bucket=layout.bucket, Key=staged.key,
+                                     IfMatch=f'"{staged.etag}"')["Body"]
+            with closing(body):
+                from credflow_assets.staged_tables.validation import validate_rows
+
+                report = validate_rows(
+                    body, comparison.actual, model=model, glue_types=reference.glue_types,
+                    infer_types=reference.source != "glue", chunk_rows=settings.chunk_rows,
+                    sample_size=settings.failure_sample_size,
+                )
+            context.log.info(f"{staged.uri}: {report.summary()} in "
+                             f"{time.monotonic() - started:.1f}s")
+        columns_result = columns_check_result(staged, comparison, reference, raw_header,
+                                              header_error)
+        rows_result = rows_check_result(staged, report,
+                                        not_run_reason=header_error or "the header is unreadable")
+        checks_passed = columns_result.passed and rows_result.passed
+        if checks_passed:
+            context.log.info(f"{staged.uri}: both checks passed; promoting")
+        else:
+            context.log.warning(f"{staged.uri} stays in staging: " + " | ".join(
+                result.description for result in (columns_result, rows_result)
+                if not result.passed and result.description))
+
+    metadata: dict[str, Any] = {
+        "file": dg.MetadataValue.path(staged.uri),
+        "uploader_key": staged.key,
+        "uploader": staged.uploader or "",
+        "table": staged.table,
+        "name": staged.name,
+        "size": staged.size,
+        "etag": staged.etag,
+        "last_modified": staged.last_modified.isoformat(),
+        "version": staged.version,
+        "ingest_date": staged.ingest_date,
+        "header": dg.MetadataValue.json(raw_header or []),
+        "columns": dg.MetadataValue.json(comparison.actual if comparison else []),
+        "table_columns_from": reference.description,
+        "rows": report.rows if report else 0,
+        "checks_passed": checks_passed,
+        **log.metadata(),
+    }
+    if report is not None and report.inferred_types is not None:
+        metadata["inferred_types"] = dg.MetadataValue.json(report.inferred_types)
+    yield dg.MaterializeResult(metadata=metadata)
+    yield columns_result
+    yield rows_result
+
+
+@dg.asset(
+    key=PROD_FILE_KEY,
+    deps=[STAGING_FILE_KEY],
+    partitions_def=staged_file_partitions,
+    group_name=GROUP,
+    kinds={"s3", "csv"},
+    description="The promoted copy in prod/{table}/ingest_date=YYYY-MM-DD/{file}, made only "
+    "after the staged file passed its checks in the same run.",
+)
+def prod_file(
+    context: dg.AssetExecutionContext,
+    s3: S3Resource,
+    glue: GlueResource,
+    staged_tables_settings: StagedTablesSettings,
+) -> dg.MaterializeResult:
+    settings = staged_tables_settings
+    layout = settings.layout
+    staged = materialized_in_this_run(context, STAGING_FILE_KEY)
+    if not staged.get("checks_passed"):
+        raise dg.Failure(f"{staged['file']} did not pass its checks; it is not promoted")
+    table, columns = staged["table"], list(staged["columns"])
+    # Another file may have founded the table since this one was checked.
+    found = glue.get_table(settings.glue_database, table)
+    if found is None:
+        _require_database(glue, settings.glue_database, staged["file"])
+    elif [name for name, _ in table_columns(found)] != columns:
+        raise dg.Failure(
+            f"{staged['file']}: the Glue table {settings.glue_database}.{table} was created "
+            f"with other columns since the check ran; rerun this file to check it again"
+        )
+    client = s3.get_client()
+    prod_key = layout.prod_key(table, staged["ingest_date"], staged["name"])
+    started = time.monotonic()
+    copy = promote_object(
+        client, layout.bucket, staged["uploader_key"], staged["etag"], prod_key,
+        managed_copy_threshold=settings.managed_copy_threshold_bytes,
+        run_id=context.run.run_id,
+    )
+    context.log.info(f"{staged['file']} → s3://{layout.bucket}/{prod_key} "
+                     f"({copy['method']}, {copy['size']} bytes)")
+    return dg.MaterializeResult(metadata={
+        "file": dg.MetadataValue.path(f"s3://{layout.bucket}/{prod_key}"),
+        "prod_key": prod_key,
+        "source": dg.MetadataValue.path(str(staged["file"])),
+        "uploader_key": staged["uploader_key"],
+        "uploader": staged.get("uploader", ""),
+        "table": table,
+        "ingest_date": staged["ingest_date"],
+        "size": copy["size"],
+        "etag": copy["etag"],
+        "source_etag": staged["etag"],
+        "copy_method": copy["method"],
+        "seconds": round(time.monotonic() - started, 3),
+    })
+
+
+def build_glue_asset(settings: StagedTablesSettings) -> dg.AssetsDefinition | None:
+    """One Glue-table asset per configured table, in a multi-asset: a run materializes the one
+    its file belongs to."""
+    database = settings.glue_database
+    if not settings.tables:
+        return None
+    specs = [
+        dg.AssetSpec(
+            glue_table_key(database, table),
+            deps=[PROD_FILE_KEY],
+            skippable=True,
+            kinds={"glue", "athena"},
+            description=f"Glue table {database}.{table} (CSV, partitioned by "
+            f"{PARTITION_COLUMN}) over {settings.layout.table_location(table)}; each promoted "
+            "file adds or updates its partition.",
+        )
+        for table in settings.tables
+    ]
+
+    @dg.multi_asset(specs=specs, partitions_def=staged_file_partitions, group_name=GROUP,
+                    can_subset=True, name="glue_partitions")
+    def glue_partitions(
+        context: dg.AssetExecutionContext,
+        s3: S3Resource,
+        glue: GlueResource,
+        staged_tables_settings: StagedTablesSettings,
+    ):
+        result = register_partition(context, s3.get_client(), glue, staged_tables_settings)
+        yield result
+
+    return glue_partitions
+
+
+def register_partition(context, client, glue: GlueResource,
+                       settings: StagedTablesSettings) -> dg.MaterializeResult:
+    layout = settings.layout
+    database = settings.glue_database
+    staged = materialized_in_this_run(context, STAGING_FILE_KEY)
+    prod = materialized_in_this_run(context, PROD_FILE_KEY)
+    table, columns = staged["table"], list(staged["columns"])
+    asset_key = glue_table_key(database, table)
+    if asset_key not in context.selected_asset_keys:
+        raise dg.Failure(f"{staged['file']} belongs to table {table}: select "
+                         f"{asset_key.to_user_string()}")
+
+    created = False
+    found = glue.get_table(database, table)
+    if found is None:
+        types = staged.get("inferred_types") or {}
+        try:
+            found = glue.create_table(
+                database, table, [(column, types.get(column, "string")) for column in columns],
+                layout.table_location(table),
+                description=f"Staged CSVs of s3://{layout.bucket}/"
+                f"{layout.staging_table_prefix(table)}; founded by {staged['uploader_key']}",
+            )
+            created = True
+        except GlueError:
+            found = glue.get_table(database, table)  # created by another run meanwhile
+            if found is None:
+                raise
+    glue_columns = table_columns(found)
+    if [name for name, _ in glue_columns] != columns:
+        # Only a race between two founding files gets here; withdraw the copy.
+        client.delete_object(Bucket=layout.bucket, Key=prod["prod_key"])
+        raise dg.Failure(
+            f"{staged['file']}: Glue table {database}.{table} has columns "
+            f"{[name for name, _ in glue_columns]}, the file {columns}; the prod copy was "
+            "withdrawn and the file stays in staging"
+        )
+    location = layout.partition_location(table, staged["ingest_date"])
+    action = glue.add_or_update_partition(database, table, [staged["ingest_date"]], location)
+    staging_outcome = remove_staged_object(client, layout.bucket, staged["uploader_key"],
+                                           staged["etag"])
+    context.log.info(
+        f"{database}.{table}: partition {PARTITION_COLUMN}={staged['ingest_date']} {action}"
+        + ("; table created" if created else "") + f"; staged file {staging_outcome}"
+    )
+    return dg.MaterializeResult(
+        asset_key=asset_key,
+        metadata={
+            "table": f"{database}.{table}",
+            "table_created": created,
+            "columns": dg.MetadataValue.json([{"name": n, "type": t} for n, t in glue_columns]),
+            "partition": f"{PARTITION_COLUMN}={staged['ingest_date']}",
+            "partition_action": action,
+            "location": dg.MetadataValue.path(location),
+            "file": dg.MetadataValue.path(str(prod["file"])),
+            "uploader_key": staged["uploader_key"],
+            "staged_file": staging_outcome,
+            "athena_query": dg.MetadataValue.md(
+                f"```sql\nSELECT * FROM \"{database}\".\"{table}\" "
+                f"WHERE {PARTITION_COLUMN} = '{staged['ingest_date']}' LIMIT 10;\n```"
+            ),
+        },
+    )
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def _target(layout, partition_key: str) -> StagedFile:
+    key = object_key_for(partition_key)
+    target = layout.staged_file(key)
+    if target is None:
+        raise dg.Failure(f"{layout.uri(key)} is not a staged file: {layout.why_ignored(key)}")
+    return target
+
+
+@contextmanager
+def _unless_replaced(staged: StagedObject) -> Iterator[None]:
+    """Reads are conditional on the etag: a 412 means a newer upload replaced the file."""
+    from botocore.exceptions import ClientError
+
+    try:
+        yield
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") not in {"412", "PreconditionFailed"}:
+            raise
+        raise dg.Failure(f"{staged.uri}: superseded — replaced by a newer upload while it was "
+                         "being checked; the newer upload is checked by its own run") from None
+
+
+def head_staged(client: Any, bucket: str, target: StagedFile, log=None) -> StagedObject:
+    """The staged object as it is now; a Failure naming it when it is gone."""
+    from botocore.exceptions import ClientError
+
+    try:
+        head = client.head_object(Bucket=bucket, Key=target.key)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+            raise dg.Failure(
+                f"s3://{bucket}/{target.key} is no longer in staging (promoted by an earlier "
+                "run, or deleted)"
+            ) from None
+        raise
+    etag = head["ETag"].strip('"')
+    ingest_date, warning = requested_ingest_date(head.get("Metadata", {}))
+    if warning and log is not None:
+        log.warning(f"s3://{bucket}/{target.key}: {warning}")
+    return StagedObject(
+        bucket=bucket, key=target.key, table=target.table, name=target.name,
+        size=head["ContentLength"], etag=etag, last_modified=head["LastModified"],
+        version=object_version(etag, head["LastModified"]),
+        uploader=uploader_of(head.get("Metadata", {})),
+        requested_ingest_date=ingest_date,
+    )
+
+
+def _model_for(settings: StagedTablesSettings, table: str):
+    name = settings.table_models.get(table)
+    if not name:
+        return None
+    from credflow_assets.staged_tables.schemas import resolve_model
+
+    try:
+        return resolve_model(name)
+    except KeyError as error:
+        raise dg.Failure(f"table {table}: {error.args[0]}") from None
+
+
+def _require_database(glue: GlueResource, database: str, file: str) -> None:
+    """Fail before the copy, not after it, when the table could not be created."""
+    try:
+        glue.client.get_database(Name=database)
+    except glue.client.exceptions.EntityNotFoundException:
+        raise dg.Failure(f"{file}: Glue database {database!r} does not exist; nothing was "
+                         "promoted (create the database, then rerun the file)") from None
+
+
+def materialized_in_this_run(context, asset_key: dg.AssetKey) -> dict[str, Any]:
+    """The metadata of `asset_key`'s materialization for this partition, made by this run.
+
+    Promotion relies on the checks having run on the same upload in the same run; a prod or
+    Glue step launched alone (another run) is refused rather than promoting unchecked data.
+    """
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[context.partition_key]),
+        limit=1, ascending=False,
+    ).records
+    if not records or records[0].run_id != context.run.run_id:
+        raise dg.Failure(
+            f"{asset_key.to_user_string()} was not materialized in this run: promote a staged "
+            f"file with {JOB_NAME}, which checks it first in the same run"
+        )
+    return {name: value.value for name, value in
+            records[0].asset_materialization.metadata.items()}
+
+
+def promote_object(client: Any, bucket: str, source_key: str, etag: str, target_key: str, *,
+                   managed_copy_threshold: int, run_id: str = "",
+                   part_size: int = DEFAULT_PART_SIZE) -> dict[str, Any]:
+    """Copy exactly version `etag` of the staged object to `target_key`.
+
+    `copy_object` below `managed_copy_threshold`, a managed multipart copy above (S3's single
+    copy stops at 5 GiB and is slow well before). The user metadata is kept (the uploader) and
+    the staged key and etag are added. A Failure, with nothing left in prod, if the staged
+    object changed or the copy's size differs.
+    """
+    from botocore.exceptions import ClientError
+
+    try:
+        head = client.head_object(Bucket=bucket, Key=source_key, IfMatch=f'"{etag}"')
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in {"412", "PreconditionFailed"}:
+            raise dg.Failure(f"s3://{bucket}/{source_key} changed after it was checked; the new "
+                             "upload is checked by its own run") from None
+        raise
+    size = head["ContentLength"]
+    extra = {
+        "CopySourceIfMatch": f'"{etag}"',
+        "MetadataDirective": "REPLACE",
+        "Metadata": {**head.get("Metadata", {}),
+                     PROD_METADATA_SOURCE_KEY: quote(source_key, safe="/"),
+                     PROD_METADATA_SOURCE_ETAG: etag,
+                     "credflow-run-id": run_id},
+        "ContentType": head.get("ContentType") or "text/csv",
+    }
+    source = {"Bucket": bucket, "Key": source_key}
+    try:
+        if size > managed_copy_threshold:
+            method = "managed multipart copy"
+            client.copy(source, bucket, target_key, ExtraArgs=extra,
+                        Config=transfer_config(part_size=part_size))
+        else:
+            method = "copy_object"
+            client.copy_object(CopySource=source, Bucket=bucket, Key=target_key, **extra)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in {"412", "PreconditionFailed"}:
+            raise dg.Failure(f"s3://{bucket}/{source_key} changed during the copy; nothing was "
+                             "promoted") from None
+        raise
+    copied = client.head_object(Bucket=bucket, Key=target_key)
+    if copied["ContentLength"] != size:
+        client.delete_object(Bucket=bucket, Key=target_key)
+        raise dg.Failure(f"copy of s3://{bucket}/{source_key} to {target_key} has "
+                         f"{copied['ContentLength']} bytes, not {size}; withdrawn")
+    return {"method": method, "size": size, "etag": copied["ETag"].strip('"')}
+
+
+def remove_staged_object(client: Any, bucket: str, key: str, etag: str) -> str:
+    """Remove the promoted upload from staging, unless a newer upload replaced it."""
+    from botocore.exceptions import ClientError
+
+    try:
+        head = client.head_object(Bucket=bucket, Key=key)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+            return "already gone from staging"
+        raise
+    if head["ETag"].strip('"') != etag:
+        return "kept: a newer upload replaced it (its own run checks it)"
+    try:
+        client.delete_object(Bucket=bucket, Key=key, IfMatch=f'"{etag}"')
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code")
+        if code in {"412", "PreconditionFailed"}:
+            return "kept: a newer upload replaced it (its own run checks it)"
+        if code not in {"NotImplemented", "501"}:
+            raise
+        client.delete_object(Bucket=bucket, Key=key)  # no conditional delete: checked above
+    return "removed from staging"
+
+
+staged_file_job = dg.define_asset_job(
+    JOB_NAME,
+    selection=dg.AssetSelection.groups(GROUP),
+    executor_def=dg.in_process_executor,
+    description="One staged CSV: observe and check it, then (only if both checks pass) copy it "
+    "to prod and register its Glue partition.",
+)

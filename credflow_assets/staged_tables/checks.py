@@ -1,0 +1,208 @@
+"""The two blocking checks on a staged file, declared on the staged-file asset and yielded by it.
+
+Both run in the run that would promote the file (`staged_file_job`, one file per run), so a
+failure stops the promotion: the prod and Glue steps of that run do not execute, the file stays
+in staging untouched, and the Dagster UI shows the failed check on the file's partition.
+
+- `columns_match_table`: the normalized header equals the table's columns, in order (see
+  `columns.py` for where the table's columns come from). Names missing, extra and out-of-order
+  columns.
+- `rows_match_schema`: every row, streamed in chunks, against the table's pandera model (when
+  configured), the Glue table's typed columns, and the header's field count (`validation.py`).
+
+Each result's metadata names the file, the uploader's key (the staged object's S3 key) and
+uploader (S3 metadata, when the upload carried one), the table, and what differs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+
+from credflow_assets.partitions import staged_file_partitions
+from credflow_assets.staged_tables.columns import ColumnComparison, TableColumns
+from credflow_assets.staged_tables.settings import STAGING_FILE_KEY
+from credflow_assets.staged_tables.validation import RowsReport
+
+COLUMNS_CHECK = "columns_match_table"
+ROWS_CHECK = "rows_match_schema"
+
+# `partitions_def` on the spec records each result against the file's partition, so the UI shows
+# a file's checks on that file (without it, results are unpartitioned). It is a preview in Dagster
+# 1.13; its warning is silenced here, where the choice is made, rather than at every load.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", category=dg.PreviewWarning)
+    columns_check_spec = dg.AssetCheckSpec(
+        name=COLUMNS_CHECK,
+        asset=STAGING_FILE_KEY,
+        partitions_def=staged_file_partitions,
+        blocking=True,
+        description="The staged file's normalized columns are the table's columns, in order "
+        "(Glue reads CSV columns by position). Blocks the promotion.",
+    )
+    rows_check_spec = dg.AssetCheckSpec(
+        name=ROWS_CHECK,
+        asset=STAGING_FILE_KEY,
+        partitions_def=staged_file_partitions,
+        blocking=True,
+        description="Every row fits the table's pandera model (where configured), the Glue "
+        "table's typed columns and the header's field count. Blocks the promotion.",
+    )
+
+CHECK_SPECS = [columns_check_spec, rows_check_spec]
+
+# S3 user metadata that may name who uploaded a file (x-amz-meta-…), first match wins.
+UPLOADER_METADATA_KEYS = ("uploaded-by", "uploaded_by", "uploader", "user", "owner", "author")
+
+
+@dataclass(frozen=True)
+class StagedObject:
+    """The staged upload a run checks: where it is and which version of it."""
+
+    bucket: str
+    key: str
+    table: str
+    name: str
+    size: int
+    etag: str
+    last_modified: Any  # datetime, UTC
+    version: str
+    uploader: str | None
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+    requested_ingest_date: str | None = None  # x-amz-meta-ingest-date, when a valid date
+
+    @property
+    def ingest_date(self) -> str:
+        """The partition the file joins: the date its upload names (`ingest-date` metadata,
+        e.g. to load last month's export into last month's partition), else the UTC date it
+        was uploaded to staging. Either way a rerun lands in the same partition."""
+        return self.requested_ingest_date or self.last_modified.date().isoformat()
+
+
+INGEST_DATE_METADATA_KEY = "ingest-date"
+
+
+def requested_ingest_date(user_metadata: dict[str, str]) -> tuple[str | None, str | None]:
+    """(the `ingest-date` the upload asks for, or None; a warning when it is not a date)."""
+    from datetime import date
+
+    value = {k.lower(): v for k, v in (user_metadata or {}).items()}.get(INGEST_DATE_METADATA_KEY)
+    if not value:
+        return None, None
+    try:
+        return date.fromisoformat(value.strip()).isoformat(), None
+    except ValueError:
+        return None, (f"x-amz-meta-{INGEST_DATE_METADATA_KEY} {value!r} is not a YYYY-MM-DD "
+                      "date; the upload date is used")
+
+
+def uploader_of(user_metadata: dict[str, str]) -> str | None:
+    lowered = {key.lower(): value for key, value in (user_metadata or {}).items()}
+    return next((lowered[key] for key in UPLOADER_METADATA_KEYS if lowered.get(key)), None)
+
+
+def file_metadata(staged: StagedObject) -> dict[str, Any]:
+    return {
+        "file": dg.MetadataValue.path(staged.uri),
+        "uploader_key": staged.key,
+        "uploader": staged.uploader or "(not recorded: no uploaded-by metadata on the object)",
+        "table": staged.table,
+        "etag": staged.etag,
+    }
+
+
+def columns_check_result(
+    staged: StagedObject,
+    comparison: ColumnComparison | None,
+    reference: TableColumns | None,
+    raw_header: list[str] | None,
+    header_error: str | None = None,
+) -> dg.AssetCheckResult:
+    if header_error is not None or comparison is None:
+        description = f"{staged.key}: {header_error or 'no header'}"
+        return dg.AssetCheckResult(
+            check_name=COLUMNS_CHECK, asset_key=STAGING_FILE_KEY, passed=False,
+            description=description,
+            metadata={**file_metadata(staged), "problem": header_error or "no header"},
+        )
+    problems = comparison.problems()
+    if comparison.passed:
+        description = (f"{staged.key}: founds table {staged.table} with "
+                       f"{len(comparison.actual)} column(s)" if comparison.founding
+                       else f"{staged.key}: columns match table {staged.table}")
+    else:
+        description = f"{staged.key} (table {staged.table}): " + "; ".join(problems)
+    metadata: dict[str, Any] = {
+        **file_metadata(staged),
+        "table_columns_from": reference.description if reference else "",
+        "table_columns": dg.MetadataValue.json(comparison.expected or []),
+        "file_columns": dg.MetadataValue.json(comparison.actual),
+        "file_header": dg.MetadataValue.json(raw_header or []),
+        "missing_columns": dg.MetadataValue.json(comparison.missing),
+        "extra_columns": dg.MetadataValue.json(comparison.extra),
+        "reordered_columns": dg.MetadataValue.json(comparison.reordered),
+        "problems": dg.MetadataValue.json(problems),
+    }
+    if comparison.expected is not None:
+        metadata["comparison"] = dg.MetadataValue.md(_columns_table(comparison))
+    return dg.AssetCheckResult(
+        check_name=COLUMNS_CHECK, asset_key=STAGING_FILE_KEY, passed=comparison.passed,
+        description=description, metadata=metadata,
+    )
+
+
+def rows_check_result(staged: StagedObject, report: RowsReport | None,
+                      not_run_reason: str | None = None) -> dg.AssetCheckResult:
+    if report is None:
+        return dg.AssetCheckResult(
+            check_name=ROWS_CHECK, asset_key=STAGING_FILE_KEY, passed=False,
+            description=f"{staged.key}: rows not checked: {not_run_reason}",
+            metadata={**file_metadata(staged), "problem": not_run_reason or ""},
+        )
+    metadata: dict[str, Any] = {
+        **file_metadata(staged),
+        "rows": report.rows,
+        "validated_by": dg.MetadataValue.json(report.schemas or ["field count"]),
+        "failures": report.failure_count,
+        "failing_columns": dg.MetadataValue.json(report.failing_columns),
+    }
+    if report.file_error:
+        metadata["file_error"] = report.file_error
+    if report.by_check:
+        metadata["failures_by_check"] = dg.MetadataValue.md(_table(
+            ["validated by", "column", "check", "failures"],
+            [[schema, column, check, count]
+             for (schema, column, check), count in report.by_check.most_common()],
+        ))
+        metadata["failure_cases_sample"] = dg.MetadataValue.json(report.cases)
+        metadata["failing_rows_sample"] = dg.MetadataValue.json(
+            [{"row": row, **values} for row, values in sorted(report.failing_rows.items())]
+        )
+    return dg.AssetCheckResult(
+        check_name=ROWS_CHECK, asset_key=STAGING_FILE_KEY, passed=report.passed,
+        description=f"{staged.key}: {report.summary()}", metadata=metadata,
+    )
+
+
+def _columns_table(comparison: ColumnComparison) -> str:
+    expected, actual = comparison.expected or [], comparison.actual
+    rows = []
+    for position in range(max(len(expected), len(actual))):
+        table = expected[position] if position < len(expected) else ""
+        file = actual[position] if position < len(actual) else ""
+        rows.append([position + 1, table, file, "" if table == file else "≠"])
+    return _table(["position", "table", "file", ""], rows)
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(value).replace("|", "\\|") for value in row) + " |"
+              for row in rows]
+    return "\n".join(lines)

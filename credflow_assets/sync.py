@@ -1,0 +1,228 @@
+"""`credflow sync`: evaluate every sensor and run what it requests, in this process, to completion.
+
+A run launched by the daemon costs seconds (a process for the run and one per step); executed
+in-process against the same instance it costs about half a second (SERVICES.md). Sync gives
+those runs the tags the daemon gives its own (`dagster/sensor_name`, `dagster/run_key`), so the
+daemon's run-key dedupe recognises them and a file is never processed twice by the two paths.
+Sensor cursors are kept in the instance's key-value store, so a second sync with nothing new
+does nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import dagster as dg
+from dagster._core.definitions.dynamic_partitions_request import (
+    AddDynamicPartitionsRequest,
+    DeleteDynamicPartitionsRequest,
+)
+from dagster._core.storage.dagster_run import RunsFilter
+from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
+
+CURSOR_KEY_PREFIX = "credflow/sync/sensor_cursor/"
+# The instance's event log keeps every event whatever this says; it only decides what the
+# terminal shows besides sync's own progress lines.
+QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# A sensor handles a bounded batch per tick; sync ticks it again while it still finds work.
+MAX_TICKS_PER_SENSOR = 1000
+
+
+@dataclass
+class RunOutcome:
+    sensor: str
+    job: str
+    partition: str | None
+    run_id: str
+    success: bool
+    seconds: float
+    error: str | None = None
+    summary: str | None = None  # a materialization's `summary` metadata, e.g. counts
+
+
+@dataclass
+class SyncReport:
+    runs: list[RunOutcome] = field(default_factory=list)
+    skipped_run_keys: int = 0
+    # Requests for a partition that already failed in this sync wait for the next one, so a
+    # sensor that retries failures (reconciliation) cannot loop within one sync.
+    deferred_after_failure: int = 0
+    partitions_added: int = 0
+    sensor_errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[RunOutcome]:
+        return [run for run in self.runs if not run.success]
+
+    def failed_in_this_sync(self, job: str, partition: str | None) -> bool:
+        return any(run.job == job and run.partition == partition for run in self.failed)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.sensor_errors
+
+
+def sync(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    *,
+    sensor_names: list[str] | None = None,
+    progress: Callable[[str], None] = print,
+    verbose: bool = False,
+) -> SyncReport:
+    repository = defs.get_repository_def()
+    # Run-status sensors (failure notifications) go last, so they see this sync's runs.
+    sensors = sorted(
+        repository.sensor_defs,
+        key=lambda sensor: (isinstance(sensor, dg.RunStatusSensorDefinition), sensor.name),
+    )
+    if sensor_names is not None:
+        unknown = set(sensor_names) - {sensor.name for sensor in sensors}
+        if unknown:
+            raise ValueError(f"no such sensor: {', '.join(sorted(unknown))}")
+        sensors = [sensor for sensor in sensors if sensor.name in sensor_names]
+    report = SyncReport()
+    all_resources = repository.get_top_level_resources()
+    for sensor in sensors:
+        try:
+            # As the sensor daemon does: dynamic partitions are read from this instance.
+            with dg.partition_loading_context(dynamic_partitions_store=instance):
+                _drain_sensor(defs, instance, sensor, report, progress, verbose,
+                              # Only what the sensor uses: building every client per
+                              # tick cost more than a second.
+                              resources={key: all_resources[key]
+                                         for key in sensor.required_resource_keys})
+        except Exception as error:  # one broken sensor must not hide the others' work
+            report.sensor_errors[sensor.name] = f"{type(error).__name__}: {error}"
+            progress(f"sensor {sensor.name} failed: {type(error).__name__}: {error}")
+    return report
+
+
+def _drain_sensor(defs, instance, sensor, report: SyncReport, progress, verbose: bool,
+                  resources) -> None:
+    cursor_key = CURSOR_KEY_PREFIX + sensor.name
+    for _ in range(MAX_TICKS_PER_SENSOR):
+        cursor = instance.run_storage.get_cursor_values({cursor_key}).get(cursor_key)
+        with dg.build_sensor_context(
+            instance=instance, cursor=cursor, definitions=defs, sensor_name=sensor.name,
+            resources=resources,
+            # Dagster resolves partition keys of run requests only when the context has a ref.
+            instance_ref=instance.get_ref(),
+        ) as context:
+            tick = sensor.evaluate_tick(context)
+        report.partitions_added += _apply_partition_requests(
+            instance, tick.dynamic_partitions_requests or []
+        )
+        launched = 0
+        for request in tick.run_requests or []:
+            if request.run_key and _already_ran(instance, sensor.name, request.run_key):
+                report.skipped_run_keys += 1
+                continue
+            if report.failed_in_this_sync(request.job_name or sensor.job_name,
+                                          request.partition_key):
+                report.deferred_after_failure += 1
+                continue
+            outcome = _execute(defs, instance, sensor, request, verbose)
+            report.runs.append(outcome)
+            launched += 1
+            status = (f"ok{': ' + outcome.summary if outcome.summary else ''}"
+                      if outcome.success else f"FAILED: {outcome.error}")
+            progress(
+                f"[{len(report.runs)}] {outcome.job}"
+                + (f" partition {outcome.partition}" if outcome.partition else "")
+                + f" run {outcome.run_id[:8]} {status} ({outcome.seconds:.1f}s)"
+            )
+        # The cursor is stored only after the tick's runs are recorded: a crash before this
+        # line re-reads the same work next time, and the run keys make that harmless.
+        if tick.cursor is not None and tick.cursor != cursor:
+            instance.run_storage.set_cursor_values({cursor_key: tick.cursor})
+        if not launched:
+            return
+
+
+def _apply_partition_requests(instance, requests) -> int:
+    added = 0
+    for request in requests:
+        if isinstance(request, AddDynamicPartitionsRequest):
+            new_keys = [
+                key for key in request.partition_keys
+                if not instance.has_dynamic_partition(request.partitions_def_name, key)
+            ]
+            if new_keys:
+                instance.add_dynamic_partitions(request.partitions_def_name, new_keys)
+                added += len(new_keys)
+        elif isinstance(request, DeleteDynamicPartitionsRequest):
+            for key in request.partition_keys:
+                instance.delete_dynamic_partition(request.partitions_def_name, key)
+    return added
+
+
+def _already_ran(instance, sensor_name: str, run_key: str) -> bool:
+    runs = instance.get_runs(filters=RunsFilter(tags={RUN_KEY_TAG: run_key}), limit=20)
+    return any(run.tags.get(SENSOR_NAME_TAG) == sensor_name for run in runs)
+
+
+def execution_run_config(run_config: dict | None, verbose: bool) -> dict | None:
+    """The request's run config, with Dagster's console logger quieted unless verbose."""
+    if verbose or (run_config and "loggers" in run_config):
+        return run_config or None
+    return {**(run_config or {}), **QUIET_CONSOLE}
+
+
+def _execute(defs, instance, sensor, request: dg.RunRequest, verbose: bool) -> RunOutcome:
+    job_name = request.job_name or sensor.job_name
+    tags = {**request.tags, SENSOR_NAME_TAG: sensor.name}
+    if request.run_key:
+        tags[RUN_KEY_TAG] = request.run_key
+    job = defs.resolve_job_def(job_name)
+    started = time.monotonic()
+    result = job.execute_in_process(
+        instance=instance,
+        run_config=execution_run_config(request.run_config, verbose),
+        partition_key=request.partition_key,
+        tags=tags,
+        asset_selection=list(request.asset_selection) if request.asset_selection else None,
+        raise_on_error=False,
+    )
+    return RunOutcome(
+        sensor=sensor.name,
+        job=job_name,
+        partition=request.partition_key,
+        run_id=result.run_id,
+        success=result.success,
+        seconds=time.monotonic() - started,
+        error=None if result.success else failure_reason(result),
+        summary=run_summary(result),
+    )
+
+
+def run_summary(result: dg.ExecuteInProcessResult) -> str | None:
+    summaries = []
+    for event in result.all_events:
+        if event.is_step_materialization:
+            value = event.step_materialization_data.materialization.metadata.get("summary")
+            if value is not None:
+                summaries.append(str(value.value))
+    return "; ".join(summaries) or None
+
+
+def failure_reason(result: dg.ExecuteInProcessResult) -> str:
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data.error:
+            return innermost_error_message(event.step_failure_data.error)
+        if event.is_failure and event.message:
+            return event.message
+    return "run failed"
+
+
+def innermost_error_message(error) -> str:
+    """The first line of the deepest cause of a Dagster SerializableErrorInfo."""
+    # Dagster wraps the asset's own exception ("Error occurred while executing op …"); the
+    # cause at the bottom of the chain is what names the file and the problem.
+    while error.cause is not None:
+        error = error.cause
+    message = error.message.strip().splitlines()[0]
+    # A dg.Failure's description is the message; drop the class path Dagster puts in front.
+    return message.removeprefix("dagster._core.definitions.events.Failure: ")

@@ -1,0 +1,18 @@
+"""Where the therapist flow reads and writes, from the config file."""
+
+import dagster as dg
+
+# Runs carry this tag; a tag concurrency limit of 1 per value keeps two runs for one
+# therapist from ever running at once (DAGSTER_HOME/dagster.yaml, run_queue).
+THERAPIST_TAG = "credflow/therapist_id"
+
+
+class TherapistFlowSettings(dg.ConfigurableResource):
+    signup_bucket: str
+    renditions_bucket: str
+    signup_queue: str
+    mpf_root_folder_id: str
+    logs_bucket: str  # per-file parse logs (parsing_logs/therapists/{therapist_id}/…)
+    # At most this many SQS messages per sensor tick, and S3 pages per reconciliation tick.
+    max_events_per_tick: int = 100
+    max_reconcile_pages_per_tick: int = 20

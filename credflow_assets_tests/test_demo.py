@@ -1,0 +1,84 @@
+"""The `make demo` sequence through the `credflow` command, on a stack of its own.
+
+Seed the old system's MPF mess, process the uploads, audit, repair, audit again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from credflow_assets_tests.conftest import DEFAULT_CONFIG
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("demo") / "home"
+    assert credflow(home, "local", "up").returncode == 0
+    yield home
+    credflow(home, "local", "down")
+
+
+def credflow(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"),
+           "CREDFLOW_HOME": str(home), "CREDFLOW_CONFIG": str(DEFAULT_CONFIG)}
+    return subprocess.run([str(BIN / "credflow"), *args], env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_seed_sync_audit_repair(home):
+    seeded = credflow(home, "local", "seed")
+    assert seeded.returncode == 0, seeded.stderr
+    assert "old system" in seeded.stdout
+
+    before = credflow(home, "mpf", "audit", "--json")
+    assert before.returncode == 1, before.stderr
+    kinds = {finding["kind"] for finding in json.loads(before.stdout)["findings"]}
+    assert {"misplaced_file", "nested_folder", "duplicate_folder", "folder_without_id",
+            "missing_file"} <= kinds
+
+    synced = credflow(home, "sync")
+    # The demo's one wrong-columns CSV is rejected on purpose; everything else goes through.
+    assert synced.returncode == 1, synced.stdout + synced.stderr
+    assert "1 failed" in synced.stdout
+    failed = [line for line in synced.stdout.splitlines() if line.strip().startswith("FAILED")]
+    assert len(failed) == 1 and "claims_wrong_columns" in failed[0], failed
+
+    audit = credflow(home, "mpf", "audit", "--json")
+    assert audit.returncode == 1, audit.stderr
+    findings = json.loads(audit.stdout)
+    kinds = {finding["kind"] for finding in findings["findings"]}
+    # The sync found O'Brien's twin folders by id and merged them; every upload is now in an
+    # MPF folder. The old system's nesting and id-less folders are the repair's work.
+    assert {"nested_folder", "folder_without_id"} <= kinds
+    assert not kinds & {"duplicate_folder", "missing_file"}
+
+    planned = credflow(home, "mpf", "repair", "--dry-run")
+    assert planned.returncode == 0, planned.stderr
+    assert planned.stdout.startswith("would: ")
+    assert json.loads(credflow(home, "mpf", "audit", "--json").stdout) == findings
+
+    repaired = credflow(home, "mpf", "repair")
+    assert repaired.returncode == 0, repaired.stderr
+    after = credflow(home, "mpf", "audit")
+    assert after.returncode == 0, after.stdout
+    assert "clean" in after.stdout
+
+    again = credflow(home, "mpf", "repair")
+    assert "0 action(s)" in again.stdout
+
+    lineage = credflow(home, "lineage", "t-1001")
+    assert lineage.returncode == 0 and "t-1001/" in lineage.stdout
+
+    resynced = credflow(home, "sync")
+    assert "sync: 0 run(s)" in resynced.stdout, resynced.stdout
+
+    tables = credflow(home, "tables", "audit", "--json")
+    assert "claims_wrong_columns" in tables.stdout

@@ -1,0 +1,258 @@
+"""The Drive feeds engine without Drive: the sensor's cursor, sheet reading, validation and the
+bulk upsert with change history, against SQLite files and (marked `postgres`) PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import openpyxl
+import pandas as pd
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from credflow_assets import drive_feeds
+from credflow_assets.config import FeedConfig, load_config
+from credflow_assets.drive_feeds.ingest import HeaderMismatch, SourceFile, ingest_file
+from credflow_assets.drive_feeds.sensors import FeedCursor, inbound_query, select_new_files
+from credflow_assets.drive_feeds.sheets import (
+    GOOGLE_SHEET_MIME,
+    SheetError,
+    SheetReader,
+    check_header,
+    file_kind,
+    revision_of,
+)
+from credflow_assets.drive_feeds.store import FeedTables, rejections_table
+from credflow_assets.drive_feeds.validation import FeedConfigError, build_plan
+from credflow_assets.local.seed_drive_feeds import sample_rows, write_csv
+from credflow_assets.resources.from_config import build_resources
+from credflow_assets.resources.sql import create_engine
+from credflow_assets_tests.conftest import DEFAULT_CONFIG
+
+CONFIG = load_config(DEFAULT_CONFIG)
+NSSS = next(feed for feed in CONFIG.feeds if feed.name == "nsss")
+LOOKBACK = timedelta(minutes=5)
+
+
+def _file(file_id: str, modified: str) -> dict:
+    return {"id": file_id, "modifiedTime": modified, "md5Checksum": f"md5-{file_id}",
+            "mimeType": "text/csv", "name": "x.csv"}
+
+
+# -- the sensor's cursor ----------------------------------------------------------------------------
+
+def test_files_with_the_same_modified_time_are_neither_missed_nor_repeated():
+    t = "2024-05-01T10:00:00.000Z"
+    listing = [_file("a", t), _file("b", t), _file("c", t), _file("d", "2024-05-01T10:00:01.000Z")]
+
+    first, cursor = select_new_files(listing, FeedCursor(), limit=2, lookback=LOOKBACK)
+    assert [f["id"] for f in first] == ["a", "b"]
+    assert cursor.newest == t
+    # The next tick lists `modifiedTime >= newest - lookback` again: a, b are known by time.
+    second, cursor = select_new_files(listing, cursor, limit=2, lookback=LOOKBACK)
+    assert [f["id"] for f in second] == ["c", "d"]
+    third, cursor = select_new_files(listing, cursor, limit=2, lookback=LOOKBACK)
+    assert third == []
+    # A later upload at the very same millisecond as the newest is still new.
+    late = [*listing, _file("e", "2024-05-01T10:00:01.000Z")]
+    fourth, cursor = select_new_files(late, cursor, limit=10, lookback=LOOKBACK)
+    assert [f["id"] for f in fourth] == ["e"]
+    # A new revision of a known file changes its modifiedTime: it is new again.
+    changed = [_file("a", "2024-05-01T10:02:00.000Z")]
+    fifth, cursor = select_new_files(changed, cursor, limit=10, lookback=LOOKBACK)
+    assert [f["id"] for f in fifth] == ["a"]
+
+
+def test_the_cursor_forgets_what_is_older_than_the_lookback_and_survives_json():
+    old, new = "2024-05-01T10:00:00.000Z", "2024-05-01T11:00:00.000Z"
+    _, cursor = select_new_files([_file("a", old), _file("b", new)], FeedCursor(), 10, LOOKBACK)
+    assert cursor.seen == {"b": new}
+    restored = FeedCursor.from_json(cursor.to_json())
+    assert restored == cursor
+    assert restored.window_start(LOOKBACK) == "2024-05-01T10:55:00.000Z"
+    query = inbound_query("folder'1", restored.window_start(LOOKBACK))
+    assert query.startswith("'folder\\'1' in parents and trashed = false")
+    assert query.endswith("modifiedTime >= '2024-05-01T10:55:00.000Z'")
+
+
+def test_revisions_and_kinds():
+    assert revision_of({"md5Checksum": "abc", "mimeType": "text/csv"}) == "abc"
+    sheet = {"mimeType": GOOGLE_SHEET_MIME, "modifiedTime": "2024-05-01T10:00:00.123Z"}
+    assert revision_of(sheet) == "mt-20240501T100000123Z"
+    assert revision_of({"mimeType": "application/vnd.google-apps.document",
+                        "modifiedTime": "2024-05-01T10:00:00.123Z"}) is None
+    assert file_kind("a.CSV", "application/octet-stream") == "csv"
+    assert file_kind("Residents", GOOGLE_SHEET_MIME) == "google_sheet"
+    with pytest.raises(SheetError, match="save the sheet as .xlsx or CSV"):
+        file_kind("old.xls", "application/vnd.ms-excel")
+    with pytest.raises(SheetError, match="unsupported file type .pdf"):
+        file_kind("scan.pdf", "application/pdf")
+
+
+# -- reading sheets -------------------------------------------------------------------------------
+
+def test_headers_are_matched_as_people_write_them():
+    names, problem = check_header(["NSS ID", " date of birth ", "", "Extra"], ["nss_id",
+                                                                               "date_of_birth"])
+    assert names == ["nss_id", "date_of_birth", None, "extra"]
+    assert problem.missing == [] and problem.unexpected == ["Extra"]
+    _, problem = check_header(["nss_id", "NSS ID"], ["nss_id", "date_of_birth"])
+    assert problem.describe() == "missing column(s) date_of_birth; repeated column(s) nss_id"
+
+
+def test_csv_rows_are_numbered_as_in_a_spreadsheet(tmp_path):
+    path = tmp_path / "a.csv"
+    path.write_bytes('\ufeffID,Name,\n1,"Ann\nMarie",\n\n2, Bob ,\n,,\n3,Núñez,\n'.encode())
+    reader = SheetReader(path, "csv")
+    names, problem = check_header(reader.header, ["id", "name"])
+    assert problem is None
+    chunks = list(reader.chunks(names, 2))
+    rows = {n: tuple(None if pd.isna(v) else v for v in row)
+            for chunk in chunks for n, row in zip(chunk.index, chunk.astype(object).values)}
+    assert rows[2] == ("1", "Ann\nMarie")
+    assert rows[4] == ("2", "Bob")  # row 3 is the blank line
+    assert rows[6] == ("3", "Núñez")
+
+
+def test_windows_1252_and_malformed_csv(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes("ID,Name\n1,José\n".encode("cp1252"))
+    reader = SheetReader(path, "csv")
+    assert reader.encoding == "cp1252"
+    assert list(reader.chunks(["id", "name"], 10))[0].loc[2, "name"] == "José"
+    path.write_text("ID,Name\n1,Ann\n2,Lee, Bob\n")
+    with pytest.raises(SheetError, match="line 3 has 3 fields, the header has 2"):
+        list(SheetReader(path, "csv").chunks(["id", "name"], 10))
+    path.write_text("")
+    with pytest.raises(SheetError, match="no header row"):
+        SheetReader(path, "csv")
+
+
+def test_xlsx_cells_become_text_in_the_feeds_formats(tmp_path):
+    path = tmp_path / "a.xlsx"
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    sheet.append(["NSS ID", "Date of Birth", "Phone"])
+    sheet.append([123, dt.datetime(1980, 1, 2), 7700900123])
+    sheet.append([None, None, None])
+    sheet.append(["N2", "02/01/1981", 1.5])
+    workbook.save(path)
+    reader = SheetReader(path, "xlsx", {"date_of_birth": "%d/%m/%Y"})
+    names, _ = check_header(reader.header, ["nss_id", "date_of_birth", "phone"])
+    [chunk] = list(reader.chunks(names, 10))
+    assert chunk.loc[2].tolist() == ["123", "02/01/1980", "7700900123"]
+    assert chunk.loc[3].isna().all()
+    assert chunk.loc[4].tolist() == ["N2", "02/01/1981", "1.5"]
+    (tmp_path / "bad.xlsx").write_bytes(b"not a zip")
+    with pytest.raises(SheetError, match="not a readable XLSX"):
+        SheetReader(tmp_path / "bad.xlsx", "xlsx")
+
+
+# -- plans and definitions --------------------------------------------------------------------------
+
+def _feed(**changes) -> FeedConfig:
+    data = NSSS.model_dump(by_alias=True)
+    data.update(changes)
+    return FeedConfig.model_validate(data)
+
+
+def test_a_feed_that_does_not_fit_its_model_fails_when_the_definitions_load():
+    with pytest.raises(FeedConfigError, match="'NoSuchRecord' is not a DataFrameModel"):
+        build_plan(_feed(schema="NoSuchRecord"))
+    with pytest.raises(FeedConfigError, match="id_column: 'ctas_id' is not a column of NsssRecord"):
+        build_plan(_feed(id_column="ctas_id"))
+    with pytest.raises(FeedConfigError, match="'postcode' is not a DateTime column"):
+        build_plan(_feed(date_formats={"postcode": "%Y"}))
+    with pytest.raises(FeedConfigError, match="tracked_columns: no such column"):
+        build_plan(_feed(tracked_columns=["shoe_size"]))
+
+
+def test_a_new_feed_is_config_plus_a_model():
+    extra = _feed(name="nsss_backfill", table="nsss_backfill_records",
+                  inbound_folder_id="in-2", outbound_folder_id="out-2")
+    config = CONFIG.model_copy(update={"feeds": [*CONFIG.feeds, extra]})
+    defs = dg.Definitions.merge(dg.Definitions(resources=build_resources(config)),
+                                drive_feeds.build_defs(config))
+    repository = defs.get_repository_def()
+    keys = {key.to_user_string() for key in repository.asset_graph.get_all_asset_keys()}
+    assert "tables/nsss_backfill/records" in keys
+    assert "drive_feed_nsss_backfill_job" in repository.job_names
+    assert "drive_feed_nsss_backfill_inbound_sensor" in {s.name for s in repository.sensor_defs}
+
+
+# -- ingest -------------------------------------------------------------------------------------------
+
+def _ingest(engine, feed: FeedConfig, path: Path, revision: str, chunk_rows: int = 4):
+    plan = build_plan(feed)
+    return ingest_file(engine, plan, SheetReader(path, "csv", feed.date_formats),
+                       SourceFile(feed.name, "file-1", revision, path.name),
+                       chunk_rows=chunk_rows, run_id=f"run-{revision}")
+
+
+def _scenario(engine, tmp_path, feed: FeedConfig):
+    """A first file with duplicates across chunks, then a correction of one tracked and one
+    untracked column."""
+    rows = sample_rows(feed, 10)
+    rows[7][feed.id_column] = rows[1][feed.id_column]  # the same id in chunks 1 and 2
+    first = _ingest(engine, feed, write_csv(tmp_path / "v1.csv", feed, rows), "r1")
+    corrected = sample_rows(feed, 10)
+    corrected[2]["address_line_1"] = "1 New Road"  # tracked
+    corrected[3]["phone_number"] = "07700 900999"  # not tracked
+    second = _ingest(engine, feed, write_csv(tmp_path / "v2.csv", feed, corrected), "r2")
+    again = _ingest(engine, feed, write_csv(tmp_path / "v2.csv", feed, corrected), "r2")
+    return rows, first, second, again
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql",
+                                                            marks=pytest.mark.postgres)])
+def test_bulk_upsert_history_and_duplicates(backend, tmp_path, request):
+    url = (f"sqlite:///{tmp_path / 'tables.db'}" if backend == "sqlite"
+           else request.getfixturevalue("postgres_url"))
+    engine = create_engine(url)
+    feed = _feed(tracked_columns=["address_line_1", "postcode"])
+    try:
+        rows, first, second, again = _scenario(engine, tmp_path, feed)
+        tables = FeedTables(build_plan(feed))
+        with engine.connect() as connection:
+            stored = {r.nss_id: r for r in connection.execute(sa.select(tables.records))}
+            history = connection.execute(sa.select(tables.history)).mappings().all()
+            rejections = connection.execute(
+                sa.select(rejections_table.c.row_number, rejections_table.c.reason)
+                .where(rejections_table.c.revision == "r1")
+                .order_by(rejections_table.c.row_number)).all()
+    finally:
+        engine.dispose()
+    duplicate = rows[1]["nss_id"]
+    assert (first.inserted, first.rejected) == (8, 2)
+    assert [r.row_number for r in rejections] == [3, 9]  # rows 2 and 8 of the data, +header
+    assert rejections[0].reason == "duplicate nss_id in this file (also row 9)"
+    assert duplicate not in {r for r in stored if stored[r].source_revision == "r1"}
+    # The correction: both ids of the duplicate rows come in now (row 8 had row 2's id), and
+    # one tracked and one untracked change.
+    assert (second.inserted, second.updated, second.unchanged) == (2, 2, 6)
+    assert second.history_rows == 1
+    [change] = history
+    assert change["nss_id"] == rows[2]["nss_id"] and change["changed_columns"] == "address_line_1"
+    assert json.loads(change["changes"])["address_line_1"]["to"] == "1 New Road"
+    assert change["source_revision"] == "r2" and change["run_id"] == "run-r2"
+    assert stored[rows[3]["nss_id"]].phone_number == "07700 900999"
+    assert stored[rows[0]["nss_id"]].source_revision == "r1"  # unchanged: untouched
+    assert isinstance(stored[rows[0]["nss_id"]].date_of_birth, dt.date)
+    # Reprocessing the same revision changes nothing and writes no second history row.
+    assert (again.inserted, again.updated, again.unchanged, again.history_rows) == (0, 0, 10, 0)
+
+
+def test_a_wrong_header_writes_nothing(tmp_path):
+    engine = create_engine(f"sqlite:///{tmp_path / 'tables.db'}")
+    path = write_csv(tmp_path / "bad.csv", NSSS, sample_rows(NSSS, 3),
+                     headers={"nss_id": "NSS Number"})
+    with pytest.raises(HeaderMismatch) as raised:
+        _ingest(engine, NSSS, path, "r1")
+    assert raised.value.problem.missing == ["nss_id"]
+    assert raised.value.problem.unexpected == ["NSS Number"]
+    assert sa.inspect(engine).get_table_names() == []
+    engine.dispose()

@@ -1,0 +1,125 @@
+"""Per-file parse logs: scoped, redacted, stored in S3 (moto) also when the parse fails."""
+
+
+import logging
+import threading
+
+import boto3
+import dagster as dg
+import pytest
+
+from credflow_assets.parse_logs import diff_logs, list_logs, parse_log, read_log
+
+logger = logging.getLogger("credflow.tests.parser")
+files = dg.DynamicPartitionsDefinition(name="parse_log_test_files")
+
+
+class LogsBucket(dg.ConfigurableResource):
+    name: str
+
+    def client(self):
+        return boto3.client("s3")
+
+
+@pytest.fixture
+def logs_bucket(local_stack, credflow_config):
+    return credflow_config.buckets.logs
+
+
+def parsing_asset(behaviour: dict):
+    @dg.asset(partitions_def=files, name="parsed_file")
+    def parsed_file(context: dg.AssetExecutionContext, logs: LogsBucket) -> dg.MaterializeResult:
+        with parse_log(context, flow="tests", s3_client=logs.client(), bucket=logs.name) as log:
+            log.redact_values(["Nicholas", "Lambert", "CT-99881"])
+            logger.info("row 12: Nicholas Lambert, born 1984-07-09, nick@example.com, CT-99881")
+            context.log.info(f"{behaviour.get('rows', 3)} rows validated")
+            if behaviour.get("fail"):
+                raise ValueError("row 12: date_of_birth '09/07/1984' does not match %Y-%m-%d")
+        return dg.MaterializeResult(metadata=log.metadata())
+
+    return parsed_file
+
+
+def materialize(behaviour, bucket, instance, partition="feed/file-1/rev-1"):
+    instance.add_dynamic_partitions(files.name, [partition])
+    return dg.materialize([parsing_asset(behaviour)], partition_key=partition, instance=instance,
+                          resources={"logs": LogsBucket(name=bucket)}, raise_on_error=False)
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def test_a_failed_parse_leaves_a_redacted_log_linked_from_the_failure(logs_bucket, instance):
+    result = materialize({"fail": True}, logs_bucket, instance)
+
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    log_uri = failure.step_failure_data.user_failure_data.metadata["log_uri"].value
+    key = log_uri.removeprefix(f"s3://{logs_bucket}/")
+    assert key == f"parsing_logs/tests/feed/file-1/rev-1/{result.run_id}.log.gz"
+    text = read_log(boto3.client("s3"), logs_bucket, key)
+    assert "does not match %Y-%m-%d" in text and "ValueError" in text
+    assert "3 rows validated" in text and "row 12" in text
+    for personal in ("Nicholas", "Lambert", "1984", "nick@example.com", "99881", "09/07"):
+        assert personal not in text
+
+
+def test_a_successful_parse_links_its_log_and_two_parses_give_two_logs_and_a_diff(
+        logs_bucket, instance):
+    first = materialize({"rows": 3}, logs_bucket, instance, partition="feed/file-2/rev-1")
+    second = materialize({"rows": 5}, logs_bucket, instance, partition="feed/file-2/rev-1")
+    assert first.success and second.success
+    materialization = second.asset_materializations_for_node("parsed_file")[0]
+    assert materialization.metadata["log_uri"].value.endswith(f"/{second.run_id}.log.gz")
+
+    client = boto3.client("s3")
+    logs = list_logs(client, logs_bucket, "feed/file-2/rev-1")
+    assert [entry["run_id"] for entry in logs] == [first.run_id, second.run_id]
+    older, newer = (read_log(client, logs_bucket, entry["key"]) for entry in logs)
+    diff = diff_logs(older, newer, first.run_id, second.run_id)
+    assert "-INFO" in diff and "3 rows validated" in diff and "+INFO" in diff
+    assert "5 rows validated" in diff
+
+
+def test_logs_of_two_partitions_parsed_at_once_in_one_process_do_not_mix(logs_bucket):
+    client = boto3.client("s3")
+    barrier = threading.Barrier(2, timeout=20)
+    keys, errors = {}, []
+
+    def parse(name: str) -> None:
+        context = dg.build_asset_context(partition_key=f"mix/{name}")
+        try:
+            with parse_log(context, flow="tests", s3_client=client, bucket=logs_bucket,
+                           run_id=f"run-{name}") as log:
+                for step in range(20):
+                    logger.info("%s step %d", name, step)
+                    context.log.info(f"{name} context step {step}")
+                    if step == 5:
+                        barrier.wait()  # both partitions are mid-parse at the same time
+            keys[name] = log.key
+        except Exception as error:  # surfaced by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=parse, args=(name,), daemon=True)
+               for name in ("alpha", "beta")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors and set(keys) == {"alpha", "beta"}
+    alpha = read_log(client, logs_bucket, keys["alpha"])
+    beta = read_log(client, logs_bucket, keys["beta"])
+    assert alpha.count("alpha step") == 20 and alpha.count("alpha context step") == 20
+    assert beta.count("beta step") == 20 and beta.count("beta context step") == 20
+    assert "beta" not in alpha and "alpha" not in beta
+
+
+def test_a_log_that_cannot_be_stored_does_not_hide_the_outcome(local_stack, instance):
+    result = materialize({"rows": 2}, "no-such-bucket", instance, partition="feed/file-3/rev-1")
+    assert result.success
+    metadata = result.asset_materializations_for_node("parsed_file")[0].metadata
+    assert metadata["log_uri"].value.startswith("not stored: ")
+    assert "NoSuchBucket" in metadata["log_uri"].value

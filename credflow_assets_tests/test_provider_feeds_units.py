@@ -1,0 +1,300 @@
+"""Provider feeds' pure parts: safe extraction, bomb limits, type detection, names, retry rules,
+and the definitions the flow adds for the providers in the config."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import tarfile
+import zipfile
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from credflow_assets import provider_feeds
+from credflow_assets.config import load_config
+from credflow_assets.local.seed_provider_feeds import members_csv, minimal_pdf, roster_xml
+from credflow_assets.provider_feeds.failures import FileRef, file_failure, is_transient
+from credflow_assets.provider_feeds.naming import (
+    RemoteIdentity,
+    parse_partition_key,
+    partition_key,
+    raw_keys,
+)
+from credflow_assets.provider_feeds.sensors import FeedCursor
+from credflow_assets.provider_feeds.unpack import (
+    CorruptArchive,
+    ExtractionLimitExceeded,
+    UnsafeMember,
+    count_csv_rows,
+    decrypted_name,
+    detect_type,
+    looks_encrypted,
+    unpack,
+)
+from credflow_assets.partitions import is_valid_partition_key
+from credflow_assets_tests.conftest import DEFAULT_CONFIG
+
+MiB = 1024 * 1024
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def tar_bytes(*members: tarfile.TarInfo | tuple[str, bytes], compress: bool = True) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz" if compress else "w") as tar:
+        for member in members:
+            if isinstance(member, tarfile.TarInfo):
+                tar.addfile(member)
+            else:
+                info = tarfile.TarInfo(member[0])
+                info.size = len(member[1])
+                tar.addfile(info, io.BytesIO(member[1]))
+    return buffer.getvalue()
+
+
+def special(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, linkname
+    return info
+
+
+def contents(files) -> dict[str, bytes]:
+    return {f.name: f.path.read_bytes() for f in files}
+
+
+# ------------------------------------------------------------------------------ unpacking
+
+
+def test_gzip_tar_gz_zip_and_plain_files_unpack_to_their_contents(tmp_path):
+    csv_bytes = members_csv(20)
+    found, files = unpack(write(tmp_path / "a.csv.gz", gzip.compress(csv_bytes)), "a.csv.gz",
+                          tmp_path / "out1", max_bytes=MiB)
+    assert found == "gzip" and contents(files) == {"a.csv": csv_bytes}
+
+    archive = tar_bytes(("x/one.csv", b"a,b\n1,2\n"), ("./two.pdf", minimal_pdf("t")),
+                        special("x", tarfile.DIRTYPE))
+    for name in ("bundle.tar.gz", "bundle.tgz", "bundle.bin"):  # content decides, not only names
+        found, files = unpack(write(tmp_path / name, archive), name, tmp_path / f"o-{name}",
+                              max_bytes=MiB)
+        assert found == "tar.gz"
+        assert contents(files) == {"x/one.csv": b"a,b\n1,2\n", "two.pdf": minimal_pdf("t")}
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive_zip:
+        archive_zip.writestr("docs/roster.xml", roster_xml())
+        archive_zip.writestr("docs/", "")
+    found, files = unpack(write(tmp_path / "d.zip", buffer.getvalue()), "d.zip", tmp_path / "o3",
+                          max_bytes=MiB)
+    assert found == "zip" and contents(files) == {"docs/roster.xml": roster_xml()}
+
+    plain = write(tmp_path / "r.xml", roster_xml())
+    found, files = unpack(plain, "r.xml", tmp_path / "o4", max_bytes=10)  # no limit: not expanded
+    assert found == "none" and files[0].path == plain
+
+
+@pytest.mark.parametrize("member, words", [
+    (("../escape.csv", b"x"), "'../escape.csv' refused: '..'"),
+    (("a/../../escape.csv", b"x"), "'a/../../escape.csv' refused: '..'"),
+    (("/etc/cron.d/evil", b"x"), "'/etc/cron.d/evil' refused: absolute path"),
+    (("C:\\evil.csv", b"x"), "absolute path"),
+    (special("link.csv", tarfile.SYMTYPE, "/etc/passwd"), "'link.csv' refused: a symbolic link"),
+    (special("hard.csv", tarfile.LNKTYPE, "ok.csv"), "'hard.csv' refused: a hard link"),
+    (special("dev", tarfile.CHRTYPE), "'dev' refused: a device file"),
+    (special("blk", tarfile.BLKTYPE), "'blk' refused: a device file"),
+    (special("pipe", tarfile.FIFOTYPE), "'pipe' refused: a FIFO"),
+])
+def test_unsafe_tar_members_are_refused_by_name_and_nothing_escapes(tmp_path, member, words):
+    target = tmp_path / "work" / "out"
+    archive = write(tmp_path / "work" / "a.tar.gz", tar_bytes(("ok.csv", b"a\n1\n"), member))
+    with pytest.raises(UnsafeMember) as caught:
+        unpack(archive, "a.tar.gz", target, max_bytes=MiB)
+    assert words in str(caught.value)
+    names = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")}
+    assert not any("escape" in n or "evil" in n or "passwd" in n for n in names), names
+    assert {p.parent for p in tmp_path.rglob("*") if p.is_file()} <= {target, archive.parent}
+
+
+def test_unsafe_zip_members_are_refused(tmp_path):
+    for name, words in (("../../escape.csv", "'..'"), ("/abs.csv", "absolute path")):
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            archive.writestr(name, b"x")
+        with pytest.raises(UnsafeMember, match=words):
+            unpack(write(tmp_path / "z.zip", buffer.getvalue()), "z.zip", tmp_path / "o",
+                   max_bytes=MiB)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        link = zipfile.ZipInfo("link.csv")
+        link.external_attr = (0o120777 << 16)
+        archive.writestr(link, "/etc/passwd")
+    with pytest.raises(UnsafeMember, match="'link.csv' refused: a symbolic link"):
+        unpack(write(tmp_path / "l.zip", buffer.getvalue()), "l.zip", tmp_path / "o2",
+               max_bytes=MiB)
+    assert not (tmp_path.parent / "escape.csv").exists()
+
+
+def test_duplicate_member_names_are_refused(tmp_path):
+    archive = write(tmp_path / "d.tar.gz", tar_bytes(("a.csv", b"1"), ("./a.csv", b"2")))
+    with pytest.raises(UnsafeMember, match="appears twice"):
+        unpack(archive, "d.tar.gz", tmp_path / "o", max_bytes=MiB)
+
+
+def test_decompression_bombs_stop_at_the_limit(tmp_path):
+    bomb = write(tmp_path / "bomb.csv.gz", gzip.compress(bytes(8 * MiB), compresslevel=9))
+    assert bomb.stat().st_size < 64 * 1024
+    with pytest.raises(ExtractionLimitExceeded, match="more than 2,097,152 bytes"):
+        unpack(bomb, "bomb.csv.gz", tmp_path / "o1", max_bytes=2 * MiB)
+    assert sum(p.stat().st_size for p in (tmp_path / "o1").iterdir()) <= 2 * MiB
+
+    tar_bomb = write(tmp_path / "t.tar.gz", tar_bytes(("zeros.csv", bytes(8 * MiB))))
+    with pytest.raises(ExtractionLimitExceeded):
+        unpack(tar_bomb, "t.tar.gz", tmp_path / "o2", max_bytes=2 * MiB)
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for index in range(3):
+            archive.writestr(f"z{index}.csv", bytes(MiB))
+    with pytest.raises(ExtractionLimitExceeded, match="'z2.csv'"):
+        unpack(write(tmp_path / "b.zip", buffer.getvalue()), "b.zip", tmp_path / "o3",
+               max_bytes=int(2.5 * MiB))
+
+
+def test_truncated_and_corrupt_archives_fail_clearly(tmp_path):
+    data = gzip.compress(os.urandom(256 * 1024))
+    truncated = write(tmp_path / "t.csv.gz", data[: len(data) // 2])
+    with pytest.raises(CorruptArchive, match="t.csv.gz: truncated compressed data"):
+        unpack(truncated, "t.csv.gz", tmp_path / "o1", max_bytes=10 * MiB)
+    with pytest.raises(CorruptArchive, match="not.gz"):
+        unpack(write(tmp_path / "not.gz", b"plain text"), "not.gz", tmp_path / "o2",
+               max_bytes=MiB)
+    with pytest.raises(CorruptArchive):
+        unpack(write(tmp_path / "bad.zip", b"PK\x03\x04 broken"), "bad.zip", tmp_path / "o3",
+               max_bytes=MiB)
+
+
+# ------------------------------------------------------------------------------ detection
+
+
+def test_types_are_detected_from_content_and_extension(tmp_path):
+    cases = {
+        "members.csv": (members_csv(3), "csv"),
+        "scan.pdf": (minimal_pdf("x"), "pdf"),
+        "scan_without_extension": (minimal_pdf("x"), "pdf"),
+        "mislabelled.csv": (minimal_pdf("x"), "pdf"),
+        "roster.xml": (roster_xml(), "xml"),
+        "roster.dat": (roster_xml(), "xml"),
+        "fake.pdf": (b"not a pdf at all", "other"),
+        "binary.csv": (b"\x00\x01\x02" * 100, "other"),
+        "notes.txt": (b"just some notes, with a comma\n", "other"),
+    }
+    for name, (data, expected) in cases.items():
+        assert detect_type(write(tmp_path / name, data), name) == expected, name
+
+
+def test_csv_rows_are_counted_streaming_with_quoted_line_breaks(tmp_path):
+    path = write(tmp_path / "m.csv", members_csv(250))
+    assert members_csv(250).count(b"\n") == 252  # one note holds a line break
+    assert count_csv_rows(path) == (250, None)
+    huge_field = write(tmp_path / "h.csv", b"a,b\n1," + b"x" * 200_000 + b"\n2,3\n")
+    rows, note = count_csv_rows(huge_field)
+    assert rows == 2 and "line breaks" in note
+
+
+def test_encrypted_files_are_recognised_by_extension_or_packet(tmp_path):
+    assert looks_encrypted(write(tmp_path / "a", b"\x85\x01\x0c..."), "a")  # old-format PKESK
+    assert looks_encrypted(write(tmp_path / "b", b"\xc1\x5e..."), "b")  # new-format PKESK
+    assert looks_encrypted(write(tmp_path / "c.gpg", b"anything"), "c.gpg")
+    assert not looks_encrypted(write(tmp_path / "d.xml", roster_xml()), "d.xml")
+    assert not looks_encrypted(write(tmp_path / "e.gz", gzip.compress(b"x")), "e.gz")
+    assert decrypted_name("a.csv.gz.gpg") == "a.csv.gz" and decrypted_name("b.PGP") == "b"
+
+
+# ------------------------------------------------------------------------------ names, retries
+
+
+@pytest.mark.parametrize("path", ["outbox/a.csv.gpg", "a,b.csv", "odd...name%.csv",
+                                  "tab\there.csv", "naïve façade.csv", "...."])
+def test_partition_keys_are_valid_and_reversible(path):
+    key = partition_key("acme", path)
+    assert is_valid_partition_key(key)
+    assert parse_partition_key(key) == ("acme", path)
+
+
+def test_raw_keys_are_dated_by_mtime_and_versions_never_share_one():
+    primary, alternate = raw_keys("acme", "outbox/m.csv.gpg", 10, 1717400000)
+    assert primary == "raw/acme/2024-06-03/m.csv.gpg"
+    assert alternate == "raw/acme/2024-06-03/v1717400000-10/m.csv.gpg"
+    assert raw_keys("acme", "outbox/m.csv.gpg", 11, 1717400001)[1] != alternate
+
+
+def test_identity_round_trips_through_cursor_tags_and_run_key():
+    ident = RemoteIdentity(10, 20, (3, 4))
+    cursor = FeedCursor(requested={"p": ident}, pending={"q": RemoteIdentity(1, 2)})
+    assert FeedCursor.from_json(cursor.to_json()) == cursor
+    assert RemoteIdentity.from_tags(ident.tags()) == ident
+    assert ident.run_key("acme/p") == "acme/p@10:20+sig@3:4"
+    assert RemoteIdentity(10, 20).run_key("acme/p") == "acme/p@10:20"
+    assert RemoteIdentity.from_tags({}) is None
+
+
+def test_only_transient_sftp_and_s3_errors_are_retried():
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
+    from credflow_assets.resources.gpg import GpgBadSignature
+    from credflow_assets.resources.sftp import SftpConnectionError, SftpPermissionDenied
+
+    def client_error(code: str, status: int) -> ClientError:
+        return ClientError({"Error": {"Code": code},
+                            "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
+
+    def upload_failed(inner: Exception) -> Exception:
+        try:
+            try:
+                raise inner
+            except ClientError:
+                raise S3UploadFailedError("Failed to upload")
+        except S3UploadFailedError as error:
+            return error
+
+    assert is_transient(SftpConnectionError("dropped"))
+    assert is_transient(EndpointConnectionError(endpoint_url="http://x"))
+    assert is_transient(client_error("SlowDown", 503))
+    assert is_transient(upload_failed(client_error("InternalError", 500)))
+    assert not is_transient(upload_failed(client_error("AccessDenied", 403)))
+    assert not is_transient(SftpPermissionDenied("no"))
+    assert not is_transient(GpgBadSignature("bad"))
+    assert not is_transient(ValueError("bug"))
+
+    ref = FileRef("acme", "outbox/x.csv.gpg")
+    failure = file_failure(ref, "verify the signature", GpgBadSignature("BAD signature by key K"))
+    assert failure.description.startswith(
+        "provider acme: file outbox/x.csv.gpg: verify the signature failed: bad signature: ")
+    assert failure.allow_retries is False
+    assert file_failure(ref, "download", SftpConnectionError("dropped")).allow_retries is True
+
+
+def test_definitions_give_each_provider_a_sensor_and_load_with_the_code_location():
+    from credflow_assets.definitions import build_definitions
+    from credflow_assets.provider_feeds.assets import LANDED_KEY, RAW_KEY
+
+    config = load_config(DEFAULT_CONFIG)
+    defs = build_definitions(config)
+    dg.Definitions.validate_loadable(defs)
+    repository = defs.get_repository_def()
+    assert {"provider_feed_acme_health_sensor", "provider_feeds_failure_notification"} <= {
+        sensor.name for sensor in repository.sensor_defs}
+    job = repository.get_job("provider_feeds_job")
+    assert job.partitions_def.name == "provider_files"
+    specs = {spec.key: spec for spec in defs.resolve_all_asset_specs()}
+    assert specs[RAW_KEY].group_name == specs[LANDED_KEY].group_name == "provider_feeds"
+    assert [dep.asset_key for dep in specs[LANDED_KEY].deps] == [RAW_KEY]
+    for key in (RAW_KEY, LANDED_KEY):
+        assert defs.resolve_assets_def(key).op.retry_policy.max_retries == 3

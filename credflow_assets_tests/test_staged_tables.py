@@ -1,0 +1,361 @@
+"""Staged CSVs → prod → Glue, end to end on a stack of its own (moto S3, SQS and Glue), driven by
+`credflow sync` in-process: the sensors see the uploads, one run per staged file, blocking checks.
+
+The tests tell one story in order (module-scoped stack and instance), as an analyst would live it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import boto3
+import dagster as dg
+import pytest
+from click.testing import CliRunner
+from dagster._core.storage.dagster_run import RunsFilter
+
+from credflow_assets.definitions import build_definitions
+from credflow_assets.resources.glue import table_columns
+from credflow_assets.staged_tables.layout import partition_key_for
+from credflow_assets.sync import sync
+from credflow_assets_tests.conftest import DEFAULT_CONFIG, running_stack
+
+BUCKET = "credflow-adhoc"
+DATABASE = "credflow_adhoc"
+CLAIMS = "claim_id,first_name,last_name,service_date,amount_usd,status"
+ROWS = ["C-2001,Nicholas,Lamb,2024-01-03,120.50,paid",
+        "C-2002,Erin,Adams,2024-01-09,80.00,submitted"]
+
+
+@pytest.fixture(scope="module")
+def flow(tmp_path_factory):
+    home = tmp_path_factory.mktemp("staged_tables") / "home"
+    with running_stack(home) as (_, config, variables):
+        defs = build_definitions(config)
+        endpoint = variables["AWS_ENDPOINT_URL"]
+        instance = dg.DagsterInstance.get()
+        try:
+            yield {"config": config, "defs": defs, "instance": instance, "env": variables,
+                   "s3": boto3.client("s3", endpoint_url=endpoint),
+                   "glue": boto3.client("glue", endpoint_url=endpoint)}
+        finally:
+            instance.dispose()
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def upload(flow, table: str, name: str, header: str, rows=ROWS, *, ingest_date=None,
+           uploader="ana.analyst@example.com") -> str:
+    key = f"staging/{table}/{name}"
+    metadata = {"uploaded-by": uploader}
+    if ingest_date:
+        metadata["ingest-date"] = ingest_date
+    flow["s3"].put_object(Bucket=BUCKET, Key=key, Body=("\n".join([header, *rows]) + "\n").encode(),
+                          Metadata=metadata)
+    return key
+
+
+EVENTS = ["staging_events_sensor"]
+EVENTS_AND_NOTIFICATIONS = [*EVENTS, "staged_file_failure_notifications"]
+
+
+def run_sync(flow, sensor_names=EVENTS):
+    """`credflow sync`, in-process; by default only this flow's event sensor (the other sensors
+    cost a second or so each and find nothing new here)."""
+    return sync(flow["defs"], flow["instance"], sensor_names=sensor_names,
+                progress=lambda line: None)
+
+
+def keys(flow, prefix: str) -> list[str]:
+    page = flow["s3"].list_objects_v2(Bucket=BUCKET, Prefix=prefix)
+    return sorted(item["Key"] for item in page.get("Contents", []))
+
+
+def partitions(flow, table: str) -> dict[str, str]:
+    found = flow["glue"].get_partitions(DatabaseName=DATABASE, TableName=table)["Partitions"]
+    return {p["Values"][0]: p["StorageDescriptor"]["Location"] for p in found}
+
+
+def checks_of(flow, key: str) -> dict[str, dict]:
+    """The check results of the latest run for the staged file at `key`."""
+    instance = flow["instance"]
+    run = instance.get_runs(
+        filters=RunsFilter(tags={"dagster/partition": partition_key_for(key)}), limit=1)[0]
+    results = {}
+    for entry in instance.all_logs(run.run_id,
+                                   of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION):
+        evaluation = entry.dagster_event.event_specific_data
+        results[evaluation.check_name] = {
+            "passed": evaluation.passed, "description": evaluation.description,
+            **{name: value.value for name, value in evaluation.metadata.items()},
+        }
+    return results
+
+
+# --- the story --------------------------------------------------------------------------------
+
+WRONG = "staging/claims/2024-04_claims_wrong_columns.csv"
+
+
+def test_the_demo_uploads_found_tables_add_partitions_and_normalize_headers(flow):
+    from credflow_assets.local.seed_staged_tables import UPLOADER, seed_staged_tables
+
+    lines = seed_staged_tables(flow["config"], flow["s3"])
+    assert [line.rsplit(" ", 1)[1] for line in lines] == ["uploaded"] * 5
+    report = run_sync(flow, sensor_names=None)  # every sensor of the code location
+    founding = "staging/claims/2024-01_claims.csv"
+    assert [run.partition for run in report.runs][0] == founding  # upload order
+    assert {run.partition for run in report.runs if run.success} == {
+        founding, "staging/claims/2024-02_claims.csv",
+        "staging/claims/2024-03_claims_excel_export.csv", "staging/licenses/2024-q1_licenses.csv"}
+    assert [run.partition for run in report.failed] == [WRONG]
+
+    # The first file founded the table: its columns, types inferred conservatively.
+    table = flow["glue"].get_table(DatabaseName=DATABASE, Name="claims")["Table"]
+    assert table_columns(table) == [
+        ("claim_id", "string"), ("first_name", "string"), ("last_name", "string"),
+        ("service_date", "string"), ("amount_usd", "double"), ("status", "string")]
+    assert [k["Name"] for k in table["PartitionKeys"]] == ["ingest_date"]
+    licenses = flow["glue"].get_table(DatabaseName=DATABASE, Name="licenses")["Table"]
+    assert table_columns(licenses) == [
+        ("license_number", "string"), ("state", "string"), ("holder", "string"),
+        ("expires_on", "string"), ("active", "boolean")]
+    # Each good file added its partition; `Claim ID, First Name, …` normalized and went through.
+    assert partitions(flow, "claims") == {
+        date: f"s3://{BUCKET}/prod/claims/ingest_date={date}/"
+        for date in ("2024-01-31", "2024-02-29", "2024-03-31")}
+    assert keys(flow, "prod/claims/") == [
+        "prod/claims/ingest_date=2024-01-31/2024-01_claims.csv",
+        "prod/claims/ingest_date=2024-02-29/2024-02_claims.csv",
+        "prod/claims/ingest_date=2024-03-31/2024-03_claims_excel_export.csv"]
+    head = flow["s3"].head_object(Bucket=BUCKET,
+                                  Key="prod/claims/ingest_date=2024-01-31/2024-01_claims.csv")
+    assert head["Metadata"]["uploaded-by"] == UPLOADER
+    assert head["Metadata"]["credflow-staged-key"] == founding
+    # Promoted files leave staging: what stays there needs attention.
+    assert keys(flow, "staging/") == [WRONG]
+
+    checks = checks_of(flow, founding)
+    assert checks["columns_match_table"]["passed"]
+    assert "founds table claims" in checks["columns_match_table"]["description"]
+    assert checks["rows_match_schema"]["passed"]
+    assert checks_of(flow, "staging/claims/2024-03_claims_excel_export.csv")[
+        "columns_match_table"]["passed"]
+    # Each parse leaves its own log beside the data, linked from the observation.
+    from credflow_assets.parse_logs import read_log
+    from credflow_assets.staged_tables.sensors import last_observation
+
+    log_uri = last_observation(flow["instance"], partition_key_for(WRONG))["log_uri"]
+    assert log_uri.startswith("s3://credflow-logs/parsing_logs/staged_tables/")
+    log_text = read_log(flow["s3"], "credflow-logs", log_uri.split("/", 3)[3])
+    assert "stays in staging" in log_text and "extra column(s) notes" in log_text
+    assert "Lamb" not in log_text  # no cell values in the log
+    wrong = checks_of(flow, WRONG)["columns_match_table"]
+    assert not wrong["passed"] and wrong["extra_columns"] == ["notes"]
+    assert [item["column"] for item in wrong["reordered_columns"]] == ["last_name", "first_name"]
+    # The UI shows each check result on the file's own partition.
+    wrong_run = report.failed[0].run_id
+    for check_name in ("columns_match_table", "rows_match_schema"):
+        history = flow["instance"].event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(dg.AssetKey(["s3", "staging", "file"]), check_name), limit=10)
+        latest = next(record for record in history if record.run_id == wrong_run)
+        assert latest.partition == partition_key_for(WRONG)
+
+
+def test_bad_files_stay_in_staging_with_results_naming_the_columns(flow, caplog):
+    extra = upload(flow, "claims", "extra.csv", CLAIMS + ",notes",
+                   [row + ",call back" for row in ROWS])
+    missing = upload(flow, "claims", "missing.csv",
+                     "claim_id,first_name,last_name,service_date,status",
+                     ["C-2003,Ann,Lee,2024-01-03,paid"])
+    swapped = upload(flow, "claims", "swapped.csv",
+                     "claim_id,last_name,first_name,service_date,amount_usd,status",
+                     uploader="bo.analyst@example.com")
+    bad_values = upload(flow, "claims", "bad values.csv", CLAIMS,
+                        ["C-2004,Ann,Lee,2024-13-03,-5,lost", "C-2005,Bo,Ng,2024-01-03,1,paid,x"])
+    before = {k: flow["s3"].head_object(Bucket=BUCKET, Key=k)["ETag"]
+              for k in (extra, missing, swapped, bad_values)}
+    prod_before, partitions_before = keys(flow, "prod/"), partitions(flow, "claims")
+
+    with caplog.at_level(logging.WARNING, logger="credflow.notifications"):
+        report = run_sync(flow, EVENTS_AND_NOTIFICATIONS)
+    assert sorted(run.partition for run in report.failed) == sorted(
+        partition_key_for(k) for k in before)
+    # Untouched in staging; nothing new in prod or Glue.
+    assert {k: flow["s3"].head_object(Bucket=BUCKET, Key=k)["ETag"] for k in before} == before
+    assert keys(flow, "prod/") == prod_before
+    assert partitions(flow, "claims") == partitions_before
+
+    result = checks_of(flow, extra)["columns_match_table"]
+    assert not result["passed"] and result["extra_columns"] == ["notes"]
+    assert result["uploader_key"] == extra and result["file"] == f"s3://{BUCKET}/{extra}"
+    assert "extra column(s) notes" in result["description"]
+    result = checks_of(flow, missing)["columns_match_table"]
+    assert result["missing_columns"] == ["amount_usd"] and not result["extra_columns"]
+    result = checks_of(flow, swapped)["columns_match_table"]
+    assert [item["column"] for item in result["reordered_columns"]] == ["last_name", "first_name"]
+    assert result["uploader"] == "bo.analyst@example.com"
+    assert checks_of(flow, swapped)["rows_match_schema"]["failing_columns"] == [
+        "first_name", "last_name"]  # the model's column order
+
+    values = checks_of(flow, bad_values)
+    assert values["columns_match_table"]["passed"]
+    rows = values["rows_match_schema"]
+    assert not rows["passed"]
+    assert {"service_date", "amount_usd", "status", "(extra fields)"} <= set(
+        rows["failing_columns"])
+    assert {case["row"] for case in rows["failure_cases_sample"]} == {1, 2}
+    assert rows["failing_rows_sample"][0]["claim_id"] == "C-2004"
+
+    # The notifier names the table, the file, the uploader's key and the columns.
+    messages = [record.getMessage() for record in caplog.records]
+    swapped_message = next(m for m in messages if swapped in m)
+    assert "table: claims" in swapped_message
+    assert "uploaded by: bo.analyst@example.com" in swapped_message
+    assert "columns out of order: last_name (table 3, file 2)" in swapped_message
+    assert "extra columns: notes" in next(m for m in messages if extra in m)
+    assert "missing columns: amount_usd" in next(m for m in messages if missing in m)
+
+    # A second sync does not retry rejected files.
+    again = run_sync(flow)
+    assert again.ok and not again.runs
+
+
+def test_a_corrected_upload_then_passes(flow):
+    swapped = upload(flow, "claims", "swapped.csv", CLAIMS, ["C-2006,Bo,Ng,2024-02-10,5,paid"],
+                     ingest_date="2024-02-29", uploader="bo.analyst@example.com")
+    report = run_sync(flow)
+    assert report.ok, report
+    assert [run.partition for run in report.runs] == [partition_key_for(swapped)]
+    assert swapped not in keys(flow, "staging/claims/")
+    # Several files share one ingest_date partition.
+    assert keys(flow, "prod/claims/ingest_date=2024-02-29/") == [
+        "prod/claims/ingest_date=2024-02-29/2024-02_claims.csv",
+        "prod/claims/ingest_date=2024-02-29/swapped.csv"]
+    assert checks_of(flow, swapped)["columns_match_table"]["passed"]
+
+
+def test_reconciliation_finds_an_upload_whose_event_was_lost(flow):
+    sqs = boto3.client("sqs", endpoint_url=flow["env"]["AWS_ENDPOINT_URL"])
+    key = upload(flow, "claims", "missing.csv", CLAIMS, ["C-2007,Ann,Lee,2024-01-03,9,paid"])
+    queue = sqs.get_queue_url(QueueName=flow["config"].events.staging_uploads.queue)["QueueUrl"]
+    sqs.purge_queue(QueueUrl=queue)
+    assert not run_sync(flow, sensor_names=["staging_events_sensor"]).runs
+    report = run_sync(flow, sensor_names=["staging_reconciliation_sensor"])
+    assert [run.partition for run in report.runs] == [partition_key_for(key)] and report.ok
+    assert key not in keys(flow, "staging/")
+    # Rejected files are left alone until a new upload replaces them.
+    assert not run_sync(flow, sensor_names=["staging_reconciliation_sensor"]).runs
+
+
+def test_seeding_again_uploads_nothing(flow):
+    from credflow_assets.local.seed_staged_tables import seed_staged_tables
+
+    again = seed_staged_tables(flow["config"], flow["s3"])
+    assert sum("already promoted" in line for line in again) == 4
+    assert sum("already staged" in line for line in again) == 1
+    assert not run_sync(flow).runs
+
+
+def test_a_run_for_an_upload_that_was_replaced_fails_as_superseded(flow):
+    from credflow_assets.staged_tables.settings import VERSION_TAG
+
+    result = flow["defs"].resolve_job_def("staged_file_job").execute_in_process(
+        instance=flow["instance"], partition_key=partition_key_for(WRONG),
+        tags={VERSION_TAG: "0123abcd:1700000000"}, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "superseded" in failure.step_failure_data.error.message
+    assert WRONG in keys(flow, "staging/claims/")
+
+
+def test_the_audit_finds_a_planted_bad_prod_file_and_a_dangling_partition(flow, tmp_path):
+    from credflow_assets.staged_tables.commands import tables
+
+    s3, glue = flow["s3"], flow["glue"]
+    planted = "prod/claims/ingest_date=2024-05-31/planted.csv"
+    s3.put_object(Bucket=BUCKET, Key=planted, Body=b"claim_id,status,first_name\nC-1,paid,Ann\n")
+    lost = "prod/claims/ingest_date=2024-06-30/lost.csv"
+    s3.put_object(Bucket=BUCKET, Key=lost, Body=(CLAIMS + "\n" + ROWS[0] + "\n").encode())
+    table = glue.get_table(DatabaseName=DATABASE, Name="claims")["Table"]
+    glue.batch_create_partition(DatabaseName=DATABASE, TableName="claims", PartitionInputList=[{
+        "Values": ["2023-12-31"],
+        "StorageDescriptor": {**table["StorageDescriptor"],
+                              "Location": f"s3://{BUCKET}/prod/claims/ingest_date=2023-12-31/"},
+    }])
+    before = keys(flow, "")
+    registered = set(partitions(flow, "claims"))
+    output = tmp_path / "audit.json"
+
+    runner = CliRunner()
+    result = runner.invoke(tables, ["--config", str(DEFAULT_CONFIG), "audit", "--json",
+                                    "--output", str(output)])
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.output)
+    assert json.loads(output.read_text()) == report
+    assert keys(flow, "") == before  # the audit changes nothing
+    claims = next(t for t in report["tables"] if t["table"] == "claims")
+    by_kind = {}
+    for finding in claims["findings"]:
+        by_kind.setdefault(finding["kind"], []).append(finding)
+    mismatched = {f["location"]: f for f in by_kind["column_mismatch"]}
+    assert mismatched[f"s3://{BUCKET}/{planted}"]["details"]["missing"] == [
+        "last_name", "service_date", "amount_usd"]
+    assert {f"s3://{BUCKET}/staging/claims/extra.csv", f"s3://{BUCKET}/{WRONG}"} <= set(
+        mismatched)
+    assert [f["details"]["values"] for f in by_kind["dangling_partition"]] == [["2023-12-31"]]
+    not_in_glue = {f["location"]: f for f in by_kind["prod_file_not_in_glue"]}
+    assert set(not_in_glue) == {f"s3://{BUCKET}/{planted}", f"s3://{BUCKET}/{lost}"}
+    assert not not_in_glue[f"s3://{BUCKET}/{planted}"]["fixable"]
+    assert {f["location"] for f in by_kind["rejected_staging_file"]} == {
+        f"s3://{BUCKET}/staging/claims/{name}"
+        for name in ("extra.csv", "bad values.csv", WRONG.rsplit("/", 1)[1])}
+    assert "unprocessed_staging_file" not in by_kind
+
+    text = runner.invoke(tables, ["--config", str(DEFAULT_CONFIG), "audit"]).output
+    assert "dangling_partition" in text and planted in text
+
+    # The same audit as a job in the UI, reporting through its metadata.
+    job = flow["defs"].resolve_job_def("staged_tables_audit_job")
+    result = job.execute_in_process(instance=flow["instance"])
+    outputs = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+    output_metadata = outputs[0].event_specific_data.metadata
+    assert output_metadata["open_findings"].value == len(
+        [f for t in report["tables"] for f in t["findings"]])
+    assert output_metadata["dangling_partition"].value == 1
+    assert keys(flow, "") == before
+
+    fixed = runner.invoke(tables, ["--config", str(DEFAULT_CONFIG), "audit", "--fix"])
+    assert fixed.exit_code == 1  # the bad files are a person's to fix
+    assert set(partitions(flow, "claims")) == registered - {"2023-12-31"} | {"2024-06-30"}
+    assert keys(flow, "") == before  # --fix touches the catalog only
+    after = json.loads(runner.invoke(tables, ["--config", str(DEFAULT_CONFIG), "audit",
+                                              "--json"]).output)
+    kinds = {f["kind"] for t in after["tables"] for f in t["findings"]}
+    assert "dangling_partition" not in kinds
+    assert [f["location"] for t in after["tables"] for f in t["findings"]
+            if f["kind"] == "prod_file_not_in_glue"] == [f"s3://{BUCKET}/{planted}"]
+
+
+def test_big_files_are_promoted_with_a_managed_copy(flow):
+    from credflow_assets.staged_tables.assets import promote_object
+
+    s3 = flow["s3"]
+    body = (CLAIMS + "\n" + (ROWS[0] + "\n") * 150_000).encode()  # ~6.6 MB
+    s3.put_object(Bucket=BUCKET, Key="staging/claims/big.csv", Body=body)
+    etag = s3.head_object(Bucket=BUCKET, Key="staging/claims/big.csv")["ETag"].strip('"')
+    copy = promote_object(s3, BUCKET, "staging/claims/big.csv", etag, "prod/claims/x/big.csv",
+                          managed_copy_threshold=5 * 1024 * 1024, run_id="test",
+                          part_size=5 * 1024 * 1024)
+    assert copy["method"] == "managed multipart copy" and copy["size"] == len(body)
+    head = s3.head_object(Bucket=BUCKET, Key="prod/claims/x/big.csv")
+    assert head["ETag"].strip('"').endswith("-2")  # it went in parts
+    assert head["Metadata"]["credflow-staged-etag"] == etag
+    with pytest.raises(dg.Failure, match="changed after it was checked"):
+        promote_object(s3, BUCKET, "staging/claims/big.csv", "not-the-etag",
+                       "prod/claims/x/other.csv", managed_copy_threshold=0)
+    assert keys(flow, "prod/claims/x/") == ["prod/claims/x/big.csv"]
+    s3.delete_object(Bucket=BUCKET, Key="prod/claims/x/big.csv")
+    s3.delete_object(Bucket=BUCKET, Key="staging/claims/big.csv")

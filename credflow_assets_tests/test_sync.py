@@ -1,0 +1,120 @@
+"""`credflow sync` against a small real code location: a directory sensor and a per-file asset."""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from credflow_assets.sync import CURSOR_KEY_PREFIX, sync
+
+inbox_files = dg.DynamicPartitionsDefinition(name="inbox_files")
+
+
+class Folders(dg.ConfigurableResource):
+    inbox: str
+    outbox: str
+
+
+@dg.asset(partitions_def=inbox_files)
+def copied_file(context: dg.AssetExecutionContext, folders: Folders) -> None:
+    source = Path(folders.inbox) / context.partition_key
+    text = source.read_text()
+    if text == "broken":
+        raise ValueError(f"{context.partition_key}: content is broken")
+    (Path(folders.outbox) / context.partition_key).write_text(text.upper())
+
+
+copy_job = dg.define_asset_job(
+    "copy_job", selection=[copied_file], executor_def=dg.in_process_executor,
+)
+
+
+@dg.sensor(job=copy_job)
+def inbox_sensor(context: dg.SensorEvaluationContext, folders: Folders) -> dg.SensorResult:
+    seen = set(json.loads(context.cursor or "[]"))
+    new = sorted(p.name for p in Path(folders.inbox).iterdir() if p.name not in seen)
+    new = new[:2]  # a bounded batch per tick, as the real sensors do
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(partition_key=name,
+                          run_key=f"{name}:{(Path(folders.inbox) / name).stat().st_size}")
+            for name in new
+        ],
+        dynamic_partitions_requests=[inbox_files.build_add_request(new)] if new else [],
+        cursor=json.dumps(sorted(seen | set(new))),
+    )
+
+
+@pytest.fixture
+def folders(tmp_path):
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    inbox.mkdir()
+    outbox.mkdir()
+    return Folders(inbox=str(inbox), outbox=str(outbox))
+
+
+@pytest.fixture
+def defs(folders):
+    return dg.Definitions(assets=[copied_file], jobs=[copy_job], sensors=[inbox_sensor],
+                          resources={"folders": folders})
+
+
+@pytest.fixture
+def instance(tmp_path):
+    (tmp_path / "dagster_home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
+        yield instance
+
+
+def test_sync_runs_every_new_file_once_and_names_failures(defs, folders, instance):
+    inbox = Path(folders.inbox)
+    for name, text in [("a.txt", "alpha"), ("b.txt", "beta"), ("c.txt", "broken")]:
+        (inbox / name).write_text(text)
+    lines = []
+
+    report = sync(defs, instance, progress=lines.append)
+
+    assert sorted(p.name for p in Path(folders.outbox).iterdir()) == ["a.txt", "b.txt"]
+    assert (Path(folders.outbox) / "a.txt").read_text() == "ALPHA"
+    assert report.partitions_added == 3
+    assert [run.partition for run in report.failed] == ["c.txt"]
+    assert "c.txt: content is broken" in report.failed[0].error
+    assert not report.ok
+    assert len(lines) == 3 and any("partition c.txt" in line and "FAILED" in line for line in lines)
+    runs = instance.get_runs()
+    assert {run.tags["dagster/sensor_name"] for run in runs} == {"inbox_sensor"}
+    assert {run.tags["dagster/run_key"] for run in runs} == {"a.txt:5", "b.txt:4", "c.txt:6"}
+
+    second = sync(defs, instance, progress=lines.append)
+    assert second.runs == [] and second.skipped_run_keys == 0
+    assert len(instance.get_runs()) == 3
+
+
+def test_run_keys_stop_duplicates_when_the_cursor_is_lost(defs, folders, instance):
+    (Path(folders.inbox) / "a.txt").write_text("alpha")
+    assert len(sync(defs, instance, progress=lambda _: None).runs) == 1
+    instance.run_storage.set_cursor_values({CURSOR_KEY_PREFIX + "inbox_sensor": "[]"})
+
+    again = sync(defs, instance, progress=lambda _: None)
+
+    assert again.runs == [] and again.skipped_run_keys == 1
+    assert len(instance.get_runs()) == 1
+
+
+def test_a_changed_file_gets_a_new_run(defs, folders, instance):
+    path = Path(folders.inbox) / "a.txt"
+    path.write_text("alpha")
+    sync(defs, instance, progress=lambda _: None)
+    path.write_text("alpha, corrected")
+    instance.run_storage.set_cursor_values({CURSOR_KEY_PREFIX + "inbox_sensor": "[]"})
+
+    again = sync(defs, instance, progress=lambda _: None)
+
+    assert [run.partition for run in again.runs] == ["a.txt"]
+    assert (Path(folders.outbox) / "a.txt").read_text() == "ALPHA, CORRECTED"
+
+
+def test_an_unknown_sensor_name_is_refused(defs, instance):
+    with pytest.raises(ValueError, match="no such sensor: nope"):
+        sync(defs, instance, sensor_names=["nope"])

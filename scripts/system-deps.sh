@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install the Debian packages credflow needs, only those missing. Usage: system-deps.sh [--test]
+#   (always)  openssh-server (the local SFTP server), gnupg (provider file decryption),
+#             libreoffice-writer-nogui (PDF renditions of office and text documents)
+#   --test    postgresql (the production-path tests: SQL tables and Dagster storage)
+set -euo pipefail
+
+need=()
+command -v /usr/sbin/sshd >/dev/null 2>&1 || need+=(openssh-server)
+command -v gpg >/dev/null 2>&1 || need+=(gnupg)
+command -v gpgconf >/dev/null 2>&1 || need+=(gnupg)
+command -v soffice >/dev/null 2>&1 || need+=(libreoffice-writer-nogui)
+if [[ "${1:-}" == "--test" ]]; then
+  ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
+fi
+if [[ ${#need[@]} -eq 0 ]]; then
+  exit 0
+fi
+
+sudo=""
+if [[ "$(id -u)" != "0" ]]; then
+  command -v sudo >/dev/null 2>&1 || { echo "need root or sudo to install: ${need[*]}" >&2; exit 1; }
+  sudo="sudo"
+fi
+echo "installing Debian packages: ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

@@ -1,0 +1,48 @@
+from setuptools import find_packages, setup
+
+# The Dagster family is pinned as a set: these versions install together
+# (dagster-webserver 1.13.28 does not exist).
+DAGSTER_VERSION = "1.13.27"
+INTEGRATIONS_VERSION = "0.29.27"
+
+setup(
+    name="credflow",
+    version="0.1.0",
+    description="Dagster code location for the file flows of a therapist-credentialing operation",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(exclude=["credflow_assets_tests"]),
+    include_package_data=True,
+    install_requires=[
+        f"dagster=={DAGSTER_VERSION}",
+        f"dagster-webserver=={DAGSTER_VERSION}",
+        f"dagster-aws=={INTEGRATIONS_VERSION}",
+        f"dagster-pandas=={INTEGRATIONS_VERSION}",
+        f"dagster-pandera=={INTEGRATIONS_VERSION}",
+        "pandera==0.35.0",
+        "pandas==2.3.3",
+        "paramiko==5.1.0",
+        "python-gnupg==0.5.7",
+        "google-api-python-client==2.202.0",
+        "google-auth==2.62.2",
+        "boto3==1.44.5",
+        "moto[server]==5.2.5",
+        # 2.0: dagster-postgres builds `postgresql://` URLs for psycopg2, which 2.1 maps to psycopg 3.
+        "SQLAlchemy==2.0.58",
+        "pydantic==2.14.3",
+        "PyYAML==6.0.3",
+        "click>=8.1",
+        # therapist document renditions
+        "img2pdf==0.6.3",
+        "pypdf==7.1.0",
+        "pillow-heif==1.8.1",
+        # Drive feed spreadsheets
+        "openpyxl==3.1.5",
+    ],
+    extras_require={
+        "test": ["pytest==9.2.0", "awscli==1.46.3"],
+        "postgres": [f"dagster-postgres=={INTEGRATIONS_VERSION}", "psycopg2-binary==2.9.13"],
+        "celery": [f"dagster-celery=={INTEGRATIONS_VERSION}"],
+        "k8s": [f"dagster-k8s=={INTEGRATIONS_VERSION}"],
+    },
+    entry_points={"console_scripts": ["credflow=credflow_assets.cli:main"]},
+)
