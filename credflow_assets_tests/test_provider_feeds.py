@@ -499,6 +499,10 @@ def test_a_large_file_lands_with_flat_memory(flow):
     print(f"peak RSS: {small['peak_mb']:.0f} MB after a tiny file, {big['peak_mb']:.0f} MB after "
           f"{raw_size / 2**20:.0f} MB raw / {landed['data/csv/bigfeed/big.csv'] / 2**20:.0f} MB "
           f"landed ({rows:,} rows)")
+    # What this guards is streaming: holding the file (or a decompressed copy) would grow the
+    # peak by its full 200 MB. The S3 transfer's own buffers (about 2 x 4 parts x 8 MB) and
+    # allocator noise account for the growth allowed here; the exact figure is bench's job.
+    landed_mb = landed["data/csv/bigfeed/big.csv"] / 2**20
+    assert big["peak_mb"] - small["peak_mb"] < landed_mb / 2, (small, big)
     assert big["peak_mb"] < 300, (small, big)
-    assert big["peak_mb"] - small["peak_mb"] < 80
     assert not any(flow["scratch"].iterdir())
