@@ -349,11 +349,15 @@ def mpf_repair(settings: _Settings, dry_run: bool) -> None:
 @click.option("--webserver", help="Launch as backfills through this Dagster webserver "
               "[default: $CREDFLOW_WEBSERVER_URL, else 127.0.0.1:3000 if it answers].")
 @click.option("--in-process", is_flag=True, help="Run here even when a webserver is running.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="In-process: runs at once. Partitions whose order matters (one feed's, "
+              "provider's or table's files) still run one after another.")
 @click.option("--verbose", is_flag=True, help="Also print Dagster's own event log lines.")
 @click.pass_obj
 def reparse_command(settings: _Settings, flow: str, feed: str | None, provider: str | None,
                     table: str | None, since, partition_keys: tuple[str, ...],
-                    webserver: str | None, in_process: bool, verbose: bool) -> None:
+                    webserver: str | None, in_process: bool, workers: int,
+                    verbose: bool) -> None:
     """Rerun existing partitions of a flow, every run tagged with one credflow/reparse_id.
 
     With a webserver running, each flow job's partitions become one backfill (the daemon runs
@@ -368,10 +372,9 @@ def reparse_command(settings: _Settings, flow: str, feed: str | None, provider: 
     settings.adopt_stack_environment()
     import dagster as dg
 
-    from credflow_assets.definitions import build_definitions
     from credflow_assets.reparse import ReparseError, reparse, select_partitions
 
-    defs = build_definitions(settings.config())
+    config = settings.config()
     with dg.DagsterInstance.get() as instance:
         try:
             chosen = select_partitions(
@@ -388,10 +391,11 @@ def reparse_command(settings: _Settings, flow: str, feed: str | None, provider: 
         if url:
             _reparse_as_backfills(url, flow, chosen)
             return
-        report = reparse(defs, instance, flow, chosen, progress=click.echo, verbose=verbose)
-    click.echo(f"reparse {report.reparse_id}: {len(report.runs)} run(s), "
-               f"{len(report.failed)} failed (find them by tag credflow/reparse_id="
-               f"{report.reparse_id})")
+        report = reparse(config, instance, flow, chosen, workers=workers, progress=click.echo,
+                         verbose=verbose)
+    click.echo(f"reparse {report.reparse_id}: {len(report.runs)} run(s) in "
+               f"{report.seconds:.1f}s, {len(report.failed)} failed (find them by tag "
+               f"credflow/reparse_id={report.reparse_id})")
     for run in report.failed:
         click.echo(f"  FAILED {run.partition}: {run.error} (run {run.run_id})")
     sys.exit(1 if report.failed else 0)

@@ -5,18 +5,37 @@ job — as a backfill through the webserver when one runs (backfills.py), else i
 exactly as `credflow sync` runs new files. Each run writes its own parse
 log, so the logs of a file's parses sit side by side (`credflow logs diff PARTITION`), and
 `credflow/reparse_id` finds every run of one reparse (the Dagster UI filters runs by tag).
+
+Many partitions. A worker loads the definitions, the instance and its AWS clients once and
+reuses them for every run it is given, so a run costs Dagster's own bookkeeping and the work,
+not a process start and a definitions load as a daemon-launched run does. Runs go in lanes:
+partitions whose order matters share a lane and run one after another in the order they were
+added (a feed's files upsert the same rows, so the last file must win again; a provider's or a
+table's files can land on the same keys), and up to `workers` lanes run at once, each worker a
+process of its own (`_run_pool` says why not threads).
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Future,
+    ProcessPoolExecutor,
+    wait,
+)
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 import dagster as dg
 
+from credflow_assets.config import CredflowConfig
 from credflow_assets.materializations import latest_materialization
 from credflow_assets.sync import (
     RunOutcome,
@@ -37,6 +56,7 @@ class FlowTarget:
     name_option: str | None  # --feed, --provider, --table: what the name part means
     name_of: Callable[[str], str]  # partition key → feed / provider / table
     job_for: Callable[[str], str]  # the name part → the job that reruns it
+    lane_of: Callable[[str], str]  # partitions of one lane keep their order (module docstring)
 
 
 def _first_segment(key: str) -> str:
@@ -51,16 +71,22 @@ def _staged_table(key: str) -> str:
 
 
 FLOWS: dict[str, FlowTarget] = {
+    # A therapist is a partition: their files go to their own MPF folder only.
     "therapists": FlowTarget("therapists", dg.AssetKey(["drive", "mpf", "folder"]), None,
-                             lambda key: "", lambda _: "therapist_mpf_job"),
+                             lambda key: "", lambda _: "therapist_mpf_job",
+                             lane_of=lambda key: key),
     "drive_feeds": FlowTarget("drive_feed_files", dg.AssetKey(["drive", "inbound", "sheet"]),
-                              "feed", _first_segment, lambda feed: f"drive_feed_{feed}_job"),
+                              "feed", _first_segment, lambda feed: f"drive_feed_{feed}_job",
+                              lane_of=_first_segment),
     "provider_feeds": FlowTarget("provider_files",
                                  dg.AssetKey(["s3", "provider_feeds", "raw"]), "provider",
-                                 _first_segment, lambda _: "provider_feeds_job"),
+                                 _first_segment, lambda _: "provider_feeds_job",
+                                 lane_of=_first_segment),
     "staged_tables": FlowTarget("staged_files", dg.AssetKey(["s3", "staging", "file"]), "table",
-                                _staged_table, lambda _: "staged_file_job"),
+                                _staged_table, lambda _: "staged_file_job",
+                                lane_of=_staged_table),
 }
+DEFAULT_WORKERS = 2  # processes; each holds its own loaded definitions
 
 
 class ReparseError(ValueError):
@@ -71,6 +97,7 @@ class ReparseError(ValueError):
 class ReparseReport:
     reparse_id: str
     runs: list[RunOutcome] = field(default_factory=list)
+    seconds: float = 0.0
 
     @property
     def failed(self) -> list[RunOutcome]:
@@ -117,39 +144,123 @@ def new_reparse_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
+def lanes(flow: str, partitions: list[str]) -> list[list[str]]:
+    """The partitions split into lanes (order kept within each), largest lane first so the
+    longest chain of runs starts at once."""
+    target = _target(flow)
+    grouped: dict[str, list[str]] = {}
+    for key in partitions:
+        grouped.setdefault(target.lane_of(key), []).append(key)
+    return sorted(grouped.values(), key=len, reverse=True)
+
+
 def reparse(
-    defs: dg.Definitions,
+    config: CredflowConfig,
     instance: dg.DagsterInstance,
     flow: str,
     partitions: list[str],
     *,
+    workers: int = DEFAULT_WORKERS,
     progress: Callable[[str], None] = print,
     verbose: bool = False,
 ) -> ReparseReport:
-    target = _target(flow)
+    """Rerun `partitions`, up to `workers` lanes at once (see the module docstring); the report
+    lists the runs in the order of `partitions`, whatever order they finished in."""
+    if workers < 1:
+        raise ReparseError(f"workers must be at least 1, not {workers}")
     report = ReparseReport(reparse_id=new_reparse_id())
-    progress(f"reparse {report.reparse_id}: {len(partitions)} partition(s) of {flow}")
-    with dg.partition_loading_context(dynamic_partitions_store=instance):
-        for number, key in enumerate(partitions, start=1):
-            job_name = target.job_for(target.name_of(key))
-            started = time.monotonic()
-            result = defs.resolve_job_def(job_name).execute_in_process(
-                instance=instance, partition_key=key, raise_on_error=False,
-                run_config=execution_run_config(None, verbose),
-                tags={REPARSE_TAG: report.reparse_id},
-            )
-            outcome = RunOutcome(
-                sensor="", job=job_name, partition=key, run_id=result.run_id,
-                success=result.success, seconds=time.monotonic() - started,
-                error=None if result.success else failure_reason(result),
-                summary=run_summary(result),
-            )
-            report.runs.append(outcome)
-            status = (f"ok{': ' + outcome.summary if outcome.summary else ''}"
-                      if outcome.success else f"FAILED: {outcome.error}")
-            progress(f"[{number}/{len(partitions)}] {key} run {result.run_id[:8]} {status} "
-                     f"({outcome.seconds:.1f}s)")
+    waiting = [deque(lane) for lane in lanes(flow, partitions)]
+    workers = max(1, min(workers, len(waiting)))
+    progress(f"reparse {report.reparse_id}: {len(partitions)} partition(s) of {flow} in "
+             f"{len(waiting)} lane(s), {workers} at a time")
+    outcomes: dict[str, RunOutcome] = {}
+    started = time.monotonic()
+    with _run_pool(config, instance, workers) as submit:
+        running = {submit(flow, lane.popleft(), report.reparse_id, verbose): lane
+                   for lane in waiting}
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                lane = running.pop(future)
+                outcome = future.result()  # _rerun reports a failed run; a raise is a bug
+                outcomes[outcome.partition] = outcome
+                progress(_progress_line(outcome, len(outcomes), len(partitions)))
+                if lane:  # the lane's next partition only after this one finished
+                    running[submit(flow, lane.popleft(), report.reparse_id, verbose)] = lane
+    report.runs = [outcomes[key] for key in partitions]
+    report.seconds = time.monotonic() - started
     return report
+
+
+@contextmanager
+def _run_pool(config: CredflowConfig, instance: dg.DagsterInstance, workers: int):
+    """A `submit(flow, key, reparse_id, verbose) -> Future[RunOutcome]`.
+
+    Several workers are processes, not threads: each Dagster run reconfigures Python logging
+    (`logging.config.dictConfig` for the instance's `python_logs`), which deadlocks when two
+    runs start at once in one process. Each process loads the definitions once and keeps them
+    for every run it is given. One worker runs here, in this process.
+    """
+    if workers == 1:
+        from credflow_assets.definitions import build_definitions
+
+        _worker.update(defs=build_definitions(config), instance=instance)
+        yield _run_here
+        return
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding locks
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                             initializer=_start_worker,
+                             initargs=(config, instance.get_ref())) as pool:
+        yield lambda *args: pool.submit(_worker_rerun, *args)
+
+
+_worker: dict[str, Any] = {}
+
+
+def _start_worker(config: CredflowConfig, instance_ref) -> None:
+    from credflow_assets.definitions import build_definitions
+
+    _worker["defs"] = build_definitions(config)
+    _worker["instance"] = dg.DagsterInstance.from_ref(instance_ref)
+
+
+def _run_here(*args) -> Future:
+    future: Future = Future()
+    try:
+        future.set_result(_worker_rerun(*args))
+    except BaseException as error:  # surfaced by future.result(), as from a pool
+        future.set_exception(error)
+    return future
+
+
+def _worker_rerun(flow: str, key: str, reparse_id: str, verbose: bool) -> RunOutcome:
+    instance = _worker["instance"]
+    with dg.partition_loading_context(dynamic_partitions_store=instance):
+        return _rerun(_worker["defs"], instance, _target(flow), key, reparse_id, verbose)
+
+
+def _rerun(defs: dg.Definitions, instance: dg.DagsterInstance, target: FlowTarget, key: str,
+           reparse_id: str, verbose: bool) -> RunOutcome:
+    job_name = target.job_for(target.name_of(key))
+    started = time.monotonic()
+    result = defs.resolve_job_def(job_name).execute_in_process(
+        instance=instance, partition_key=key, raise_on_error=False,
+        run_config=execution_run_config(None, verbose),
+        tags={REPARSE_TAG: reparse_id},
+    )
+    return RunOutcome(
+        sensor="", job=job_name, partition=key, run_id=result.run_id,
+        success=result.success, seconds=time.monotonic() - started,
+        error=None if result.success else failure_reason(result),
+        summary=run_summary(result),
+    )
+
+
+def _progress_line(outcome: RunOutcome, done: int, total: int) -> str:
+    status = (f"ok{': ' + outcome.summary if outcome.summary else ''}"
+              if outcome.success else f"FAILED: {outcome.error}")
+    return (f"[{done}/{total}] {outcome.partition} run {outcome.run_id[:8]} {status} "
+            f"({outcome.seconds:.1f}s)")
 
 
 def _target(flow: str) -> FlowTarget:

@@ -22,6 +22,7 @@ from credflow_assets_tests.conftest import DEFAULT_CONFIG, running_stack
 BIN = Path(sys.executable).parent
 FILES = 50
 FEED = "contact_tracing"
+CORRECTED_FEED = "nsss"  # two files of the same rows: an upload, then its correction
 
 
 @pytest.fixture(scope="module")
@@ -41,21 +42,29 @@ def flow(tmp_path_factory):
         report = sync(defs, instance, sensor_names=[f"drive_feed_{FEED}_inbound_sensor"],
                       progress=lambda line: None)
         assert len(report.runs) == FILES and report.ok, report.failed[:3]
+        corrected = next(feed for feed in config.feeds if feed.name == CORRECTED_FEED)
+        for variant in (0, 1):
+            rows = sample_rows(corrected, 10, variant=variant)
+            path = write_csv(work / f"nsss v{variant}.csv", corrected, rows)
+            drive.upload_file(path, path.name, corrected.inbound_folder_id, mime_type=CSV_MIME)
+            report = sync(defs, instance, sensor_names=[f"drive_feed_{CORRECTED_FEED}_inbound_sensor"],
+                          progress=lambda line: None)
+            assert len(report.runs) == 1 and report.ok, report.failed
         engine = sa.create_engine(variables["CREDFLOW_TABLES_DB_URL"])
         try:
             yield {"home": home, "config": config, "defs": defs, "instance": instance,
-                   "engine": engine, "table": feed.table, "logs_bucket": config.buckets.logs}
+                   "engine": engine, "table": feed.table, "logs_bucket": config.buckets.logs,
+                   "corrected": corrected}
         finally:
             engine.dispose()
             instance.dispose()
 
 
-def snapshot(flow) -> tuple[list, int]:
+def snapshot(flow, table: str | None = None, id_column: str = "ctas_id") -> tuple[list, int]:
+    table = table or flow["table"]
     with flow["engine"].connect() as connection:
-        rows = connection.execute(sa.text(
-            f"SELECT * FROM {flow['table']} ORDER BY ctas_id")).all()
-        history = connection.execute(sa.text(
-            f"SELECT count(*) FROM {flow['table']}_history")).scalar_one()
+        rows = connection.execute(sa.text(f"SELECT * FROM {table} ORDER BY {id_column}")).all()
+        history = connection.execute(sa.text(f"SELECT count(*) FROM {table}_history")).scalar_one()
     return [tuple(row) for row in rows], history
 
 
@@ -65,7 +74,7 @@ def test_a_reparse_of_50_feed_files_leaves_the_table_unchanged(flow):
     partitions = select_partitions(flow["instance"], "drive_feeds", name=FEED)
     assert len(partitions) == FILES
 
-    report = reparse(flow["defs"], flow["instance"], "drive_feeds", partitions,
+    report = reparse(flow["config"], flow["instance"], "drive_feeds", partitions,
                      progress=lambda line: None)
 
     assert len(report.runs) == FILES and not report.failed
@@ -80,6 +89,29 @@ def test_a_reparse_of_50_feed_files_leaves_the_table_unchanged(flow):
         run.run_id for run in report.runs if run.partition == partitions[0])
     assert len(logs) == 2
     assert "0 inserted" in read_log(client, flow["logs_bucket"], logs[-1]["key"])
+
+
+def test_feeds_reparse_side_by_side_and_each_feed_keeps_its_file_order(flow):
+    corrected = flow["corrected"]
+    tables = [(flow["table"], "ctas_id"), (corrected.table, corrected.id_column)]
+    before = [snapshot(flow, table, id_column) for table, id_column in tables]
+    assert before[1][1] > 0  # the correction changed tracked columns: history rows exist
+    upload, correction = select_partitions(flow["instance"], "drive_feeds", name=CORRECTED_FEED)
+    some_files = select_partitions(flow["instance"], "drive_feeds", name=FEED)[:10]
+    partitions = select_partitions(flow["instance"], "drive_feeds",
+                                   partitions=[*some_files, upload, correction])
+    lines = []
+
+    report = reparse(flow["config"], flow["instance"], "drive_feeds", partitions, workers=2,
+                     progress=lines.append)
+
+    assert "in 2 lane(s), 2 at a time" in lines[0]
+    assert not report.failed and [run.partition for run in report.runs] == partitions
+    # Run in the wrong order, the upload would overwrite its correction and add history rows.
+    assert [snapshot(flow, table, id_column) for table, id_column in tables] == before
+    runs = {run.partition: flow["instance"].get_run_record_by_id(run.run_id)
+            for run in report.runs if run.partition in (upload, correction)}
+    assert runs[upload].end_time <= runs[correction].start_time
 
 
 def test_the_reparse_command_selects_one_partition_and_logs_diff(flow):
