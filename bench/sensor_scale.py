@@ -2,26 +2,31 @@
 
     .venv/bin/python bench/sensor_scale.py            # 10,000 then 100,000 existing objects
     .venv/bin/python bench/sensor_scale.py --quick    # 1,000 then 5,000
-    options: --sizes 10000,100000  --new 100  --repeat 3  --json FILE
+    options: --sizes 10000,100000  --new 100  --repeat 3  --reconcile-pages N
+             --previous DIR  --json FILE
 
 Both S3-event flows: the signup bucket (`{therapist_id}/{file}`, 3 files a therapist) and the
 adhoc bucket's staging prefix (`staging/claims/{file}.csv`). For each size:
 
-1. the buckets are filled up to the size (a thread pool of put_object; each put also sends its
-   S3 event to the flow's queue, as on AWS), and the existing objects that one reconciliation
-   tick visits are put in their steady state in the Dagster instance: each such therapist has
-   its partition and an MPF materialization whose `source_fingerprint` matches its uploads (what
-   a finished run records); each such staged file has its partition and a rejected observation
-   of its version (`checks_passed: False`: promoted files leave staging, so what stays there is
-   what was rejected). (Recording all 133k would take ~10 ms each in the SQLite instance.)
+1. the buckets are filled up to the size (a thread pool of put_object, with the buckets' event
+   notifications off), and the existing objects that one reconciliation tick visits are put in
+   their steady state in the Dagster instance: each such therapist has its partition and an MPF
+   materialization whose `source_fingerprint` matches its uploads (what a finished run records);
+   each such staged file has its partition and a rejected observation of its version
+   (`checks_passed: False`: promoted files leave staging, so what stays there is what was
+   rejected). (Recording all of them would take 20-60 ms each in the SQLite instance.)
 2. both event queues are purged, then 100 new objects are put in each (100 new therapists; 100
    new staged CSVs) and their 100 events wait in each queue;
 3. one tick of `signup_upload_sensor` and one of `staging_events_sensor` (the fast, SQS-driven
    sensors) are timed (`--repeat` times, each with 100 fresh objects; the median is reported),
    built exactly as `credflow sync` builds them;
 4. one tick of each reconciliation sensor (`signup_reconciliation_sensor`,
-   `staging_reconciliation_sensor`) is timed from an empty cursor: it pages through a bounded
-   number of pages per tick.
+   `staging_reconciliation_sensor`) is timed from an empty cursor, with a budget of
+   `--reconcile-pages` pages of keys (default: the settings' `max_reconcile_pages_per_tick`).
+
+`--previous DIR` also times, in the same run and on the same state, the sensors of an earlier
+credflow tree in DIR (e.g. `git archive HEAD credflow_assets | tar -x -C DIR`): before and after
+under the same machine load. Its reconciliation ticks get the same page budget.
 
 Time inside S3 and SQS calls is counted separately (a wrapper around botocore's
 `_make_api_call`), because moto's listing walks the whole bucket on every call (real S3 does
@@ -31,9 +36,9 @@ not); `list page` is the time of one 1,000-key `list_objects_v2` call at that si
 from __future__ import annotations
 
 import argparse
-import hashlib
 import statistics
 import sys
+import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -51,12 +56,20 @@ STAGED_TABLE = "claims"
 
 
 class CallClock:
-    """Seconds and calls per AWS operation, for everything botocore sends in this process."""
+    """Seconds and calls per AWS operation, for everything botocore sends in this process.
+
+    Calls made in parallel (the staging sensor's HEADs) each count in their operation's seconds,
+    but `total()` is wall time with at least one call in flight, so it never exceeds the tick.
+    """
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self.active = False
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._busy_since = 0.0
+        self._busy = 0.0
 
     def install(self) -> None:
         from botocore.client import BaseClient
@@ -67,19 +80,36 @@ class CallClock:
         def timed_call(client, operation_name, api_params):
             if not clock.active:
                 return original(client, operation_name, api_params)
-            started = time.monotonic()
+            started = clock._enter()
             try:
                 return original(client, operation_name, api_params)
             finally:
-                clock.seconds[operation_name] += time.monotonic() - started
-                clock.calls[operation_name] += 1
+                clock._leave(operation_name, started)
 
         BaseClient._make_api_call = timed_call
+
+    def _enter(self) -> float:
+        with self._lock:
+            now = time.monotonic()
+            if self._in_flight == 0:
+                self._busy_since = now
+            self._in_flight += 1
+            return now
+
+    def _leave(self, operation_name: str, started: float) -> None:
+        with self._lock:
+            now = time.monotonic()
+            self.seconds[operation_name] += now - started
+            self.calls[operation_name] += 1
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._busy += now - self._busy_since
 
     @contextmanager
     def measuring(self):
         self.seconds.clear()
         self.calls.clear()
+        self._busy = 0.0
         self.active = True
         try:
             yield self
@@ -87,7 +117,7 @@ class CallClock:
             self.active = False
 
     def total(self) -> float:
-        return sum(self.seconds.values())
+        return self._busy
 
     def describe(self) -> str:
         return ", ".join(f"{name} {self.calls[name]}× {seconds:.2f}s"
@@ -232,13 +262,15 @@ def wait_for_messages(sqs, queue_url: str, count: int, timeout: float = 60) -> N
 # ------------------------------------------------------------------------------ ticks
 
 
-def tick(defs, instance, name: str, cursor: str | None = None) -> dict:
-    """One evaluation of sensor `name`, built as credflow sync builds it."""
+def tick(defs, instance, name: str, cursor: str | None = None, *, sensor=None,
+         settings: dict | None = None) -> dict:
+    """One evaluation of sensor `name` (or of `sensor`, an earlier version of it), built as
+    credflow sync builds it; `settings` replaces resources (the page budget)."""
     import dagster as dg
 
     repository = defs.get_repository_def()
-    sensor = next(s for s in repository.sensor_defs if s.name == name)
-    resources = repository.get_top_level_resources()
+    sensor = sensor or next(s for s in repository.sensor_defs if s.name == name)
+    resources = {**repository.get_top_level_resources(), **(settings or {})}
     with CLOCK.measuring():
         started = time.monotonic()
         with dg.partition_loading_context(dynamic_partitions_store=instance):
@@ -255,109 +287,32 @@ def tick(defs, instance, name: str, cursor: str | None = None) -> dict:
             "partitions": sorted(r.partition_key for r in result.run_requests or [])}
 
 
-# ------------------------------------------------------------------------------ proposed fix
-# Prototypes of the reconciliation ticks proposed in RESULTS.md, measured against the same
-# buckets and instance and checked to request the same partitions as the sensors' first tick.
-# They differ only in how they look things up: S3 listed flat, 1,000 keys a call, instead of
-# a prefix listing plus one listing per therapist; the instance asked once per page
-# (latest materialization per partition, then those records by storage id; active runs once)
-# instead of two or three queries per object.
+def with_page_budget(defs, pages: int) -> dict:
+    """The two flows' settings resources with `max_reconcile_pages_per_tick = pages`."""
+    return {key: type(defs.resources[key])(**{**defs.resources[key].model_dump(),
+                                              "max_reconcile_pages_per_tick": pages})
+            for key in ("therapist_settings", "staged_tables_settings")}
 
 
-def latest_metadata_by_partition(instance, asset_key, partitions: list[str]) -> dict[str, dict]:
+# ------------------------------------------------------------------------------ previous tree
+
+
+def load_previous_sensors(tree: Path) -> dict:
+    """The sensor definitions of an earlier credflow tree, by name. Their modules are loaded
+    under other names and import the rest of credflow from this tree."""
+    import importlib.util
+
     import dagster as dg
-    from dagster._core.events import DagsterEventType
 
-    if not partitions:
-        return {}
-    ids = instance.event_log_storage.get_latest_storage_id_by_partition(
-        asset_key, DagsterEventType.ASSET_MATERIALIZATION, partitions=set(partitions))
-    if not ids:
-        return {}
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=asset_key, storage_ids=list(ids.values())),
-        limit=len(ids)).records
-    return {record.partition_key: {name: value.value for name, value
-                                   in record.asset_materialization.metadata.items()}
-            for record in records}
-
-
-def proto_staging_reconciliation(instance, client, bucket: str, pages: int,
-                                 tables: tuple[str, ...]) -> dict:
-    import dagster as dg
-    from dagster._core.storage.dagster_run import RunsFilter
-
-    from credflow_assets.staged_tables.layout import Layout
-    from credflow_assets.staged_tables.sensors import ACTIVE_STATUSES
-    from credflow_assets.staged_tables.settings import JOB_NAME, STAGING_FILE_KEY, object_version
-
-    with CLOCK.measuring():
-        started = time.monotonic()
-        layout = Layout(bucket=bucket, staging_prefix="staging/", prod_prefix="prod/",
-                        tables=tables)
-        kwargs = {"Bucket": bucket, "Prefix": "staging/", "MaxKeys": 1000}
-        objects = []
-        for _ in range(pages):
-            page = client.list_objects_v2(**kwargs)
-            objects.extend(page.get("Contents", []))
-            if not page.get("IsTruncated"):
-                break
-            kwargs["ContinuationToken"] = page["NextContinuationToken"]
-        staged = {}
-        for item in objects:
-            staged_file = layout.staged_file(item["Key"])
-            if staged_file is not None:
-                staged[staged_file.partition_key] = object_version(item["ETag"],
-                                                                   item["LastModified"])
-        observed = {}
-        keys = list(staged)
-        for start in range(0, len(keys), 1000):  # a page of keys at a time
-            observed.update(latest_metadata_by_partition(instance, STAGING_FILE_KEY,
-                                                         keys[start:start + 1000]))
-        active = {run.tags.get("dagster/partition") for run in instance.get_runs(
-            filters=RunsFilter(job_name=JOB_NAME, statuses=ACTIVE_STATUSES))}
-        requested = sorted(
-            key for key, version in staged.items()
-            if key not in active and not (observed.get(key, {}).get("version") == version
-                                          and not observed[key].get("checks_passed")))
-        seconds = time.monotonic() - started
-        return {"seconds": seconds, "aws_seconds": CLOCK.total(), "aws_calls": CLOCK.describe(),
-                "run_requests": len(requested), "partitions": requested}
-
-
-def proto_signup_reconciliation(instance, client, bucket: str, therapists: int) -> dict:
-    from credflow_assets.therapists.sensors import MPF_FOLDER_KEY
-    from credflow_assets.therapists.uploads import therapist_id_of, uploads_fingerprint
-
-    with CLOCK.measuring():
-        started = time.monotonic()
-        kwargs = {"Bucket": bucket, "MaxKeys": 1000}
-        uploads: dict[str, list[tuple[str, str]]] = defaultdict(list)
-        done = False
-        while not done:
-            page = client.list_objects_v2(**kwargs)
-            for item in page.get("Contents", []):
-                tid = therapist_id_of(item["Key"])
-                if tid is None:
-                    continue
-                if tid not in uploads and len(uploads) >= therapists:
-                    done = True  # the next tick starts at this therapist
-                    break
-                uploads[tid].append((item["Key"], item["ETag"].strip('"')))
-            if not page.get("IsTruncated"):
-                break
-            kwargs["ContinuationToken"] = page["NextContinuationToken"]
-        observed = {}
-        therapist_ids = list(uploads)
-        for start in range(0, len(therapist_ids), 1000):
-            observed.update(latest_metadata_by_partition(instance, MPF_FOLDER_KEY,
-                                                         therapist_ids[start:start + 1000]))
-        requested = sorted(
-            tid for tid, objects in uploads.items()
-            if observed.get(tid, {}).get("source_fingerprint") != uploads_fingerprint(objects))
-        seconds = time.monotonic() - started
-        return {"seconds": seconds, "aws_seconds": CLOCK.total(), "aws_calls": CLOCK.describe(),
-                "run_requests": len(requested), "partitions": requested}
+    sensors = {}
+    for flow in ("therapists", "staged_tables"):
+        path = tree / "credflow_assets" / flow / "sensors.py"
+        spec = importlib.util.spec_from_file_location(f"previous_{flow}_sensors", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sensors.update({value.name: value for value in vars(module).values()
+                        if isinstance(value, dg.SensorDefinition)})
+    return sensors
 
 
 def list_page_seconds(client, bucket: str, prefix: str = "") -> float:
@@ -372,12 +327,25 @@ def list_page_seconds(client, bucket: str, prefix: str = "") -> float:
 # ------------------------------------------------------------------------------ main
 
 
+FAST = ("signup_upload_sensor", "staging_events_sensor")
+RECONCILIATION = ("signup_reconciliation_sensor", "staging_reconciliation_sensor")
+LABELS = {"signup_upload_sensor": "signup, SQS events (fast)",
+          "staging_events_sensor": "staging, SQS events (fast)",
+          "signup_reconciliation_sensor": "signup, reconciliation",
+          "staging_reconciliation_sensor": "staging, reconciliation"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--sizes", help="comma-separated existing-object counts")
     parser.add_argument("--new", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--reconcile-pages", type=int,
+                        help="pages of 1,000 keys a reconciliation tick lists (default: the "
+                             "settings' max_reconcile_pages_per_tick)")
+    parser.add_argument("--previous", type=Path,
+                        help="an earlier tree holding credflow_assets/: its sensors are timed too")
     parser.add_argument("--json")
     args = parser.parse_args()
     sizes = ([int(s) for s in args.sizes.split(",")] if args.sizes
@@ -390,6 +358,7 @@ def main() -> None:
         import dagster as dg
 
         from credflow_assets.definitions import build_definitions
+        from credflow_assets.therapists.settings import TherapistFlowSettings
 
         s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
         sqs = boto3.client("sqs", endpoint_url=env["AWS_ENDPOINT_URL"])
@@ -398,14 +367,16 @@ def main() -> None:
             QueueName=config.events.staging_uploads.queue)["QueueUrl"]
         signup_bucket, adhoc = config.buckets.signup, config.buckets.adhoc
         defs = build_definitions(config)
+        previous = load_previous_sensors(args.previous) if args.previous else {}
+        versions = {"current": {}, **({"previous": previous} if previous else {})}
+        # The config does not set the budget: the resources' default is what the sensors use.
+        pages = (args.reconcile_pages or
+                 TherapistFlowSettings.model_fields["max_reconcile_pages_per_tick"].default)
+        settings = with_page_budget(defs, pages)
+        print(f"reconciliation budget: {pages} page(s) a tick"
+              + (f"; previous sensors from {args.previous}" if previous else ""))
         existing = 0
         next_new = 10_000_000  # new objects' numbers, after every existing one
-        from credflow_assets.staged_tables.settings import StagedTablesSettings
-        from credflow_assets.therapists.settings import TherapistFlowSettings
-
-        # The config does not set them: the resources' defaults are what the sensors use.
-        signup_pages = TherapistFlowSettings.model_fields["max_reconcile_pages_per_tick"].default
-        staging_pages = StagedTablesSettings.model_fields["max_reconcile_pages_per_tick"].default
         with dg.DagsterInstance.get() as instance:
             for size in sizes:
                 print(f"\n== {size:,} existing objects in each of s3://{signup_bucket} and "
@@ -415,9 +386,13 @@ def main() -> None:
                                            signup_keys(existing, size - existing))
                     put_seconds += put_many(s3, adhoc, staging_keys(existing, size - existing))
                 print(f"   put {2 * (size - existing):,} objects in {put_seconds:.0f}s")
+                # What one tick visits: the current sensors list 1,000 keys a page (3 per
+                # therapist, plus the next therapist's); the previous signup sensor listed 100
+                # therapist prefixes a page.
                 marked, therapists, staged = mark_handled(
-                    instance, s3, config, therapists_limit=100 * signup_pages,
-                    staged_limit=1000 * staging_pages)
+                    instance, s3, config,
+                    therapists_limit=max(1000 * pages // 3 + 1, 100 * pages),
+                    staged_limit=1000 * pages)
                 print(f"   steady state recorded for {therapists:,} more therapists and "
                       f"{staged:,} more staged files in {marked:.0f}s")
                 existing = size
@@ -426,67 +401,55 @@ def main() -> None:
                 entry = {"existing": size, "put_seconds": put_seconds,
                          "list_page_signup": list_page_seconds(s3, signup_bucket),
                          "list_page_staging": list_page_seconds(s3, adhoc, "staging/")}
-                for sensor_name, bucket, queue, make_keys in (
-                    ("signup_upload_sensor", signup_bucket, signup_queue,
-                     lambda first, n: [f"{therapist_id(first + i)}/license.pdf" for i in range(n)]),
-                    ("staging_events_sensor", adhoc, staging_queue, staging_keys),
-                ):
-                    samples = []
-                    for _ in range(args.repeat):
-                        put_many(s3, bucket, make_keys(next_new, args.new))
-                        next_new += args.new
-                        wait_for_messages(sqs, queue, args.new)
-                        samples.append(tick(defs, instance, sensor_name))
-                        acknowledge(sqs, queue, samples[-1]["cursor"])
-                    best = sorted(samples, key=lambda s: s["seconds"])[len(samples) // 2]
-                    print(f"   {sensor_name}: " + ", ".join(f"{s['seconds']:.2f}s" for s in samples)
-                          + f" ({best['run_requests']} run requests; AWS {best['aws_calls']})")
-                    entry[sensor_name] = {**best, "samples": [s["seconds"] for s in samples]}
-                for sensor_name in ("signup_reconciliation_sensor",
-                                    "staging_reconciliation_sensor"):
-                    result = tick(defs, instance, sensor_name)
-                    print(f"   {sensor_name}: {result['seconds']:.2f}s, "
-                          f"{result['run_requests']} run requests; AWS {result['aws_seconds']:.2f}s "
-                          f"({result['aws_calls']})")
-                    entry[sensor_name] = result
-                    if sensor_name == "signup_reconciliation_sensor":
-                        proto = proto_signup_reconciliation(instance, s3, signup_bucket,
-                                                            100 * signup_pages)
-                    else:
-                        proto = proto_staging_reconciliation(
-                            instance, s3, adhoc, staging_pages,
-                            tuple(table.name for table in config.staged_tables.tables))
-                    same = proto["partitions"] == result["partitions"]
-                    print(f"   {sensor_name}, proposed lookups (prototype): "
-                          f"{proto['seconds']:.2f}s, {proto['run_requests']} run requests "
-                          f"({'same' if same else 'DIFFERENT'} partitions); AWS "
-                          f"{proto['aws_seconds']:.2f}s ({proto['aws_calls']})")
-                    entry[sensor_name + " (proposed)"] = {**proto, "same_partitions": same}
+                for version, sensors in versions.items():
+                    for sensor_name, bucket, queue, make_keys in (
+                        ("signup_upload_sensor", signup_bucket, signup_queue,
+                         lambda first, n: [f"{therapist_id(first + i)}/license.pdf"
+                                           for i in range(n)]),
+                        ("staging_events_sensor", adhoc, staging_queue, staging_keys),
+                    ):
+                        samples = []
+                        for _ in range(args.repeat):
+                            put_many(s3, bucket, make_keys(next_new, args.new))
+                            next_new += args.new
+                            wait_for_messages(sqs, queue, args.new)
+                            samples.append(tick(defs, instance, sensor_name,
+                                                sensor=sensors.get(sensor_name)))
+                            acknowledge(sqs, queue, samples[-1]["cursor"])
+                        best = sorted(samples, key=lambda s: s["seconds"])[len(samples) // 2]
+                        print(f"   {version} {sensor_name}: "
+                              + ", ".join(f"{s['seconds']:.2f}s" for s in samples)
+                              + f" ({best['run_requests']} run requests; AWS {best['aws_calls']})")
+                        entry[f"{version} {sensor_name}"] = {
+                            **best, "samples": [s["seconds"] for s in samples]}
+                    for sensor_name in RECONCILIATION:
+                        result = tick(defs, instance, sensor_name, sensor=sensors.get(sensor_name),
+                                      settings=settings)
+                        print(f"   {version} {sensor_name}: {result['seconds']:.2f}s, "
+                              f"{result['run_requests']} run requests; AWS "
+                              f"{result['aws_seconds']:.2f}s ({result['aws_calls']})")
+                        entry[f"{version} {sensor_name}"] = result
                 results.append(entry)
 
     rows = []
-    for sensor_name, label in (
-            ("signup_upload_sensor", "signup, SQS events (fast)"),
-            ("staging_events_sensor", "staging, SQS events (fast)"),
-            ("signup_reconciliation_sensor", "signup, reconciliation"),
-            ("signup_reconciliation_sensor (proposed)", "signup, reconciliation, proposed (prototype)"),
-            ("staging_reconciliation_sensor", "staging, reconciliation"),
-            ("staging_reconciliation_sensor (proposed)",
-             "staging, reconciliation, proposed (prototype)")):
-        row = [label]
-        for entry in results:
-            tick_result = entry[sensor_name]
-            row += [f"{tick_result['seconds']:.2f} s",
-                    f"{tick_result['aws_seconds']:.2f} s",
-                    tick_result["run_requests"]]
-        first, last = results[0][sensor_name]["seconds"], results[-1][sensor_name]["seconds"]
-        row.append(f"{last / first:.2f}")
-        rows.append(row)
+    for version in versions:
+        for sensor_name in (*FAST, *RECONCILIATION):
+            row = [f"{LABELS[sensor_name]}" + (f" [{version}]" if previous else "")]
+            for entry in results:
+                tick_result = entry[f"{version} {sensor_name}"]
+                row += [f"{tick_result['seconds']:.2f} s",
+                        f"{tick_result['seconds'] - tick_result['aws_seconds']:.2f} s",
+                        tick_result["run_requests"]]
+            first = results[0][f"{version} {sensor_name}"]["seconds"]
+            last = results[-1][f"{version} {sensor_name}"]["seconds"]
+            row.append(f"{last / first:.2f}")
+            rows.append(row)
     headers = ["sensor tick"]
     for entry in results:
-        headers += [f"{entry['existing']:,}: tick", "in AWS calls", "runs"]
+        headers += [f"{entry['existing']:,}: tick", "outside AWS calls", "runs"]
     headers.append(f"ratio {results[-1]['existing']:,}/{results[0]['existing']:,}")
-    print(f"\nSensor scale: one tick with {args.new} new objects, by existing objects")
+    print(f"\nSensor scale: one tick with {args.new} new objects, by existing objects "
+          f"(reconciliation: {pages} page(s) of keys a tick)")
     print(table(headers, rows))
     print("moto list_objects_v2 (1,000 keys): " + ", ".join(
         f"{e['existing']:,} objects: signup {e['list_page_signup'] * 1000:.0f} ms, staging "
@@ -496,7 +459,8 @@ def main() -> None:
         for tick_result in entry.values():
             if isinstance(tick_result, dict):
                 tick_result.pop("partitions", None)
-    write_json(args.json, {"machine": info, "sizes": sizes, "new": args.new, "results": results})
+    write_json(args.json, {"machine": info, "sizes": sizes, "new": args.new,
+                           "reconcile_pages": pages, "results": results})
 
 
 if __name__ == "__main__":

@@ -2,15 +2,23 @@
 
 The fast sensor (`staging_events_sensor`; named to sort, and so to run in `credflow sync`, before
 the reconciliation) drains the staging prefix's S3 event queue: a tick costs what was uploaded, not
-what staging holds. It looks at each object once (`head_object`) and requests a run for the
-version that is there now, so a burst of uploads to one key becomes one run, and a redelivered
-event the same run key. Requests are ordered by upload time, so a table's first upload is the
-one that founds it (the per-table run concurrency limit keeps that order under the daemon).
+what staging holds. It looks at each object once (`head_object`, eight at a time) and requests a
+run for the version that is there now, so a burst of uploads to one key becomes one run, and a
+redelivered event the same run key. The HEAD is needed: an event has no Last-Modified, which a
+version is made of (the reconciliation computes the same version from its listing), and the
+object may have been replaced or promoted since. Requests are ordered by upload time, so a
+table's first upload is the one that founds it (the per-table run concurrency limit keeps that
+order under the daemon).
 
-The slow reconciliation sensor pages through staging a bounded number of pages per tick. Since
-promoted files leave staging, what it finds is small: uploads whose event was lost, runs that
-failed before checking (S3 or Glue errors: retried once per pass), and rejected files, which it
-leaves alone until a new upload replaces them.
+The slow reconciliation sensor lists one bounded stretch of staging per tick
+(`max_reconcile_pages_per_tick` pages of 1,000 keys), resuming after the cursor and wrapping
+around at the end, and looks the stretch's files up in the instance in bulk (their latest
+observations in two queries per 1,000 files, their active runs in one), so a tick costs the
+same whatever staging holds, and runs every minute; a full pass takes about
+`files / (1,000 × pages)` ticks. Since promoted files leave staging, what it finds is small:
+uploads whose event was lost (found within one pass plus one tick), runs that failed before
+checking (S3 or Glue errors: retried once per pass), and rejected files, which it leaves alone
+until a new upload replaces them.
 
 The failure sensor reports every failed run of the staged-file job through the notifier (webhook
 or log): table, file, uploader's key and uploader, the columns that differ and the row failures,
@@ -19,14 +27,20 @@ read from the run's failed check results; other failures with their error.
 
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import dagster as dg
-from dagster._core.storage.dagster_run import RunsFilter
 from dagster_aws.s3 import S3Resource
 
 from credflow_assets.notifications import Notifier
 from credflow_assets.partitions import staged_file_partitions
+from credflow_assets.reconciliation import (
+    RECONCILE_INTERVAL_SECONDS,
+    RECONCILE_PAGE_KEYS,
+    latest_metadata_by_partition,
+    partitions_with_active_runs,
+)
 from credflow_assets.resources.s3 import head_object_or_none
 from credflow_assets.resources.sqs import S3EventCursor, SqsResource
 from credflow_assets.staged_tables.layout import object_key_for
@@ -40,8 +54,10 @@ from credflow_assets.staged_tables.settings import (
     object_version,
 )
 
-ACTIVE_STATUSES = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
-                   dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+# HEADs in flight at once: below botocore's 10 pooled connections per client (boto3 clients are
+# thread-safe).
+HEAD_CONCURRENCY = 8
+
 
 
 def _request(staged_file, version: str, run_key: str) -> dg.RunRequest:
@@ -92,10 +108,10 @@ def staging_events_sensor(
                 context.log.warning(f"ignoring s3://{event.bucket}/{event.key}: {why}")
             continue
         latest[event.key] = event
-    client = s3.get_client() if latest else None
+    heads = _head_objects(s3.get_client(), layout.bucket, list(latest)) if latest else {}
     found = []
     for key, event in latest.items():
-        head = head_object_or_none(client, layout.bucket, key)
+        head = heads[key]
         if head is None:
             context.log.info(f"s3://{layout.bucket}/{key} is gone already; nothing to do")
             continue
@@ -113,50 +129,75 @@ def staging_events_sensor(
     return _result(requests, cursor.advance(batch).to_json())
 
 
-@dg.sensor(job_name=JOB_NAME, minimum_interval_seconds=600,
+def _head_objects(client, bucket: str, keys: list[str]) -> dict[str, dict[str, Any] | None]:
+    """`head_object` of each key (None: gone), a few at a time: each is a round trip, and a
+    tick waits for up to `max_events_per_tick` of them."""
+    with ThreadPoolExecutor(HEAD_CONCURRENCY) as pool:
+        return dict(zip(keys, pool.map(lambda key: head_object_or_none(client, bucket, key),
+                                       keys)))
+
+
+@dg.sensor(job_name=JOB_NAME, minimum_interval_seconds=RECONCILE_INTERVAL_SECONDS,
            default_status=dg.DefaultSensorStatus.RUNNING)
 def staging_reconciliation_sensor(
     context: dg.SensorEvaluationContext,
     s3: S3Resource,
     staged_tables_settings: StagedTablesSettings,
 ) -> dg.SensorResult:
-    """Pages through staging/, a bounded number of pages per tick, resuming from the cursor."""
+    """One bounded stretch of staging/ per tick, resuming from the cursor (module docstring)."""
     settings = staged_tables_settings
     layout = settings.layout
     state = json.loads(context.cursor) if context.cursor else {"after": None, "pass": 0}
-    client = s3.get_client()
-    kwargs: dict[str, Any] = {"Bucket": layout.bucket, "Prefix": layout.staging_prefix,
-                              "MaxKeys": 1000}
-    if state.get("after"):
-        kwargs["StartAfter"] = state["after"]
-    objects, finished = [], True
-    for _ in range(settings.max_reconcile_pages_per_tick):
-        page = client.list_objects_v2(**kwargs)
-        objects.extend(page.get("Contents", []))
-        finished = not page.get("IsTruncated")
-        if finished:
-            break
-        kwargs.pop("StartAfter", None)
-        kwargs["ContinuationToken"] = page["NextContinuationToken"]
-    requests = []
+    objects, finished = _staged_objects_after(s3.get_client(), layout, state.get("after"),
+                                              settings.max_reconcile_pages_per_tick)
+    staged = []  # (staged file, version), in upload order: a table's first upload founds it
     for item in sorted(objects, key=lambda item: (item["LastModified"], item["Key"])):
         staged_file = layout.staged_file(item["Key"])
-        if staged_file is None:
-            continue
-        version = object_version(item["ETag"], item["LastModified"])
-        if _handled(context.instance, staged_file.partition_key, version):
-            continue
-        requests.append(_request(
-            staged_file, version,
-            # The pass number lets a run that failed before checking be retried once per pass.
-            f"reconcile:{staged_file.partition_key}@{version}:{state['pass']}",
-        ))
+        if staged_file is not None:
+            staged.append((staged_file, object_version(item["ETag"], item["LastModified"])))
+    keys = [staged_file.partition_key for staged_file, _ in staged]
+    observed = latest_metadata_by_partition(context.instance, STAGING_FILE_KEY, keys)
+    active = partitions_with_active_runs(context.instance, JOB_NAME, keys)
+    requests = [
+        _request(staged_file, version,
+                 # The pass number lets a run that failed before checking be retried once per
+                 # pass.
+                 f"reconcile:{staged_file.partition_key}@{version}:{state['pass']}")
+        for staged_file, version in staged
+        if staged_file.partition_key not in active
+        and not _rejected(observed.get(staged_file.partition_key), version)
+    ]
     # The next tick resumes after the last key listed (a new key that sorts earlier waits for
     # the next pass, or, normally, arrives through its event).
     new_state = {"after": None if finished else objects[-1]["Key"],
                  "pass": state["pass"] + (1 if finished else 0)}
+    if requests:
+        context.log.info(f"{len(staged)} staged file(s) listed, {len(requests)} to check")
     return _result(requests, json.dumps(new_state))
 
+
+def _staged_objects_after(client, layout, after: str | None, max_pages: int):
+    """Up to `max_pages` pages of objects under staging/ after `after`, in key order, and
+    whether the listing reached the prefix's end."""
+    kwargs: dict[str, Any] = {"Bucket": layout.bucket, "Prefix": layout.staging_prefix,
+                              "MaxKeys": RECONCILE_PAGE_KEYS}
+    if after:
+        kwargs["StartAfter"] = after
+    objects = []
+    for _ in range(max_pages):
+        page = client.list_objects_v2(**kwargs)
+        objects.extend(page.get("Contents", []))
+        if not page.get("IsTruncated"):
+            return objects, True
+        kwargs.pop("StartAfter", None)
+        kwargs["ContinuationToken"] = page["NextContinuationToken"]
+    return objects, False
+
+
+def _rejected(observed: dict[str, Any] | None, version: str) -> bool:
+    """This version was checked and failed: it stays until a new upload replaces it."""
+    return bool(observed) and observed.get("version") == version \
+        and not observed.get("checks_passed")
 
 
 def last_observation(instance: dg.DagsterInstance, partition_key: str) -> dict[str, Any] | None:
@@ -171,19 +212,6 @@ def last_observation(instance: dg.DagsterInstance, partition_key: str) -> dict[s
         return None
     return {name: value.value
             for name, value in records[0].asset_materialization.metadata.items()}
-
-
-def _handled(instance: dg.DagsterInstance, partition_key: str, version: str) -> bool:
-    """Rejected (checked, failed) or being handled right now."""
-    observed = last_observation(instance, partition_key)
-    if observed and observed.get("version") == version and not observed.get("checks_passed"):
-        return True
-    active = instance.get_runs(
-        filters=RunsFilter(job_name=JOB_NAME, statuses=ACTIVE_STATUSES,
-                           tags={"dagster/partition": partition_key}),
-        limit=1,
-    )
-    return bool(active)
 
 
 # --- failure notifications ------------------------------------------------------------------

@@ -48,7 +48,9 @@ class StagedTablesSettings(dg.ConfigurableResource):
     max_events_per_tick: int = 100
     # SQS long poll per receive: an empty queue costs a tick this long (0: short polling).
     event_wait_seconds: int = 1
-    max_reconcile_pages_per_tick: int = 20
+    # Pages of 1,000 keys a reconciliation tick lists: one keeps a tick about a second
+    # whatever the bucket holds (bench/sensor_scale.py); more makes a pass shorter.
+    max_reconcile_pages_per_tick: int = 1
     # Failure cases (and at most 10 failing rows) kept in a check's metadata.
     failure_sample_size: int = 20
 

@@ -1,10 +1,15 @@
 """New therapist uploads → one run per therapist.
 
 The fast sensor drains the signup bucket's S3 event queue: a tick costs what was uploaded, not
-what the bucket holds. The slow reconciliation sensor pages through the bucket a bounded number
-of therapists per tick and requests a run for any therapist whose uploads differ from what the
-MPF last received: it catches events that were lost and retries therapists whose run failed
-(e.g. a directory row that arrived after the upload).
+what the bucket holds. The slow reconciliation sensor catches what the events missed: events
+that were lost, and therapists whose run failed (e.g. a directory row that arrived after the
+upload). Each tick lists one bounded stretch of the bucket (`max_reconcile_pages_per_tick` pages
+of 1,000 keys, whole therapists only), resuming after the cursor and wrapping around at the end,
+and compares each therapist's uploads with what their MPF last received in bulk (two instance
+queries per 1,000 therapists, not one per therapist). A tick therefore costs the same whatever
+the bucket holds, and runs every minute; a full pass takes about `objects / (1,000 × pages)`
+ticks. An upload whose event was lost is found within one pass plus one tick (sooner when it
+sorts after the cursor).
 """
 
 
@@ -14,11 +19,16 @@ from collections import defaultdict
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from credflow_assets.materializations import latest_metadata_value
-from credflow_assets.partitions import is_valid_partition_key, therapist_partitions
+from credflow_assets.partitions import therapist_partitions
+from credflow_assets.reconciliation import (
+    RECONCILE_INTERVAL_SECONDS,
+    RECONCILE_PAGE_KEYS,
+    latest_metadata_by_partition,
+    partitions_with_active_runs,
+)
 from credflow_assets.resources.sqs import S3EventCursor, SqsResource
 from credflow_assets.therapists.settings import THERAPIST_TAG, TherapistFlowSettings
-from credflow_assets.therapists.uploads import list_uploads, therapist_id_of, uploads_fingerprint
+from credflow_assets.therapists.uploads import therapist_id_of, uploads_fingerprint
 
 MPF_JOB_NAME = "therapist_mpf_job"
 MPF_FOLDER_KEY = dg.AssetKey(["drive", "mpf", "folder"])
@@ -52,32 +62,36 @@ def signup_upload_sensor(
     return _therapist_runs(run_keys, cursor=cursor.advance(batch).to_json())
 
 
-@dg.sensor(job_name=MPF_JOB_NAME, minimum_interval_seconds=600,
+@dg.sensor(job_name=MPF_JOB_NAME, minimum_interval_seconds=RECONCILE_INTERVAL_SECONDS,
            default_status=dg.DefaultSensorStatus.RUNNING)
 def signup_reconciliation_sensor(
     context: dg.SensorEvaluationContext,
     s3: S3Resource,
     therapist_settings: TherapistFlowSettings,
 ) -> dg.SensorResult:
-    """Pages through therapist prefixes, a bounded number per tick, resuming from the cursor."""
+    """One bounded stretch of the bucket per tick, resuming from the cursor (module docstring)."""
     state = json.loads(context.cursor) if context.cursor else {"after": None, "pass": 0}
-    client = s3.get_client()
-    bucket = therapist_settings.signup_bucket
-    therapist_ids, next_after = _therapist_prefixes(
-        client, bucket, state["after"], therapist_settings.max_reconcile_pages_per_tick
+    uploads, next_after = _uploads_after(
+        s3.get_client(), therapist_settings.signup_bucket, state["after"],
+        therapist_settings.max_reconcile_pages_per_tick,
     )
-    run_keys = {}
-    for therapist_id in therapist_ids:
-        uploads = list_uploads(client, bucket, therapist_id)
-        if not uploads:
-            continue
-        fingerprint = uploads_fingerprint([(u["key"], u["etag"]) for u in uploads])
-        if _last_fingerprint(context.instance, therapist_id) == fingerprint:
-            continue
+    fingerprints = {therapist_id: uploads_fingerprint(objects)
+                    for therapist_id, objects in uploads.items()}
+    received = latest_metadata_by_partition(context.instance, MPF_FOLDER_KEY, list(fingerprints))
+    differ = [therapist_id for therapist_id, fingerprint in fingerprints.items()
+              if received.get(therapist_id, {}).get("source_fingerprint") != fingerprint]
+    # A therapist whose run is under way (e.g. launched from their upload's event) is left to it.
+    running = partitions_with_active_runs(context.instance, MPF_JOB_NAME, differ)
+    run_keys = {
         # The pass number makes a failed therapist eligible again once per pass.
-        run_keys[therapist_id] = f"reconcile:{therapist_id}:{fingerprint}:{state['pass']}"
+        therapist_id: f"reconcile:{therapist_id}:{fingerprints[therapist_id]}:{state['pass']}"
+        for therapist_id in differ if therapist_id not in running
+    }
     finished_pass = next_after is None
     new_state = {"after": next_after, "pass": state["pass"] + (1 if finished_pass else 0)}
+    if run_keys:
+        context.log.info(f"{len(uploads)} therapist(s) listed, {len(run_keys)} differ from "
+                         "what their MPF last received")
     return _therapist_runs(run_keys, cursor=json.dumps(new_state))
 
 
@@ -97,26 +111,37 @@ def _therapist_runs(run_keys: dict[str, str], cursor: str) -> dg.SensorResult:
     )
 
 
-def _therapist_prefixes(client, bucket: str, after: str | None, max_pages: int):
-    """Up to `max_pages` pages of therapist prefixes after `after`; next cursor or None at end."""
-    therapist_ids: list[str] = []
-    kwargs = {"Bucket": bucket, "Delimiter": "/", "MaxKeys": 100}
+def _uploads_after(client, bucket: str, after: str | None, max_pages: int):
+    """Whole therapists' (key, etag) uploads from about `max_pages` pages of keys after `after`,
+    in key order, and the cursor to resume from (None: the listing reached the bucket's end).
+
+    A therapist's keys are contiguous (they share the prefix `{id}/`), so only the last therapist
+    listed can continue on the next page: it is left to the next tick, which starts with it. When
+    the budget holds a single therapist, listing goes on until that therapist ends, so every tick
+    moves forward.
+    """
+    uploads: dict[str, list[tuple[str, str]]] = {}
+    kwargs = {"Bucket": bucket, "MaxKeys": RECONCILE_PAGE_KEYS}
     if after:
         kwargs["StartAfter"] = after
-    for _ in range(max_pages):
+    pages = 0
+    while True:
         page = client.list_objects_v2(**kwargs)
-        for prefix in page.get("CommonPrefixes", []):
-            therapist_id = prefix["Prefix"].rstrip("/")
-            if is_valid_partition_key(therapist_id):
-                therapist_ids.append(therapist_id)
+        pages += 1
+        contents = page.get("Contents", [])
+        for item in contents:
+            therapist_id = therapist_id_of(item["Key"])
+            if therapist_id is not None:
+                uploads.setdefault(therapist_id, []).append((item["Key"], item["ETag"].strip('"')))
         if not page.get("IsTruncated"):
-            return therapist_ids, None
+            return uploads, None
+        if pages >= max_pages and not uploads:  # only keys outside `{id}/{file}` so far
+            return uploads, contents[-1]["Key"]
+        if pages >= max_pages and len(uploads) > 1:
+            break
         kwargs.pop("StartAfter", None)
         kwargs["ContinuationToken"] = page["NextContinuationToken"]
-    # Resume after the last prefix seen: keys sort by UTF-8 bytes, so "id/" + U+10FFFF sorts
-    # after every key under "id/" and before the next therapist's prefix.
-    return therapist_ids, (f"{therapist_ids[-1]}/\U0010ffff" if therapist_ids else None)
-
-
-def _last_fingerprint(instance: dg.DagsterInstance, therapist_id: str) -> str | None:
-    return latest_metadata_value(instance, MPF_FOLDER_KEY, therapist_id, "source_fingerprint")
+    del uploads[next(reversed(uploads))]
+    # Keys sort by UTF-8 bytes, so "id/" + U+10FFFF sorts after every key under "id/" and before
+    # the next therapist's prefix: uploads the last therapist gets meanwhile are not split off.
+    return uploads, f"{next(reversed(uploads))}/\U0010ffff"
