@@ -19,6 +19,7 @@ from credflow_assets.resources.drive import DriveResource
 from credflow_assets.therapists import mpf
 from credflow_assets.therapists.directory import metadata as directory_metadata
 from credflow_assets.therapists.directory import therapists_table
+from credflow_assets.therapists.renditions import RenditionError, render_pdfs
 from credflow_assets_tests.conftest import DEFAULT_CONFIG, running_stack
 from credflow_assets_tests.files import docx_bytes, pdf_bytes, png_bytes
 
@@ -210,3 +211,41 @@ def test_lineage_names_the_drive_files_and_the_run(flow):
             "credflow/therapist_id"] == "1002"
     text = credflow(flow, "lineage", "1002")[1]
     assert "1002/resume.docx" in text and folder["id"] in text
+
+
+def test_office_files_of_one_run_each_get_their_own_pdf_and_a_broken_one_says_so(flow, tmp_path):
+    # The run converts its office files together; each PDF must still be its own file's, and a
+    # file LibreOffice cannot read must cost only that file its PDF.
+    upload(flow, "1004/notes.txt", b"Supervision notes of therapist 1004\n")
+    upload(flow, "1004/letter.docx", docx_bytes("Reference letter for Erin Adams"))
+    upload(flow, "1004/broken.docx", b"PK\x03\x04 not really a docx")
+    code, output = credflow(flow, "sync")
+    assert code == 0, output
+    lineage = json.loads(credflow(flow, "lineage", "1004", "--json")[1])
+    by_key = {entry["s3_key"]: entry for entry in lineage["files"]}
+    assert ("LibreOffice could not convert broken.docx"
+            in by_key["1004/broken.docx"]["renditions"]["pdf"]["missing"])
+    assert by_key["1004/broken.docx"]["renditions"]["original"]["id"]
+    for key, text in (("1004/notes.txt", "Supervision notes of therapist 1004"),
+                      ("1004/letter.docx", "Reference letter for Erin Adams")):
+        pdf_id = by_key[key]["renditions"]["pdf"]["id"]
+        local = flow["drive"].download_file(pdf_id, tmp_path / f"{pdf_id}.pdf")
+        assert text in PdfReader(local).pages[0].extract_text(), key
+
+
+def test_render_pdfs_keeps_same_named_files_apart(tmp_path):
+    sources = []
+    for therapist_id in ("2001", "2002"):
+        folder = tmp_path / therapist_id
+        folder.mkdir()
+        (folder / "cv.txt").write_text(f"CV of therapist {therapist_id}\n")
+        sources.append(folder / "cv.txt")
+    broken = tmp_path / "2003" / "cv.docx"
+    broken.parent.mkdir()
+    broken.write_bytes(b"PK\x03\x04 not really a docx")
+    results = render_pdfs([*sources, broken])
+    for source, therapist_id in zip(sources, ("2001", "2002")):
+        assert results[source] == source.with_suffix(".pdf")
+        assert f"CV of therapist {therapist_id}" in PdfReader(results[source]).pages[0].extract_text()
+    assert isinstance(results[broken], RenditionError)
+    assert "LibreOffice could not convert cv.docx" in str(results[broken])

@@ -1,6 +1,7 @@
 """Therapist documents → Magically Processed Folders (source doc 000).
 
-Reads top to bottom: sensors.py (new uploads) → assets.py (uploads, renditions, MPF folder) →
+Reads top to bottom: sensors.py (new uploads) → assets.py (uploads, renditions, MPF folder,
+materialized by one step) →
 checks.py (the MPF audit as an asset check). mpf.py holds the folder rules, renditions.py the
 conversions, directory.py the therapist directory, uploads.py the signup bucket's layout,
 audit.py the audit and repair, lineage.py what `credflow lineage` shows.
@@ -19,12 +20,7 @@ if TYPE_CHECKING:
 def build_defs(config: CredflowConfig) -> dg.Definitions:
     import dagster as dg
 
-    from credflow_assets.therapists.assets import (
-        mpf_folder,
-        renditions,
-        signup_uploads,
-        therapist_mpf_job,
-    )
+    from credflow_assets.therapists.assets import therapist_mpf, therapist_mpf_job
     from credflow_assets.therapists.sensors import (
         signup_reconciliation_sensor,
         signup_upload_sensor,
@@ -32,7 +28,7 @@ def build_defs(config: CredflowConfig) -> dg.Definitions:
     from credflow_assets.therapists.settings import TherapistFlowSettings
 
     return dg.Definitions(
-        assets=[signup_uploads, renditions, mpf_folder],
+        assets=[therapist_mpf],
         jobs=[therapist_mpf_job],
         sensors=[signup_upload_sensor, signup_reconciliation_sensor],
         resources={

@@ -1,20 +1,29 @@
 """PDF and Google-Doc renditions of a therapist's upload.
 
 PDFs pass through (after checking they open and are not encrypted); images go through img2pdf
-(lossless) or Pillow; office and text documents through LibreOffice headless, each conversion in
-its own profile directory because concurrent LibreOffice instances sharing one profile fail.
-A file that cannot be rendered raises RenditionError with the reason; the caller keeps the
+(lossless) or Pillow; office and text documents through LibreOffice headless. Starting
+LibreOffice costs about 2 s and converting a small file a fraction of that, so `render_pdfs`
+converts all of a run's office files in one LibreOffice call, then checks each file's result on
+its own. LibreOffice runs with a profile directory of this process's own (concurrent instances
+sharing one profile fail), reused between calls because a profile's first start is slow.
+A file that cannot be rendered gets a RenditionError with the reason; the caller keeps the
 original and records the reason.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
-LIBREOFFICE_TIMEOUT_SECONDS = 180
+# A LibreOffice call may take this long to start, plus this long per file it converts.
+LIBREOFFICE_START_SECONDS = 120
+LIBREOFFICE_SECONDS_PER_FILE = 60
 
 GOOGLE_DOC_MIME_TYPE = "application/vnd.google-apps.document"
 
@@ -68,6 +77,25 @@ def google_doc_source_type(name: str) -> str:
     return GOOGLE_DOC_SOURCES[suffix]
 
 
+def render_pdfs(sources: list[Path]) -> dict[Path, Path | RenditionError]:
+    """A PDF rendition of each source, written next to it as `{stem}.pdf`.
+
+    Returns, for each source, the PDF's path or the RenditionError saying why there is none.
+    The office and text files are converted together, in one LibreOffice call.
+    """
+    results: dict[Path, Path | RenditionError] = {}
+    office = [source for source in sources if _kind(source) == "office"]
+    for source in sources:
+        if source not in office:
+            try:
+                results[source] = render_pdf(source, source.parent)
+            except RenditionError as error:
+                results[source] = error
+    if office:
+        results.update(_office_to_pdfs(office))
+    return {source: results[source] for source in sources}
+
+
 def render_pdf(source: Path, output_dir: Path) -> Path:
     """Write a PDF rendition of `source` into `output_dir` and return its path."""
     kind = _kind(source)
@@ -80,7 +108,10 @@ def render_pdf(source: Path, output_dir: Path) -> Path:
     if kind == "image":
         _image_to_pdf(source, target)
     elif kind == "office":
-        _office_to_pdf(source, output_dir, target)
+        result = _office_to_pdfs([source], output_dir)[source]
+        if isinstance(result, RenditionError):
+            raise result
+        return result
     else:
         raise RenditionError(
             f"unknown file type {source.suffix or '(no extension)'}: no PDF rendition"
@@ -142,27 +173,104 @@ def _image_to_pdf(source: Path, target: Path) -> None:
         raise RenditionError(f"image cannot be read: {error}") from None
 
 
-def _office_to_pdf(source: Path, output_dir: Path, target: Path) -> None:
+def _office_to_pdfs(sources: list[Path],
+                    output_dir: Path | None = None) -> dict[Path, Path | RenditionError]:
+    """Convert `sources` in one LibreOffice call; each PDF goes to `output_dir` (default: next
+    to its source) as `{stem}.pdf`, after its own check.
+
+    A file the batch did not convert is converted again on its own, so one file that
+    LibreOffice chokes on (or a batch that times out) costs only that file its PDF, and its
+    error is that file's own.
+    """
+    try:
+        soffice = _soffice()
+    except RenditionError as error:
+        return {source: error for source in sources}
+    results: dict[Path, Path | RenditionError] = {}
+    with tempfile.TemporaryDirectory(prefix="credflow-lo-batch-") as batch:
+        inbox, outbox = Path(batch) / "in", Path(batch) / "out"
+        inbox.mkdir()
+        # One --outdir for the whole batch: an index keeps `cv.txt` and `cv.docx` (or two
+        # therapists' `cv.txt`) from writing the same PDF.
+        staged = {source: _stage(source, inbox / f"{index:05d}-{source.name}")
+                  for index, source in enumerate(sources)}
+        problem = _run_soffice(soffice, list(staged.values()), outbox)
+        for source, copy in staged.items():
+            converted = outbox / f"{copy.stem}.pdf"
+            target = (output_dir or source.parent) / f"{source.stem}.pdf"
+            if converted.exists() and converted.stat().st_size > 0:
+                shutil.move(converted, target)
+                try:
+                    _check_pdf(target, what="the converted PDF")
+                    results[source] = target
+                except RenditionError as error:
+                    results[source] = error
+            elif len(sources) > 1:
+                results.update(_office_to_pdfs([source], output_dir))
+            else:
+                results[source] = RenditionError(
+                    f"LibreOffice could not convert {source.name}{problem}")
+    return results
+
+
+def _soffice() -> str:
     soffice = shutil.which("soffice") or shutil.which("libreoffice")
     if soffice is None:
         raise RenditionError(
             "LibreOffice is not installed (apt-get install libreoffice-writer-nogui)"
         )
-    with tempfile.TemporaryDirectory(prefix="credflow-lo-") as profile:
-        try:
-            completed = subprocess.run(
-                [soffice, f"-env:UserInstallation=file://{profile}", "--headless",
-                 "--norestore", "--nolockcheck", "--convert-to", "pdf",
-                 "--outdir", str(output_dir), str(source)],
-                capture_output=True, text=True, timeout=LIBREOFFICE_TIMEOUT_SECONDS,
-            )
-        except subprocess.TimeoutExpired:
-            raise RenditionError(
-                f"LibreOffice did not finish within {LIBREOFFICE_TIMEOUT_SECONDS}s"
-            ) from None
-    if not target.exists() or target.stat().st_size == 0:
-        detail = (completed.stderr or completed.stdout).strip().splitlines()
-        raise RenditionError(
-            "LibreOffice could not convert it"
-            + (f": {detail[-1]}" if detail else f" (exit status {completed.returncode})")
+    return soffice
+
+
+def _stage(source: Path, copy: Path) -> Path:
+    try:
+        os.link(source, copy)  # no bytes copied; a symlink would give LibreOffice the target's name
+    except OSError:
+        shutil.copyfile(source, copy)
+    return copy
+
+
+def _run_soffice(soffice: str, files: list[Path], outdir: Path) -> str:
+    """One `soffice --convert-to pdf` call. Returns what explains a file it did not convert:
+    ": {LibreOffice's last line}", the timeout, or the exit status."""
+    timeout = LIBREOFFICE_START_SECONDS + LIBREOFFICE_SECONDS_PER_FILE * len(files)
+    with _PROFILE_LOCK:
+        profile = _profile_dir()
+        # A new session, so a timeout kills soffice.bin too, not only the oosplash launcher.
+        process = subprocess.Popen(
+            [soffice, f"-env:UserInstallation={Path(profile).as_uri()}", "--headless",
+             "--norestore", "--nolockcheck", "--convert-to", "pdf", "--outdir", str(outdir),
+             *map(str, files)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
         )
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            _discard_profile()  # a killed instance may leave its profile locked or half-written
+            return f": LibreOffice did not finish within {timeout}s"
+        if process.returncode != 0:
+            _discard_profile()
+    detail = (stderr or stdout).strip().splitlines()
+    return f": {detail[-1]}" if detail else f" (exit status {process.returncode})"
+
+
+# One LibreOffice profile per process, used by one call at a time: created on first use,
+# removed at exit, and replaced after a call that failed.
+_PROFILE_LOCK = threading.Lock()
+_profile: dict[int, str] = {}
+
+
+def _profile_dir() -> str:
+    pid = os.getpid()  # a forked child must not share its parent's profile
+    if pid not in _profile:
+        _profile[pid] = tempfile.mkdtemp(prefix=f"credflow-lo-profile-{pid}-")
+        atexit.register(shutil.rmtree, _profile[pid], True)
+    return _profile[pid]
+
+
+def _discard_profile() -> None:
+    path = _profile.pop(os.getpid(), None)
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
