@@ -338,13 +338,18 @@ def test_sync_lands_every_good_file_and_fails_each_bad_one_alone(flow):
     assert meta["compression"] == "gzip" and meta["encrypted"] is True
     assert all(f"seconds_{stage}" in meta for stage in ("fetch_raw", "verify", "decrypt",
                                                         "decompress", "upload"))
+    # In the same run, the landing used the raw step's file instead of fetching it back.
+    assert meta["raw_source"].startswith("the raw step's local file"), meta["raw_source"]
+    assert meta["decompressed_while_uploading"] is True
     bundle = latest_metadata(flow, LANDED_KEY,
                              f"acme_health/acme_health/outbox/{seed.BUNDLE_FILE}")
     assert bundle["landed_files"] == 3 and bundle["csv_rows"] == seed.LICENSES_ROWS
     assert {entry["type"] for entry in bundle["landed"]} == {"csv", "pdf", "other"}
 
-    # Scratch space is gone after successes and failures alike; nothing escaped anywhere.
+    # Scratch space is gone after successes and failures alike; nothing escaped anywhere, and
+    # no upload was left half done by the files that failed while they streamed (bomb, truncated).
     assert not any(flow["scratch"].iterdir())
+    assert flow["s3"].list_multipart_uploads(Bucket=flow["bucket"]).get("Uploads", []) == []
     assert not list(flow["base"].rglob("escape.csv"))
     assert not list(Path(tempfile.gettempdir()).glob(f"{WORK_DIR_PREFIX}*escape*"))
 
@@ -378,7 +383,10 @@ def test_a_rerun_after_the_provider_deleted_the_file_uses_the_raw_copy(flow):
     assert result.success
     assert latest_metadata(flow, RAW_KEY, partition)["reused_raw_copy"] is True
     assert read(flow, "data/csv/acme_health/members_2024-06-03.csv") == seed.members_csv()
-    assert latest_metadata(flow, LANDED_KEY, partition)["signature"].startswith("verified: ")
+    landed = latest_metadata(flow, LANDED_KEY, partition)
+    assert landed["signature"].startswith("verified: ")
+    assert landed["raw_source"] == "S3"  # nothing downloaded in this run: the raw copy is used
+    assert landed["csv_rows"] == seed.MEMBERS_ROWS
 
 
 def test_a_file_still_being_written_waits_for_the_next_tick(flow):

@@ -1,9 +1,12 @@
-"""Provider feeds' pure parts: safe extraction, bomb limits, type detection, names, retry rules,
-and the definitions the flow adds for the providers in the config."""
+"""Provider feeds' pure parts: safe extraction, bomb limits, type detection, streaming
+decompression, CSV record counts, the raw file hand-off, names, retry rules, and the
+definitions the flow adds for the providers in the config."""
 
 from __future__ import annotations
 
+import csv
 import gzip
+import hashlib
 import io
 import os
 import tarfile
@@ -16,6 +19,7 @@ import pytest
 from credflow_assets import provider_feeds
 from credflow_assets.config import load_config
 from credflow_assets.local.seed_provider_feeds import members_csv, minimal_pdf, roster_xml
+from credflow_assets.provider_feeds import handoff
 from credflow_assets.provider_feeds.failures import FileRef, file_failure, is_transient
 from credflow_assets.provider_feeds.naming import (
     RemoteIdentity,
@@ -23,7 +27,9 @@ from credflow_assets.provider_feeds.naming import (
     partition_key,
     raw_keys,
 )
+from credflow_assets.provider_feeds.rows import CsvRecordCounter
 from credflow_assets.provider_feeds.sensors import FeedCursor
+from credflow_assets.provider_feeds.streams import UploadSource, gunzip_chunks, single_file_name
 from credflow_assets.provider_feeds.unpack import (
     CorruptArchive,
     ExtractionLimitExceeded,
@@ -202,9 +208,107 @@ def test_csv_rows_are_counted_streaming_with_quoted_line_breaks(tmp_path):
     path = write(tmp_path / "m.csv", members_csv(250))
     assert members_csv(250).count(b"\n") == 252  # one note holds a line break
     assert count_csv_rows(path) == (250, None)
+    # No field size limit: a 200 KB field (past csv.reader's default limit) is one field.
     huge_field = write(tmp_path / "h.csv", b"a,b\n1," + b"x" * 200_000 + b"\n2,3\n")
-    rows, note = count_csv_rows(huge_field)
-    assert rows == 2 and "line breaks" in note
+    assert count_csv_rows(huge_field) == (2, None)
+
+
+CSV_CASES = [
+    b"",
+    b"\n",
+    b"id\n1\n2",
+    b"id\r\n1\r\n2\r\n",
+    b"id\r1\r2\r",  # old Mac line ends
+    b"id,name\n1,\"Lamb, Nicholas\"\n2,\"a\nquoted\r\nbreak\"\n",
+    b"id,height\n1,5'10\"\n2,6'1\"\n3,5'2\"\n",  # a quote inside a field opens nothing
+    b"a,\"he said \"\"hi\"\"\nthen left\"\n2,\"\"\n",  # escaped quotes and an empty field
+    b"a,\"closed\"then text\"\nb\n",  # text after a closing quote: later quotes are literal
+    b"a, \"spaced\nquote\"\nb\n",  # a space before the quote: not a quoted field
+    b"a\n\n\nb\n",  # blank lines are records too
+    b"a,\"never closed\nb\nc\n",  # ends inside a quoted field
+]
+
+
+@pytest.mark.parametrize("data", CSV_CASES)
+def test_csv_records_are_counted_as_csv_reader_counts_them_whatever_the_chunks(data):
+    expected = sum(1 for _ in csv.reader(io.TextIOWrapper(io.BytesIO(data), newline="")))
+    for size in (1, 2, 3, 5, 8, len(data) or 1):
+        counter = CsvRecordCounter()
+        for start in range(0, len(data), size):
+            counter.feed(data[start:start + size])
+        assert counter.records == expected, (size, data)
+        assert counter.data_rows == max(expected - 1, 0)
+    unterminated = data == CSV_CASES[-1]
+    assert (counter.note is not None) == unterminated, counter.note
+
+
+def test_a_gzip_file_streams_every_member_and_fails_like_unpack(tmp_path):
+    body = members_csv(300)
+    members = write(tmp_path / "m.csv.gz", gzip.compress(body[:999]) + gzip.compress(body[999:])
+                    + bytes(512))  # two members, then zero padding, as gunzip accepts
+    assert b"".join(gunzip_chunks(members, "m.csv.gz", max_bytes=MiB)) == body
+    assert single_file_name(members, "m.csv.gz") == ("gzip", "m.csv")
+    assert single_file_name(write(tmp_path / "x.xml", roster_xml()), "x.xml") == ("none", "x.xml")
+    archive = write(tmp_path / "b.bin", tar_bytes(("a.csv", b"a\n1\n")))
+    assert single_file_name(archive, "b.bin") is None  # a tar.gz, whatever its name
+    assert single_file_name(write(tmp_path / "z.zip", b"PK\x03\x04"), "z.zip") is None
+
+    data = gzip.compress(os.urandom(256 * 1024))
+    truncated = write(tmp_path / "t.csv.gz", data[: len(data) // 2])
+    with pytest.raises(CorruptArchive, match="t.csv.gz: truncated compressed data"):
+        list(gunzip_chunks(truncated, "t.csv.gz", max_bytes=10 * MiB))
+    with pytest.raises(CorruptArchive, match="not.gz: corrupt compressed data"):
+        list(gunzip_chunks(write(tmp_path / "not.gz", b"plain text"), "not.gz", max_bytes=MiB))
+    bomb = write(tmp_path / "bomb.csv.gz", gzip.compress(bytes(8 * MiB), compresslevel=9))
+    with pytest.raises(ExtractionLimitExceeded, match="more than 2,097,152 bytes"):
+        for _ in gunzip_chunks(bomb, "bomb.csv.gz", max_bytes=2 * MiB):
+            pass
+
+
+def test_an_upload_source_hands_out_exact_parts_and_counts_what_it_hands_out(tmp_path):
+    body = members_csv(5000)
+    source = UploadSource(iter([body[i:i + 1000] for i in range(0, len(body), 1000)]))
+    counter = CsvRecordCounter()
+    assert source.head(10) == body[:10]
+    source.observe = counter.feed
+    parts = []
+    while part := source.read(7777):
+        parts.append(part)
+    assert all(len(part) == 7777 for part in parts[:-1]) and b"".join(parts) == body
+    assert source.size == len(body) and counter.data_rows == 5000
+
+
+def test_a_kept_raw_file_is_handed_over_only_as_the_recorded_copy(tmp_path):
+    def kept(run_id: str, data: bytes = b"raw bytes", key: str = "raw/a/x.gpg") -> dict:
+        local = write(tmp_path / "scratch" / "x.gpg", data)
+        handoff.keep(run_id, "p/x.gpg", local, key=key, size=len(data),
+                     sha256=hashlib.sha256(data).hexdigest(), work_dir=str(tmp_path / "work"),
+                     provider="p", run_is_over=lambda run: run == "finished")
+        assert not local.exists()
+        return {"key": key, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+    def sha(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    copy = kept("r1")
+    taken, why = handoff.take("r1", "p/x.gpg", copy, tmp_path / "land" / "x.gpg", sha)
+    assert taken.path.read_bytes() == b"raw bytes" and taken.verified(), why
+    assert handoff.take("r1", "p/x.gpg", copy, tmp_path / "again", sha)[0] is None  # taken once
+
+    copy = kept("r2")
+    assert handoff.take("r2", "p/x.gpg", {**copy, "key": "raw/a/other.gpg"},
+                        tmp_path / "l2", sha)[0] is None
+    copy = kept("r3")  # changed on disk after the raw step hashed it: the check says so
+    (tmp_path / "work").joinpath(next((tmp_path / "work").iterdir()).name, "x.gpg").write_bytes(
+        b"raw bytez")
+    taken, _why = handoff.take("r3", "p/x.gpg", copy, tmp_path / "l3" / "x.gpg", sha)
+    assert taken is not None and not taken.verified()
+
+    kept("finished")  # a run that ended without landing: dropped when the next file is kept
+    kept("r4")
+    assert handoff.take("finished", "p/x.gpg", copy, tmp_path / "l4", sha)[0] is None
+    assert handoff.take("r4", "p/x.gpg", copy, tmp_path / "l5" / "x.gpg", sha)[0] is not None
+    assert not any((tmp_path / "work").iterdir())  # nothing left behind
 
 
 def test_encrypted_files_are_recognised_by_extension_or_packet(tmp_path):

@@ -10,14 +10,19 @@ One partition per file (`{provider}/{remote path}`). Two assets, run together by
 - `["s3","provider_feeds","landed"]` reads only the raw copy: verifies the signature, decrypts,
   decompresses and uploads each resulting file to `data/{csv|pdf|xml|other}/{folder}/{name}`.
 
-Files stream through a scratch directory (SFTP → disk → S3; S3 → disk → gpg → disk →
-decompress → disk → multipart upload); the scratch directory goes away after every file,
-whether it landed or failed. Every failure names the provider, the file and the cause.
+Files stream through a scratch directory: SFTP → disk → S3 raw copy; raw copy → gpg → disk →
+decompress, count CSV records and multipart upload in one pass (`streams.py`; archives are
+extracted to disk first, so that an unsafe member refuses the whole archive before anything
+lands). The raw copy comes from S3, or, right after the raw step of the same run in the same
+process, from that step's local file once it matches the recorded key, size and sha256
+(`handoff.py`). The scratch directory goes away after every file, whether it landed or
+failed. Every failure names the provider, the file and the cause.
 """
 
 
 import hashlib
 import posixpath
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +36,7 @@ from credflow_assets.config import ProviderConfig
 from credflow_assets.materializations import latest_metadata_value
 from credflow_assets.parse_logs import logged_events
 from credflow_assets.partitions import provider_file_partitions
+from credflow_assets.provider_feeds import handoff
 from credflow_assets.provider_feeds.failures import FileRef, file_failure
 from credflow_assets.provider_feeds.naming import (
     SIGNATURE_SUFFIX,
@@ -46,11 +52,19 @@ from credflow_assets.provider_feeds.settings import (
     ProviderFeedsSettings,
     provider_feed_resource_key,
 )
+from credflow_assets.provider_feeds.rows import CsvRecordCounter
+from credflow_assets.provider_feeds.streams import (
+    UploadSource,
+    file_chunks,
+    gunzip_chunks,
+    single_file_name,
+)
 from credflow_assets.provider_feeds.unpack import (
     CONTENT_TYPES,
-    count_csv_rows,
+    HEAD_BYTES,
+    UnpackError,
     decrypted_name,
-    detect_type,
+    detect_type_of_head,
     looks_encrypted,
     unpack,
 )
@@ -183,7 +197,7 @@ def _fetch_raw(context, session, client, settings: ProviderFeedsSettings, ref: F
         )
     data = _store_version(context, session, client, settings, ref, ref.remote_path, remote,
                           raw_keys(ref.provider, ref.remote_path, remote.size, remote.mtime),
-                          work, seconds)
+                          work, seconds, keep=_keeper(context, settings, ref))
     signature = None
     if wanted is None or wanted.signature is not None:
         sig_path = ref.remote_path + SIGNATURE_SUFFIX
@@ -204,11 +218,12 @@ def _fetch_raw(context, session, client, settings: ProviderFeedsSettings, ref: F
 
 def _store_version(context, session, client, settings: ProviderFeedsSettings, ref: FileRef,
                    remote_path: str, remote, keys: tuple[str, ...], work: Path,
-                   seconds: dict[str, float]) -> dict[str, Any]:
+                   seconds: dict[str, float], keep=None) -> dict[str, Any]:
     """Download one version of a remote file and store it under the first free key.
 
     A key already holding this version (same remote size and mtime) is reused without a
-    download; a key holding another version is never overwritten.
+    download; a key holding another version is never overwritten. `keep(local, stored)`, if
+    given, takes the downloaded file once it is stored (for the landed step).
     """
     bucket = settings.bucket
     target = None
@@ -237,15 +252,12 @@ def _store_version(context, session, client, settings: ProviderFeedsSettings, re
         raise file_failure(ref, "download", f"{remote_path} changed while it was fetched "
                            "(size or mtime); it is retried", transient=True)
     digest = sha256_file(local)
-    context.log.info(
-        f"{ref}: downloaded {remote_path} ({_size(result.size)}) in {result.seconds:.1f}s"
-        + (f", resumed at {list(result.resumed_from)}" if result.resumed else "")
-    )
     started = time.monotonic()
     with open(local, "rb") as stream:
         upload_stream(
             client, stream, bucket, target,
             max_concurrency=settings.upload_concurrency,
+            part_size=settings.part_size(remote.size),
             extra_args={
                 "ContentType": "application/octet-stream",
                 "Metadata": {
@@ -258,10 +270,39 @@ def _store_version(context, session, client, settings: ProviderFeedsSettings, re
             },
         )
     seconds["upload"] = seconds.get("upload", 0.0) + time.monotonic() - started
-    local.unlink()
-    context.log.info(f"{ref}: raw copy stored at {s3_uri(bucket, target)} (sha256 {digest[:16]}…)")
-    return {"key": target, "size": result.size, "sha256": digest,
-            "remote_size": remote.size, "remote_mtime": remote.mtime}
+    context.log.info(
+        f"{ref}: downloaded {remote_path} ({_size(result.size)}) in {result.seconds:.1f}s"
+        + (f", resumed at {list(result.resumed_from)}" if result.resumed else "")
+        + f"; raw copy stored at {s3_uri(bucket, target)} (sha256 {digest[:16]}…) in "
+        f"{time.monotonic() - started:.1f}s")
+    stored = {"key": target, "size": result.size, "sha256": digest,
+              "remote_size": remote.size, "remote_mtime": remote.mtime}
+    try:
+        if keep is not None:
+            keep(local, stored)
+    except OSError as error:  # the landing then fetches the raw copy from S3: slower, not wrong
+        context.log.warning(f"{ref}: cannot keep {remote_path} for the landing: {error}")
+    local.unlink(missing_ok=True)
+    return stored
+
+
+def _keeper(context, settings: ProviderFeedsSettings, ref: FileRef):
+    """Hands the downloaded file to this run's landed step, unless the run leaves it out."""
+    selection = context.run.asset_selection  # None or empty: the whole job
+    if selection and LANDED_KEY not in selection:
+        return None
+    instance = context.instance
+
+    def run_is_over(run_id: str) -> bool:
+        run = instance.get_run_by_id(run_id)
+        return run is None or run.is_finished
+
+    def keep(local: Path, stored: dict[str, Any]) -> None:
+        handoff.keep(context.run.run_id, context.partition_key, local, key=stored["key"],
+                     size=stored["size"], sha256=stored["sha256"], work_dir=settings.work_dir,
+                     provider=ref.provider, run_is_over=run_is_over)
+
+    return keep
 
 
 def _raw_result(copy: dict[str, Any], *, reused: bool,
@@ -322,82 +363,154 @@ def materialize_landed(context: dg.AssetExecutionContext) -> dg.MaterializeResul
     with settings.scratch(ref.provider) as work:
         scrub = {f"{work}/raw/": "", f"{work}/plain/": "", f"{work}/sig/": "",
                  str(work): "(scratch)"}
-        try:
-            with _timed(seconds, "fetch_raw"):
-                raw_local = _fetch_copy(client, settings, copy, work / "raw" / name)
-            context.log.info(f"{ref}: fetched raw copy {raw_uri} ({_size(copy['size'])}, sha256 "
-                             f"verified) in {seconds['fetch_raw']:.1f}s")
 
+        def verify_and_decrypt(raw_local: Path):
+            nonlocal stage
             stage = "verify the signature"
             with _timed(seconds, "verify"):
                 signer = _verify(client, settings, feed, ref, copy, raw_local, work / "sig")
-            context.log.info(f"{ref}: signature " + (f"verified, signed by {signer}" if signer
-                             else "none (not required)"))
-
             stage = "decrypt"
-            encrypted = looks_encrypted(raw_local, name)
-            plain, plain_name = raw_local, name
-            if encrypted:
-                plain_name = decrypted_name(name)
-                with _timed(seconds, "decrypt"):
-                    decrypted = feed.gpg().decrypt_file(raw_local, work / "plain" / plain_name)
-                    plain = decrypted.dest_path
-                raw_local.unlink()
-                context.log.info(f"{ref}: decrypted to {plain_name} ({_size(decrypted.size)}) "
-                                 f"in {seconds['decrypt']:.1f}s")
-            else:
-                context.log.info(f"{ref}: not encrypted")
+            if not looks_encrypted(raw_local, name):
+                return signer, False, raw_local, name
+            plain_name = decrypted_name(name)
+            with _timed(seconds, "decrypt"):
+                decrypted = feed.gpg().decrypt_file(raw_local, work / "plain" / plain_name)
+            raw_local.unlink()
+            return signer, True, decrypted.dest_path, plain_name
+
+        try:
+            with _timed(seconds, "fetch_raw"):
+                taken, source = _raw_for_landing(context, client, settings, copy,
+                                                 work / "raw" / name)
+            raw_local = taken.path if taken is not None else work / "raw" / name
+            failed = None  # (stage, error) of a local file, reported only if it is the copy
+            try:
+                signer, encrypted, plain, plain_name = verify_and_decrypt(raw_local)
+            except Exception as error:  # noqa: BLE001 - re-raised below unless a refetch
+                if taken is None:
+                    raise
+                failed = (stage, error)
+            stage = "fetch the raw copy"
+            with _timed(seconds, "fetch_raw"):
+                verified = taken is None or taken.verified()
+            if failed is not None and verified:
+                stage = failed[0]
+                raise failed[1]
+            if not verified:
+                context.log.warning(f"{ref}: the raw step's local file is not the recorded raw "
+                                    "copy (sha256 differs); fetching the raw copy from S3")
+                raw_local.unlink(missing_ok=True)
+                shutil.rmtree(work / "plain", ignore_errors=True)
+                with _timed(seconds, "fetch_raw"):
+                    raw_local, source = _fetch_copy(client, settings, copy, raw_local), "S3"
+                signer, encrypted, plain, plain_name = verify_and_decrypt(raw_local)
+            # One line for the steps before the upload: each log line is an event-log write.
+            context.log.info(
+                f"{ref}: raw copy {raw_uri} ({_size(copy['size'])}) from {source}, sha256 "
+                f"verified; signature " + (f"verified, signed by {signer}" if signer
+                                           else "none (not required)")
+                + (f"; decrypted to {plain_name} ({_size(plain.stat().st_size)}) in "
+                   f"{seconds['decrypt']:.1f}s" if encrypted else "; not encrypted"))
 
             stage = "decompress"
-            with _timed(seconds, "decompress"):
-                found, files = unpack(plain, plain_name, work / "out",
-                                      max_bytes=feed.max_extracted_bytes)
-            if found != "none":
+            single = single_file_name(plain, plain_name)
+            if single is not None:
+                # One file: decompressed, counted and uploaded in one pass, never on disk.
+                found, inner = single
+                chunks = (gunzip_chunks(plain, plain_name, max_bytes=feed.max_extracted_bytes)
+                          if found == "gzip" else file_chunks(plain))
+                pending = [(inner, chunks, None)]
+            else:
+                with _timed(seconds, "decompress"):
+                    found, files = unpack(plain, plain_name, work / "out",
+                                          max_bytes=feed.max_extracted_bytes)
                 plain.unlink()
-            context.log.info(f"{ref}: {found if found != 'none' else 'not compressed'}: "
-                             f"{len(files)} file(s) in {seconds['decompress']:.1f}s")
+                context.log.info(f"{ref}: {found}: {len(files)} file(s) extracted in "
+                                 f"{seconds['decompress']:.1f}s")
+                pending = [(extracted.name, file_chunks(extracted.path), extracted.path)
+                           for extracted in files]
 
             stage = "upload"
             landed = []
-            for extracted in files:
-                with _timed(seconds, "inspect"):
-                    category = detect_type(extracted.path, extracted.name)
-                    rows, note = (count_csv_rows(extracted.path) if category == "csv"
-                                  else (None, None))
-                key = landed_key(category, feed.folder, extracted.name)
-                with _timed(seconds, "upload"), open(extracted.path, "rb") as stream:
-                    upload_stream(
-                        client, stream, settings.bucket, key,
-                        max_concurrency=settings.upload_concurrency,
-                        extra_args={
-                            "ContentType": CONTENT_TYPES[category],
-                            "Metadata": {"provider": ref.provider,
-                                         "source-raw-key": quote(copy["key"]),
-                                         "source-sha256": copy["sha256"]},
-                        },
-                    )
-                extracted.path.unlink()
-                entry = {"key": key, "name": extracted.name, "type": category,
-                         "size": extracted.size, "rows": rows}
-                if note:
-                    entry["rows_note"] = note
+            for file_name, chunks, extracted_path in pending:
+                entry, produced = _land_one(client, settings, feed, ref, copy, file_name, chunks,
+                                            seconds)
+                if extracted_path is not None:
+                    extracted_path.unlink()  # frees the scratch disk as the archive lands
+                if single is not None:
+                    seconds["decompress"] = seconds.get("decompress", 0.0) + produced
                 landed.append(entry)
                 context.log.info(
-                    f"{ref}: landed {extracted.name} at {s3_uri(settings.bucket, key)} "
-                    f"({category}, {_size(extracted.size)}"
-                    + (f", {rows:,} row(s)" if rows is not None else "") + ")"
+                    f"{ref}: landed {file_name} at {s3_uri(settings.bucket, entry['key'])} "
+                    f"({entry['type']}, {_size(entry['size'])}"
+                    + (f", {entry['rows']:,} row(s)" if entry["rows"] is not None else "") + ")"
+                    + (f"; {found}, decompressed while uploading in {produced:.1f}s"
+                       if single is not None and found != "none" else "")
+                    + ("; not compressed" if found == "none" else "")
                 )
         except dg.Failure:
             raise
         except Exception as error:  # noqa: BLE001 - classified in file_failure
+            if isinstance(error, UnpackError):
+                stage = "decompress"  # raised by the decompressor while the upload read it
             raise file_failure(ref, stage, error, scrub=scrub,
                                metadata={"raw_uri": dg.MetadataValue.path(raw_uri)},
                                log=context.log) from None
 
     if not landed:
         context.log.warning(f"{ref}: the archive holds no regular files; nothing landed")
-    return dg.MaterializeResult(metadata=_landed_metadata(ref, copy, raw_uri, found, encrypted,
-                                                          signer, landed, seconds, settings))
+    return dg.MaterializeResult(metadata={
+        **_landed_metadata(ref, copy, raw_uri, found, encrypted, signer, landed, seconds,
+                           settings),
+        "raw_source": source,
+        "decompressed_while_uploading": single is not None and found != "none",
+    })
+
+
+def _land_one(client, settings: ProviderFeedsSettings, feed: ProviderFeed, ref: FileRef,
+              copy: dict[str, Any], name: str, chunks,
+              seconds: dict[str, float]) -> tuple[dict[str, Any], float]:
+    """Upload one resulting file from its chunks, typing it by its first bytes and counting
+    CSV records on the way; returns its `landed` entry and the seconds spent producing the
+    bytes (decompression, when the chunks come from the decompressor)."""
+    source = UploadSource(chunks)
+    category = detect_type_of_head(source.head(HEAD_BYTES), name)
+    counter = None
+    if category == "csv":
+        counter = CsvRecordCounter(delimiter="\t" if name.lower().endswith(".tsv") else ",")
+        source.observe = counter.feed
+    key = landed_key(category, feed.folder, name)
+    with _timed(seconds, "upload"):
+        upload_stream(
+            client, source, settings.bucket, key,
+            max_concurrency=settings.upload_concurrency,
+            part_size=settings.part_size(feed.max_extracted_bytes),
+            extra_args={
+                "ContentType": CONTENT_TYPES[category],
+                "Metadata": {"provider": ref.provider,
+                             "source-raw-key": quote(copy["key"]),
+                             "source-sha256": copy["sha256"]},
+            },
+        )
+    entry = {"key": key, "name": name, "type": category, "size": source.size,
+             "rows": counter.data_rows if counter else None}
+    if counter is not None and counter.note:
+        entry["rows_note"] = counter.note
+    return entry, source.seconds
+
+
+def _raw_for_landing(context, client, settings: ProviderFeedsSettings, copy: dict[str, Any],
+                     local: Path) -> tuple[Optional[handoff.TakenRawFile], str]:
+    """The raw copy on local disk, and where it came from: this run's raw step's file when it
+    is still here (its sha256 still being checked: see `TakenRawFile.verified`), else a
+    download from S3, verified (None is returned for it: nothing left to check)."""
+    taken, why = handoff.take(context.run.run_id, context.partition_key, copy, local, sha256_file)
+    if taken is not None:
+        return taken, why
+    context.log.info(f"{FileRef.from_partition_key(context.partition_key)}: fetching the raw "
+                     f"copy from S3 ({why})")
+    _fetch_copy(client, settings, copy, local)
+    return None, "S3"
 
 
 def _fetch_copy(client, settings: ProviderFeedsSettings, stored: dict[str, Any],
@@ -483,7 +596,7 @@ def _landed_metadata(ref: FileRef, copy: dict[str, Any], raw_uri: str, found: st
         "bytes_landed": total_bytes,
         "csv_rows": sum(rows),
         **{f"seconds_{stage}": round(seconds.get(stage, 0.0), 3)
-           for stage in ("fetch_raw", "verify", "decrypt", "decompress", "inspect", "upload")},
+           for stage in ("fetch_raw", "verify", "decrypt", "decompress", "upload")},
     }
 
 

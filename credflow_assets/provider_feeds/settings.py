@@ -8,6 +8,7 @@ The SFTP server of a provider is the foundation's `sftp_{provider}` resource.
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ from pydantic import Field
 from credflow_assets.resources.gpg import GpgResource
 
 SETTINGS_KEY = "provider_feeds_settings"
+MiB = 1024 * 1024
+MAX_PARTS = 9_000  # S3 allows 10,000 parts per upload; keep a margin
 WORK_DIR_PREFIX = "credflow-provider-"
 
 
@@ -44,8 +47,21 @@ class ProviderFeedsSettings(dg.ConfigurableResource):
         "mtime changed it is still being written and waits for the next tick.",
     )
     upload_concurrency: int = Field(
-        default=2, description="Parts in flight per multipart upload (memory ~2 x 8 MiB each)."
+        default=2, description="Parts in flight per multipart upload. More is faster on S3 "
+        "and moto (each part waits on the server), but 3 and 4 took the landing process past "
+        "300 MB of RSS in bench/provider_landing.py (RESULTS.md): each part is held in memory.",
     )
+    upload_part_mib: int = Field(
+        default=8, ge=5, description="Multipart part size, MiB (S3's minimum is 5), raised "
+        "for a file too big for S3's part count. An upload holds about upload_concurrency "
+        "parts in memory, plus as many read ahead.",
+    )
+
+    def part_size(self, largest_bytes: int) -> int:
+        """The part size for a file of at most `largest_bytes`: `upload_part_mib`, or more
+        when the file would need more than `MAX_PARTS` parts."""
+        needed = math.ceil(max(largest_bytes, 1) / MAX_PARTS / MiB)
+        return max(self.upload_part_mib, needed) * MiB
 
     @contextmanager
     def scratch(self, provider: str) -> Iterator[Path]:

@@ -1,5 +1,8 @@
 """Pure file transforms: decompress and extract safely, detect types, count CSV rows.
 
+Single files (plain, or gzip of one file) are not decompressed to disk by the landing: see
+`streams.py`. `unpack` extracts archives, and is the reference for what a single file holds.
+
 Everything streams in 1 MiB chunks between files on disk; nothing holds a whole file in memory.
 
 Safe extraction. Archive members are never extracted with `tarfile.extract`/`zipfile.extract`:
@@ -16,7 +19,6 @@ archive headers claim (a header claiming too much is refused before reading).
 
 from __future__ import annotations
 
-import csv
 import gzip
 import io
 import re
@@ -27,6 +29,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Optional
+
+from credflow_assets.provider_feeds.rows import CsvRecordCounter
 
 CHUNK = 1024 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
@@ -293,6 +297,11 @@ def detect_type(path: Path, name: str) -> str:
     """
     with open(path, "rb") as stream:
         head = stream.read(HEAD_BYTES)
+    return detect_type_of_head(head, name)
+
+
+def detect_type_of_head(head: bytes, name: str) -> str:
+    """`detect_type` from the file's first `HEAD_BYTES` bytes (when they are not on disk)."""
     if b"%PDF-" in head[:1024]:
         return "pdf"
     stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
@@ -315,24 +324,12 @@ def _looks_like_text(head: bytes) -> bool:
 
 
 def count_csv_rows(path: Path) -> tuple[int, Optional[str]]:
-    """Data rows (records after the header), streaming; quoted line breaks stay in their row.
-
-    Returns (rows, note): a field larger than the csv module's limit falls back to counting
-    line breaks, and the note says so.
-    """
-    records = 0
-    try:
-        with open(path, "rb") as raw:
-            text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
-            for _ in csv.reader(text):
-                records += 1
-        return max(records - 1, 0), None
-    except csv.Error as exc:
-        lines, last = 0, b""
-        with open(path, "rb") as raw:
-            while chunk := raw.read(CHUNK):
-                lines += chunk.count(b"\n")
-                last = chunk[-1:]
-        if last and last != b"\n":
-            lines += 1
-        return max(lines - 1, 0), f"counted line breaks, not CSV records ({exc})"
+    """Data rows (records after the header), streaming, as `csv.reader` counts records:
+    quoted line breaks stay in their row. Returns (rows, note); the note says when the file
+    ends inside an unterminated quoted field. The landing counts the same way while it
+    uploads (`rows.CsvRecordCounter`); this is the same count for a file on disk."""
+    counter = CsvRecordCounter(delimiter="\t" if path.name.lower().endswith(".tsv") else ",")
+    with open(path, "rb") as raw:
+        while chunk := raw.read(CHUNK):
+            counter.feed(chunk)
+    return counter.data_rows, counter.note

@@ -1,0 +1,153 @@
+"""One pass from a decrypted file to S3: decompress, count CSV records and upload together.
+
+A single file (plain, or gzip of one file) is never written out decompressed: `UploadSource`
+hands S3's multipart upload its parts straight from the decompressor, so the decompression
+of part N+1 overlaps the upload of part N, and the CSV record count is taken from the same
+bytes. Memory stays bounded: the decompressor yields at most `CHUNK` bytes per step
+(`max_length`, also for a decompression bomb) and the upload holds a few parts.
+
+Any error while reading (corrupt or truncated gzip, the `max_extracted_bytes` limit) is raised
+inside the upload, which then aborts its multipart upload: nothing partial lands.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Optional
+
+from credflow_assets.provider_feeds.unpack import (
+    CHUNK,
+    GZIP_MAGIC,
+    CorruptArchive,
+    _Budget,
+    _is_tar,
+    _strip_gz,
+)
+
+GZIP_WBITS = 31  # zlib: a gzip header and trailer around the deflate data
+TAR_HEAD = 512
+
+
+def single_file_name(path: Path, name: str) -> Optional[tuple[str, str]]:
+    """(`gzip` or `none`, the inner file's name) when `path` holds one file that can stream;
+    None for archives (tar, tar.gz, zip), which `unpack.unpack` extracts to disk."""
+    lowered = name.lower()
+    with open(path, "rb") as stream:
+        head = stream.read(TAR_HEAD)
+    if head.startswith(GZIP_MAGIC) or lowered.endswith((".gz", ".tgz")):
+        inner = _strip_gz(name)
+        try:
+            # One chunk is at most CHUNK bytes: within any budget of that size.
+            first = next(gunzip_chunks(path, name, max_bytes=CHUNK), b"")
+        except CorruptArchive:
+            first = b""  # reported by the upload itself, with the stage and the cause
+        return None if _is_tar(first, inner.lower()) else ("gzip", inner)
+    if lowered.endswith(".zip") or _is_tar(head, lowered):
+        return None
+    return "none", name
+
+
+def gunzip_chunks(path: Path, name: str, *, max_bytes: int) -> Iterator[bytes]:
+    """The decompressed bytes of a gzip file (every member, as gunzip), `CHUNK` at most each.
+
+    Raises `ExtractionLimitExceeded` past `max_bytes` and `CorruptArchive` for corrupt or
+    truncated data. Zero padding after the
+    last member is ignored, as Python's gzip module does.
+    """
+    budget = _Budget(max_bytes, name)
+    with open(path, "rb") as source:
+        decompressor, started, pending = zlib.decompressobj(GZIP_WBITS), False, b""
+        try:
+            while True:
+                if not pending:
+                    pending = source.read(CHUNK)
+                    if not pending:
+                        if started and not decompressor.eof:
+                            raise CorruptArchive(
+                                f"{name}: truncated compressed data (the gzip stream ends "
+                                "before its end-of-stream marker)")
+                        return
+                if decompressor.eof:  # a member ended: padding or the next member follows
+                    pending = pending.lstrip(b"\x00")
+                    if not pending:
+                        continue
+                    decompressor, started = zlib.decompressobj(GZIP_WBITS), False
+                started = True
+                data = decompressor.decompress(pending, CHUNK)
+                pending = decompressor.unused_data if decompressor.eof \
+                    else decompressor.unconsumed_tail
+                if data:
+                    budget.take(len(data), name)
+                    yield data
+        except zlib.error as error:
+            raise CorruptArchive(
+                f"{name}: corrupt compressed data (zlib: {error})") from None
+
+
+def file_chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as stream:
+        while chunk := stream.read(CHUNK):
+            yield chunk
+
+
+class UploadSource:
+    """A non-seekable readable stream for `upload_fileobj`, over an iterator of chunks.
+
+    `read(n)` returns exactly n bytes until the end (S3 refuses parts under 5 MiB other than
+    the last, and s3transfer makes a part of whatever one read returns). `head(n)` looks at
+    the first bytes without consuming them. Every byte handed out goes to `observe` (the CSV
+    record counter) in order; `size` counts them and `seconds` is the time spent producing
+    them (decompressing and counting), which overlaps the upload of earlier parts.
+    """
+
+    def __init__(self, chunks: Iterator[bytes]):
+        self._chunks = chunks
+        self._buffered: list[bytes] = []
+        self._buffered_size = 0
+        self.observe: Optional[Callable[[bytes], None]] = None
+        self.size = 0
+        self.seconds = 0.0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def head(self, amount: int) -> bytes:
+        started = time.monotonic()
+        self._fill(amount)
+        self.seconds += time.monotonic() - started
+        return b"".join(self._buffered)[:amount]
+
+    def read(self, amount: int = -1) -> bytes:
+        started = time.monotonic()
+        self._fill(amount)
+        pieces, self._buffered, self._buffered_size = self._buffered, [], 0
+        if 0 <= amount < sum(len(piece) for piece in pieces):
+            # Split one piece (at most CHUNK bytes), not the whole part: fewer copies.
+            taken, count = 0, 0
+            while taken + len(pieces[count]) <= amount:
+                taken += len(pieces[count])
+                count += 1
+            cut = amount - taken
+            rest = [pieces[count][cut:]] + pieces[count + 1:]
+            pieces = pieces[:count] + [pieces[count][:cut]]
+            self._buffered, self._buffered_size = rest, sum(len(piece) for piece in rest)
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        self.size += len(data)
+        if self.observe is not None and data:
+            self.observe(data)
+        self.seconds += time.monotonic() - started
+        return data
+
+    def _fill(self, amount: int) -> None:
+        while amount < 0 or self._buffered_size < amount:
+            chunk = next(self._chunks, b"")
+            if not chunk:
+                return
+            self._buffered.append(chunk)
+            self._buffered_size += len(chunk)
