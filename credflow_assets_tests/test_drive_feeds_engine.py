@@ -26,7 +26,7 @@ from credflow_assets.drive_feeds.sheets import (
     file_kind,
     revision_of,
 )
-from credflow_assets.drive_feeds.store import FeedTables, rejections_table
+from credflow_assets.drive_feeds.store import FeedTables, files_table, rejections_table
 from credflow_assets.drive_feeds.validation import FeedConfigError, build_plan
 from credflow_assets.local.seed_drive_feeds import sample_rows, write_csv
 from credflow_assets.resources.from_config import build_resources
@@ -125,7 +125,7 @@ def test_windows_1252_and_malformed_csv(tmp_path):
     assert reader.encoding == "cp1252"
     assert list(reader.chunks(["id", "name"], 10))[0].loc[2, "name"] == "José"
     path.write_text("ID,Name\n1,Ann\n2,Lee, Bob\n")
-    with pytest.raises(SheetError, match="line 3 has 3 fields, the header has 2"):
+    with pytest.raises(SheetError, match="row 3 has 3 fields, the header has 2"):
         list(SheetReader(path, "csv").chunks(["id", "name"], 10))
     path.write_text("")
     with pytest.raises(SheetError, match="no header row"):
@@ -209,6 +209,47 @@ def _scenario(engine, tmp_path, feed: FeedConfig):
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql",
                                                             marks=pytest.mark.postgres)])
+def test_an_older_file_run_again_does_not_undo_a_newer_one(backend, tmp_path, request):
+    """A reparse of an upload after its correction: the correction's rows stay, no history."""
+    url = (f"sqlite:///{tmp_path / 'tables.db'}" if backend == "sqlite"
+           else request.getfixturevalue("postgres_url"))
+    engine = create_engine(url)
+    feed = _feed(tracked_columns=["address_line_1"])
+    plan = build_plan(feed)
+    upload = write_csv(tmp_path / "upload.csv", feed, sample_rows(feed, 6))
+    corrected_rows = sample_rows(feed, 8, variant=1)  # 6 rows changed, 2 new
+    correction = write_csv(tmp_path / "correction.csv", feed, corrected_rows)
+
+    def ingest(path: Path, file_id: str, modified: str):
+        return ingest_file(engine, plan, SheetReader(path, "csv", feed.date_formats),
+                           SourceFile(feed.name, file_id, f"rev-{file_id}", path.name,
+                                      modified_time=modified),
+                           chunk_rows=4, run_id=f"run-{file_id}")
+
+    tables = FeedTables(plan)
+    try:
+        ingest(upload, "upload", "2026-11-01T09:00:00.000Z")
+        corrected = ingest(correction, "correction", "2026-11-02T09:00:00.000Z")
+        with engine.connect() as connection:
+            before = connection.execute(sa.select(tables.records)
+                                        .order_by(tables.records.c.nss_id)).all()
+            history_before = connection.execute(sa.select(tables.history)).all()
+        again = ingest(upload, "upload", "2026-11-01T09:00:00.000Z")
+        with engine.connect() as connection:
+            after = connection.execute(sa.select(tables.records)
+                                       .order_by(tables.records.c.nss_id)).all()
+            history_after = connection.execute(sa.select(tables.history)).all()
+    finally:
+        engine.dispose()
+    assert (corrected.updated, corrected.inserted) == (6, 2)
+    assert (again.kept_newer, again.updated, again.inserted) == (6, 0, 0)
+    assert after == before and history_after == history_before
+    assert {row.source_file_id for row in after} == {"correction"}
+    assert after[0].address_line_1 == corrected_rows[0]["address_line_1"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql",
+                                                            marks=pytest.mark.postgres)])
 def test_bulk_upsert_history_and_duplicates(backend, tmp_path, request):
     url = (f"sqlite:///{tmp_path / 'tables.db'}" if backend == "sqlite"
            else request.getfixturevalue("postgres_url"))
@@ -256,3 +297,144 @@ def test_a_wrong_header_writes_nothing(tmp_path):
     assert raised.value.problem.unexpected == ["NSS Number"]
     assert sa.inspect(engine).get_table_names() == []
     engine.dispose()
+
+
+def test_rows_that_break_the_models_rules_are_rejected_with_their_reasons(tmp_path):
+    engine = create_engine(f"sqlite:///{tmp_path / 'tables.db'}")
+    rows = sample_rows(NSSS, 8)
+    rows[1]["email"] = "not an address"  # row 3 of the sheet
+    rows[2]["postcode"] = "12345"  # row 4
+    rows[3]["first_name"] = "   "  # row 5: only spaces is empty, and the name is required
+    rows[4]["needs_essential_supplies"] = "maybe"  # row 6
+    rows[5]["nhs_number"] = "123"  # row 7
+    rows[6]["email"] = "  ann@example.org  "  # row 8: padded, still good
+    try:
+        report = _ingest(engine, NSSS, write_csv(tmp_path / "rules.csv", NSSS, rows), "r1")
+        with engine.connect() as connection:
+            rejections = connection.execute(
+                sa.select(rejections_table.c.row_number, rejections_table.c.column_name,
+                          rejections_table.c.reason, rejections_table.c.value)
+                .order_by(rejections_table.c.row_number)).all()
+            records = FeedTables(build_plan(NSSS)).records
+            emails = dict(connection.execute(sa.select(records.c.nss_id, records.c.email)).all())
+    finally:
+        engine.dispose()
+    assert (report.inserted, report.rejected) == (3, 5)
+    assert [tuple(r) for r in rejections] == [
+        (3, "email", "not in the expected form", "not an address"),
+        (4, "postcode", "not in the expected form", "12345"),
+        (5, "first_name", "empty", None),
+        (6, "needs_essential_supplies", "not one of the allowed values", "maybe"),
+        (7, "nhs_number", "not in the expected form", "123"),
+    ]
+    assert emails[rows[6]["nss_id"]] == "ann@example.org"
+    assert report.reasons["email: not in the expected form"] == 1
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql",
+                                                            marks=pytest.mark.postgres)])
+def test_cells_reach_the_table_as_written_and_a_rerun_changes_nothing(backend, tmp_path,
+                                                                        request):
+    url = (f"sqlite:///{tmp_path / 'tables.db'}" if backend == "sqlite"
+           else request.getfixturevalue("postgres_url"))
+    engine = create_engine(url)
+    feed = _feed(date_formats={})  # ISO 8601: a timestamp column
+    rows = sample_rows(feed, 4, dates_as_text=False)
+    rows[0]["address_line_1"] = 'Flat 2, "The Maltings"'
+    rows[1]["address_line_2"] = "Rear entrance\nvia the lane"
+    rows[2]["first_name"] = "Zoë"
+    rows[3]["city"] = ""
+    for row in rows:
+        row["date_of_birth"] = row["date_of_birth"].isoformat()
+    path = write_csv(tmp_path / "values.csv", feed, rows)
+    try:
+        first = _ingest(engine, feed, path, "r1")
+        again = _ingest(engine, feed, path, "r2")
+        records = FeedTables(build_plan(feed)).records
+        with engine.connect() as connection:
+            stored = {r.nss_id: r for r in connection.execute(sa.select(records))}
+    finally:
+        engine.dispose()
+    assert first.inserted == 4
+    assert (again.inserted, again.updated, again.unchanged, again.history_rows) == (0, 0, 4, 0)
+    assert stored[rows[0]["nss_id"]].address_line_1 == 'Flat 2, "The Maltings"'
+    assert stored[rows[1]["nss_id"]].address_line_2 == "Rear entrance\nvia the lane"
+    assert stored[rows[2]["nss_id"]].first_name == "Zoë"
+    assert stored[rows[3]["nss_id"]].city is None
+    born = stored[rows[0]["nss_id"]].date_of_birth
+    assert isinstance(born, dt.datetime) and born.date().isoformat() == rows[0]["date_of_birth"]
+
+
+def test_a_file_malformed_after_its_first_chunks_writes_nothing(tmp_path):
+    engine = create_engine(f"sqlite:///{tmp_path / 'tables.db'}")
+    path = write_csv(tmp_path / "broken.csv", NSSS, sample_rows(NSSS, 12))
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write('N9,"a quote that never closes\n')
+    try:
+        with pytest.raises(SheetError, match="malformed CSV: row 14 opens a quoted cell that "
+                                              "never closes"):
+            _ingest(engine, NSSS, path, "r1")  # 4 rows a chunk: three chunks staged first
+        records = FeedTables(build_plan(NSSS)).records
+        with engine.connect() as connection:
+            assert connection.execute(sa.select(sa.func.count()).select_from(records)).scalar() == 0
+            assert connection.execute(
+                sa.select(sa.func.count()).select_from(rejections_table)).scalar() == 0
+    finally:
+        engine.dispose()
+
+
+def _with_extra_fields(path: Path, row: int, extra: str) -> Path:
+    """`extra` (say `,x`: an unquoted comma's worth) appended to spreadsheet row `row`."""
+    lines = path.read_bytes().decode().splitlines(keepends=True)
+    line = lines[row - 1]
+    body = line.rstrip("\r\n")
+    lines[row - 1] = body + extra + line[len(body):]
+    path.write_bytes("".join(lines).encode())
+    return path
+
+
+@pytest.mark.parametrize(("row", "extra", "fields"), [
+    pytest.param(3, ",x", 13, id="first-chunk"),
+    pytest.param(10, ",x", 13, id="first-row-of-a-later-chunk"),
+    pytest.param(12, ",x", 13, id="later-chunk"),
+    pytest.param(6, ",", 13, id="an-empty-extra-field-at-a-chunk-start"),
+    pytest.param(10, ",,x", 14, id="two-extra-fields-at-a-chunk-start"),
+])
+def test_a_row_with_more_fields_than_the_header_fails_the_file_naming_the_row(
+        tmp_path, row, extra, fields):
+    # 12 data rows (sheet rows 2-13), 4 to a chunk: rows 2-5, 6-9, 10-13. pandas alone never
+    # checks the first row of a later chunk: it dropped the extra fields there without a word.
+    # An empty extra field is caught too (a sentinel column reads "" whether the field is
+    # there or not), and the row is the one a spreadsheet shows.
+    engine = create_engine(f"sqlite:///{tmp_path / 'tables.db'}")
+    path = _with_extra_fields(write_csv(tmp_path / "Residents May.csv", NSSS,
+                                        sample_rows(NSSS, 12)), row, extra)
+    problem = f"malformed CSV: row {row} has {fields} fields, the header has 12"
+    try:
+        with pytest.raises(SheetError, match=problem):
+            _ingest(engine, NSSS, path, "r1", chunk_rows=4)
+        records = FeedTables(build_plan(NSSS)).records
+        with engine.connect() as connection:
+            for table in (records, rejections_table, files_table):
+                assert connection.execute(
+                    sa.select(sa.func.count()).select_from(table)).scalar() == 0
+    finally:
+        engine.dispose()
+    # A Google Sheet arrives as Drive's CSV export and is read the same way.
+    reader = SheetReader(path, "google_sheet", NSSS.date_formats)
+    names, _ = check_header(reader.header, build_plan(NSSS).column_names)
+    with pytest.raises(SheetError, match=problem):
+        list(reader.chunks(names, 4))
+
+
+def test_xlsx_values_beyond_the_header_fail_in_any_chunk(tmp_path):
+    path = tmp_path / "wide.xlsx"
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    sheet.append(["ID", "Name"])
+    for number in range(2, 12):
+        sheet.append([f"N{number}", "Ann", "spill"] if number == 9 else [f"N{number}", "Ann"])
+    workbook.save(path)
+    reader = SheetReader(path, "xlsx")
+    with pytest.raises(SheetError, match="row 9 has values beyond the last named column"):
+        list(reader.chunks(["id", "name"], 3))

@@ -125,7 +125,8 @@ def test_the_reparse_command_selects_one_partition_and_logs_diff(flow):
 
     done = credflow("reparse", "--flow", "drive_feeds", "--partition", partition, "--in-process")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "1 run(s), 0 failed" in done.stdout and "credflow/reparse_id=" in done.stdout
+    assert ": 1 run(s) in " in done.stdout and ", 0 failed" in done.stdout
+    assert "credflow/reparse_id=" in done.stdout
     diff = credflow("logs", "diff", partition)
     assert diff.returncode == 0, diff.stderr
     assert diff.stdout.startswith("--- run ") or "the same lines" in diff.stdout

@@ -233,6 +233,9 @@ def build_records_asset(plan: FeedPlan) -> dg.AssetsDefinition:
             f"{report.rejected:,} rejected, {report.history_rows:,} change-history row(s) "
             f"in {report.seconds:.1f}s"
         )
+        if report.kept_newer:
+            context.log.info(f"{label}: {report.kept_newer:,} row(s) left as a later-modified "
+                             "file of the feed wrote them")
         if report.rejected:
             context.log.warning(f"{label}: rejected rows by reason: {report.reasons}")
         yield dg.MaterializeResult(metadata={
@@ -242,6 +245,7 @@ def build_records_asset(plan: FeedPlan) -> dg.AssetsDefinition:
             "file": source.name, "drive_file_id": source.file_id, "revision": source.revision,
             "rows_read": report.rows_read, "inserted": report.inserted,
             "updated": report.updated, "unchanged": report.unchanged,
+            "kept_newer": report.kept_newer,
             "rejected": report.rejected, "blank_rows": report.blank_rows,
             "history_rows": report.history_rows,
             "seconds": round(report.seconds, 2),

@@ -11,9 +11,13 @@ Memory follows the chunk size, not the file size.
 
 from __future__ import annotations
 
+import csv
 import gc
+import io
 import itertools
 import json
+import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -46,6 +50,7 @@ ROW, OK = "_row", "_ok"  # staging columns: spreadsheet row number, passed valid
 PAGE_ROWS = 10_000
 PROGRESS_EVERY_ROWS = 100_000
 GC_EVERY_CHUNKS = 5
+READ_AHEAD_CHUNKS = 2  # chunks read and validated ahead of the one being staged
 
 
 class HeaderMismatch(ValueError):
@@ -72,6 +77,7 @@ class IngestReport:
     updated: int = 0
     unchanged: int = 0
     rejected: int = 0
+    kept_newer: int = 0  # rows a later-modified file of the feed wrote: left as they are
     history_rows: int = 0
     table_rows: int = 0
     seconds: float = 0.0
@@ -81,7 +87,7 @@ class IngestReport:
 
     @property
     def accepted(self) -> int:
-        return self.inserted + self.updated + self.unchanged
+        return self.inserted + self.updated + self.unchanged + self.kept_newer
 
 
 def ingest_file(
@@ -110,6 +116,7 @@ def ingest_file(
         try:
             _stage(connection, plan, reader, names, staging, report, chunk_rows, log)
             with connection.begin():
+                staging.index(connection)
                 _apply(connection, plan, tables, staging, source, report, run_id, sample_size)
         finally:
             with connection.begin():
@@ -139,12 +146,18 @@ class _Staging:
             sa.Column("value", sa.Text),
             prefixes=["TEMPORARY"],
         )
-        # Created with the table: the duplicate check and the joins look rows up by id.
-        sa.Index(f"credflow_stage_{suffix}_id", self.rows.c[plan.id_column])
+        # The duplicate check and the joins look rows up by id. Built once the rows are in
+        # (`index`): one sort costs less than keeping a B-tree in order row by row.
+        self.id_index, self.id_column = f"credflow_stage_{suffix}_id", plan.id_column
 
     def create(self, connection: Connection) -> None:
         self.rows.create(connection)
         self.rejections.create(connection)
+
+    def index(self, connection: Connection) -> None:
+        quote = connection.dialect.identifier_preparer.quote
+        connection.execute(sa.text(f"CREATE INDEX {quote(self.id_index)} ON "
+                                   f"{quote(self.rows.name)} ({quote(self.id_column)})"))
 
     def drop(self, connection: Connection) -> None:
         self.rows.drop(connection, checkfirst=True)
@@ -152,18 +165,27 @@ class _Staging:
 
 
 def _stage(connection, plan, reader, names, staging, report, chunk_rows, log) -> None:
+    # What is alive now (in a run: Dagster, its modules, the event log) stays alive: frozen, it
+    # is left out of the full collections below, which then cost what the chunks left behind.
+    gc.freeze()
+    try:
+        _stage_chunks(connection, plan, reader, names, staging, report, chunk_rows, log)
+    finally:
+        gc.unfreeze()
+
+
+def _stage_chunks(connection, plan, reader, names, staging, report, chunk_rows, log) -> None:
     next_progress = PROGRESS_EVERY_ROWS
     rejected_rows = chunks = 0
-    for chunk in reader.chunks(names, chunk_rows):
-        result = validate_chunk(plan, chunk)
+    prepared = _read_ahead(_prepare(plan, reader, names, chunk_rows), READ_AHEAD_CHUNKS)
+    for result, values in prepared:
         report.rows_read += result.rows
         report.blank_rows += result.blank_rows
-        good_numbers = set(result.good.index)
         with connection.begin():
-            _bulk_insert(connection, staging.rows, _stage_columns(plan, result.good))
+            _bulk_insert(connection, staging.rows, values)
             # Rejected rows that have an id are staged too, only so that a duplicate id is
             # seen whichever of its rows were bad.
-            bad = [(n, v) for n, v in result.row_ids if n not in good_numbers]
+            bad = result.rejected_ids
             _bulk_insert(connection, staging.rows, {
                 ROW: [n for n, _ in bad], OK: [False] * len(bad),
                 plan.id_column: [v for _, v in bad]})
@@ -173,7 +195,7 @@ def _stage(connection, plan, reader, names, staging, report, chunk_rows, log) ->
                 "reason": [r.reason for r in result.rejections],
                 "value": [r.value for r in result.rejections]})
         rejected_rows += len({r.row_number for r in result.rejections})
-        del chunk, result
+        del result, values
         chunks += 1
         if chunks % GC_EVERY_CHUNKS == 0:
             # pandas and pandera leave each chunk in reference cycles, which only a full
@@ -184,48 +206,102 @@ def _stage(connection, plan, reader, names, staging, report, chunk_rows, log) ->
             next_progress += PROGRESS_EVERY_ROWS
 
 
-def _stage_columns(plan: FeedPlan, good) -> dict[str, list]:
-    """The chunk's good rows, column by column, as Python values (None for missing)."""
-    import pandas as pd
+def _prepare(plan, reader, names, chunk_rows):
+    """Each chunk read, validated and turned into values to stage."""
+    for chunk in reader.chunks(names, chunk_rows):
+        result = validate_chunk(plan, chunk)
+        yield result, _stage_values(plan, result.good)
+
+
+def _read_ahead(items, depth: int):
+    """`items`, computed by a thread of their own up to `depth` ahead of the caller.
+
+    Reading and validating a chunk (Python) then overlaps with staging the one before, whose
+    database work runs outside the GIL. An error in the thread is raised here; when the caller
+    stops early (an error of its own), the thread stops too.
+    """
+    handover: queue.Queue = queue.Queue(maxsize=depth)
+    stopped = threading.Event()
+    done = object()
+
+    def hand(item) -> bool:
+        while not stopped.is_set():
+            try:
+                handover.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not hand((item, None)):
+                    return
+            hand((done, None))
+        except BaseException as error:  # raised again in the caller's thread
+            hand((done, error))
+
+    thread = threading.Thread(target=produce, name="credflow-feed-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = handover.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+    finally:
+        stopped.set()
+        thread.join()
+
+
+def _stage_values(plan: FeedPlan, good) -> dict[str, list]:
+    """The chunk's good rows, column by column, as values the driver binds as they are (None
+    for missing). Dates become ISO text, converted a column at a time by numpy: the text
+    SQLAlchemy's SQLite Date and DateTime store, and a literal PostgreSQL casts. Converting
+    each value with SQLAlchemy's bind processors cost more than the database's own work."""
+    import numpy as np
 
     columns: dict[str, list] = {ROW: good.index.tolist(), OK: [True] * len(good)}
     for column in plan.columns:
         series = good[column.name]
-        missing = series.isna()
-        if column.kind == "date":
-            values = series.dt.date.astype(object)
-        elif column.kind == "datetime":
-            values = pd.Series(series.dt.to_pydatetime(), index=series.index, dtype=object)
-        else:
-            values = series.astype(object)
-        columns[column.name] = values.where(~missing, None).tolist()
+        if column.kind == "text":
+            values = series.to_numpy(dtype=object, na_value=None)
+        elif column.kind in ("date", "datetime"):
+            moments = series.to_numpy(dtype="datetime64[us]")
+            if column.kind == "date":
+                text = np.datetime_as_string(moments, unit="D")
+            else:  # 2020-01-02T03:04:05.000000 → SQLAlchemy's "2020-01-02 03:04:05.000000"
+                text = np.char.replace(np.datetime_as_string(moments, unit="us"), "T", " ")
+            values = np.where(np.isnat(moments), None, text.astype(object))
+        else:  # numbers and booleans as Python values (astype(object) converts numpy scalars)
+            values = np.where(series.isna().to_numpy(), None, series.astype(object).to_numpy())
+        columns[column.name] = values.tolist()
     return columns
 
 
 def _bulk_insert(connection, table: sa.Table, columns: dict[str, list]) -> None:
-    """executemany straight on the driver cursor, with each column's own bind processing (as
-    SQLAlchemy would convert the value): Core's per-row parameter handling costs more than
-    the database's work for wide chunks. psycopg2 gets execute_values (a multi-row VALUES)."""
+    """Rows straight to the driver: Core's per-row parameter handling costs more than the
+    database's work for wide chunks. The values must be ones the driver takes as they are
+    (`_stage_values`). SQLite gets executemany; psycopg2 gets COPY of the rows as CSV, where an
+    empty field is NULL: the reader turns empty cells into missing, so no value is ''."""
     names = list(columns)
     if not names or not columns[names[0]]:
         return
     dialect = connection.dialect
-    values = []
-    for name in names:
-        process = table.c[name].type._cached_bind_processor(dialect)
-        column = columns[name]
-        values.append([process(v) for v in column] if process is not None else column)
-    rows = list(zip(*values))
+    rows = list(zip(*columns.values()))
     quote = dialect.identifier_preparer
     column_list = ", ".join(quote.quote(name) for name in names)
     target = quote.format_table(table)
     if dialect.driver == "psycopg2":
-        from psycopg2.extras import execute_values
-
+        text = io.StringIO()
+        csv.writer(text, lineterminator="\n").writerows(rows)
+        text.seek(0)
         cursor = connection.connection.cursor()
         try:
-            execute_values(cursor, f"INSERT INTO {target} ({column_list}) VALUES %s", rows,
-                           page_size=1000)
+            cursor.copy_expert(f"COPY {target} ({column_list}) FROM STDIN WITH (FORMAT csv)", text)
         finally:
             cursor.close()
     elif dialect.paramstyle == "qmark":
@@ -266,17 +342,18 @@ def _apply(connection, plan, tables: FeedTables, staging: _Staging, source: Sour
 
     _reject_duplicate_ids(connection, plan, staging)
     connection.execute(stage.delete().where(stage.c[OK].is_(False)))
+    report.kept_newer = _drop_rows_a_newer_file_wrote(connection, plan, tables, stage, source)
 
-    new_rows = sa.select(sa.func.count()).select_from(stage).where(
-        ~sa.exists().where(records.c[id_column] == stage.c[id_column]))
-    report.inserted = connection.execute(new_rows).scalar_one()
+    # New rows are counted as the table's growth (this transaction is the feed's only writer):
+    # cheaper than a second join of the staged rows against the table.
+    count_records = sa.select(sa.func.count()).select_from(records)
+    rows_before = connection.execute(count_records).scalar_one()
     staged = connection.execute(sa.select(sa.func.count()).select_from(stage)).scalar_one()
 
     value_columns = plan.value_columns
     same = sa.and_(sa.true(), *(records.c[c].is_not_distinct_from(stage.c[c]) for c in value_columns))
     report.updated, report.history_rows = _write_history(
         connection, plan, tables, stage, same, source, run_id, now)
-    report.unchanged = staged - report.inserted - report.updated
 
     statement = insert(records).from_select(
         [*plan.column_names, SOURCE_FILE_ID, SOURCE_REVISION, FIRST_INGESTED_AT, LAST_CHANGED_AT],
@@ -300,6 +377,9 @@ def _apply(connection, plan, tables: FeedTables, staging: _Staging, source: Sour
     else:
         statement = statement.on_conflict_do_nothing(index_elements=[id_column])
     connection.execute(statement)
+    report.table_rows = connection.execute(count_records).scalar_one()
+    report.inserted = report.table_rows - rows_before
+    report.unchanged = staged - report.inserted - report.updated
 
     rejects = staging.rejections
     connection.execute(rejections_table.insert().from_select(
@@ -335,8 +415,33 @@ def _apply(connection, plan, tables: FeedTables, staging: _Staging, source: Sour
         .values(feed=source.feed, file_id=source.file_id, revision=source.revision, **values)
         .on_conflict_do_update(index_elements=["feed", "file_id", "revision"], set_=values)
     )
-    report.table_rows = connection.execute(
-        sa.select(sa.func.count()).select_from(records)).scalar_one()
+
+
+def _drop_rows_a_newer_file_wrote(connection, plan: FeedPlan, tables: FeedTables, stage,
+                                  source: SourceFile) -> int:
+    """Unstage the rows whose table row came from a file of the feed modified after this one;
+    returns how many.
+
+    The newest file wins, whatever order files are processed in: a reparse of an upload (or a
+    late run of it) must not undo the correction uploaded after it, nor write history for the
+    round trip. Files are ordered by Drive's modifiedTime (RFC 3339 in UTC, so ordered as
+    text); a file without one does not outrank anything.
+    """
+    if not source.modified_time:
+        return 0
+    records = tables.records
+    written_by_newer_file = (
+        sa.select(sa.literal(1))
+        .select_from(records.join(files_table, sa.and_(
+            files_table.c.feed == source.feed,
+            files_table.c.file_id == records.c[SOURCE_FILE_ID],
+            files_table.c.revision == records.c[SOURCE_REVISION])))
+        .where(records.c[plan.id_column] == stage.c[plan.id_column],
+               files_table.c.modified_time > source.modified_time)
+        .correlate(stage)
+        .exists()
+    )
+    return connection.execute(stage.delete().where(written_by_newer_file)).rowcount
 
 
 def _reject_duplicate_ids(connection, plan: FeedPlan, staging: _Staging) -> None:
