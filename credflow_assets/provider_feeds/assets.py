@@ -38,6 +38,7 @@ from credflow_assets.parse_logs import logged_events
 from credflow_assets.partitions import provider_file_partitions
 from credflow_assets.provider_feeds import handoff
 from credflow_assets.provider_feeds.failures import FileRef, file_failure
+from credflow_assets.provider_feeds.memory import release_freed_memory
 from credflow_assets.provider_feeds.naming import (
     SIGNATURE_SUFFIX,
     RemoteIdentity,
@@ -270,6 +271,7 @@ def _store_version(context, session, client, settings: ProviderFeedsSettings, re
             },
         )
     seconds["upload"] = seconds.get("upload", 0.0) + time.monotonic() - started
+    release_freed_memory()  # the upload's freed part buffers (see memory.py)
     context.log.info(
         f"{ref}: downloaded {remote_path} ({_size(result.size)}) in {result.seconds:.1f}s"
         + (f", resumed at {list(result.resumed_from)}" if result.resumed else "")
@@ -492,6 +494,7 @@ def _land_one(client, settings: ProviderFeedsSettings, feed: ProviderFeed, ref: 
                              "source-sha256": copy["sha256"]},
             },
         )
+    release_freed_memory()  # the upload's freed part buffers (see memory.py)
     entry = {"key": key, "name": name, "type": category, "size": source.size,
              "rows": counter.data_rows if counter else None}
     if counter is not None and counter.note:
