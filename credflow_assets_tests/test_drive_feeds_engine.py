@@ -207,13 +207,26 @@ def _scenario(engine, tmp_path, feed: FeedConfig):
     return rows, first, second, again
 
 
+def _engine_for(backend: str, tmp_path: Path, request):
+    """A tables database on `backend`: a SQLite file, or a fresh PostgreSQL database."""
+    url = (f"sqlite:///{tmp_path / 'tables.db'}" if backend == "sqlite"
+           else request.getfixturevalue("postgres_url"))
+    return create_engine(url)
+
+
+def _contents(engine, tables: FeedTables) -> tuple[list, list]:
+    """The feed table's rows (by id) and its change history."""
+    with engine.connect() as connection:
+        rows = connection.execute(sa.select(tables.records)
+                                  .order_by(tables.records.c.nss_id)).all()
+        return rows, connection.execute(sa.select(tables.history)).all()
+
+
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql",
                                                             marks=pytest.mark.postgres)])
 def test_an_older_file_run_again_does_not_undo_a_newer_one(backend, tmp_path, request):
     """A reparse of an upload after its correction: the correction's rows stay, no history."""
-    url = (f"sqlite:///{tmp_path / 'tables.db'}" if backend == "sqlite"
-           else request.getfixturevalue("postgres_url"))
-    engine = create_engine(url)
+    engine = _engine_for(backend, tmp_path, request)
     feed = _feed(tracked_columns=["address_line_1"])
     plan = build_plan(feed)
     upload = write_csv(tmp_path / "upload.csv", feed, sample_rows(feed, 6))
@@ -230,15 +243,9 @@ def test_an_older_file_run_again_does_not_undo_a_newer_one(backend, tmp_path, re
     try:
         ingest(upload, "upload", "2026-11-01T09:00:00.000Z")
         corrected = ingest(correction, "correction", "2026-11-02T09:00:00.000Z")
-        with engine.connect() as connection:
-            before = connection.execute(sa.select(tables.records)
-                                        .order_by(tables.records.c.nss_id)).all()
-            history_before = connection.execute(sa.select(tables.history)).all()
+        before, history_before = _contents(engine, tables)
         again = ingest(upload, "upload", "2026-11-01T09:00:00.000Z")
-        with engine.connect() as connection:
-            after = connection.execute(sa.select(tables.records)
-                                       .order_by(tables.records.c.nss_id)).all()
-            history_after = connection.execute(sa.select(tables.history)).all()
+        after, history_after = _contents(engine, tables)
     finally:
         engine.dispose()
     assert (corrected.updated, corrected.inserted) == (6, 2)
@@ -251,9 +258,7 @@ def test_an_older_file_run_again_does_not_undo_a_newer_one(backend, tmp_path, re
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql",
                                                             marks=pytest.mark.postgres)])
 def test_bulk_upsert_history_and_duplicates(backend, tmp_path, request):
-    url = (f"sqlite:///{tmp_path / 'tables.db'}" if backend == "sqlite"
-           else request.getfixturevalue("postgres_url"))
-    engine = create_engine(url)
+    engine = _engine_for(backend, tmp_path, request)
     feed = _feed(tracked_columns=["address_line_1", "postcode"])
     try:
         rows, first, second, again = _scenario(engine, tmp_path, feed)
@@ -335,9 +340,7 @@ def test_rows_that_break_the_models_rules_are_rejected_with_their_reasons(tmp_pa
                                                             marks=pytest.mark.postgres)])
 def test_cells_reach_the_table_as_written_and_a_rerun_changes_nothing(backend, tmp_path,
                                                                         request):
-    url = (f"sqlite:///{tmp_path / 'tables.db'}" if backend == "sqlite"
-           else request.getfixturevalue("postgres_url"))
-    engine = create_engine(url)
+    engine = _engine_for(backend, tmp_path, request)
     feed = _feed(date_formats={})  # ISO 8601: a timestamp column
     rows = sample_rows(feed, 4, dates_as_text=False)
     rows[0]["address_line_1"] = 'Flat 2, "The Maltings"'
