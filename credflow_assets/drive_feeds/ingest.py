@@ -429,6 +429,10 @@ def _drop_rows_a_newer_file_wrote(connection, plan: FeedPlan, tables: FeedTables
     """
     if not source.modified_time:
         return 0
+    newer_file = sa.select(files_table.c.file_id).where(
+        files_table.c.feed == source.feed, files_table.c.modified_time > source.modified_time)
+    if connection.execute(newer_file.limit(1)).first() is None:
+        return 0  # the usual case, the newest file: no per-row lookup on the hot path
     records = tables.records
     written_by_newer_file = (
         sa.select(sa.literal(1))
