@@ -20,6 +20,8 @@ setup(
         f"dagster-pandera=={INTEGRATIONS_VERSION}",
         "pandera==0.35.0",
         "pandas==2.3.3",
+        # Drive feed CSVs: read by Arrow's C++ reader, cells kept as Arrow strings (RE2 regexes)
+        "pyarrow==26.0.1",
         "paramiko==5.1.0",
         "python-gnupg==0.5.7",
         "google-api-python-client==2.202.0",

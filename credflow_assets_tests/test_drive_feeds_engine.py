@@ -132,6 +132,68 @@ def test_windows_1252_and_malformed_csv(tmp_path):
         SheetReader(path, "csv")
 
 
+def _rows(reader: SheetReader, names, chunk_rows: int) -> dict[int, tuple]:
+    return {number: tuple(None if pd.isna(value) else value for value in row)
+            for chunk in reader.chunks(names, chunk_rows)
+            for number, row in zip(chunk.index, chunk.astype(object).values)}
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 2, 3, 100])
+def test_a_row_with_fewer_fields_reads_the_missing_ones_as_empty_in_its_place(tmp_path, chunk_rows):
+    # Some tools drop a row's trailing empty fields. Arrow hands such rows over separately;
+    # they must come back in their place, wherever the chunks happen to end.
+    path = tmp_path / "short.csv"
+    path.write_text("ID,Name,City\n1,Ann,Leeds\n2,Bob\n3,Cy,York\n4\n\n5,Di,Hull\n6,\"Ed\nJr\"\n")
+    rows = _rows(SheetReader(path, "csv"), ["id", "name", "city"], chunk_rows)
+    assert rows == {2: ("1", "Ann", "Leeds"), 3: ("2", "Bob", None), 4: ("3", "Cy", "York"),
+                    5: ("4", None, None), 6: (None, None, None), 7: ("5", "Di", "Hull"),
+                    8: ("6", "Ed\nJr", None)}
+
+
+def test_a_value_under_an_empty_header_cell_fails_the_file_naming_the_cell(tmp_path):
+    path = tmp_path / "sheet.csv"
+    # Empty columns without a header are what spreadsheet tools leave behind: ignored.
+    path.write_text("ID,Name,,\n1,Ann,,\n2,Bob,, \n")
+    assert _rows(SheetReader(path, "csv"), ["id", "name", None, None], 10) == {
+        2: ("1", "Ann"), 3: ("2", "Bob")}
+    # A value typed under no header would vanish: the file is refused, naming the cell.
+    path.write_text("ID,Name,,\n1,Ann,,\n2,Bob,,kept?\n")
+    with pytest.raises(SheetError, match="row 3 has a value in column D, which has no header"):
+        _rows(SheetReader(path, "csv"), ["id", "name", None, None], 1)
+    path.write_text("ID,,Name\n1,,Ann\n2,x\n")  # a short row with the value
+    with pytest.raises(SheetError, match="row 3 has a value in column B, which has no header"):
+        _rows(SheetReader(path, "csv"), ["id", None, "name"], 10)
+    workbook = openpyxl.Workbook()
+    workbook.active.append(["ID", None, "Name"])
+    workbook.active.append(["N1", None, "Ann"])
+    workbook.active.append(["N2", "typed here", "Bob"])
+    workbook.save(tmp_path / "sheet.xlsx")
+    with pytest.raises(SheetError, match="row 3 has a value in column B, which has no header"):
+        _rows(SheetReader(tmp_path / "sheet.xlsx", "xlsx"), ["id", None, "name"], 10)
+
+
+@pytest.mark.parametrize("rows_after", [5, 60_000])
+def test_a_quote_left_open_mid_file_fails_naming_its_row_not_its_data(tmp_path, rows_after):
+    # Arrow would read the open quote as one cell running to the end of the file: the rows
+    # after it would vanish into it. Short or long, the file is refused at that row.
+    path = tmp_path / "open-quote.csv"
+    lines = ["ID,Name"] + [f"{n},Resident {n:07d} of a long enough name"
+                           for n in range(10 + rows_after)]
+    lines[10] = '9,"Jane Private, never closed'
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SheetError, match="^malformed CSV: row 11 opens a quoted cell that never "
+                                         "closes") as failure:
+        _rows(SheetReader(path, "csv"), ["id", "name"], 4)
+    assert "Jane" not in str(failure.value) and "Resident" not in str(failure.value)
+
+
+def test_a_stray_quote_inside_an_unquoted_cell_is_kept(tmp_path):
+    path = tmp_path / "ruler.csv"
+    path.write_text('ID,Name\n1,12" ruler\n2,"Bob ""The Builder"""\n')
+    assert _rows(SheetReader(path, "csv"), ["id", "name"], 10) == {
+        2: ("1", '12" ruler'), 3: ("2", 'Bob "The Builder"')}
+
+
 def test_xlsx_cells_become_text_in_the_feeds_formats(tmp_path):
     path = tmp_path / "a.xlsx"
     workbook = openpyxl.Workbook()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import csv
 import datetime as dt
+import io
 import itertools
 import re
 from collections.abc import Iterator
@@ -29,6 +30,10 @@ FOLDER_MIME = "application/vnd.google-apps.folder"
 
 CSV, XLSX, GOOGLE_SHEET = "csv", "xlsx", "google_sheet"
 FIRST_DATA_ROW = 2  # the header is row 1, as in a spreadsheet
+# Arrow reads a CSV a block at a time, parsing several blocks ahead (about 35 MB of memory at
+# 1 MiB, 120 MB at 4 MiB). A cell may not be larger than a block (the csv module's limit was
+# 128 KiB).
+CSV_BLOCK_BYTES = 1 << 20
 
 
 class SheetError(ValueError):
@@ -94,8 +99,9 @@ class HeaderProblem:
 def check_header(header: list[str], expected: list[str]) -> tuple[list[str | None], HeaderProblem | None]:
     """Map the file's header onto the expected columns.
 
-    Returns the normalised name of each file column (None for an unnamed column, which is
-    ignored: spreadsheet tools leave empty trailing columns) and the problem, if any.
+    Returns the normalised name of each file column (None for an unnamed column: spreadsheet
+    tools leave empty trailing columns; the reader drops them, and refuses the file when one
+    holds a value, which would otherwise vanish) and the problem, if any.
     """
     names = [normalize_header(column) or None for column in header]
     wanted = set(expected)
@@ -128,7 +134,8 @@ class SheetReader:
     """A sheet on disk: `header` first (cheap), then `chunks()` of text cells.
 
     Each chunk is a DataFrame whose columns are the normalised header names (unnamed columns
-    dropped) and whose index is the spreadsheet row number; cells are stripped strings or None.
+    dropped) and whose index is the spreadsheet row number; cells are stripped strings or
+    missing (pandas `string` dtype: Arrow-backed for CSV, so later checks run in C++).
     """
 
     def __init__(self, path: Path, kind: str, date_formats: dict[str, str] | None = None):
@@ -156,45 +163,66 @@ class SheetReader:
             yield from self._csv_chunks(names, chunk_rows)
 
     def _csv_chunks(self, names, chunk_rows):
-        import numpy as np
-        import pandas as pd
+        """pyarrow's streaming CSV reader (C++, outside the GIL): cells stay Arrow strings, so
+        stripping, the empty check and pandera's regex checks (RE2) never build Python strings.
 
+        A row with fewer fields than the header is read as if the missing ones were empty, as
+        spreadsheet tools do; Arrow hands such rows to `invalid_row_handler`, so they are parsed
+        here and put back in their place. A row with more fields fails the file, naming it."""
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
+        _check_quotes_close(self.path, self.encoding)
         width = len(names)
-        columns = [name or f"__unnamed_{i}" for i, name in enumerate(names)]
-        start = FIRST_DATA_ROW  # the row of the chunk being read
+        short_rows: dict[int, list[str]] = {}  # spreadsheet row number → fields, padded
+        problems: list[str] = []
+
+        def on_invalid_row(row) -> str:
+            if row.actual_columns > row.expected_columns:
+                problems.append(_too_many_fields(row.number, row.actual_columns, width))
+                return "error"
+            try:
+                short_rows[row.number] = _short_row_fields(row.number, row.text, width)
+            except SheetError as error:
+                problems.append(str(error))
+                return "error"
+            return "skip"
+
+        columns = [f"c{i}" for i in range(width)]
+        rows = _CsvRowNumbers(short_rows)
         try:
-            with open(self.path, newline="", encoding=self.encoding) as handle, pd.read_csv(
-                self.path, dtype=str, keep_default_na=False, na_filter=False,
-                skip_blank_lines=False, chunksize=chunk_rows, encoding=self.encoding,
-                header=0, names=columns, index_col=False,
-            ) as frames:
-                # A row with more fields than the header is malformed (an unquoted comma shifts
-                # every cell after it). pandas raises for one only in some places (never in the
-                # first rows of a later chunk) and drops the extra fields silently elsewhere;
-                # a missing field reads as an empty one, so a sentinel column cannot tell a
-                # trailing empty field from none. So the fields of each chunk's records are
-                # counted by the csv module first (the same records pandas reads next), all in
-                # C (`map(len, …)` into numpy), and checked at once.
-                records = csv.reader(handle)
-                next(records, None)  # the header
-                while True:
-                    counts = np.fromiter(map(len, itertools.islice(records, chunk_rows)),
-                                         dtype=np.int64)
-                    wide = np.flatnonzero(counts > width)
-                    if wide.size:
-                        first = int(wide[0])
-                        raise SheetError("malformed CSV: " + _too_many_fields(
-                            start + first, int(counts[first]), width))
-                    frame = next(frames, None)
-                    if frame is None:
-                        return
-                    frame.index = pd.RangeIndex(start, start + len(frame))
-                    start += len(frame)
-                    yield _clean(frame, names)
-        except pd.errors.ParserError as error:
-            raise SheetError(f"malformed CSV: {_parser_error(error, width)}") from None
-        except csv.Error as error:  # e.g. a cell over 128 KiB: a quote left open
-            raise SheetError(f"malformed CSV, at row {start} or after: {error}") from None
+            batches = pacsv.open_csv(
+                self.path,
+                read_options=pacsv.ReadOptions(
+                    column_names=columns, skip_rows=1, block_size=CSV_BLOCK_BYTES,
+                    # `InvalidRow.number` (the row a spreadsheet shows) needs one thread.
+                    use_threads=False,
+                    encoding="utf8" if self.encoding == "utf-8-sig" else self.encoding),
+                parse_options=pacsv.ParseOptions(
+                    newlines_in_values=True, ignore_empty_lines=False,
+                    invalid_row_handler=on_invalid_row),
+                convert_options=pacsv.ConvertOptions(
+                    column_types={column: pa.string() for column in columns},
+                    strings_can_be_null=False, quoted_strings_can_be_null=False),
+            )
+            pending: list = []
+            pending_rows = 0
+            for batch in batches:
+                pending.append(batch)
+                pending_rows += batch.num_rows
+                while pending_rows >= chunk_rows:
+                    table = pa.Table.from_batches(pending)
+                    yield _arrow_frame(table.slice(0, chunk_rows), names, rows)
+                    rest = table.slice(chunk_rows)
+                    pending, pending_rows = rest.to_batches(), rest.num_rows
+            if pending_rows or rows.has_short_rows_left():
+                table = pa.Table.from_batches(pending, schema=batches.schema)
+                yield _arrow_frame(table, names, rows, last=True)
+        except pa.ArrowInvalid as error:
+            if problems:
+                raise SheetError(f"malformed CSV: {problems[0]}") from None
+            raise SheetError(f"malformed CSV, at row {rows.next_number} or after: "
+                             f"{_arrow_error(error)}") from None
 
     def _xlsx_chunks(self, names, chunk_rows):
         import pandas as pd
@@ -265,35 +293,166 @@ class _open_workbook:
 
 
 def _clean(frame: pd.DataFrame, names: list[str | None]) -> pd.DataFrame:
-    """Drop unnamed columns; strip cells; empty cells become missing (pandas `string` dtype)."""
+    """Strip cells; empty cells become missing (pandas `string` dtype); unnamed columns are
+    dropped once checked to be empty."""
     import pandas as pd
 
-    keep = [column for column, name in zip(frame.columns, names) if name is not None]
     cleaned = {}
-    for column in keep:
+    for position, (column, name) in enumerate(zip(frame.columns, names)):
         # One pass of plain str methods: half the cost of `.str.strip()` then a mask.
-        cells = frame[column].to_numpy(dtype=object)
-        cleaned[column] = pd.array(
-            [(cell.strip() or None) if cell is not None else None for cell in cells],
-            dtype="string")
+        cells = [(cell.strip() or None) if isinstance(cell, str) else cell
+                 for cell in frame[column].to_numpy(dtype=object)]
+        if name is None:
+            filled = next((number for number, cell in zip(frame.index, cells)
+                           if cell is not None), None)
+            if filled is not None:
+                raise SheetError(_value_without_header(int(filled), position))
+            continue
+        cleaned[column] = pd.array(cells, dtype="string")
     return pd.DataFrame(cleaned, index=frame.index)
+
+
+class _CsvRowNumbers:
+    """The spreadsheet row number of each row Arrow yields: consecutive from row 2, except
+    around the short rows Arrow skipped (read here instead), which keep their own numbers."""
+
+    def __init__(self, short_rows: dict[int, list[str]]):
+        self.short_rows = short_rows  # filled by the reader as it parses, consumed here
+        self.next_number = FIRST_DATA_ROW
+
+    def take(self, count: int, last: bool = False):
+        """(the numbers of the next `count` Arrow rows, the short rows that go among them)."""
+        import numpy as np
+        import pandas as pd
+
+        start = self.next_number
+        waiting = [number for number in sorted(self.short_rows) if number >= start]
+        if not waiting:
+            self.next_number = start + count
+            return pd.RangeIndex(start, start + count), []
+        # The Arrow rows take the first `count` numbers that no short row holds.
+        numbers = np.setdiff1d(np.arange(start, start + count + len(waiting)), waiting,
+                               assume_unique=True)[:count]
+        end = int(numbers[-1]) if count else start - 1
+        taken = [number for number in waiting if last or number < end]
+        self.next_number = max([end, *taken]) + 1
+        return pd.Index(numbers), [(number, self.short_rows.pop(number)) for number in taken]
+
+    def has_short_rows_left(self) -> bool:
+        return bool(self.short_rows)
+
+
+def _arrow_frame(table, names: list[str | None], rows: _CsvRowNumbers, last: bool = False):
+    """One chunk of Arrow cells → the reader's DataFrame: cells stripped, empty ones missing,
+    unnamed columns dropped (once checked to be empty), indexed by spreadsheet row number."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    index, short = rows.take(table.num_rows, last)
+    missing = pa.scalar(None, pa.string())
+    cleaned = {}
+    for position, (name, cells) in enumerate(zip(names, table.columns)):
+        cells = pc.utf8_trim_whitespace(cells)
+        cells = pc.if_else(pc.equal(pc.binary_length(cells), 0), missing, cells)
+        if name is None:
+            filled = pc.is_valid(cells)
+            if pc.any(filled).as_py():
+                raise SheetError(_value_without_header(
+                    int(index[pc.index(filled, True).as_py()]), position))
+            continue
+        cleaned[name] = pd.arrays.ArrowStringArray(cells)
+    frame = pd.DataFrame(cleaned, index=index)
+    if short:
+        for number, fields in short:
+            for position, name in enumerate(names):
+                if name is None and fields[position].strip():
+                    raise SheetError(_value_without_header(number, position))
+        extra = pd.DataFrame(
+            {name: pd.array([fields[position].strip() or None for _, fields in short],
+                            dtype="string[pyarrow]")
+             for position, name in enumerate(names) if name is not None},
+            index=[number for number, _ in short])
+        frame = pd.concat([frame, extra]).sort_index() if len(frame) else extra
+    return frame
+
+
+def _check_quotes_close(path: Path, encoding: str, block_size: int = 1 << 20) -> None:
+    """SheetError when the file ends inside a quoted cell.
+
+    Arrow reads a quote left open as one cell running to the end of the file: the rows after it
+    would vanish into that cell without a word. Every closed quote adds an even number of `"`
+    characters, so an even count needs no further look; an odd one may still be a stray quote
+    inside an unquoted cell (`12" ruler`), so the csv module then finds where the last record
+    starts and reads it strictly."""
+    quotes = 0
+    with open(path, "rb") as handle:
+        while block := handle.read(block_size):
+            quotes += block.count(b'"')
+    if quotes % 2 == 0:
+        return
+    last_row = last_start_line = 0
+    with open(path, newline="", encoding=encoding) as handle:
+        records = csv.reader(handle)
+        line = 0
+        try:
+            for last_row, _ in enumerate(records, start=1):  # the header is row 1
+                last_start_line, line = line, records.line_num
+        except csv.Error:  # a cell over the csv module's 128 KiB: what an open quote reads
+            raise SheetError(f"malformed CSV: row {last_row + 1} opens a quoted cell that never "
+                             "closes (or holds a cell of more than 128 KiB)") from None
+    with open(path, newline="", encoding=encoding) as handle:
+        try:
+            for _ in csv.reader(itertools.islice(handle, last_start_line, None), strict=True):
+                pass
+        except csv.Error as error:
+            if "unexpected end of data" in str(error):
+                raise SheetError(f"malformed CSV: row {last_row} opens a quoted cell that never "
+                                 "closes (EOF inside string)") from None
+
+
+def _short_row_fields(number: int, text: str, width: int) -> list[str]:
+    """The fields of a row with fewer than `width` (Arrow's raw text of it), padded with empty
+    ones; SheetError when the row opens a quote that never closes (it then runs to the end of
+    the file, so Arrow sees it as one short row)."""
+    try:
+        list(csv.reader(io.StringIO(text), strict=True))
+    except csv.Error as error:
+        if "unexpected end of data" in str(error):
+            raise SheetError(
+                f"row {number} opens a quoted cell that never closes (EOF inside string)"
+            ) from None
+    records = list(csv.reader(io.StringIO(text)))  # as leniently as Arrow read the others
+    fields = records[0] if records else []
+    return fields + [""] * (width - len(fields))
+
+
+def _value_without_header(row: int, position: int) -> str:
+    """A cell under an empty header cell: refused rather than dropped without a word."""
+    return (f"row {row} has a value in column {_column_letter(position)}, which has no "
+            "header: name the column or clear it")
+
+
+def _column_letter(position: int) -> str:
+    """0 → A, 25 → Z, 26 → AA: the column as a spreadsheet shows it."""
+    letters = ""
+    position += 1
+    while position:
+        position, remainder = divmod(position - 1, 26)
+        letters = chr(ord("A") + remainder) + letters
+    return letters
+
+
+def _arrow_error(error: Exception) -> str:
+    """What went wrong, from Arrow's message, without the row text Arrow quotes after it."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if "straddles two block boundaries" in text:
+        return (f"a quoted cell that never closes, or a cell of more than "
+                f"{CSV_BLOCK_BYTES >> 20} MiB")
+    text = re.sub(r"^CSV (parse|conversion) error[^:]*: ", "", text)
+    text = re.sub(r"^Row #\d+: ", "", text)
+    return text.split(": ", 1)[0]
 
 
 def _too_many_fields(row: int, fields: int, width: int) -> str:
     return f"row {row} has {fields} fields, the header has {width} (an unquoted comma?)"
-
-
-def _parser_error(error: Exception, width: int) -> str:
-    text = str(error).strip().splitlines()[0]
-    # pandas: "Error tokenizing data. C error: Expected 5 fields in line 7, saw 6", where the
-    # line is the record's number counting the header as 1: the spreadsheet's row number.
-    match = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", text)
-    if match:
-        _, line, saw = match.groups()
-        return _too_many_fields(int(line), int(saw), width)
-    # "… EOF inside string starting at row 3", counting the header as row 0
-    match = re.search(r"EOF inside string starting at row (\d+)", text)
-    if match:
-        return (f"row {int(match.group(1)) + 1} opens a quoted cell that never closes "
-                "(EOF inside string)")
-    return text
