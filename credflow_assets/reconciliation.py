@@ -1,9 +1,17 @@
-"""What the reconciliation sensors share: their pace, and bulk reads of the instance.
+"""What the reconciliation sensors share: their pace, their cursor, bulk reads of the instance.
 
 A reconciliation sensor lists a bounded stretch of a bucket per tick and asks the instance about
 every object in it at once, so a tick costs its page budget whatever the bucket holds
-(`therapists/sensors.py`, `staged_tables/sensors.py`).
+(`therapists/sensors.py`, `staged_tables/sensors.py`). Its cursor (`ReconcileCursor`) says where
+the listing resumes and how many passes over the bucket it has finished; `credflow sync` reads it
+to tick such a sensor through one whole pass, since a tick that launches nothing does not mean
+the rest of the bucket holds nothing.
 """
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
 
 import dagster as dg
 
@@ -12,6 +20,55 @@ RECONCILE_PAGE_KEYS = 1000
 # A tick costs its page budget only, so it can run every minute: with one page a tick, a pass
 # over 100,000 objects takes 100 ticks, 100 minutes.
 RECONCILE_INTERVAL_SECONDS = 60
+# On the sensor definition (shown in the UI's sensor tags): `credflow sync` ticks a sensor tagged
+# so until its `ReconcileCursor` has covered a whole pass, instead of until a tick launches nothing.
+RECONCILIATION_SENSOR_TAGS = {"credflow/sensor_kind": "reconciliation"}
+
+
+def is_reconciliation_sensor(sensor: dg.SensorDefinition) -> bool:
+    return all(sensor.tags.get(name) == value
+               for name, value in RECONCILIATION_SENSOR_TAGS.items())
+
+
+@dataclass(frozen=True)
+class ReconcileCursor:
+    """Where a reconciliation sensor's listing resumes: after the key `after` (None: from the
+    bucket's start), in pass `pass_number` (how many times the listing has reached the end).
+
+    Stored as `{"after": ..., "pass": n}`, the format of the cursors already in instances.
+    """
+
+    after: str | None = None
+    pass_number: int = 0
+
+    @classmethod
+    def from_json(cls, text: str | None) -> ReconcileCursor:
+        if not text:
+            return cls()
+        state = json.loads(text)
+        return cls(after=state.get("after"), pass_number=state.get("pass", 0))
+
+    def to_json(self) -> str:
+        return json.dumps({"after": self.after, "pass": self.pass_number})
+
+    def advanced_to(self, next_after: str | None) -> ReconcileCursor:
+        """The cursor after a tick that listed up to `next_after` (None: up to the bucket's end,
+        which finishes the pass; the next tick starts again from the top)."""
+        if next_after is None:
+            return ReconcileCursor(after=None, pass_number=self.pass_number + 1)
+        return ReconcileCursor(after=next_after, pass_number=self.pass_number)
+
+    def covers_a_pass_since(self, start: ReconcileCursor) -> bool:
+        """Whether the ticks that moved the cursor from `start` to here listed every key of the
+        bucket: the listing reached the end, wrapped, and came back to where `start` stood."""
+        wraps = self.pass_number - start.pass_number
+        if wraps <= 0:
+            return False
+        if wraps >= 2 or start.after is None:
+            return True
+        # Wrapped once: the keys up to `start.after` are listed again once this pass is past
+        # it. Python orders str by code point, as S3 orders keys by UTF-8 bytes.
+        return self.after is not None and self.after >= start.after
 
 
 def latest_metadata_by_partition(instance: dg.DagsterInstance, asset_key: dg.AssetKey,

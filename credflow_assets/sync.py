@@ -6,6 +6,10 @@ those runs the tags the daemon gives its own (`dagster/sensor_name`, `dagster/ru
 daemon's run-key dedupe recognises them and a file is never processed twice by the two paths.
 Sensor cursors are kept in the instance's key-value store, so a second sync with nothing new
 does nothing.
+
+A sensor is ticked until a tick launches nothing, except a reconciliation sensor: it lists one
+bounded stretch of its bucket per tick, and a stretch with nothing to do says nothing about the
+rest, so it is ticked until it has listed the whole bucket once from where its cursor stood.
 """
 
 from __future__ import annotations
@@ -22,11 +26,15 @@ from dagster._core.definitions.dynamic_partitions_request import (
 from dagster._core.storage.dagster_run import RunsFilter
 from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
 
+from credflow_assets.reconciliation import ReconcileCursor, is_reconciliation_sensor
+
 CURSOR_KEY_PREFIX = "credflow/sync/sensor_cursor/"
 # The instance's event log keeps every event whatever this says; it only decides what the
 # terminal shows besides sync's own progress lines.
 QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-# A sensor handles a bounded batch per tick; sync ticks it again while it still finds work.
+# A sensor handles a bounded batch per tick; sync ticks it again while it still finds work (a
+# reconciliation sensor: until its pass is done). A bound all the same, should a sensor never
+# say it is done: 1,000 one-page reconciliation ticks are a pass over a million keys.
 MAX_TICKS_PER_SENSOR = 1000
 
 
@@ -73,10 +81,13 @@ def sync(
     verbose: bool = False,
 ) -> SyncReport:
     repository = defs.get_repository_def()
-    # Run-status sensors (failure notifications) go last, so they see this sync's runs.
+    # Event sensors first; then the reconciliation sensors, whose pass catches what the events
+    # missed (and what an event sensor left queued when one of its ticks launched nothing);
+    # run-status sensors (failure notifications) last, so they see this sync's runs.
     sensors = sorted(
         repository.sensor_defs,
-        key=lambda sensor: (isinstance(sensor, dg.RunStatusSensorDefinition), sensor.name),
+        key=lambda sensor: (isinstance(sensor, dg.RunStatusSensorDefinition),
+                            is_reconciliation_sensor(sensor), sensor.name),
     )
     if sensor_names is not None:
         unknown = set(sensor_names) - {sensor.name for sensor in sensors}
@@ -103,6 +114,10 @@ def sync(
 def _drain_sensor(defs, instance, sensor, report: SyncReport, progress, verbose: bool,
                   resources) -> None:
     cursor_key = CURSOR_KEY_PREFIX + sensor.name
+    reconciling = is_reconciliation_sensor(sensor)
+    pass_start = ReconcileCursor.from_json(
+        instance.run_storage.get_cursor_values({cursor_key}).get(cursor_key)
+    ) if reconciling else None
     for _ in range(MAX_TICKS_PER_SENSOR):
         cursor = instance.run_storage.get_cursor_values({cursor_key}).get(cursor_key)
         with dg.build_sensor_context(
@@ -138,8 +153,14 @@ def _drain_sensor(defs, instance, sensor, report: SyncReport, progress, verbose:
         # line re-reads the same work next time, and the run keys make that harmless.
         if tick.cursor is not None and tick.cursor != cursor:
             instance.run_storage.set_cursor_values({cursor_key: tick.cursor})
-        if not launched:
+        if reconciling:
+            # Ticks that launch nothing go on: what the pass has not listed yet may differ.
+            if ReconcileCursor.from_json(tick.cursor or cursor).covers_a_pass_since(pass_start):
+                return
+        elif not launched:
             return
+    progress(f"sensor {sensor.name}: stopped after {MAX_TICKS_PER_SENSOR} ticks with work "
+             "left; the next sync (or the daemon) goes on from its cursor")
 
 
 def _apply_partition_requests(instance, requests) -> int:

@@ -1,8 +1,8 @@
 """New staged CSVs → one run per file; failures → the notifier.
 
-The fast sensor (`staging_events_sensor`; named to sort, and so to run in `credflow sync`, before
-the reconciliation) drains the staging prefix's S3 event queue: a tick costs what was uploaded, not
-what staging holds. It looks at each object once (`head_object`, eight at a time) and requests a
+The fast sensor (`staging_events_sensor`; `credflow sync` runs it before the reconciliation)
+drains the staging prefix's S3 event queue: a tick costs what was uploaded, not what staging
+holds. It looks at each object once (`head_object`, eight at a time) and requests a
 run for the version that is there now, so a burst of uploads to one key becomes one run, and a
 redelivered event the same run key. The HEAD is needed: an event has no Last-Modified, which a
 version is made of (the reconciliation computes the same version from its listing), and the
@@ -26,7 +26,6 @@ read from the run's failed check results; other failures with their error.
 """
 
 
-import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -38,6 +37,8 @@ from credflow_assets.partitions import staged_file_partitions
 from credflow_assets.reconciliation import (
     RECONCILE_INTERVAL_SECONDS,
     RECONCILE_PAGE_KEYS,
+    RECONCILIATION_SENSOR_TAGS,
+    ReconcileCursor,
     latest_metadata_by_partition,
     partitions_with_active_runs,
 )
@@ -138,7 +139,7 @@ def _head_objects(client, bucket: str, keys: list[str]) -> dict[str, dict[str, A
 
 
 @dg.sensor(job_name=JOB_NAME, minimum_interval_seconds=RECONCILE_INTERVAL_SECONDS,
-           default_status=dg.DefaultSensorStatus.RUNNING)
+           default_status=dg.DefaultSensorStatus.RUNNING, tags=RECONCILIATION_SENSOR_TAGS)
 def staging_reconciliation_sensor(
     context: dg.SensorEvaluationContext,
     s3: S3Resource,
@@ -147,8 +148,8 @@ def staging_reconciliation_sensor(
     """One bounded stretch of staging/ per tick, resuming from the cursor (module docstring)."""
     settings = staged_tables_settings
     layout = settings.layout
-    state = json.loads(context.cursor) if context.cursor else {"after": None, "pass": 0}
-    objects, finished = _staged_objects_after(s3.get_client(), layout, state.get("after"),
+    cursor = ReconcileCursor.from_json(context.cursor)
+    objects, finished = _staged_objects_after(s3.get_client(), layout, cursor.after,
                                               settings.max_reconcile_pages_per_tick)
     staged = []  # (staged file, version), in upload order: a table's first upload founds it
     for item in sorted(objects, key=lambda item: (item["LastModified"], item["Key"])):
@@ -162,18 +163,17 @@ def staging_reconciliation_sensor(
         _request(staged_file, version,
                  # The pass number lets a run that failed before checking be retried once per
                  # pass.
-                 f"reconcile:{staged_file.partition_key}@{version}:{state['pass']}")
+                 f"reconcile:{staged_file.partition_key}@{version}:{cursor.pass_number}")
         for staged_file, version in staged
         if staged_file.partition_key not in active
         and not _rejected(observed.get(staged_file.partition_key), version)
     ]
     # The next tick resumes after the last key listed (a new key that sorts earlier waits for
     # the next pass, or, normally, arrives through its event).
-    new_state = {"after": None if finished else objects[-1]["Key"],
-                 "pass": state["pass"] + (1 if finished else 0)}
+    next_cursor = cursor.advanced_to(None if finished else objects[-1]["Key"])
     if requests:
         context.log.info(f"{len(staged)} staged file(s) listed, {len(requests)} to check")
-    return _result(requests, json.dumps(new_state))
+    return _result(requests, next_cursor.to_json())
 
 
 def _staged_objects_after(client, layout, after: str | None, max_pages: int):

@@ -1,9 +1,12 @@
 """New therapist uploads → one run per therapist.
 
 The fast sensor drains the signup bucket's S3 event queue: a tick costs what was uploaded, not
-what the bucket holds. The slow reconciliation sensor catches what the events missed: events
-that were lost, and therapists whose run failed (e.g. a directory row that arrived after the
-upload). Each tick lists one bounded stretch of the bucket (`max_reconcile_pages_per_tick` pages
+what the bucket holds. A run lists the therapist's whole prefix, so when a tick gets only some of
+a therapist's events, the run it requests also receives the uploads whose events come next tick;
+that tick skips a therapist whose MPF already placed every (key, etag) their events name (one
+bulk instance lookup per tick). The slow reconciliation sensor catches what the events missed:
+events that were lost, and therapists whose run failed (e.g. a directory row that arrived after
+the upload). Each tick lists one bounded stretch of the bucket (`max_reconcile_pages_per_tick` pages
 of 1,000 keys, whole therapists only), resuming after the cursor and wrapping around at the end,
 and compares each therapist's uploads with what their MPF last received in bulk (two instance
 queries per 1,000 therapists, not one per therapist). A tick therefore costs the same whatever
@@ -13,7 +16,6 @@ sorts after the cursor).
 """
 
 
-import json
 from collections import defaultdict
 
 import dagster as dg
@@ -23,6 +25,8 @@ from credflow_assets.partitions import therapist_partitions
 from credflow_assets.reconciliation import (
     RECONCILE_INTERVAL_SECONDS,
     RECONCILE_PAGE_KEYS,
+    RECONCILIATION_SENSOR_TAGS,
+    ReconcileCursor,
     latest_metadata_by_partition,
     partitions_with_active_runs,
 )
@@ -32,6 +36,10 @@ from credflow_assets.therapists.uploads import therapist_id_of, uploads_fingerpr
 
 MPF_JOB_NAME = "therapist_mpf_job"
 MPF_FOLDER_KEY = dg.AssetKey(["drive", "mpf", "folder"])
+# The MPF folder materialization's list of the uploads it placed, one {"s3_key", "etag", …} each
+# (`therapist_mpf`; `credflow lineage` reads it too). A run fails without materializing when an
+# original cannot be placed, so every upload listed here is in the folder.
+MPF_PLACED_FILES_METADATA = "files"
 
 
 @dg.sensor(job_name=MPF_JOB_NAME, minimum_interval_seconds=30,
@@ -55,24 +63,40 @@ def signup_upload_sensor(
             context.log.warning(f"ignoring s3://{event.bucket}/{event.key}: not {{therapist_id}}/{{file}}")
             continue
         uploads_by_therapist[therapist_id].append((event.key, event.etag or ""))
+    # A run lists the therapist's whole prefix, so a therapist whose events a tick splits gets
+    # them all from the first tick's run; the second tick's would change nothing.
+    placed = latest_metadata_by_partition(context.instance, MPF_FOLDER_KEY,
+                                          list(uploads_by_therapist))
     run_keys = {
         therapist_id: f"{therapist_id}:{uploads_fingerprint(uploads)}"
         for therapist_id, uploads in uploads_by_therapist.items()
+        # Only what a finished run placed counts: a run that has started may have listed the
+        # prefix before these uploads, so an active run is no reason to skip.
+        if not set(uploads) <= _placed_uploads(placed.get(therapist_id))
     }
+    if len(run_keys) < len(uploads_by_therapist):
+        context.log.info(f"{len(uploads_by_therapist) - len(run_keys)} therapist(s) skipped: "
+                         "their MPF already has every upload their events name")
     return _therapist_runs(run_keys, cursor=cursor.advance(batch).to_json())
 
 
+def _placed_uploads(mpf_metadata: dict | None) -> set[tuple[str, str]]:
+    """The (key, etag) of every upload the therapist's latest MPF materialization placed."""
+    files = (mpf_metadata or {}).get(MPF_PLACED_FILES_METADATA) or []
+    return {(placed["s3_key"], placed["etag"]) for placed in files}
+
+
 @dg.sensor(job_name=MPF_JOB_NAME, minimum_interval_seconds=RECONCILE_INTERVAL_SECONDS,
-           default_status=dg.DefaultSensorStatus.RUNNING)
+           default_status=dg.DefaultSensorStatus.RUNNING, tags=RECONCILIATION_SENSOR_TAGS)
 def signup_reconciliation_sensor(
     context: dg.SensorEvaluationContext,
     s3: S3Resource,
     therapist_settings: TherapistFlowSettings,
 ) -> dg.SensorResult:
     """One bounded stretch of the bucket per tick, resuming from the cursor (module docstring)."""
-    state = json.loads(context.cursor) if context.cursor else {"after": None, "pass": 0}
+    cursor = ReconcileCursor.from_json(context.cursor)
     uploads, next_after = _uploads_after(
-        s3.get_client(), therapist_settings.signup_bucket, state["after"],
+        s3.get_client(), therapist_settings.signup_bucket, cursor.after,
         therapist_settings.max_reconcile_pages_per_tick,
     )
     fingerprints = {therapist_id: uploads_fingerprint(objects)
@@ -84,15 +108,14 @@ def signup_reconciliation_sensor(
     running = partitions_with_active_runs(context.instance, MPF_JOB_NAME, differ)
     run_keys = {
         # The pass number makes a failed therapist eligible again once per pass.
-        therapist_id: f"reconcile:{therapist_id}:{fingerprints[therapist_id]}:{state['pass']}"
+        therapist_id:
+            f"reconcile:{therapist_id}:{fingerprints[therapist_id]}:{cursor.pass_number}"
         for therapist_id in differ if therapist_id not in running
     }
-    finished_pass = next_after is None
-    new_state = {"after": next_after, "pass": state["pass"] + (1 if finished_pass else 0)}
     if run_keys:
         context.log.info(f"{len(uploads)} therapist(s) listed, {len(run_keys)} differ from "
                          "what their MPF last received")
-    return _therapist_runs(run_keys, cursor=json.dumps(new_state))
+    return _therapist_runs(run_keys, cursor=cursor.advanced_to(next_after).to_json())
 
 
 def _therapist_runs(run_keys: dict[str, str], cursor: str) -> dg.SensorResult:
