@@ -291,7 +291,8 @@ def _bulk_insert(connection, table: sa.Table, columns: dict[str, list]) -> None:
     if not names or not columns[names[0]]:
         return
     dialect = connection.dialect
-    rows = list(zip(*columns.values()))
+    # Lazily: zip reuses its tuple once the driver has bound the row and let go of it.
+    rows = zip(*columns.values())
     quote = dialect.identifier_preparer
     column_list = ", ".join(quote.quote(name) for name in names)
     target = quote.format_table(table)
