@@ -127,6 +127,9 @@ def test_windows_1252_and_malformed_csv(tmp_path):
     path.write_text("ID,Name\n1,Ann\n2,Lee, Bob\n")
     with pytest.raises(SheetError, match="row 3 has 3 fields, the header has 2"):
         list(SheetReader(path, "csv").chunks(["id", "name"], 10))
+    for header_only in ("ID,Name\n", "ID,Name"):
+        path.write_text(header_only)
+        assert list(SheetReader(path, "csv").chunks(["id", "name"], 10)) == []
     path.write_text("")
     with pytest.raises(SheetError, match="no header row"):
         SheetReader(path, "csv")
