@@ -95,15 +95,19 @@ def latest_metadata_by_partition(instance: dg.DagsterInstance, asset_key: dg.Ass
     return found
 
 
-ACTIVE_STATUSES = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
-                   dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+# A run in one of these has not begun its steps yet: whatever it reads, it reads from now on.
+NOT_STARTED_STATUSES = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
+                        dg.DagsterRunStatus.STARTING]
+ACTIVE_STATUSES = [*NOT_STARTED_STATUSES, dg.DagsterRunStatus.STARTED]
 
 
 def partitions_with_active_runs(instance: dg.DagsterInstance, job_name: str,
-                                partition_keys: list[str]) -> set[str]:
-    """Which of these partitions have a run of `job_name` queued or under way (one query)."""
+                                partition_keys: list[str],
+                                statuses: list[dg.DagsterRunStatus] = ACTIVE_STATUSES) -> set[str]:
+    """Which of these partitions have a run of `job_name` in one of `statuses` (by default
+    queued or under way), in one query."""
     if not partition_keys:
         return set()
     runs = instance.get_runs(filters=dg.RunsFilter(
-        job_name=job_name, statuses=ACTIVE_STATUSES, tags={"dagster/partition": partition_keys}))
+        job_name=job_name, statuses=statuses, tags={"dagster/partition": partition_keys}))
     return {run.tags["dagster/partition"] for run in runs}

@@ -188,3 +188,43 @@ def test_the_stored_cursor_format_is_unchanged():
     assert cursor == ReconcileCursor(after="t-00007/\U0010ffff", pass_number=3)
     assert ReconcileCursor.from_json(cursor.to_json()) == cursor
     assert ReconcileCursor.from_json(None) == ReconcileCursor()
+
+
+# --- runs that have not started yet ----------------------------------------------------------
+
+
+def requested_by_one_tick(flow, sensor_name: str) -> list[str]:
+    """The partitions one evaluation of the sensor asks runs for, as the daemon evaluates it."""
+    repository = flow["defs"].get_repository_def()
+    sensor = next(s for s in repository.sensor_defs if s.name == sensor_name)
+    resources = repository.get_top_level_resources()
+    with dg.partition_loading_context(dynamic_partitions_store=flow["instance"]), \
+            dg.build_sensor_context(
+                instance=flow["instance"], instance_ref=flow["instance"].get_ref(),
+                definitions=flow["defs"], sensor_name=sensor_name,
+                resources={key: resources[key] for key in sensor.required_resource_keys},
+            ) as context:
+        return [request.partition_key for request in sensor.evaluate_tick(context).run_requests]
+
+
+def test_a_therapist_whose_run_has_yet_to_start_is_left_to_it(flow):
+    """Under the daemon a requested run may wait in the queue past the next tick. That run lists
+    the therapist's prefix when it starts, so the next tick's events for them need no run of
+    their own; a run that has started may have listed already, so it is no reason to skip."""
+    from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
+
+    s3, bucket, instance = flow["s3"], flow["bucket"], flow["instance"]
+    queue = flow["config"].events.signup_uploads.queue
+    sqs = boto3.client("sqs", endpoint_url=s3.meta.endpoint_url)
+    sqs.purge_queue(QueueUrl=sqs.get_queue_url(QueueName=queue)["QueueUrl"])
+    queued, started, idle = "3101", "3102", "3103"
+    # NOT_STARTED stands for the three statuses before a run's steps begin (a QUEUED record
+    # needs the origin of a code location server, which this in-process test has not).
+    for status, therapist_id in ((DagsterRunStatus.NOT_STARTED, queued),
+                                 (DagsterRunStatus.STARTED, started)):
+        instance.add_run(DagsterRun(job_name="therapist_mpf_job", status=status,
+                                    tags={"dagster/partition": therapist_id}))
+    for therapist_id in (queued, started, idle):
+        s3.put_object(Bucket=bucket, Key=f"{therapist_id}/license.pdf", Body=pdf_bytes())
+
+    assert sorted(requested_by_one_tick(flow, "signup_upload_sensor")) == [started, idle]

@@ -3,8 +3,8 @@
 The fast sensor drains the signup bucket's S3 event queue: a tick costs what was uploaded, not
 what the bucket holds. A run lists the therapist's whole prefix, so when a tick gets only some of
 a therapist's events, the run it requests also receives the uploads whose events come next tick;
-that tick skips a therapist whose MPF already placed every (key, etag) their events name (one
-bulk instance lookup per tick). The slow reconciliation sensor catches what the events missed:
+that tick skips a therapist whose MPF already placed every (key, etag) their events name, or
+whose run has yet to start and so will list them (two bulk instance lookups per tick). The slow reconciliation sensor catches what the events missed:
 events that were lost, and therapists whose run failed (e.g. a directory row that arrived after
 the upload). Each tick lists one bounded stretch of the bucket (`max_reconcile_pages_per_tick` pages
 of 1,000 keys, whole therapists only), resuming after the cursor and wrapping around at the end,
@@ -25,6 +25,7 @@ from credflow_assets.partitions import therapist_partitions
 from credflow_assets.reconciliation import (
     RECONCILE_INTERVAL_SECONDS,
     RECONCILE_PAGE_KEYS,
+    NOT_STARTED_STATUSES,
     RECONCILIATION_SENSOR_TAGS,
     ReconcileCursor,
     latest_metadata_by_partition,
@@ -64,19 +65,24 @@ def signup_upload_sensor(
             continue
         uploads_by_therapist[therapist_id].append((event.key, event.etag or ""))
     # A run lists the therapist's whole prefix, so a therapist whose events a tick splits gets
-    # them all from the first tick's run; the second tick's would change nothing.
-    placed = latest_metadata_by_partition(context.instance, MPF_FOLDER_KEY,
-                                          list(uploads_by_therapist))
+    # them all from the first tick's run; the second tick's would change nothing. That holds
+    # for a run that has placed them (its MPF metadata says so) and for one that has not
+    # started yet: S3 lists an upload once its event exists, so that run will find it too. A
+    # run that has started may have listed the prefix before these uploads: no reason to skip.
+    therapist_ids = list(uploads_by_therapist)
+    placed = latest_metadata_by_partition(context.instance, MPF_FOLDER_KEY, therapist_ids)
+    waiting = partitions_with_active_runs(context.instance, MPF_JOB_NAME, therapist_ids,
+                                          statuses=NOT_STARTED_STATUSES)
     run_keys = {
         therapist_id: f"{therapist_id}:{uploads_fingerprint(uploads)}"
         for therapist_id, uploads in uploads_by_therapist.items()
-        # Only what a finished run placed counts: a run that has started may have listed the
-        # prefix before these uploads, so an active run is no reason to skip.
-        if not set(uploads) <= _placed_uploads(placed.get(therapist_id))
+        if therapist_id not in waiting
+        and not set(uploads) <= _placed_uploads(placed.get(therapist_id))
     }
     if len(run_keys) < len(uploads_by_therapist):
         context.log.info(f"{len(uploads_by_therapist) - len(run_keys)} therapist(s) skipped: "
-                         "their MPF already has every upload their events name")
+                         "their MPF already has every upload their events name, or their "
+                         "run has yet to start and will list them")
     return _therapist_runs(run_keys, cursor=cursor.advance(batch).to_json())
 
 
