@@ -4,15 +4,17 @@ The fast sensor drains the signup bucket's S3 event queue: a tick costs what was
 what the bucket holds. A run lists the therapist's whole prefix, so when a tick gets only some of
 a therapist's events, the run it requests also receives the uploads whose events come next tick;
 that tick skips a therapist whose MPF already placed every (key, etag) their events name, or
-whose run has yet to start and so will list them (two bulk instance lookups per tick). The slow reconciliation sensor catches what the events missed:
-events that were lost, and therapists whose run failed (e.g. a directory row that arrived after
-the upload). Each tick lists one bounded stretch of the bucket (`max_reconcile_pages_per_tick` pages
-of 1,000 keys, whole therapists only), resuming after the cursor and wrapping around at the end,
-and compares each therapist's uploads with what their MPF last received in bulk (two instance
-queries per 1,000 therapists, not one per therapist). A tick therefore costs the same whatever
-the bucket holds, and runs every minute; a full pass takes about `objects / (1,000 × pages)`
-ticks. An upload whose event was lost is found within one pass plus one tick (sooner when it
-sorts after the cursor).
+whose run has yet to start and so will list them (two bulk instance lookups per tick).
+
+The slow reconciliation sensor catches what the events missed: events that were lost, and
+therapists whose run failed (e.g. a directory row that arrived after the upload). Each tick
+lists one bounded stretch of the bucket (`max_reconcile_pages_per_tick` pages of 1,000 keys,
+whole therapists only), resuming after the cursor and wrapping around at the end, and compares
+each therapist's uploads with what their MPF last received in bulk (two instance queries per
+1,000 therapists, not one per therapist). A tick therefore costs the same whatever the bucket
+holds, and runs every minute; a full pass takes about `objects / (1,000 × pages)` ticks. An
+upload whose event was lost is found within one pass plus one tick (sooner when it sorts after
+the cursor).
 """
 
 
@@ -23,9 +25,9 @@ from dagster_aws.s3 import S3Resource
 
 from credflow_assets.partitions import therapist_partitions
 from credflow_assets.reconciliation import (
+    NOT_STARTED_STATUSES,
     RECONCILE_INTERVAL_SECONDS,
     RECONCILE_PAGE_KEYS,
-    NOT_STARTED_STATUSES,
     RECONCILIATION_SENSOR_TAGS,
     ReconcileCursor,
     latest_metadata_by_partition,
