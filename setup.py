@@ -22,6 +22,9 @@ setup(
         "pandas==2.3.3",
         # Drive feed CSVs: read by Arrow's C++ reader, cells kept as Arrow strings (RE2 regexes)
         "pyarrow==26.0.1",
+        # ...staged into SQLite from Arrow by ADBC, in C with the GIL released
+        "adbc-driver-sqlite==1.13.0",
+        "adbc-driver-manager==1.13.0",
         "paramiko==5.1.0",
         "python-gnupg==0.5.7",
         "google-api-python-client==2.202.0",

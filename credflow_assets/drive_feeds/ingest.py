@@ -1,7 +1,7 @@
 """One inbound file → the feed's table, in bulk, streamed in chunks: no row cap.
 
 Phase 1 reads the file chunk by chunk, validates each chunk (pandera, lazily) and stages the
-rows in temporary tables: the feed's table is not touched, so a file that fails part-way (a
+rows (`staging.py`): the feed's table is not touched, so a file that fails part-way (a
 malformed line, the wrong encoding) has written nothing. Phase 2, in one transaction, rejects
 ids that occur more than once in the file, writes a history row for each row whose tracked
 columns really changed, upserts (`INSERT … SELECT … ON CONFLICT DO UPDATE … WHERE changed`, so an
@@ -11,15 +11,12 @@ Memory follows the chunk size, not the file size.
 
 from __future__ import annotations
 
-import csv
 import gc
-import io
 import itertools
 import json
 import queue
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -28,6 +25,7 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 
 from credflow_assets.drive_feeds.sheets import HeaderProblem, SheetReader, check_header
+from credflow_assets.drive_feeds.staging import OK, ROW, Staging, staged_chunk, staging_for
 from credflow_assets.drive_feeds.store import (
     SQL_TYPES,
     FeedTables,
@@ -46,7 +44,6 @@ from credflow_assets.drive_feeds.validation import (
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
 
-ROW, OK = "_row", "_ok"  # staging columns: spreadsheet row number, passed validation
 PAGE_ROWS = 10_000
 PROGRESS_EVERY_ROWS = 100_000
 GC_EVERY_CHUNKS = 5
@@ -108,60 +105,19 @@ def ingest_file(
         raise HeaderMismatch(problem, reader.header)
     tables = FeedTables(plan)
     tables.ensure(engine)
-    staging = _Staging(plan)
     report = IngestReport()
     with engine.connect() as connection:
-        with connection.begin():
-            staging.create(connection)
+        staging = staging_for(connection, plan)
         try:
+            staging.open(connection)
             _stage(connection, plan, reader, names, staging, report, chunk_rows, log)
+            staging.seal(connection)
             with connection.begin():
-                staging.index(connection)
                 _apply(connection, plan, tables, staging, source, report, run_id, sample_size)
         finally:
-            with connection.begin():
-                staging.drop(connection)
+            staging.close(connection)
     report.seconds = time.monotonic() - started
     return report
-
-
-class _Staging:
-    """Temporary tables of one ingest, private to its connection."""
-
-    def __init__(self, plan: FeedPlan):
-        suffix = uuid.uuid4().hex[:12]
-        metadata = sa.MetaData()
-        self.rows = sa.Table(
-            f"credflow_stage_{suffix}", metadata,
-            sa.Column(ROW, sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
-            sa.Column(OK, sa.Boolean, nullable=False),
-            *(sa.Column(c.name, SQL_TYPES[c.kind]()) for c in plan.columns),
-            prefixes=["TEMPORARY"],
-        )
-        self.rejections = sa.Table(
-            f"credflow_rejects_{suffix}", metadata,
-            sa.Column(ROW, sa.BigInteger, nullable=False),
-            sa.Column("column_name", sa.Text, nullable=False),
-            sa.Column("reason", sa.Text, nullable=False),
-            sa.Column("value", sa.Text),
-            prefixes=["TEMPORARY"],
-        )
-        # The duplicate check and the joins look rows up by id. Built once the rows are in
-        # (`index`): one sort costs less than keeping a B-tree in order row by row.
-        self.id_index, self.id_column = f"credflow_stage_{suffix}_id", plan.id_column
-
-    def create(self, connection: Connection) -> None:
-        self.rows.create(connection)
-        self.rejections.create(connection)
-
-    def index(self, connection: Connection) -> None:
-        quote = connection.dialect.identifier_preparer.quote
-        connection.execute(sa.text(f"CREATE INDEX {quote(self.id_index)} ON "
-                                   f"{quote(self.rows.name)} ({quote(self.id_column)})"))
-
-    def drop(self, connection: Connection) -> None:
-        self.rows.drop(connection, checkfirst=True)
-        self.rejections.drop(connection, checkfirst=True)
 
 
 def _stage(connection, plan, reader, names, staging, report, chunk_rows, log) -> None:
@@ -178,24 +134,12 @@ def _stage_chunks(connection, plan, reader, names, staging, report, chunk_rows, 
     next_progress = PROGRESS_EVERY_ROWS
     rejected_rows = chunks = 0
     prepared = _read_ahead(_prepare(plan, reader, names, chunk_rows), READ_AHEAD_CHUNKS)
-    for result, values in prepared:
+    for result, staged in prepared:
         report.rows_read += result.rows
         report.blank_rows += result.blank_rows
-        with connection.begin():
-            _bulk_insert(connection, staging.rows, values)
-            # Rejected rows that have an id are staged too, only so that a duplicate id is
-            # seen whichever of its rows were bad.
-            bad = result.rejected_ids
-            _bulk_insert(connection, staging.rows, {
-                ROW: [n for n, _ in bad], OK: [False] * len(bad),
-                plan.id_column: [v for _, v in bad]})
-            _bulk_insert(connection, staging.rejections, {
-                ROW: [r.row_number for r in result.rejections],
-                "column_name": [r.column for r in result.rejections],
-                "reason": [r.reason for r in result.rejections],
-                "value": [r.value for r in result.rejections]})
+        staging.append(connection, staged)
         rejected_rows += len({r.row_number for r in result.rejections})
-        del result, values
+        del result, staged
         chunks += 1
         if chunks % GC_EVERY_CHUNKS == 0:
             # pandas and pandera leave each chunk in reference cycles, which only a full
@@ -207,10 +151,10 @@ def _stage_chunks(connection, plan, reader, names, staging, report, chunk_rows, 
 
 
 def _prepare(plan, reader, names, chunk_rows):
-    """Each chunk read, validated and turned into values to stage."""
+    """Each chunk read, validated and turned into Arrow tables to stage."""
     for chunk in reader.chunks(names, chunk_rows):
         result = validate_chunk(plan, chunk)
-        yield result, _stage_values(plan, result.good)
+        yield result, staged_chunk(plan, result)
 
 
 def _read_ahead(items, depth: int):
@@ -257,65 +201,6 @@ def _read_ahead(items, depth: int):
         thread.join()
 
 
-def _stage_values(plan: FeedPlan, good) -> dict[str, list]:
-    """The chunk's good rows, column by column, as values the driver binds as they are (None
-    for missing). Dates become ISO text, converted a column at a time by numpy: the text
-    SQLAlchemy's SQLite Date and DateTime store, and a literal PostgreSQL casts. Converting
-    each value with SQLAlchemy's bind processors cost more than the database's own work."""
-    import numpy as np
-
-    columns: dict[str, list] = {ROW: good.index.tolist(), OK: [True] * len(good)}
-    for column in plan.columns:
-        series = good[column.name]
-        if column.kind == "text":
-            values = series.to_numpy(dtype=object, na_value=None)
-        elif column.kind in ("date", "datetime"):
-            moments = series.to_numpy(dtype="datetime64[us]")
-            if column.kind == "date":
-                text = np.datetime_as_string(moments, unit="D")
-            else:  # 2020-01-02T03:04:05.000000 → SQLAlchemy's "2020-01-02 03:04:05.000000"
-                text = np.char.replace(np.datetime_as_string(moments, unit="us"), "T", " ")
-            values = np.where(np.isnat(moments), None, text.astype(object))
-        else:  # numbers and booleans as Python values (astype(object) converts numpy scalars)
-            values = np.where(series.isna().to_numpy(), None, series.astype(object).to_numpy())
-        columns[column.name] = values.tolist()
-    return columns
-
-
-def _bulk_insert(connection, table: sa.Table, columns: dict[str, list]) -> None:
-    """Rows straight to the driver: Core's per-row parameter handling costs more than the
-    database's work for wide chunks. The values must be ones the driver takes as they are
-    (`_stage_values`). SQLite gets executemany; psycopg2 gets COPY of the rows as CSV, where an
-    empty field is NULL: the reader turns empty cells into missing, so no value is ''."""
-    names = list(columns)
-    if not names or not columns[names[0]]:
-        return
-    dialect = connection.dialect
-    # Lazily: zip reuses its tuple once the driver has bound the row and let go of it.
-    rows = zip(*columns.values())
-    quote = dialect.identifier_preparer
-    column_list = ", ".join(quote.quote(name) for name in names)
-    target = quote.format_table(table)
-    if dialect.driver == "psycopg2":
-        text = io.StringIO()
-        csv.writer(text, lineterminator="\n").writerows(rows)
-        text.seek(0)
-        cursor = connection.connection.cursor()
-        try:
-            cursor.copy_expert(f"COPY {target} ({column_list}) FROM STDIN WITH (FORMAT csv)", text)
-        finally:
-            cursor.close()
-    elif dialect.paramstyle == "qmark":
-        cursor = connection.connection.cursor()
-        try:
-            marks = ", ".join("?" for _ in names)
-            cursor.executemany(f"INSERT INTO {target} ({column_list}) VALUES ({marks})", rows)
-        finally:
-            cursor.close()
-    else:
-        connection.execute(table.insert(), [dict(zip(names, row)) for row in rows])
-
-
 def _insert(engine_dialect: str):
     if engine_dialect == "sqlite":
         from sqlalchemy.dialects.sqlite import insert
@@ -326,7 +211,7 @@ def _insert(engine_dialect: str):
     return insert
 
 
-def _apply(connection, plan, tables: FeedTables, staging: _Staging, source: SourceFile,
+def _apply(connection, plan, tables: FeedTables, staging: Staging, source: SourceFile,
            report: IngestReport, run_id, sample_size) -> None:
     dialect = connection.dialect.name
     insert = _insert(dialect)
@@ -341,8 +226,10 @@ def _apply(connection, plan, tables: FeedTables, staging: _Staging, source: Sour
             sa.func.hashtext(f"credflow.drive_feed.{plan.name}"))))
     connection.execute(rejections_table.delete().where(key))
 
-    _reject_duplicate_ids(connection, plan, staging)
-    connection.execute(stage.delete().where(stage.c[OK].is_(False)))
+    if not staging.ids_unique:
+        _reject_duplicate_ids(connection, plan, staging)
+    if staging.rejected_rows_with_id:
+        connection.execute(stage.delete().where(stage.c[OK].is_(False)))
     report.kept_newer = _drop_rows_a_newer_file_wrote(connection, plan, tables, stage, source)
 
     # New rows are counted as the table's growth (this transaction is the feed's only writer):
@@ -361,7 +248,10 @@ def _apply(connection, plan, tables: FeedTables, staging: _Staging, source: Sour
         sa.select(*(stage.c[c] for c in plan.column_names),
                   sa.literal(source.file_id, sa.Text), sa.literal(source.revision, sa.Text),
                   sa.literal(now, sa.DateTime(timezone=True)),
-                  sa.literal(now, sa.DateTime(timezone=True))).where(sa.true()),
+                  sa.literal(now, sa.DateTime(timezone=True))).where(sa.true())
+        # In id order, the table's id index grows at one end instead of everywhere: measured,
+        # 1.6 times as fast for a file in random id order, 7 % slower for one already sorted.
+        .order_by(stage.c[id_column]),
     )
     excluded = statement.excluded
     unchanged = sa.and_(sa.true(), *(records.c[c].is_not_distinct_from(excluded[c])
@@ -449,7 +339,7 @@ def _drop_rows_a_newer_file_wrote(connection, plan: FeedPlan, tables: FeedTables
     return connection.execute(stage.delete().where(written_by_newer_file)).rowcount
 
 
-def _reject_duplicate_ids(connection, plan: FeedPlan, staging: _Staging) -> None:
+def _reject_duplicate_ids(connection, plan: FeedPlan, staging: Staging) -> None:
     """An id on more than one row of the file: every one of those rows is rejected (which of
     them is right cannot be told), naming the other rows."""
     stage, id_column = staging.rows, plan.id_column

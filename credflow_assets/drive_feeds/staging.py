@@ -1,0 +1,277 @@
+"""Where one ingest's rows wait while its file is read: two staging tables, filled from Arrow.
+
+The rows go in chunk by chunk, as Arrow tables, through the database's own bulk path:
+
+- **SQLite**: ADBC's SQLite driver writes them into a scratch database file, in C and with the
+  GIL released, so the next chunk is read and validated on the other core meanwhile. Binding
+  each value through Python's `sqlite3` cost more than reading and validating the file did.
+  The scratch file is attached to the ingest's connection for the apply, then deleted.
+- **PostgreSQL**: temporary tables, filled by `COPY` of CSV that Arrow writes.
+
+Either way the feed's table is not touched until the apply, so a file that fails part-way has
+written nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+
+from credflow_assets.drive_feeds.store import SQL_TYPES
+from credflow_assets.drive_feeds.validation import ChunkResult, FeedPlan
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from sqlalchemy.engine import Connection
+
+ROW, OK = "_row", "_ok"  # staging columns: spreadsheet row number, passed validation
+
+
+@dataclass
+class StagedChunk:
+    """One chunk's rows as the staging tables take them."""
+
+    rows: list[pa.Table]  # good rows; rejected rows that have an id (_row, _ok and the id)
+    rejections: pa.Table
+
+
+def staged_chunk(plan: FeedPlan, result: ChunkResult) -> StagedChunk:
+    """The chunk's rows as Arrow tables. Text stays the Arrow strings the reader made (no copy);
+    dates become ISO text, the form SQLAlchemy's SQLite Date and DateTime store and PostgreSQL
+    casts. Rejected rows that have an id are staged too, only so that a duplicate id is seen
+    whichever of its rows were bad."""
+    import pyarrow as pa
+
+    good = result.good
+    columns = {ROW: pa.array(good.index.to_numpy(), pa.int64()),
+               OK: pa.array([True] * len(good), pa.bool_())}
+    for column in plan.columns:
+        columns[column.name] = _arrow_values(column.kind, good[column.name])
+    bad = result.rejected_ids
+    rows = [pa.table(columns)]
+    if bad:
+        rows.append(pa.table({
+            ROW: pa.array([number for number, _ in bad], pa.int64()),
+            OK: pa.array([False] * len(bad), pa.bool_()),
+            plan.id_column: pa.array([str(value) for _, value in bad], pa.large_string()),
+        }))
+    rejections = result.rejections
+    return StagedChunk(
+        rows=rows,
+        rejections=pa.table({
+            ROW: pa.array([r.row_number for r in rejections], pa.int64()),
+            "column_name": pa.array([r.column for r in rejections], pa.large_string()),
+            "reason": pa.array([r.reason for r in rejections], pa.large_string()),
+            "value": pa.array([r.value for r in rejections], pa.large_string()),
+        }),
+    )
+
+
+def _arrow_values(kind: str, series) -> pa.Array:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    values = pa.array(series, from_pandas=True)  # NaN and NaT become null
+    # Arrow's casts to text write ISO dates, and cost a tenth of `pc.strftime`.
+    if kind == "date":  # "2020-01-02"
+        return pc.cast(pc.cast(values, pa.date32(), safe=False), pa.string())
+    if kind == "datetime":  # "2020-01-02 03:04:05.000000", in UTC for zone-aware values
+        return pc.cast(pc.cast(values, pa.timestamp("us"), safe=False), pa.string())
+    return values
+
+
+class Staging:
+    """The staging tables of one ingest: `rows` (every staged row, by spreadsheet row number)
+    and `rejections` (row, column, reason, value)."""
+
+    def __init__(self, plan: FeedPlan, *, schema: str | None, prefixes: list[str]):
+        suffix = uuid.uuid4().hex[:12]
+        metadata = sa.MetaData(schema=schema)
+        self.rows = sa.Table(
+            f"credflow_stage_{suffix}", metadata,
+            sa.Column(ROW, sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+            sa.Column(OK, sa.Boolean, nullable=False),
+            *(sa.Column(c.name, SQL_TYPES[c.kind]()) for c in plan.columns),
+            prefixes=prefixes,
+        )
+        self.rejections = sa.Table(
+            f"credflow_rejects_{suffix}", metadata,
+            sa.Column(ROW, sa.BigInteger, nullable=False),
+            sa.Column("column_name", sa.Text, nullable=False),
+            sa.Column("reason", sa.Text, nullable=False),
+            sa.Column("value", sa.Text),
+            prefixes=prefixes,
+        )
+        # The duplicate check and the joins look rows up by id. Built once the rows are in
+        # (`seal`): one sort costs less than keeping a B-tree in order row by row. Built as a
+        # unique index first: when that succeeds, as it does for most files, no id occurs
+        # twice and the apply skips its duplicate search.
+        self.id_index, self.id_column = f"credflow_stage_{suffix}_id", plan.id_column
+        self.ids_unique = False  # known once sealed
+        self.rejected_rows_with_id = 0  # staged with _ok false, for the duplicate check only
+
+    def open(self, connection: Connection) -> None:
+        raise NotImplementedError
+
+    def append(self, connection: Connection, chunk: StagedChunk) -> None:
+        raise NotImplementedError
+
+    def seal(self, connection: Connection) -> None:
+        """All rows are in: index them and make them readable by `connection`."""
+        raise NotImplementedError
+
+    def close(self, connection: Connection) -> None:
+        """Drop what `open` made; safe to call whatever state the staging is in."""
+        raise NotImplementedError
+
+    def _create_index_sql(self, quote, *, unique: bool) -> str:
+        return (f"CREATE {'UNIQUE ' if unique else ''}INDEX {quote(self.id_index)} "
+                f"ON {quote(self.rows.name)} ({quote(self.id_column)})")
+
+    def _count(self, chunk: StagedChunk) -> None:
+        self.rejected_rows_with_id += sum(rows.num_rows for rows in chunk.rows[1:])
+
+
+def staging_for(connection: Connection, plan: FeedPlan) -> Staging:
+    dialect = connection.dialect.name
+    if dialect == "sqlite":
+        return ScratchFileStaging(plan)
+    if dialect == "postgresql":
+        return TemporaryTableStaging(plan)
+    raise NotImplementedError(f"feed tables support SQLite and PostgreSQL, not {dialect}")
+
+
+class ScratchFileStaging(Staging):
+    """SQLite: a scratch database file written by ADBC, attached to the connection to apply."""
+
+    def __init__(self, plan: FeedPlan):
+        self.schema = f"credflow_stage_{uuid.uuid4().hex[:12]}"
+        super().__init__(plan, schema=self.schema, prefixes=[])
+        self._directory: tempfile.TemporaryDirectory | None = None
+        self._writer = self._cursor = None
+        self._attached = False
+
+    def open(self, connection: Connection) -> None:
+        import adbc_driver_sqlite.dbapi
+
+        self._directory = tempfile.TemporaryDirectory(prefix="credflow-stage-")
+        self.path = Path(self._directory.name) / "stage.sqlite"
+        self._writer = adbc_driver_sqlite.dbapi.connect(str(self.path), autocommit=True)
+        self._cursor = self._writer.cursor()
+        # A scratch file, deleted whatever happens: nothing to sync, and the journal only has
+        # to undo a failed statement (`seal`), which it can in memory (a new file's pages are
+        # not journaled).
+        self._cursor.execute("PRAGMA journal_mode=MEMORY")
+        self._cursor.execute("PRAGMA synchronous=OFF")
+        unqualified = sa.MetaData()
+        for table in (self.rows, self.rejections):
+            ddl = sa.schema.CreateTable(table.to_metadata(unqualified, schema=None))
+            self._cursor.execute(str(ddl.compile(dialect=connection.dialect)))
+        self._cursor.execute("BEGIN")
+
+    def append(self, connection: Connection, chunk: StagedChunk) -> None:
+        for rows in chunk.rows:
+            if rows.num_rows:
+                self._cursor.adbc_ingest(self.rows.name, rows, mode="append")
+        if chunk.rejections.num_rows:
+            self._cursor.adbc_ingest(self.rejections.name, chunk.rejections, mode="append")
+        self._count(chunk)
+
+    def seal(self, connection: Connection) -> None:
+        import adbc_driver_manager
+
+        quote = connection.dialect.identifier_preparer.quote
+        try:
+            self._cursor.execute(self._create_index_sql(quote, unique=True))
+            self.ids_unique = True
+        except adbc_driver_manager.IntegrityError:  # only that statement is undone
+            self._cursor.execute(self._create_index_sql(quote, unique=False))
+        self._cursor.execute("COMMIT")
+        self._close_writer()
+        with connection.begin():  # ATTACH may not run inside a transaction; this one is empty
+            connection.exec_driver_sql(f"ATTACH DATABASE ? AS {quote(self.schema)}",
+                                       (str(self.path),))
+            self._attached = True
+            # The apply deletes staged rows it will not write; a rollback discards the file.
+            connection.exec_driver_sql(f"PRAGMA {quote(self.schema)}.journal_mode=OFF")
+
+    def close(self, connection: Connection) -> None:
+        self._close_writer()
+        if self._attached:
+            quote = connection.dialect.identifier_preparer.quote
+            try:
+                with connection.begin():
+                    connection.exec_driver_sql(f"DETACH DATABASE {quote(self.schema)}")
+            except sa.exc.DBAPIError:
+                connection.invalidate()  # never back in the pool with the scratch attached
+            self._attached = False
+        if self._directory is not None:
+            self._directory.cleanup()
+            self._directory = None
+
+    def _close_writer(self) -> None:
+        if self._cursor is not None:
+            self._cursor.close()
+            self._cursor = None
+        if self._writer is not None:
+            self._writer.close()  # rolls back what was not committed
+            self._writer = None
+
+
+class TemporaryTableStaging(Staging):
+    """PostgreSQL: temporary tables of the connection, filled by COPY."""
+
+    def __init__(self, plan: FeedPlan):
+        super().__init__(plan, schema=None, prefixes=["TEMPORARY"])
+
+    def open(self, connection: Connection) -> None:
+        with connection.begin():
+            self.rows.create(connection)
+            self.rejections.create(connection)
+
+    def append(self, connection: Connection, chunk: StagedChunk) -> None:
+        with connection.begin():
+            for rows in chunk.rows:
+                self._copy(connection, self.rows, rows)
+            self._copy(connection, self.rejections, chunk.rejections)
+        self._count(chunk)
+
+    def seal(self, connection: Connection) -> None:
+        quote = connection.dialect.identifier_preparer.quote
+        try:
+            with connection.begin():
+                connection.exec_driver_sql(self._create_index_sql(quote, unique=True))
+            self.ids_unique = True
+        except sa.exc.IntegrityError:
+            with connection.begin():
+                connection.exec_driver_sql(self._create_index_sql(quote, unique=False))
+
+    def close(self, connection: Connection) -> None:
+        with connection.begin():
+            self.rows.drop(connection, checkfirst=True)
+            self.rejections.drop(connection, checkfirst=True)
+
+    @staticmethod
+    def _copy(connection: Connection, table: sa.Table, rows: pa.Table) -> None:
+        """COPY in CSV, where an unquoted empty field is NULL and a quoted one is ''."""
+        import pyarrow.csv
+
+        if not rows.num_rows:
+            return
+        text = io.BytesIO()
+        pyarrow.csv.write_csv(rows, text, pyarrow.csv.WriteOptions(include_header=False))
+        text.seek(0)
+        preparer = connection.dialect.identifier_preparer
+        column_list = ", ".join(preparer.quote(name) for name in rows.column_names)
+        cursor = connection.connection.cursor()
+        try:
+            cursor.copy_expert(f"COPY {preparer.format_table(table)} ({column_list}) "
+                               "FROM STDIN WITH (FORMAT csv)", text)
+        finally:
+            cursor.close()
