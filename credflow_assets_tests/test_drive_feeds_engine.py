@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 
@@ -447,6 +448,31 @@ def test_a_file_malformed_after_its_first_chunks_writes_nothing(tmp_path):
             assert connection.execute(sa.select(sa.func.count()).select_from(records)).scalar() == 0
             assert connection.execute(
                 sa.select(sa.func.count()).select_from(rejections_table)).scalar() == 0
+    finally:
+        engine.dispose()
+
+
+def test_the_staging_scratch_file_is_gone_after_an_ingest_that_worked_or_failed(
+        tmp_path, monkeypatch):
+    """SQLite stages in a scratch file, attached to the connection for the apply: neither the
+    file nor the attachment outlives the ingest, whether the file was good or broken."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    engine = create_engine(f"sqlite:///{tmp_path / 'tables.db'}")
+    good = write_csv(tmp_path / "good.csv", NSSS, sample_rows(NSSS, 12))
+    broken = write_csv(tmp_path / "broken.csv", NSSS, sample_rows(NSSS, 12))
+    with open(broken, "a", encoding="utf-8") as handle:
+        handle.write('N9,"a quote that never closes\n')
+    try:
+        assert _ingest(engine, NSSS, good, "r1").inserted == 12
+        assert list(scratch.iterdir()) == []
+        with pytest.raises(SheetError):
+            _ingest(engine, NSSS, broken, "r2")
+        assert list(scratch.iterdir()) == []
+        with engine.connect() as connection:  # the pool's one connection, used by both
+            attached = [row[1] for row in connection.exec_driver_sql("PRAGMA database_list")]
+        assert set(attached) <= {"main", "temp"}  # temp: SQLite's own, for sorts
     finally:
         engine.dispose()
 
