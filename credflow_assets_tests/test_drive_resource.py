@@ -141,6 +141,20 @@ def test_a_failed_chunk_is_retried_on_its_own(drive, top, tmp_path, faults):
     assert fault_state(*faults)["injected"] == 1
 
 
+def test_a_download_hashed_as_it_arrives_matches_drive_even_when_a_chunk_is_retried(
+        drive, top, tmp_path, faults):
+    data = os.urandom(3 * CHUNK + 10)
+    path = tmp_path / "x.bin"
+    path.write_bytes(data)
+    made = drive.upload_file(path, "x.bin", top["id"], mime_type="application/octet-stream")
+    set_faults(*faults, fail_next=1, status=503, methods=["GET"])
+    digest = hashlib.md5()
+    dest = drive.download_file(made["id"], tmp_path / "back.bin", chunk_size=CHUNK, digest=digest)
+    assert fault_state(*faults)["injected"] == 1
+    assert dest.read_bytes() == data
+    assert digest.hexdigest() == made["md5Checksum"]
+
+
 def test_conversion_to_a_google_doc_and_export(drive, top, tmp_path):
     text = "Credentialing notes\nLine two — ünïcode\n"
     source = tmp_path / "notes.txt"

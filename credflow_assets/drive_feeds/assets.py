@@ -46,14 +46,6 @@ def cache_dir(instance: dg.DagsterInstance, feed: str, file_id: str, revision: s
     return Path(instance.storage_directory()) / "drive_feeds" / feed / file_id / revision
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch_content(drive: DriveResource, sheet: dict, dest: Path) -> str | None:
     """Download (or, for a Google Sheet, export as CSV) the file to `dest`. Returns the md5 of
     what arrived, or None for an export (Drive gives Sheets no checksum)."""
@@ -65,8 +57,9 @@ def fetch_content(drive: DriveResource, sheet: dict, dest: Path) -> str | None:
         partial.write_bytes(drive.export_file(sheet["file_id"], "text/csv"))
         partial.replace(dest)
         return None
-    drive.download_file(sheet["file_id"], dest)
-    return _md5(dest)
+    digest = hashlib.md5()
+    drive.download_file(sheet["file_id"], dest, digest=digest)
+    return digest.hexdigest()
 
 
 def build_inbound_asset(feeds: dict[str, FeedConfig]) -> dg.AssetsDefinition:

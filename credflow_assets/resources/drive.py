@@ -279,9 +279,11 @@ class DriveResource(dg.ConfigurableResource):
         dest_path: str | os.PathLike,
         *,
         chunk_size: int = DEFAULT_DOWNLOAD_CHUNK_SIZE,
+        digest=None,
     ) -> Path:
         """Stream a binary file's content to `dest_path` in chunks; the file appears there only
-        when complete (it is written to a `.part` file first)."""
+        when complete (it is written to a `.part` file first). `digest` (a `hashlib` object),
+        when given, is fed the content as it arrives: no second read of the file."""
         from googleapiclient.http import MediaIoBaseDownload
 
         dest = Path(dest_path)
@@ -289,7 +291,8 @@ class DriveResource(dg.ConfigurableResource):
         request = self._files().get_media(fileId=file_id, supportsAllDrives=True)
         try:
             with open(partial, "wb") as handle, _drive_errors(f"download file {file_id}"):
-                downloader = MediaIoBaseDownload(handle, request, chunksize=chunk_size)
+                sink = handle if digest is None else _Digesting(handle, digest)
+                downloader = MediaIoBaseDownload(sink, request, chunksize=chunk_size)
                 done = False
                 while not done:
                     _status, done = downloader.next_chunk(num_retries=self.num_retries)
@@ -403,3 +406,15 @@ def _local_discovery_document(api_url: str) -> dict:
     document = json.loads(path.read_text(encoding="utf-8"))
     document.update(rootUrl=root, mtlsRootUrl=root, baseUrl=f"{root}drive/v3/")
     return document
+
+
+class _Digesting:
+    """A binary file that also feeds what is written to a hash (a chunk is written once,
+    after its request succeeded, so retries do not feed it twice)."""
+
+    def __init__(self, handle, digest):
+        self.handle, self.digest = handle, digest
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.handle.write(data)
