@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from credflow_assets import drive_feeds
 from credflow_assets.config import FeedConfig, load_config
+from credflow_assets.drive_feeds.dates import parse_dates
 from credflow_assets.drive_feeds.ingest import HeaderMismatch, SourceFile, ingest_file
 from credflow_assets.drive_feeds.sensors import FeedCursor, inbound_query, select_new_files
 from credflow_assets.drive_feeds.sheets import (
@@ -196,6 +197,25 @@ def test_a_stray_quote_inside_an_unquoted_cell_is_kept(tmp_path):
     path.write_text('ID,Name\n1,12" ruler\n2,"Bob ""The Builder"""\n')
     assert _rows(SheetReader(path, "csv"), ["id", "name"], 10) == {
         2: ("1", '12" ruler'), 3: ("2", 'Bob "The Builder"')}
+
+
+@pytest.mark.parametrize(("date_format", "cells"), [
+    ("%d/%m/%Y", ["01/02/2020", "1/2/2020", "29/02/2020", "31/02/2020", "29/02/2021",
+                  "01/02/20", "01/02/12020", "01/02/2020x", " 01/02/2020", "32/01/2020",
+                  "00/01/2020", "01/13/2020", "2020-01-02", "1/1/0999", "31/12/2262", "",
+                  None, "+1/02/2020", "٠١/٠٢/٢٠٢٠", "001/02/2020"]),
+    ("%Y%m%d", ["20200102", "2020112", "20201301", "20200230", "202001021", "2020-01-02"]),
+    ("%Y-%m-%d", ["2020-01-02", "2020-1-2", "2020-01-02T00:00", "2020-02-30", "20-01-02"]),
+    ("%m/%d/%Y", ["02/01/2020", "2/30/2020", "12/31/1999", "13/01/2020"]),
+    ("(%d).%m.%Y", ["(01).02.2020", "01.02.2020"]),
+    ("%d/%m/%Y %H:%M:%S", ["01/02/2020 23:59:60", "1/2/2020 3:4:5", "01/02/2020"]),  # pandas'
+    ("%d %b %Y", ["01 Feb 2020", "31 Feb 2020"]),  # pandas' own
+])
+def test_dates_are_read_exactly_as_pandas_reads_them(date_format, cells):
+    """Arrow's lenient strptime (31/02 → 2 March, `20` → the year 20) never shows through."""
+    column = pd.Series(cells, dtype="string[pyarrow]", index=range(2, 2 + len(cells)))
+    expected = pd.to_datetime(column, format=date_format, errors="coerce")
+    pd.testing.assert_series_equal(parse_dates(column, date_format), expected)
 
 
 def test_xlsx_cells_become_text_in_the_feeds_formats(tmp_path):

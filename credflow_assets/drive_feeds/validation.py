@@ -180,7 +180,7 @@ class ChunkResult:
 
 def validate_chunk(plan: FeedPlan, chunk: pd.DataFrame) -> ChunkResult:
     """Parse dates with the feed's formats and run the pandera schema lazily on one chunk."""
-    import pandas as pd
+    from credflow_assets.drive_feeds.dates import parse_dates
 
     blank = chunk.isna().all(axis=1)
     chunk = (chunk.loc[~blank] if blank.any() else chunk).copy()
@@ -190,7 +190,7 @@ def validate_chunk(plan: FeedPlan, chunk: pd.DataFrame) -> ChunkResult:
         if column.kind not in ("date", "datetime"):
             continue
         raw = chunk[column.name]
-        parsed = pd.to_datetime(raw, format=column.date_format, errors="coerce")
+        parsed = parse_dates(raw, column.date_format)
         bad = raw.notna() & parsed.isna()
         for row_number, value in raw[bad].items():
             rejections.append(Rejection(
