@@ -243,31 +243,34 @@ def _apply(connection, plan, tables: FeedTables, staging: Staging, source: Sourc
     report.updated, report.history_rows = _write_history(
         connection, plan, tables, stage, same, source, run_id, now)
 
-    statement = insert(records).from_select(
-        [*plan.column_names, SOURCE_FILE_ID, SOURCE_REVISION, FIRST_INGESTED_AT, LAST_CHANGED_AT],
+    # Changed rows, then new ones, as two plain statements. An upsert (`ON CONFLICT DO
+    # UPDATE`) was measured slower on both databases: PostgreSQL inserts each row
+    # speculatively (10.1 s per 1M rows against 4.8 s for a plain insert), and SQLite tries
+    # every unchanged row (2.8 s per 1M against 0.9 s). No row can appear between the two
+    # statements: this transaction is the feed's only writer.
+    if report.updated:
+        connection.execute(
+            records.update()
+            .where(records.c[id_column] == stage.c[id_column], ~same)
+            .values({**{c: stage.c[c] for c in value_columns},
+                     SOURCE_FILE_ID: source.file_id, SOURCE_REVISION: source.revision,
+                     LAST_CHANGED_AT: now}))
+    new_rows = (
         sa.select(*(stage.c[c] for c in plan.column_names),
                   sa.literal(source.file_id, sa.Text), sa.literal(source.revision, sa.Text),
                   sa.literal(now, sa.DateTime(timezone=True)),
-                  sa.literal(now, sa.DateTime(timezone=True))).where(sa.true())
+                  sa.literal(now, sa.DateTime(timezone=True)))
         # In id order, the table's id index grows at one end instead of everywhere: measured,
         # 1.6 times as fast for a file in random id order, 7 % slower for one already sorted.
-        .order_by(stage.c[id_column]),
+        .order_by(stage.c[id_column])
     )
-    excluded = statement.excluded
-    unchanged = sa.and_(sa.true(), *(records.c[c].is_not_distinct_from(excluded[c])
-                                     for c in value_columns))
-    if value_columns:
-        statement = statement.on_conflict_do_update(
-            index_elements=[id_column],
-            set_={**{c: excluded[c] for c in value_columns},
-                  SOURCE_FILE_ID: excluded[SOURCE_FILE_ID],
-                  SOURCE_REVISION: excluded[SOURCE_REVISION],
-                  LAST_CHANGED_AT: excluded[LAST_CHANGED_AT]},
-            where=~unchanged,
-        )
-    else:
-        statement = statement.on_conflict_do_nothing(index_elements=[id_column])
-    connection.execute(statement)
+    if rows_before:  # into an empty table (a first load), every staged row is new
+        in_table = sa.select(records.c[id_column]).where(
+            records.c[id_column] == stage.c[id_column])
+        new_rows = new_rows.where(~in_table.exists())
+    connection.execute(records.insert().from_select(
+        [*plan.column_names, SOURCE_FILE_ID, SOURCE_REVISION, FIRST_INGESTED_AT, LAST_CHANGED_AT],
+        new_rows))
     report.table_rows = connection.execute(count_records).scalar_one()
     report.inserted = report.table_rows - rows_before
     report.unchanged = staged - report.inserted - report.updated
