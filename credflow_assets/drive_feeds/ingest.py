@@ -4,8 +4,8 @@ Phase 1 reads the file chunk by chunk, validates each chunk (pandera, lazily) an
 rows (`staging.py`): the feed's table is not touched, so a file that fails part-way (a
 malformed line, the wrong encoding) has written nothing. Phase 2, in one transaction, rejects
 ids that occur more than once in the file, writes a history row for each row whose tracked
-columns really changed, upserts (`INSERT … SELECT … ON CONFLICT DO UPDATE … WHERE changed`, so an
-unchanged row is not written at all), and records the file, its counts and its rejected rows.
+columns really changed, updates the changed rows and inserts the new ones (an unchanged row is
+not written at all), and records the file, its counts and its rejected rows.
 Memory follows the chunk size, not the file size.
 """
 
@@ -27,7 +27,6 @@ import sqlalchemy as sa
 from credflow_assets.drive_feeds.sheets import HeaderProblem, SheetReader, check_header
 from credflow_assets.drive_feeds.staging import OK, ROW, Staging, staged_chunk, staging_for
 from credflow_assets.drive_feeds.store import (
-    SQL_TYPES,
     FeedTables,
     files_table,
     rejections_table,
@@ -42,7 +41,7 @@ from credflow_assets.drive_feeds.validation import (
 )
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.engine import Engine
 
 PAGE_ROWS = 10_000
 PROGRESS_EVERY_ROWS = 100_000
