@@ -37,15 +37,17 @@ ROW, OK = "_row", "_ok"  # staging columns: spreadsheet row number, passed valid
 class StagedChunk:
     """One chunk's rows as the staging tables take them."""
 
-    rows: list[pa.Table]  # good rows; rejected rows that have an id (_row, _ok and the id)
+    good: pa.Table
+    # Rejected rows that have an id (_row, _ok false and the id), staged only so that a
+    # duplicate id is seen whichever of its rows were bad.
+    rejected_with_id: pa.Table
     rejections: pa.Table
 
 
 def staged_chunk(plan: FeedPlan, result: ChunkResult) -> StagedChunk:
     """The chunk's rows as Arrow tables. Text stays the Arrow strings the reader made (no copy);
     dates become ISO text, the form SQLAlchemy's SQLite Date and DateTime store and PostgreSQL
-    casts. Rejected rows that have an id are staged too, only so that a duplicate id is seen
-    whichever of its rows were bad."""
+    casts."""
     import pyarrow as pa
 
     good = result.good
@@ -54,16 +56,14 @@ def staged_chunk(plan: FeedPlan, result: ChunkResult) -> StagedChunk:
     for column in plan.columns:
         columns[column.name] = _arrow_values(column.kind, good[column.name])
     bad = result.rejected_ids
-    rows = [pa.table(columns)]
-    if bad:
-        rows.append(pa.table({
+    rejections = result.rejections
+    return StagedChunk(
+        good=pa.table(columns),
+        rejected_with_id=pa.table({
             ROW: pa.array([number for number, _ in bad], pa.int64()),
             OK: pa.array([False] * len(bad), pa.bool_()),
             plan.id_column: pa.array([str(value) for _, value in bad], pa.large_string()),
-        }))
-    rejections = result.rejections
-    return StagedChunk(
-        rows=rows,
+        }),
         rejections=pa.table({
             ROW: pa.array([r.row_number for r in rejections], pa.int64()),
             "column_name": pa.array([r.column for r in rejections], pa.large_string()),
@@ -135,7 +135,7 @@ class Staging:
                 f"ON {quote(self.rows.name)} ({quote(self.id_column)})")
 
     def _count(self, chunk: StagedChunk) -> None:
-        self.rejected_rows_with_id += sum(rows.num_rows for rows in chunk.rows[1:])
+        self.rejected_rows_with_id += chunk.rejected_with_id.num_rows
 
 
 def staging_for(connection: Connection, plan: FeedPlan) -> Staging:
@@ -176,11 +176,10 @@ class ScratchFileStaging(Staging):
         self._cursor.execute("BEGIN")
 
     def append(self, connection: Connection, chunk: StagedChunk) -> None:
-        for rows in chunk.rows:
+        for table, rows in ((self.rows, chunk.good), (self.rows, chunk.rejected_with_id),
+                            (self.rejections, chunk.rejections)):
             if rows.num_rows:
-                self._cursor.adbc_ingest(self.rows.name, rows, mode="append")
-        if chunk.rejections.num_rows:
-            self._cursor.adbc_ingest(self.rejections.name, chunk.rejections, mode="append")
+                self._cursor.adbc_ingest(table.name, rows, mode="append")
         self._count(chunk)
 
     def seal(self, connection: Connection) -> None:
@@ -237,8 +236,8 @@ class TemporaryTableStaging(Staging):
 
     def append(self, connection: Connection, chunk: StagedChunk) -> None:
         with connection.begin():
-            for rows in chunk.rows:
-                self._copy(connection, self.rows, rows)
+            self._copy(connection, self.rows, chunk.good)
+            self._copy(connection, self.rows, chunk.rejected_with_id)
             self._copy(connection, self.rejections, chunk.rejections)
         self._count(chunk)
 
