@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import tempfile
 import uuid
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -86,7 +87,7 @@ def _arrow_values(kind: str, series) -> pa.Array:
     return values
 
 
-class Staging:
+class Staging(ABC):
     """The staging tables of one ingest: `rows` (every staged row, by spreadsheet row number)
     and `rejections` (row, column, reason, value)."""
 
@@ -116,19 +117,21 @@ class Staging:
         self.ids_unique = False  # known once sealed
         self.rejected_rows_with_id = 0  # staged with _ok false, for the duplicate check only
 
+    @abstractmethod
     def open(self, connection: Connection) -> None:
-        raise NotImplementedError
+        """Create the staging tables."""
 
+    @abstractmethod
     def append(self, connection: Connection, chunk: StagedChunk) -> None:
-        raise NotImplementedError
+        """Stage one chunk."""
 
+    @abstractmethod
     def seal(self, connection: Connection) -> None:
         """All rows are in: index them and make them readable by `connection`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def close(self, connection: Connection) -> None:
         """Drop what `open` made; safe to call whatever state the staging is in."""
-        raise NotImplementedError
 
     def _create_index_sql(self, quote, *, unique: bool) -> str:
         return (f"CREATE {'UNIQUE ' if unique else ''}INDEX {quote(self.id_index)} "
