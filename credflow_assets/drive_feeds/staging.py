@@ -133,9 +133,18 @@ class Staging(ABC):
     def close(self, connection: Connection) -> None:
         """Drop what `open` made; safe to call whatever state the staging is in."""
 
-    def _create_index_sql(self, quote, *, unique: bool) -> str:
-        return (f"CREATE {'UNIQUE ' if unique else ''}INDEX {quote(self.id_index)} "
-                f"ON {quote(self.rows.name)} ({quote(self.id_column)})")
+    def _index_ids(self, quote, execute, duplicate_error: type[Exception]) -> None:
+        """The id index, unique when no id occurs twice (`ids_unique` says which); `execute`
+        runs one statement so that a failure undoes only that statement."""
+        def create(unique: bool) -> None:
+            execute(f"CREATE {'UNIQUE ' if unique else ''}INDEX {quote(self.id_index)} "
+                    f"ON {quote(self.rows.name)} ({quote(self.id_column)})")
+
+        try:
+            create(unique=True)
+            self.ids_unique = True
+        except duplicate_error:
+            create(unique=False)
 
     def _count(self, chunk: StagedChunk) -> None:
         self.rejected_rows_with_id += chunk.rejected_with_id.num_rows
@@ -189,11 +198,7 @@ class ScratchFileStaging(Staging):
         import adbc_driver_manager
 
         quote = connection.dialect.identifier_preparer.quote
-        try:
-            self._cursor.execute(self._create_index_sql(quote, unique=True))
-            self.ids_unique = True
-        except adbc_driver_manager.IntegrityError:  # only that statement is undone
-            self._cursor.execute(self._create_index_sql(quote, unique=False))
+        self._index_ids(quote, self._cursor.execute, adbc_driver_manager.IntegrityError)
         self._cursor.execute("COMMIT")
         self._close_writer()
         with connection.begin():  # ATTACH may not run inside a transaction; this one is empty
@@ -245,14 +250,12 @@ class TemporaryTableStaging(Staging):
         self._count(chunk)
 
     def seal(self, connection: Connection) -> None:
-        quote = connection.dialect.identifier_preparer.quote
-        try:
+        def execute(statement: str) -> None:
             with connection.begin():
-                connection.exec_driver_sql(self._create_index_sql(quote, unique=True))
-            self.ids_unique = True
-        except sa.exc.IntegrityError:
-            with connection.begin():
-                connection.exec_driver_sql(self._create_index_sql(quote, unique=False))
+                connection.exec_driver_sql(statement)
+
+        self._index_ids(connection.dialect.identifier_preparer.quote, execute,
+                        sa.exc.IntegrityError)
 
     def close(self, connection: Connection) -> None:
         with connection.begin():
