@@ -207,12 +207,14 @@ def test_a_stray_quote_inside_an_unquoted_cell_is_kept(tmp_path):
     ("%Y%m%d", ["20200102", "2020112", "20201301", "20200230", "202001021", "2020-01-02"]),
     ("%Y-%m-%d", ["2020-01-02", "2020-1-2", "2020-01-02T00:00", "2020-02-30", "20-01-02"]),
     ("%m/%d/%Y", ["02/01/2020", "2/30/2020", "12/31/1999", "13/01/2020"]),
+    ("%Y.%d.%m", ["2020.02.01", "2020.2.1", "2020.30.02", "2020.01.13", "20.01.02"]),
     ("(%d).%m.%Y", ["(01).02.2020", "01.02.2020"]),
     ("%d/%m/%Y %H:%M:%S", ["01/02/2020 23:59:60", "1/2/2020 3:4:5", "01/02/2020"]),  # pandas'
     ("%d %b %Y", ["01 Feb 2020", "31 Feb 2020"]),  # pandas' own
 ])
 def test_dates_are_read_exactly_as_pandas_reads_them(date_format, cells):
-    """Arrow's lenient strptime (31/02 → 2 March, `20` → the year 20) never shows through."""
+    """Arrow's lenient strptime (31/02 → 2 March, `20` → the year 20) never shows through.
+    (`%Y%m%d` and `%Y-%m-%d` are pandas' own fast formats: the cases check the routing.)"""
     column = pd.Series(cells, dtype="string[pyarrow]", index=range(2, 2 + len(cells)))
     expected = pd.to_datetime(column, format=date_format, errors="coerce")
     pd.testing.assert_series_equal(parse_dates(column, date_format), expected)

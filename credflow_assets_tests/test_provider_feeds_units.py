@@ -9,6 +9,9 @@ import gzip
 import hashlib
 import io
 import os
+import platform
+import subprocess
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -402,3 +405,47 @@ def test_definitions_give_each_provider_a_sensor_and_load_with_the_code_location
     assert [dep.asset_key for dep in specs[LANDED_KEY].deps] == [RAW_KEY]
     for key in (RAW_KEY, LANDED_KEY):
         assert defs.resolve_assets_def(key).op.retry_policy.max_retries == 3
+
+
+# Eight threads alive at once, each allocating on the C heap, then glibc's own count of arenas.
+_COUNT_ARENAS = """
+import ctypes, re, sys, tempfile, threading
+from credflow_assets.provider_feeds.memory import limit_malloc_arenas
+print("limited" if limit_malloc_arenas() else "left alone")
+ready = threading.Barrier(8)
+kept = []
+def allocate():
+    kept.append([bytes(4096) for _ in range(100)])
+    ready.wait()
+threads = [threading.Thread(target=allocate) for _ in range(8)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+libc = ctypes.CDLL(None)
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+with tempfile.NamedTemporaryFile("r", suffix=".xml") as report:
+    stream = libc.fopen(report.name.encode(), b"w")
+    libc.malloc_info(0, stream)
+    libc.fclose(stream)
+    print(len(re.findall("<heap nr=", report.read())), "arenas")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="malloc arenas are glibc's")
+@pytest.mark.parametrize(("operator_setting", "expected"), [
+    (None, "limited\n2 arenas"),
+    ("5", "left alone\n5 arenas"),
+])
+def test_landing_caps_malloc_arenas_unless_the_operator_set_them(operator_setting, expected):
+    # Eight threads would get nine arenas by default, each keeping freed upload parts.
+    env = {name: value for name, value in os.environ.items() if name != "MALLOC_ARENA_MAX"}
+    if operator_setting is not None:
+        env["MALLOC_ARENA_MAX"] = operator_setting
+    result = subprocess.run([sys.executable, "-c", _COUNT_ARENAS], env=env, capture_output=True,
+                            text=True, check=True)
+    assert result.stdout.strip() == expected

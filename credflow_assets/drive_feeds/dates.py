@@ -9,7 +9,8 @@ So, for date formats made only of numeric fields (`%d`, `%m`, `%Y`), Arrow parse
 expression built from the format keeps it honest: a cell counts only if it matches the format
 exactly (four-digit years, nothing before or after) and each field Arrow read back is the one
 written. What either check refuses is not a date, as with pandas. Any other format goes to
-pandas as it is.
+pandas as it is, and so do the year-month-day formats pandas reads in C itself (`%Y-%m-%d`,
+`%Y%m%d`, …): 0.2 s for a million cells, against 0.4 s for Arrow and the checks.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ _NUMERIC_FIELDS = {
 }  # times go to pandas: it reads 23:59:60 as the next day's midnight, Arrow does not
 # What pandas can hold (nanoseconds since 1970 in 64 bits); outside it pandas reads no date.
 _EARLIEST, _LATEST = "1677-09-22", "2262-04-11"
+# The date formats pandas takes for ISO 8601 and parses in C: year, month, day, one separator.
+_PANDAS_FAST_FORMAT = re.compile(r"%Y([-/ \\.]?)%m\1%d")
 
 
 def parse_dates(cells: pd.Series, date_format: str) -> pd.Series:
@@ -49,9 +52,9 @@ def parse_dates(cells: pd.Series, date_format: str) -> pd.Series:
 
 def _field_pattern(date_format: str) -> tuple[str, list[str]] | None:
     """(anchored regex with a group `f0`, `f1`, … per field, the fields' Arrow component
-    functions), or None when the format has a directive other than the numeric ones, or one
-    twice, or no year."""
-    if date_format == "ISO8601":
+    functions), or None when pandas parses the format fast itself, or it has a directive other
+    than the numeric ones, or one twice, or no year."""
+    if date_format == "ISO8601" or _PANDAS_FAST_FORMAT.fullmatch(date_format):
         return None
     pattern, components = ["^"], []
     for literal, directive in re.findall(r"([^%]*)(%.|$)", date_format):

@@ -38,7 +38,7 @@ from credflow_assets.parse_logs import logged_events
 from credflow_assets.partitions import provider_file_partitions
 from credflow_assets.provider_feeds import handoff
 from credflow_assets.provider_feeds.failures import FileRef, file_failure
-from credflow_assets.provider_feeds.memory import release_freed_memory
+from credflow_assets.provider_feeds.memory import limit_malloc_arenas, release_freed_memory
 from credflow_assets.provider_feeds.naming import (
     SIGNATURE_SUFFIX,
     RemoteIdentity,
@@ -254,6 +254,7 @@ def _store_version(context, session, client, settings: ProviderFeedsSettings, re
                            "(size or mtime); it is retried", transient=True)
     digest = sha256_file(local)
     started = time.monotonic()
+    limit_malloc_arenas()  # before the upload's threads start (see memory.py)
     with open(local, "rb") as stream:
         upload_stream(
             client, stream, bucket, target,
@@ -482,6 +483,7 @@ def _land_one(client, settings: ProviderFeedsSettings, feed: ProviderFeed, ref: 
         counter = CsvRecordCounter(delimiter="\t" if name.lower().endswith(".tsv") else ",")
         source.observe = counter.feed
     key = landed_key(category, feed.folder, name)
+    limit_malloc_arenas()  # before the upload's threads start (see memory.py)
     with _timed(seconds, "upload"):
         upload_stream(
             client, source, settings.bucket, key,

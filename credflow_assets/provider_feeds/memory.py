@@ -1,19 +1,29 @@
-"""Give the heap memory freed by a large upload back to the operating system.
+"""Keep the heap of a process that makes large uploads from growing past what it holds.
 
 A multipart upload allocates its part buffers (`part_size`, 8 MiB and up) in several threads,
 so glibc's malloc spreads them over several arenas and keeps the freed space of each for
 reuse instead of returning it: the process's resident size then climbs from file to file
-although nothing holds the data. `malloc_trim(0)` returns that free space after each upload
-(measured on the provider landing benchmark: a lower peak RSS, no slower).
-Linux with glibc only; elsewhere (macOS, musl) it does nothing, and it never fails a run.
+although nothing holds the data. Two measures, each measured on the provider landing
+benchmark (lower peak RSS, no slower):
+
+- `limit_malloc_arenas` caps the arenas at `MALLOC_ARENAS` before the upload threads start
+  (glibc's default is 8 per core): 310 → 290 MB of peak RSS for 1 GiB in 8 files. An
+  operator's own `MALLOC_ARENA_MAX` in the environment wins;
+- `release_freed_memory` (`malloc_trim(0)`) returns the free space after each upload.
+
+Linux with glibc only; elsewhere (macOS, musl) both do nothing, and neither ever fails a run.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 from typing import Any, Optional
 
+# Two arenas: the thread that reads the file and the upload's part threads share them.
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
 _UNSET: Any = object()
 _libc: Any = _UNSET
 
@@ -28,10 +38,24 @@ def _glibc() -> Optional[Any]:
                 libc = ctypes.CDLL(None)  # the C library the interpreter is linked against
                 libc.malloc_trim.argtypes = [ctypes.c_size_t]
                 libc.malloc_trim.restype = ctypes.c_int
+                libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+                libc.mallopt.restype = ctypes.c_int
                 _libc = libc
             except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
                 pass
     return _libc
+
+
+def limit_malloc_arenas() -> bool:
+    """Cap glibc's malloc arenas at `MALLOC_ARENAS` for the rest of the process, unless the
+    environment sets `MALLOC_ARENA_MAX`; True when this call set the cap."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    try:
+        libc = _glibc()
+        return libc is not None and libc.mallopt(_M_ARENA_MAX, MALLOC_ARENAS) == 1
+    except Exception:  # noqa: BLE001 - an optimisation only: never fail the run because of it
+        return False
 
 
 def release_freed_memory() -> None:
