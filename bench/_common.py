@@ -64,30 +64,13 @@ def machine() -> dict[str, Any]:
         "kernel": platform.release(),
         # Other work on the machine skews timings: recorded with every result.
         "load_average_1_5_15": [round(value, 2) for value in os.getloadavg()],
-        "cpu_reference_seconds": round(cpu_reference_seconds(), 3),
     }
-
-
-def cpu_reference_seconds() -> float:
-    """The best of three timings of one fixed loop in Python: the machine's speed right now.
-
-    A quiet machine is not always as fast: on 2026-11-22 the same one ran this 1.5 times as
-    slow from one hour to the next, and credflow and the baselines with it (RESULTS.md). Two
-    runs compare only when their reference times do.
-    """
-    best = float("inf")
-    for _ in range(3):
-        started = time.perf_counter()
-        sum(range(30_000_000))
-        best = min(best, time.perf_counter() - started)
-    return best
 
 
 def print_machine() -> dict[str, Any]:
     info = machine()
     print(f"machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB; "
-          f"Python {info['python']}, Dagster {info['dagster']}; {info['date']}; "
-          f"CPU reference {info['cpu_reference_seconds']:.2f} s (lower is faster)")
+          f"Python {info['python']}, Dagster {info['dagster']}; {info['date']}")
     return info
 
 
