@@ -214,7 +214,7 @@ def test_a_stray_quote_inside_an_unquoted_cell_is_kept(tmp_path):
 ])
 def test_dates_are_read_exactly_as_pandas_reads_them(date_format, cells):
     """Arrow's lenient strptime (31/02 → 2 March, `20` → the year 20) never shows through.
-    (`%Y%m%d` and `%Y-%m-%d` are pandas' own fast formats: the cases check the routing.)"""
+    (`%Y%m%d` and `%Y-%m-%d` go to pandas itself; `%Y.%d.%m`, year first, goes to Arrow.)"""
     column = pd.Series(cells, dtype="string[pyarrow]", index=range(2, 2 + len(cells)))
     expected = pd.to_datetime(column, format=date_format, errors="coerce")
     pd.testing.assert_series_equal(parse_dates(column, date_format), expected)
