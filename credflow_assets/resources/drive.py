@@ -89,35 +89,50 @@ class DriveResource(dg.ConfigurableResource):
         return service.files()
 
     def _build_service(self) -> Any:
+        """The Drive client. Credentials: `service_account_file` when set (against Google or
+        the local server alike); else `token` with `api_url`; else, for Google, Application
+        Default Credentials. `api_url` alone sends no credentials."""
+        import google_auth_httplib2
         from googleapiclient.discovery import build, build_from_document
         from googleapiclient.http import build_http
 
-        if self.api_url:
-            http = build_http()  # keeps 308 out of httplib2's redirects, for resumable uploads
-            if self.token:
-                import google_auth_httplib2
-                from google.oauth2.credentials import Credentials
+        http = build_http()  # keeps 308 out of httplib2's redirects, for resumable uploads
+        if self.api_url and self.token and not self.service_account_file:
+            from google.oauth2.credentials import Credentials
 
-                # No refresh on 401: a wrong local token should surface as Drive's own error.
-                http = google_auth_httplib2.AuthorizedHttp(
-                    Credentials(token=self.token), http=http, refresh_status_codes=()
-                )
+            # No refresh on 401: a wrong local token should surface as Drive's own error.
+            http = google_auth_httplib2.AuthorizedHttp(
+                Credentials(token=self.token), http=http, refresh_status_codes=()
+            )
+        elif self.service_account_file or not self.api_url:
+            # What build(credentials=…) does, with a refused sign-in made a DriveError: google-
+            # auth signs its JWT, fetches a token from the key's token_uri, and on a 401 signs
+            # in again.
+            credentials = _SignIn(self._google_credentials(), local=bool(self.api_url))
+            http = google_auth_httplib2.AuthorizedHttp(credentials, http=http)
+        if self.api_url:
             return build_from_document(_local_discovery_document(self.api_url), http=http)
-        return build(
-            "drive", "v3", credentials=self._google_credentials(), static_discovery=True,
-            cache_discovery=False,
-        )
+        return build("drive", "v3", http=http, static_discovery=True, cache_discovery=False)
 
     def _google_credentials(self) -> Any:
         if self.service_account_file:
             from google.oauth2 import service_account
 
-            return service_account.Credentials.from_service_account_file(
-                self.service_account_file, scopes=[DRIVE_SCOPE]
-            )
+            try:
+                return service_account.Credentials.from_service_account_file(
+                    self.service_account_file, scopes=[DRIVE_SCOPE]
+                )
+            except (OSError, ValueError) as error:  # messages name the problem, not the key
+                raise DriveError(f"read service-account key {self.service_account_file}", None,
+                                 type(error).__name__, str(error)) from error
         import google.auth
+        from google.auth.exceptions import DefaultCredentialsError
 
-        credentials, _project = google.auth.default(scopes=[DRIVE_SCOPE])
+        try:
+            credentials, _project = google.auth.default(scopes=[DRIVE_SCOPE])
+        except DefaultCredentialsError as error:
+            raise DriveError("find Application Default Credentials", None,
+                             "DefaultCredentialsError", str(error)) from error
         return credentials
 
     def _execute(self, operation: str, request: Any) -> Any:
@@ -406,6 +421,75 @@ def _local_discovery_document(api_url: str) -> dict:
     document = json.loads(path.read_text(encoding="utf-8"))
     document.update(rootUrl=root, mtlsRootUrl=root, baseUrl=f"{root}drive/v3/")
     return document
+
+
+class _SignIn:
+    """google-auth credentials for AuthorizedHttp, with a refused sign-in raised as DriveError
+    (google-auth's RefreshError or TransportError would escape `_execute` as a bare traceback
+    naming neither the key nor the token endpoint's answer).
+
+    `local`: for the local Drive server, skip google-auth's Regional Access Boundary lookup.
+    After a sign-in, google-auth (2.62 here) asks Google's IAM Credentials API for it from a
+    background thread, sending the access token: the local server's token has no business
+    there, and nothing there can answer for a local account.
+    """
+
+    def __init__(self, credentials: Any, *, local: bool) -> None:
+        self._credentials, self._local = credentials, local
+
+    def __getattr__(self, name: str) -> Any:  # token, valid, universe_domain, …
+        if name == "_credentials":  # not set yet (a copy being made): no endless recursion
+            raise AttributeError(name)
+        return getattr(self._credentials, name)
+
+    def before_request(self, request: Any, method: str, url: str, headers: dict) -> None:
+        if not self._credentials.valid:
+            self.refresh(request)  # here, so that a refusal is translated
+        if self._local:
+            self._credentials.apply(headers)
+        else:
+            self._credentials.before_request(request, method, url, headers)
+
+    def refresh(self, request: Any) -> None:
+        from google.auth.exceptions import GoogleAuthError
+
+        call = _RecordedCall(request)
+        try:
+            self._credentials.refresh(call)
+        except GoogleAuthError as error:
+            who = getattr(self._credentials, "service_account_email", None) or "Google"
+            where = f" at {call.url}" if call.url else ""
+            reason, message = _sign_in_refusal(error)
+            raise DriveError(f"sign-in as {who}{where}", call.status, reason, message) from error
+
+
+class _RecordedCall:
+    """google-auth's transport, keeping the URL and HTTP status of the last call it made, for
+    the error message of a refused sign-in."""
+
+    def __init__(self, request: Any) -> None:
+        self._request, self.url, self.status = request, None, None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.url, self.status = kwargs.get("url", args[0] if args else None), None
+        response = self._request(*args, **kwargs)
+        self.status = response.status
+        return response
+
+
+def _sign_in_refusal(error: Exception) -> tuple[str, str]:
+    """(reason, message) of a sign-in error: OAuth's `error`/`error_description` when the token
+    endpoint answered in that shape, else Drive's error shape, else the exception itself."""
+    answer = error.args[1] if len(error.args) > 1 else None
+    if isinstance(answer, dict):
+        if isinstance(answer.get("error"), str):
+            return answer["error"], str(answer.get("error_description") or "")
+        if isinstance(answer.get("error"), dict):
+            detail = answer["error"]
+            first = (detail.get("errors") or [{}])[0]
+            reason = first.get("reason") if isinstance(first, dict) else None
+            return str(reason or "error"), str(detail.get("message") or "")
+    return type(error).__name__, str(error.args[0] if error.args else error)
 
 
 class _Digesting:

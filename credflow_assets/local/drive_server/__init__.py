@@ -2,7 +2,10 @@
 uses, so google-api-python-client talks to it unchanged (see `server.py` for the routes).
 
 Standard library only, so it starts fast. `start()` runs it as a detached process; the
-`set_faults`, `fault_state` and `reset` helpers drive its admin endpoints from tests.
+`set_faults`, `fault_state` and `reset` helpers drive its admin endpoints from tests, and
+`register_service_account_key` lets a service-account key sign in (see
+credflow_assets.local.service_account). Its web pages (pages.py) and its token endpoint
+(oauth.py) need no token.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 
 from credflow_assets.local.process import free_port, spawn_detached, wait_for_port
 
-__all__ = ["start", "set_faults", "fault_state", "reset"]
+__all__ = ["start", "set_faults", "fault_state", "reset", "register_service_account_key"]
 
 
 def start(home: Path, *, port: int | None = None, token: str) -> dict:
@@ -52,6 +55,17 @@ def fault_state(url: str, token: str) -> dict:
 def reset(url: str, token: str) -> dict:
     """Wipe every file and upload session, and clear faults."""
     return _admin(url, token, "POST", "reset", {})
+
+
+def register_service_account_key(
+    url: str, token: str, *, client_email: str, private_key_id: str, public_key_pem: str
+) -> dict:
+    """Let the key `private_key_id` of `client_email` sign in at the server's /token: the server
+    keeps this public half (in its state dir, across restarts and resets) and checks sign-in
+    JWTs against it."""
+    body = {"client_email": client_email, "private_key_id": private_key_id,
+            "public_key": public_key_pem}
+    return _admin(url, token, "POST", "service_accounts", body)
 
 
 def _admin(url: str, token: str, method: str, name: str, body: dict | None = None) -> dict:

@@ -1,6 +1,7 @@
 """HTTP handling: the subset of the Drive v3 REST API credflow uses, plus `/_admin/…` for tests.
 
-Routes (all need `Authorization: Bearer <token>`):
+API routes (need `Authorization: Bearer <token>`: the server's own token, or one minted by
+POST /token for a service account):
     GET    /drive/v3/files                       list (q, fields, orderBy, pageSize, pageToken)
     POST   /drive/v3/files                       create from metadata (a client-supplied id is kept)
     GET    /drive/v3/files/generateIds           ids usable in creates (POST accepted too)
@@ -12,7 +13,16 @@ Routes (all need `Authorization: Bearer <token>`):
     POST   /upload/drive/v3/files                uploadType=media|multipart|resumable
     PATCH  /upload/drive/v3/files/{id}           the same, replacing content
     PUT    /upload/drive/v3/files[/{id}]?upload_id=…   resumable chunks (308 + Range until done)
+
+Admin routes (the server's own token only):
     GET|POST /_admin/faults, POST /_admin/reset, GET /_admin/health
+    GET|POST /_admin/service_accounts            registered keys / register a key's public half
+
+No token (see pages.py and oauth.py):
+    GET    /, /drive/folders/{id}, /file/d/{id}/view, /file/d/{id}/download   web pages
+    POST   /token                                service-account sign-in (JWT-bearer grant)
+
+The server listens on 127.0.0.1 only: the pages and /token are open to whoever can connect.
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
-from . import convert
+from . import convert, oauth, pages
 from .query import (
     FILE_FIELDS,
     FILE_LIST_FIELDS,
@@ -47,6 +57,9 @@ from .store import GOOGLE_APPS_PREFIX, ApiError, Media, Store, bad_request, iter
 
 CHUNK_GRANULARITY = 256 * 1024  # non-final resumable chunks must be multiples of this
 MAX_IN_MEMORY_BODY = 64 * 1024 * 1024
+MAX_TOKEN_REQUEST = 64 * 1024  # a JWT-bearer grant is a few KB
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}  # token answers, as RFC 6749 5.1
+_HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
 DEFAULT_FILE_FIELDS = {"kind": None, "id": None, "name": None, "mimeType": None}
 DEFAULT_LIST_FIELDS = {
     "kind": None, "nextPageToken": None, "incompleteSearch": None, "files": DEFAULT_FILE_FIELDS,
@@ -121,6 +134,7 @@ class DriveServer(ThreadingHTTPServer):
 
     def __init__(self, port: int, store: Store, token: str) -> None:
         self.store, self.token, self.faults = store, token, Faults()
+        self.access_tokens = oauth.AccessTokens()
         self._session_locks: dict[str, threading.Lock] = {}
         self._session_locks_guard = threading.Lock()
         super().__init__(("127.0.0.1", port), Handler)
@@ -164,7 +178,15 @@ class Handler(BaseHTTPRequestHandler):
         try:
             if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
                 raise ApiError(411, "lengthRequired", "Length Required: send a Content-Length.")
-            self._authenticate()
+            page = pages.route(method, path)
+            if page is not None:
+                self._drain()
+                self._send_page(page(self.store, self.headers.get("Host")))
+                return
+            if method == "POST" and path == oauth.TOKEN_PATH:
+                self._token_grant()
+                return
+            self._authenticate(admin=path.startswith("/_admin/"))
             if method == "POST" and self.headers.get("X-HTTP-Method-Override", "").upper() == "GET":
                 # googleapiclient turns a GET whose URL is too long into a POST carrying the
                 # query string as a form body; Google honours the override, and so do we.
@@ -197,15 +219,18 @@ class Handler(BaseHTTPRequestHandler):
                 return getattr(self, handler), match.groups()
         raise ApiError(404, "notFound", f"Not Found: {method} {path}", location_type="path")
 
-    def _authenticate(self) -> None:
+    def _authenticate(self, *, admin: bool) -> None:
+        """The server's own token opens everything; a service account's minted token opens the
+        Drive API only (an admin call can wipe the Drive, which no Drive user can)."""
         header = self.headers.get("Authorization", "")
         if not header:
             raise ApiError(401, "authError", "Login Required.", location="Authorization",
                            location_type="header")
         scheme, _, credential = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            credential.strip().encode(), self.server.token.encode()
-        ):
+        credential = credential.strip()
+        own = hmac.compare_digest(credential.encode(), self.server.token.encode())
+        minted = not admin and self.server.access_tokens.valid(credential)
+        if scheme.lower() != "bearer" or not (own or minted):
             raise ApiError(401, "authError", "Invalid Credentials", location="Authorization",
                            location_type="header")
 
@@ -440,6 +465,42 @@ class Handler(BaseHTTPRequestHandler):
         media = Media(temp, session["content_type"], size, digest.hexdigest())
         self._save(session["params"], session["target_id"], session["metadata"], media)
 
+    # -- sign-in --------------------------------------------------------------------------------
+
+    def _token_grant(self) -> None:
+        """Google's token endpoint, for google-auth's service-account credentials (oauth.py)."""
+        if self._remaining > MAX_TOKEN_REQUEST:
+            self._drain()
+            error = oauth.GrantError("invalid_request", "The token request is too large.")
+        else:
+            form = dict(parse_qsl(self._read(self._remaining).decode("utf-8", "replace")))
+            own_url = f"http://127.0.0.1:{self.server.server_address[1]}{oauth.TOKEN_PATH}"
+            audiences = {own_url, self._base_url() + oauth.TOKEN_PATH.lstrip("/")}
+            try:
+                body = oauth.grant(form, self._account_keys, audiences, self.server.access_tokens)
+            except oauth.GrantError as refused:
+                error = refused
+            else:
+                self._send_json(200, body, _NO_STORE)
+                return
+        self._send_json(error.status, error.body(), _NO_STORE)
+
+    def _account_keys(self, client_email: str) -> list[dict]:
+        return self.store.service_account_keys(client_email)
+
+    def _register_key(self, body: dict) -> dict:
+        email, key_id, pem = (body.get(k) for k in ("client_email", "private_key_id", "public_key"))
+        if not isinstance(email, str) or "@" not in email:
+            raise bad_request("client_email must be a service account's email address.")
+        if not isinstance(key_id, str) or not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", key_id):
+            raise bad_request("private_key_id must be the key's id (letters, digits, ._-).")
+        try:
+            pem = oauth.checked_public_key(pem if isinstance(pem, str) else "")
+        except ValueError as error:
+            raise bad_request(str(error)) from None
+        self.store.add_service_account_key(key_id, email, pem)
+        return {"client_email": email, "private_key_id": key_id, "registered": True}
+
     # -- admin ----------------------------------------------------------------------------------
 
     def _admin(self, method: str, path: str) -> None:
@@ -453,6 +514,14 @@ class Handler(BaseHTTPRequestHandler):
             self._drain()
             self.store.reset()
             self._send_json(200, {"reset": True, "faults": faults.configure({})})
+        elif path == "/_admin/service_accounts" and method == "POST":
+            self._send_json(200, self._register_key(self._json_body()))
+        elif path == "/_admin/service_accounts" and method == "GET":
+            self._drain()
+            keys = self.store.service_account_keys()
+            self._send_json(200, {"keys": [
+                {"client_email": k["client_email"], "private_key_id": k["key_id"]} for k in keys
+            ]})
         elif path == "/_admin/health" and method == "GET":
             self._drain()
             self._send_json(200, {"ok": True, "rootFolderId": self.store.root_id})
@@ -540,7 +609,11 @@ class Handler(BaseHTTPRequestHandler):
     # -- responses ------------------------------------------------------------------------------
 
     def _base_url(self) -> str:
-        host = self.headers.get("Host") or f"127.0.0.1:{self.server.server_address[1]}"
+        """The root URL as the client reached it (webViewLinks must open from where it is);
+        a Host header that is not a plain host[:port] falls back to the listening address."""
+        host = self.headers.get("Host") or ""
+        if not _HOST.fullmatch(host):
+            host = f"127.0.0.1:{self.server.server_address[1]}"
         return f"http://{host}/"
 
     def _fields(self, params: dict, allowed, nested, default) -> dict | None:
@@ -567,6 +640,22 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
+
+    def _send_page(self, page: pages.Response) -> None:
+        if page.stream is None:
+            self._send_bytes(page.status, page.body, page.content_type, page.headers)
+            return
+        headers = {"Content-Type": page.content_type, **page.headers}
+        # Opened before the headers go: a blob replaced by an update meanwhile stays readable.
+        with open(page.stream, "rb") as handle:
+            self.send_response(page.status)
+            for name, value in {**headers, "Content-Length": str(page.stream_size)}.items():
+                self.send_header(name, value)
+            self.end_headers()
+            remaining = page.stream_size
+            while remaining > 0 and (data := handle.read(min(remaining, 1 << 16))):
+                self.wfile.write(data)
+                remaining -= len(data)
 
     def _send_error(self, error: ApiError) -> None:
         self._drain()

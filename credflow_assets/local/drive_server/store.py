@@ -80,6 +80,14 @@ CREATE TABLE IF NOT EXISTS uploads (
     received INTEGER NOT NULL DEFAULT 0,
     created_ms INTEGER NOT NULL
 );
+-- Public halves of service-account keys (oauth.py checks sign-in JWTs against them); the
+-- private halves stay in the key files. Config, not content: /_admin/reset keeps them.
+CREATE TABLE IF NOT EXISTS service_account_keys (
+    key_id TEXT PRIMARY KEY,
+    client_email TEXT NOT NULL,
+    public_key_pem TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
 """
 
 
@@ -212,6 +220,21 @@ class Store:
         with self._lock:
             rows = self._db.execute(sql, [*params, limit + 1, offset]).fetchall()
             return self._resources(rows[:limit], base_url), len(rows) > limit
+
+    def children(self, folder_id: str, limit: int) -> tuple[list[dict], int]:
+        """Up to `limit` children of a folder, folders first, then by name (the web pages'
+        order), trashed ones included; and how many there are in all."""
+        folder_id = self.resolve(folder_id)
+        with self._lock:
+            total = self._db.execute(
+                "SELECT count(*) FROM parents WHERE parent_id = ?", (folder_id,)
+            ).fetchone()[0]
+            rows = self._db.execute(
+                "SELECT f.* FROM files f JOIN parents p ON p.file_id = f.id WHERE p.parent_id = ?"
+                " ORDER BY f.mime_type = ? DESC, lower(f.name), f.name, f.created_ms LIMIT ?",
+                (folder_id, FOLDER_MIME, limit),
+            ).fetchall()
+            return self._resources(rows, ""), total
 
     def query_plan(self, where: str, params: list) -> str:
         """EXPLAIN QUERY PLAN of a list query (lets tests check index use)."""
@@ -369,6 +392,25 @@ class Store:
             for directory in (self.blob_dir, self.upload_dir):
                 shutil.rmtree(directory, ignore_errors=True)
                 directory.mkdir(parents=True)
+
+    # -- service-account keys -----------------------------------------------------------------
+
+    def add_service_account_key(self, key_id: str, client_email: str, public_key_pem: str) -> None:
+        """Register (or replace) the public half of a service-account key."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO service_account_keys VALUES (?, ?, ?, ?)",
+                (key_id, client_email, public_key_pem, self._tick()),
+            )
+
+    def service_account_keys(self, client_email: str | None = None) -> list[dict]:
+        """Registered keys ({key_id, client_email, public_key_pem}), of one account or all."""
+        sql = "SELECT key_id, client_email, public_key_pem FROM service_account_keys"
+        args: tuple = ()
+        if client_email is not None:
+            sql, args = sql + " WHERE client_email = ?", (client_email,)
+        with self._lock:
+            return [dict(row) for row in self._db.execute(sql + " ORDER BY created_ms", args)]
 
     # -- resumable upload sessions ------------------------------------------------------------
 
