@@ -331,10 +331,22 @@ def mpf_repair(settings: _Settings, dry_run: bool) -> None:
                            signup_bucket=config.buckets.signup)
         actions = repair_mpf(resources.drive, config.drive.mpf_root_folder_id, report,
                              resolve_therapist=resolve_therapist, dry_run=dry_run)
-    prefix = "would: " if dry_run else ""
-    for action in actions:
-        click.echo(f"{prefix}{action}")
-    click.echo(f"{len(actions)} action(s){' planned' if dry_run else ''}")
+        prefix = "would: " if dry_run else ""
+        for action in actions:
+            click.echo(f"{prefix}{action}")
+        click.echo(f"{len(actions)} action(s){' planned' if dry_run else ''}")
+        if actions and not dry_run:
+            # Each repaired therapist's partition shows the audit's verdict after the repair,
+            # not the one their last run recorded.
+            import dagster as dg
+
+            from credflow_assets.therapists.checks import record_verdicts_after_repair
+
+            with dg.DagsterInstance.get() as instance:
+                recorded = record_verdicts_after_repair(
+                    instance, resources.drive, config.drive.mpf_root_folder_id,
+                    report.findings, resources.s3, config.buckets.signup)
+            click.echo(f"mpf_audit verdicts recorded for {recorded} therapist(s)")
 
 
 @main.command("reparse")
@@ -378,7 +390,7 @@ def reparse_command(settings: _Settings, flow: str, feed: str | None, provider: 
     with dg.DagsterInstance.get() as instance:
         try:
             chosen = select_partitions(
-                instance, flow, name=names[0] if names else None,
+                instance, config, flow, name=names[0] if names else None,
                 since=since.replace(tzinfo=timezone.utc) if since else None,
                 partitions=list(partition_keys) or None,
             )
@@ -436,11 +448,19 @@ def dev(settings: _Settings, port: int) -> None:
     """Local stack + `dagster dev` (webserver on 127.0.0.1, daemon on: sensors run by themselves)."""
     from credflow_assets.local import stack
 
+    from credflow_assets.dagster_compat import DEFINITIONS_MODULE, LOCATION_NAME
+
     stack.up(settings.home, settings.config(), settings.config_path)
     settings.adopt_stack_environment()
+    # The code location's name must be the one `credflow sync` gives its runs and sensor
+    # states (`dagster dev -m` would name it after the module).
+    workspace = settings.home / "workspace.yaml"
+    workspace.write_text(
+        "load_from:\n  - python_module:\n"
+        f"      module_name: {DEFINITIONS_MODULE}\n      location_name: {LOCATION_NAME}\n"
+        f"      working_directory: {json.dumps(str(Path.cwd()))}\n")
     dagster = Path(sys.executable).with_name("dagster")
-    command = [str(dagster), "dev", "-m", "credflow_assets.definitions",
-               "-h", "127.0.0.1", "-p", str(port)]
+    command = [str(dagster), "dev", "-w", str(workspace), "-h", "127.0.0.1", "-p", str(port)]
     click.echo(f"Dagster UI on http://127.0.0.1:{port} (Ctrl-C stops it; the stack stays up)")
     os.execv(command[0], command)
 

@@ -36,7 +36,9 @@ from typing import Any
 import dagster as dg
 
 from credflow_assets.config import CredflowConfig
+from credflow_assets.dagster_compat import execute_run_in_process
 from credflow_assets.materializations import latest_materialization
+from credflow_assets.run_tags import flow_run_tags
 from credflow_assets.sync import (
     RunOutcome,
     execution_run_config,
@@ -49,11 +51,13 @@ REPARSE_TAG = "credflow/reparse_id"
 
 @dataclass(frozen=True)
 class FlowTarget:
-    """Where a flow's partitions live and which job reruns one, by the partition's name part."""
+    """Where a flow's partitions live and which job reruns one, by the partition's name part
+    (its feed, provider or table; "" for therapists)."""
 
-    partitions: str  # the DynamicPartitionsDefinition's name
-    asset: dg.AssetKey  # its materializations date a partition for --since
     name_option: str | None  # --feed, --provider, --table: what the name part means
+    names: Callable[[CredflowConfig], list[str]]  # every name the config declares
+    partitions_of: Callable[[str], str]  # a name → its DynamicPartitionsDefinition's name
+    asset_of: Callable[[str], dg.AssetKey]  # its materializations date a partition for --since
     name_of: Callable[[str], str]  # partition key → feed / provider / table
     job_for: Callable[[str], str]  # the name part → the job that reruns it
     lane_of: Callable[[str], str]  # partitions of one lane keep their order (module docstring)
@@ -64,28 +68,39 @@ def _first_segment(key: str) -> str:
 
 
 def _staged_table(key: str) -> str:
-    from credflow_assets.staged_tables.layout import object_key_for
+    from credflow_assets.staged_tables.layout import table_of_partition
 
-    parts = object_key_for(key).split("/")
-    return parts[1] if len(parts) > 2 else ""
+    return table_of_partition(key) or ""
 
 
-FLOWS: dict[str, FlowTarget] = {
-    # A therapist is a partition: their files go to their own MPF folder only.
-    "therapists": FlowTarget("therapists", dg.AssetKey(["drive", "mpf", "folder"]), None,
-                             lambda key: "", lambda _: "therapist_mpf_job",
-                             lane_of=lambda key: key),
-    "drive_feeds": FlowTarget("drive_feed_files", dg.AssetKey(["drive", "inbound", "sheet"]),
-                              "feed", _first_segment, lambda feed: f"drive_feed_{feed}_job",
-                              lane_of=_first_segment),
-    "provider_feeds": FlowTarget("provider_files",
-                                 dg.AssetKey(["s3", "provider_feeds", "raw"]), "provider",
-                                 _first_segment, lambda _: "provider_feeds_job",
-                                 lane_of=_first_segment),
-    "staged_tables": FlowTarget("staged_files", dg.AssetKey(["s3", "staging", "file"]), "table",
-                                _staged_table, lambda _: "staged_file_job",
-                                lane_of=_staged_table),
-}
+def _flows() -> dict[str, FlowTarget]:
+    from credflow_assets.drive_feeds import settings as feeds
+    from credflow_assets.partitions import provider_file_partitions, therapist_partitions
+    from credflow_assets.staged_tables import settings as tables
+
+    return {
+        # A therapist is a partition: their files go to their own MPF folder only.
+        "therapists": FlowTarget(
+            None, lambda config: [""], lambda _: therapist_partitions.name,
+            lambda _: dg.AssetKey(["drive", "mpf", "folder"]), lambda key: "",
+            lambda _: "therapist_mpf_job", lane_of=lambda key: key),
+        "drive_feeds": FlowTarget(
+            "feed", lambda config: [feed.name for feed in config.feeds],
+            lambda feed: feeds.feed_partitions(feed).name, feeds.inbound_key,
+            _first_segment, feeds.job_name, lane_of=_first_segment),
+        "provider_feeds": FlowTarget(
+            "provider", lambda config: [provider.name for provider in config.providers],
+            lambda _: provider_file_partitions.name,
+            lambda _: dg.AssetKey(["s3", "provider_feeds", "raw"]),
+            _first_segment, lambda _: "provider_feeds_job", lane_of=_first_segment),
+        "staged_tables": FlowTarget(
+            "table", lambda config: [table.name for table in config.staged_tables.tables],
+            lambda table: tables.table_partitions(table).name, tables.staging_file_key,
+            _staged_table, tables.job_name, lane_of=_staged_table),
+    }
+
+
+FLOW_NAMES = ("therapists", "drive_feeds", "provider_feeds", "staged_tables")
 DEFAULT_WORKERS = 2  # processes; each holds its own loaded definitions
 
 
@@ -106,6 +121,7 @@ class ReparseReport:
 
 def select_partitions(
     instance: dg.DagsterInstance,
+    config: CredflowConfig,
     flow: str,
     *,
     name: str | None = None,
@@ -114,7 +130,16 @@ def select_partitions(
 ) -> list[str]:
     """The flow's partitions to rerun, in the order they were added."""
     target = _target(flow)
-    existing = instance.get_dynamic_partitions(target.partitions)
+    if name is not None and target.name_option is None:
+        raise ReparseError(f"{flow} has no --feed/--provider/--table")
+    declared = target.names(config)
+    if name is not None and name not in declared:
+        raise ReparseError(f"{flow}: no {target.name_option} named {name!r} in the config "
+                           f"({', '.join(declared) or 'none'})")
+    partition_sets = dict.fromkeys(target.partitions_of(each)
+                                   for each in ([name] if name is not None else declared))
+    existing = [key for partition_set in partition_sets
+                for key in instance.get_dynamic_partitions(partition_set)]
     if partitions:
         unknown = [key for key in partitions if key not in set(existing)]
         if unknown:
@@ -123,8 +148,6 @@ def select_partitions(
     else:
         chosen = list(existing)
     if name is not None:
-        if target.name_option is None:
-            raise ReparseError(f"{flow} has no --feed/--provider/--table")
         chosen = [key for key in chosen if target.name_of(key) == name]
     if since is not None:
         chosen = [key for key in chosen if _last_materialized(instance, target, key) >= since]
@@ -243,10 +266,10 @@ def _rerun(defs: dg.Definitions, instance: dg.DagsterInstance, target: FlowTarge
            reparse_id: str, verbose: bool) -> RunOutcome:
     job_name = target.job_for(target.name_of(key))
     started = time.monotonic()
-    result = defs.resolve_job_def(job_name).execute_in_process(
-        instance=instance, partition_key=key, raise_on_error=False,
+    result = execute_run_in_process(
+        defs, instance, job_name, partition_key=key,
         run_config=execution_run_config(None, verbose),
-        tags={REPARSE_TAG: reparse_id},
+        tags={**flow_run_tags(job_name, None, key), REPARSE_TAG: reparse_id},
     )
     return RunOutcome(
         sensor="", job=job_name, partition=key, run_id=result.run_id,
@@ -264,13 +287,13 @@ def _progress_line(outcome: RunOutcome, done: int, total: int) -> str:
 
 
 def _target(flow: str) -> FlowTarget:
-    if flow not in FLOWS:
-        raise ReparseError(f"unknown flow {flow!r}; one of {', '.join(FLOWS)}")
-    return FLOWS[flow]
+    if flow not in FLOW_NAMES:
+        raise ReparseError(f"unknown flow {flow!r}; one of {', '.join(FLOW_NAMES)}")
+    return _flows()[flow]
 
 
 def _last_materialized(instance: dg.DagsterInstance, target: FlowTarget, key: str) -> datetime:
-    record = latest_materialization(instance, target.asset, key)
+    record = latest_materialization(instance, target.asset_of(target.name_of(key)), key)
     if record is None:
         return datetime.min.replace(tzinfo=timezone.utc)
     return datetime.fromtimestamp(record.timestamp, tz=timezone.utc)

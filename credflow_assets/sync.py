@@ -1,11 +1,13 @@
 """`credflow sync`: evaluate every sensor and run what it requests, in this process, to completion.
 
 A run launched by the daemon costs seconds (a process for the run and one per step); executed
-in-process against the same instance it costs about half a second (SERVICES.md). Sync gives
-those runs the tags the daemon gives its own (`dagster/sensor_name`, `dagster/run_key`), so the
+in-process against the same instance it costs about half a second (SERVICES.md). Sync makes
+its runs as the daemon makes its own: with the code location's origin (so the UI lists them
+under their job and on the timeline, and re-executes them), the tags the daemon gives
+(`dagster/sensor_name`, `dagster/run_key`) and the flow's own (`runs.run_tags_for`), so the
 daemon's run-key dedupe recognises them and a file is never processed twice by the two paths.
-Sensor cursors are kept in the instance's key-value store, so a second sync with nothing new
-does nothing.
+Sync reads and stores each sensor's cursor in the daemon's own sensor state: the two advance
+one cursor, so a second sync, or the daemon's next tick, requests nothing sync already did.
 
 A sensor is ticked until a tick launches nothing, except a reconciliation sensor: it lists one
 bounded stretch of its bucket per tick, and a stretch with nothing to do says nothing about the
@@ -19,16 +21,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import dagster as dg
-from dagster._core.definitions.dynamic_partitions_request import (
-    AddDynamicPartitionsRequest,
-    DeleteDynamicPartitionsRequest,
+
+from credflow_assets.dagster_compat import (
+    execute_run_in_process,
+    sensor_context,
+    sensor_cursor,
+    store_sensor_cursor,
 )
-from dagster._core.storage.dagster_run import RunsFilter
-from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
-
 from credflow_assets.reconciliation import ReconcileCursor, is_reconciliation_sensor
+from credflow_assets.run_tags import flow_run_tags
 
-CURSOR_KEY_PREFIX = "credflow/sync/sensor_cursor/"
+# The tags the sensor daemon puts on the runs it launches.
+RUN_KEY_TAG = "dagster/run_key"
+SENSOR_NAME_TAG = "dagster/sensor_name"
 # The instance's event log keeps every event whatever this says; it only decides what the
 # terminal shows besides sync's own progress lines.
 QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -113,19 +118,12 @@ def sync(
 
 def _drain_sensor(defs, instance, sensor, report: SyncReport, progress, verbose: bool,
                   resources) -> None:
-    cursor_key = CURSOR_KEY_PREFIX + sensor.name
     reconciling = is_reconciliation_sensor(sensor)
     pass_start = ReconcileCursor.from_json(
-        instance.run_storage.get_cursor_values({cursor_key}).get(cursor_key)
-    ) if reconciling else None
+        sensor_cursor(instance, sensor.name)) if reconciling else None
     for _ in range(MAX_TICKS_PER_SENSOR):
-        cursor = instance.run_storage.get_cursor_values({cursor_key}).get(cursor_key)
-        with dg.build_sensor_context(
-            instance=instance, cursor=cursor, definitions=defs, sensor_name=sensor.name,
-            resources=resources,
-            # Dagster resolves partition keys of run requests only when the context has a ref.
-            instance_ref=instance.get_ref(),
-        ) as context:
+        cursor = sensor_cursor(instance, sensor.name)
+        with sensor_context(instance, defs, sensor.name, cursor, resources) as context:
             tick = sensor.evaluate_tick(context)
         report.partitions_added += _apply_partition_requests(
             instance, tick.dynamic_partitions_requests or []
@@ -152,7 +150,7 @@ def _drain_sensor(defs, instance, sensor, report: SyncReport, progress, verbose:
         # The cursor is stored only after the tick's runs are recorded: a crash before this
         # line re-reads the same work next time, and the run keys make that harmless.
         if tick.cursor is not None and tick.cursor != cursor:
-            instance.run_storage.set_cursor_values({cursor_key: tick.cursor})
+            store_sensor_cursor(instance, sensor, tick.cursor)
         if reconciling:
             # Ticks that launch nothing go on: what the pass has not listed yet may differ.
             if ReconcileCursor.from_json(tick.cursor or cursor).covers_a_pass_since(pass_start):
@@ -166,7 +164,7 @@ def _drain_sensor(defs, instance, sensor, report: SyncReport, progress, verbose:
 def _apply_partition_requests(instance, requests) -> int:
     added = 0
     for request in requests:
-        if isinstance(request, AddDynamicPartitionsRequest):
+        if isinstance(request, dg.AddDynamicPartitionsRequest):
             new_keys = [
                 key for key in request.partition_keys
                 if not instance.has_dynamic_partition(request.partitions_def_name, key)
@@ -174,14 +172,14 @@ def _apply_partition_requests(instance, requests) -> int:
             if new_keys:
                 instance.add_dynamic_partitions(request.partitions_def_name, new_keys)
                 added += len(new_keys)
-        elif isinstance(request, DeleteDynamicPartitionsRequest):
+        elif isinstance(request, dg.DeleteDynamicPartitionsRequest):
             for key in request.partition_keys:
                 instance.delete_dynamic_partition(request.partitions_def_name, key)
     return added
 
 
 def _already_ran(instance, sensor_name: str, run_key: str) -> bool:
-    runs = instance.get_runs(filters=RunsFilter(tags={RUN_KEY_TAG: run_key}), limit=20)
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={RUN_KEY_TAG: run_key}), limit=20)
     return any(run.tags.get(SENSOR_NAME_TAG) == sensor_name for run in runs)
 
 
@@ -194,18 +192,17 @@ def execution_run_config(run_config: dict | None, verbose: bool) -> dict | None:
 
 def _execute(defs, instance, sensor, request: dg.RunRequest, verbose: bool) -> RunOutcome:
     job_name = request.job_name or sensor.job_name
-    tags = {**request.tags, SENSOR_NAME_TAG: sensor.name}
+    tags = {**flow_run_tags(job_name, request.asset_selection, request.partition_key),
+            **request.tags, SENSOR_NAME_TAG: sensor.name}
     if request.run_key:
         tags[RUN_KEY_TAG] = request.run_key
-    job = defs.resolve_job_def(job_name)
     started = time.monotonic()
-    result = job.execute_in_process(
-        instance=instance,
+    result = execute_run_in_process(
+        defs, instance, job_name,
         run_config=execution_run_config(request.run_config, verbose),
         partition_key=request.partition_key,
         tags=tags,
-        asset_selection=list(request.asset_selection) if request.asset_selection else None,
-        raise_on_error=False,
+        asset_selection=request.asset_selection,
     )
     return RunOutcome(
         sensor=sensor.name,
@@ -219,7 +216,7 @@ def _execute(defs, instance, sensor, request: dg.RunRequest, verbose: bool) -> R
     )
 
 
-def run_summary(result: dg.ExecuteInProcessResult) -> str | None:
+def run_summary(result) -> str | None:
     summaries = []
     for event in result.all_events:
         if event.is_step_materialization:
@@ -229,7 +226,7 @@ def run_summary(result: dg.ExecuteInProcessResult) -> str | None:
     return "; ".join(summaries) or None
 
 
-def failure_reason(result: dg.ExecuteInProcessResult) -> str:
+def failure_reason(result) -> str:
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data.error:
             return innermost_error_message(event.step_failure_data.error)

@@ -71,7 +71,7 @@ def snapshot(flow, table: str | None = None, id_column: str = "ctas_id") -> tupl
 def test_a_reparse_of_50_feed_files_leaves_the_table_unchanged(flow):
     before_rows, before_history = snapshot(flow)
     assert len(before_rows) == FILES * 20
-    partitions = select_partitions(flow["instance"], "drive_feeds", name=FEED)
+    partitions = select_partitions(flow["instance"], flow["config"], "drive_feeds", name=FEED)
     assert len(partitions) == FILES
 
     report = reparse(flow["config"], flow["instance"], "drive_feeds", partitions,
@@ -96,9 +96,9 @@ def test_feeds_reparse_side_by_side_and_each_feed_keeps_its_file_order(flow):
     tables = [(flow["table"], "ctas_id"), (corrected.table, corrected.id_column)]
     before = [snapshot(flow, table, id_column) for table, id_column in tables]
     assert before[1][1] > 0  # the correction changed tracked columns: history rows exist
-    upload, correction = select_partitions(flow["instance"], "drive_feeds", name=CORRECTED_FEED)
-    some_files = select_partitions(flow["instance"], "drive_feeds", name=FEED)[:10]
-    partitions = select_partitions(flow["instance"], "drive_feeds",
+    upload, correction = select_partitions(flow["instance"], flow["config"], "drive_feeds", name=CORRECTED_FEED)
+    some_files = select_partitions(flow["instance"], flow["config"], "drive_feeds", name=FEED)[:10]
+    partitions = select_partitions(flow["instance"], flow["config"], "drive_feeds",
                                    partitions=[*some_files, upload, correction])
     lines = []
 
@@ -115,7 +115,7 @@ def test_feeds_reparse_side_by_side_and_each_feed_keeps_its_file_order(flow):
 
 
 def test_the_reparse_command_selects_one_partition_and_logs_diff(flow):
-    partition = select_partitions(flow["instance"], "drive_feeds", name=FEED)[3]
+    partition = select_partitions(flow["instance"], flow["config"], "drive_feeds", name=FEED)[3]
     env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"),
            "CREDFLOW_HOME": str(flow["home"]), "CREDFLOW_CONFIG": str(DEFAULT_CONFIG)}
 
@@ -137,7 +137,7 @@ def test_the_reparse_command_selects_one_partition_and_logs_diff(flow):
 
 def test_an_unknown_name_option_is_refused(flow):
     with pytest.raises(ReparseError, match="therapists has no --feed"):
-        select_partitions(flow["instance"], "therapists", name="x")
+        select_partitions(flow["instance"], flow["config"], "therapists", name="x")
 
 
 def test_with_a_webserver_running_a_reparse_is_a_tagged_backfill(flow, tmp_path):
@@ -152,7 +152,7 @@ def test_with_a_webserver_running_a_reparse_is_a_tagged_backfill(flow, tmp_path)
     try:
         wait_for_port("dagster-webserver", port, process=webserver,
                       log_path=tmp_path / "webserver.log", timeout=120)
-        partitions = select_partitions(flow["instance"], "drive_feeds", name=FEED)[:3]
+        partitions = select_partitions(flow["instance"], flow["config"], "drive_feeds", name=FEED)[:3]
         args = ["reparse", "--flow", "drive_feeds", "--webserver", f"http://127.0.0.1:{port}"]
         for key in partitions:
             args += ["--partition", key]

@@ -6,7 +6,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from credflow_assets.sync import CURSOR_KEY_PREFIX, sync
+from credflow_assets.dagster_compat import LOCATION_NAME, sensor_cursor, store_sensor_cursor
+from credflow_assets.sync import sync
 
 inbox_files = dg.DynamicPartitionsDefinition(name="inbox_files")
 
@@ -91,10 +92,36 @@ def test_sync_runs_every_new_file_once_and_names_failures(defs, folders, instanc
     assert len(instance.get_runs()) == 3
 
 
+def test_sync_runs_belong_to_the_code_location_as_the_daemons_do(defs, folders, instance):
+    (Path(folders.inbox) / "a.txt").write_text("alpha")
+
+    sync(defs, instance, progress=lambda _: None)
+
+    (run,) = instance.get_runs()
+    # What the UI needs to list a run under its job and re-execute it: its code location.
+    assert run.remote_job_origin is not None
+    assert run.remote_job_origin.location_name == LOCATION_NAME
+    assert run.remote_job_origin.job_name == "copy_job"
+    assert run.tags["dagster/partition"] == "a.txt"
+    assert run.job_code_origin is not None
+
+
+def test_sync_keeps_the_cursor_where_the_daemon_keeps_it(defs, folders, instance):
+    (Path(folders.inbox) / "a.txt").write_text("alpha")
+
+    sync(defs, instance, progress=lambda _: None)
+
+    # The daemon reads the same sensor state: its next tick starts after a.txt.
+    assert json.loads(sensor_cursor(instance, "inbox_sensor")) == ["a.txt"]
+    (Path(folders.inbox) / "b.txt").write_text("beta")
+    store_sensor_cursor(instance, inbox_sensor, json.dumps(["a.txt", "b.txt"]))  # as a tick would
+    assert sync(defs, instance, progress=lambda _: None).runs == []
+
+
 def test_run_keys_stop_duplicates_when_the_cursor_is_lost(defs, folders, instance):
     (Path(folders.inbox) / "a.txt").write_text("alpha")
     assert len(sync(defs, instance, progress=lambda _: None).runs) == 1
-    instance.run_storage.set_cursor_values({CURSOR_KEY_PREFIX + "inbox_sensor": "[]"})
+    store_sensor_cursor(instance, inbox_sensor, "[]")
 
     again = sync(defs, instance, progress=lambda _: None)
 
@@ -107,7 +134,7 @@ def test_a_changed_file_gets_a_new_run(defs, folders, instance):
     path.write_text("alpha")
     sync(defs, instance, progress=lambda _: None)
     path.write_text("alpha, corrected")
-    instance.run_storage.set_cursor_values({CURSOR_KEY_PREFIX + "inbox_sensor": "[]"})
+    store_sensor_cursor(instance, inbox_sensor, "[]")
 
     again = sync(defs, instance, progress=lambda _: None)
 
