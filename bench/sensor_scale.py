@@ -26,7 +26,12 @@ adhoc bucket's staging prefix (`staging/claims/{file}.csv`). For each size:
 
 `--previous DIR` also times, in the same run and on the same state, the sensors of an earlier
 credflow tree in DIR (e.g. `git archive HEAD credflow_assets | tar -x -C DIR`): before and after
-under the same machine load. Its reconciliation ticks get the same page budget.
+under the same machine load. Its reconciliation ticks get the same page budget. Only sensors
+defined at module level are found there (the staged-table sensors are built per table since
+staged tables have their own assets: a tree from then on times only its signup sensors as
+"previous"), and the steady state is recorded under this tree's names
+(`s3/staging/claims_staged_csv` in `staged_claims_files`), which an earlier tree's
+`s3/staging/file` does not read.
 
 Time inside S3 and SQS calls is counted separately (a wrapper around botocore's
 `_make_api_call`), because moto's listing walks the whole bucket on every call (real S3 does
@@ -189,10 +194,14 @@ def mark_handled(instance, client, config, *, therapists_limit: int,
     Returns (seconds, therapists marked, staged files marked)."""
     import dagster as dg
 
-    from credflow_assets.partitions import staged_file_partitions, therapist_partitions
+    from credflow_assets.partitions import therapist_partitions
     from credflow_assets.resources.s3 import iter_objects
     from credflow_assets.staged_tables.layout import partition_key_for
-    from credflow_assets.staged_tables.settings import STAGING_FILE_KEY, object_version
+    from credflow_assets.staged_tables.settings import (
+        object_version,
+        staging_file_key,
+        table_partitions,
+    )
     from credflow_assets.therapists.sensors import MPF_FOLDER_KEY
 
     started = time.monotonic()
@@ -215,12 +224,14 @@ def mark_handled(instance, client, config, *, therapists_limit: int,
             break
         staged.append((partition_key_for(item["Key"]),
                        object_version(item["ETag"], item["LastModified"])))
-    known = set(instance.get_dynamic_partitions(staged_file_partitions.name))
+    # Every staged file here is one of STAGED_TABLE's: its own partition set and asset.
+    staged_partitions = table_partitions(STAGED_TABLE).name
+    known = set(instance.get_dynamic_partitions(staged_partitions))
     staged = [(key, version) for key, version in staged if key not in known]
-    instance.add_dynamic_partitions(staged_file_partitions.name, [key for key, _ in staged])
+    instance.add_dynamic_partitions(staged_partitions, [key for key, _ in staged])
     for key, version in staged:
         instance.report_runless_asset_event(dg.AssetMaterialization(
-            asset_key=STAGING_FILE_KEY, partition=key,
+            asset_key=staging_file_key(STAGED_TABLE), partition=key,
             metadata={"version": version, "checks_passed": False}))
     return time.monotonic() - started, len(new), len(staged)
 
@@ -312,6 +323,10 @@ def load_previous_sensors(tree: Path) -> dict:
         spec.loader.exec_module(module)
         sensors.update({value.name: value for value in vars(module).values()
                         if isinstance(value, dg.SensorDefinition)})
+    missing = [name for name in (*FAST, *RECONCILIATION) if name not in sensors]
+    if missing:
+        print(f"previous tree {tree}: no module-level {', '.join(missing)}; the current "
+              "one(s) are timed in their place")
     return sensors
 
 

@@ -12,12 +12,30 @@ def build_definitions(config: CredflowConfig) -> dg.Definitions:
     from credflow_assets.resources.from_config import build_resources
 
     return dg.Definitions.merge(
-        dg.Definitions(resources=build_resources(config)),
+        dg.Definitions(resources=build_resources(config),
+                       sensors=[failure_notifications()]),
         therapists.build_defs(config),
         staged_tables.build_defs(config),
         drive_feeds.build_defs(config),
         provider_feeds.build_defs(config),
     )
+
+
+def failure_notifications() -> dg.RunStatusSensorDefinition:
+    """One failure sensor for every flow, each failed run told with its flow's message."""
+    from credflow_assets.drive_feeds import settings as drive_feeds
+    from credflow_assets.notifications import FlowFailures, build_failure_notification_sensor
+    from credflow_assets.provider_feeds import naming as provider_feeds
+    from credflow_assets.staged_tables import settings as staged_tables
+    from credflow_assets.staged_tables.sensors import describe_failure
+    from credflow_assets.therapists import settings as therapists
+
+    return build_failure_notification_sensor([
+        FlowFailures("therapist MPF", therapists.FLOW_RUNS),
+        FlowFailures("drive feed", drive_feeds.FLOW_RUNS),
+        FlowFailures("provider feed", provider_feeds.FLOW_RUNS),
+        FlowFailures("staged file", staged_tables.FLOW_RUNS, describe=describe_failure),
+    ])
 
 
 @dg.definitions

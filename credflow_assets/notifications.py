@@ -9,9 +9,13 @@ import json
 import logging
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Optional
 
 import dagster as dg
+
+from credflow_assets.run_tags import FlowRuns
 
 logger = logging.getLogger("credflow.notifications")
 
@@ -52,21 +56,54 @@ def failure_lines(run: dg.DagsterRun, reason: str) -> list[str]:
             f"run: {run.run_id}"]
 
 
-def build_failure_notification_sensor(
-    name: str, jobs: list, flow_label: str
-) -> dg.RunStatusSensorDefinition:
-    """A run-failure sensor for one flow's jobs that sends each failure to the notifier."""
+def failure_reason(context: dg.RunFailureSensorContext) -> str:
+    """The failed step's own message (the cause at the bottom of Dagster's error chain)."""
+    from credflow_assets.sync import innermost_error_message
 
-    @dg.run_failure_sensor(name=name, monitored_jobs=jobs,
-                           default_status=dg.DefaultSensorStatus.RUNNING)
-    def _notify(context: dg.RunFailureSensorContext, notifier: Notifier) -> None:
-        from credflow_assets.sync import innermost_error_message
+    for event in context.get_step_failure_events():
+        if event.step_failure_data.error is not None:
+            return innermost_error_message(event.step_failure_data.error)
+    return context.failure_event.message or "run failed"
 
-        reason = context.failure_event.message or "run failed"
-        for event in context.get_step_failure_events():
-            if event.step_failure_data.error is not None:
-                reason = innermost_error_message(event.step_failure_data.error)
-                break
-        notifier.notify(f"credflow: {flow_label} failed", failure_lines(context.dagster_run, reason))
 
-    return _notify
+FAILURE_SENSOR_NAME = "failure_notifications"
+
+
+@dataclass(frozen=True)
+class FlowFailures:
+    """How one flow's failed runs are told: its label, how to tell its runs (its jobs and
+    assets, `run_tags.FlowRuns`), and optionally its own message (title and lines)."""
+
+    label: str
+    runs: FlowRuns
+    describe: Callable[[dg.RunFailureSensorContext], tuple[str, list[str]]] | None = None
+
+
+def build_failure_notification_sensor(flows: list[FlowFailures]) -> dg.RunStatusSensorDefinition:
+    """One run-failure sensor for the code location: each failed run goes to the notifier with
+    its flow's message, whatever launched it (a sensor, `credflow sync`, the UI, a backfill or
+    a re-execution).
+
+    It names no `monitored_jobs`: a run the UI launches runs Dagster's implicit asset job, which
+    no flow names, so the run's flow is found from its job or its assets. One sensor, not one a
+    flow: each sensor that sees a run leaves an "acted on" event in the run's log.
+    """
+
+    @dg.run_failure_sensor(
+        name=FAILURE_SENSOR_NAME, default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Sends every failed run to the notifier (the webhook in "
+        "`notifications.webhook_url`, else the log): the flow, the file and the cause, "
+        "whatever launched the run (a sensor, credflow sync, the UI, a backfill).",
+    )
+    def failure_notifications(context: dg.RunFailureSensorContext, notifier: Notifier) -> None:
+        run = context.dagster_run
+        flow = next((flow for flow in flows
+                     if flow.runs.owns(run.job_name, list(run.asset_selection or ()))), None)
+        if flow is not None and flow.describe is not None:
+            title, lines = flow.describe(context)
+        else:
+            title = f"credflow: {flow.label if flow else run.job_name} failed"
+            lines = failure_lines(run, failure_reason(context))
+        notifier.notify(title, lines)
+
+    return failure_notifications

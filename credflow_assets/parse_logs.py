@@ -31,6 +31,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from credflow_assets.resources.s3 import object_url
+
 LOG_PREFIX = "parsing_logs"
 CAPTURED_LOGGER = "credflow"
 
@@ -108,6 +110,7 @@ class ParseLog:
         self.run_id = run_id
         self.redactor = Redactor()
         self.uri: str | None = None
+        self.url: str | None = None
         self.not_stored_reason: str | None = None
         self.lines = 0
         self._path = directory / "parse.log.gz"
@@ -123,7 +126,9 @@ class ParseLog:
 
     def metadata(self) -> dict[str, dg.MetadataValue]:
         if self.uri:
-            return {"log_uri": dg.MetadataValue.path(self.uri)}
+            # The s3:// address for tools, and a link a person opens (local object or console).
+            return {"log_uri": dg.MetadataValue.path(self.uri),
+                    "log_url": dg.MetadataValue.url(self.url)}
         return {"log_uri": dg.MetadataValue.text(f"not stored: {self.not_stored_reason}")}
 
     def _write(self, line: str) -> None:
@@ -191,6 +196,7 @@ def _upload(context, log: ParseLog, s3_client, bucket: str) -> None:
             "Metadata": {"finished-at": finished_at, "partition": _ascii(log.partition)},
         })
         log.uri = f"s3://{bucket}/{log.key}"
+        log.url = object_url(s3_client, bucket, log.key)
     except Exception as error:  # noqa: BLE001 - the parse's own outcome must still be reported
         log.not_stored_reason = f"{type(error).__name__}: {error}"
         context.log.warning(f"the parse log of {log.partition} was not stored: "

@@ -1,4 +1,6 @@
-"""Every dynamic partition definition, in one place: one partition per therapist or per file."""
+"""The dynamic partition definitions shared by a whole flow: one partition per therapist or per
+provider file. A drive feed's and a staged table's own sets are named in their flow's
+settings (`feed_partitions`, `table_partitions`): each holds only that feed's or table's files."""
 
 import dagster as dg
 
@@ -7,12 +9,6 @@ therapist_partitions = dg.DynamicPartitionsDefinition(name="therapists")
 
 # Keyed `{provider}/{remote path}`: one partition per file a provider dropped on SFTP.
 provider_file_partitions = dg.DynamicPartitionsDefinition(name="provider_files")
-
-# Keyed `{feed}/{drive file id}/{revision}`: one partition per revision of an inbound sheet.
-drive_feed_file_partitions = dg.DynamicPartitionsDefinition(name="drive_feed_files")
-
-# Keyed by the staged object's key (`staging/{table}/{file}`), sanitized for Dagster.
-staged_file_partitions = dg.DynamicPartitionsDefinition(name="staged_files")
 
 
 def is_valid_partition_key(key: str) -> bool:

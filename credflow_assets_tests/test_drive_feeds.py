@@ -23,12 +23,14 @@ from dagster._core.events import DagsterEventType
 
 from credflow_assets import drive_feeds
 from credflow_assets.config import NotificationsConfig, load_config
-from credflow_assets.definitions import build_definitions
+from credflow_assets.definitions import build_definitions, failure_notifications
 from credflow_assets.drive_feeds.settings import (
     SUMMARY_INBOUND_ID,
     SUMMARY_INBOUND_REVISION,
-    SUMMARY_KEY,
+    feed_partitions,
+    partition_key,
     records_key,
+    summary_key,
 )
 from credflow_assets.drive_feeds.store import FeedTables
 from credflow_assets.drive_feeds.summary import find_summary, parse_summary
@@ -95,7 +97,8 @@ def flow(tmp_path_factory, webhook):
         # checks the full merge.
         resources = build_resources(config)
         defs = dg.Definitions.merge(
-            dg.Definitions(resources={key: resources[key] for key in FLOW_RESOURCES}),
+            dg.Definitions(resources={key: resources[key] for key in FLOW_RESOURCES},
+                           sensors=[failure_notifications()]),
             feed_defs)
         drive = DriveResource(api_url=variables["CREDFLOW_DRIVE_URL"],
                               token=variables["CREDFLOW_DRIVE_TOKEN"])
@@ -125,7 +128,7 @@ def upload(flow, feed: str, path: Path, name: str | None = None) -> dict:
 
 
 def key_of(feed: str, file: dict) -> str:
-    return f"{feed}/{file['id']}/{file['md5Checksum']}"
+    return partition_key(feed, file["id"], file["md5Checksum"], file["name"])
 
 
 def outcome(report, feed: str, file: dict):
@@ -466,7 +469,7 @@ def test_a_200k_row_file_ingests(flow, tmp_path):
         count = connection.execute(sa.text(
             f"SELECT count(*) FROM {config.table} WHERE ctas_id >= 'CTAS0100000'")).scalar_one()
     assert count == 200_000
-    summary = materialization(flow, SUMMARY_KEY, key_of(feed, file)).metadata
+    summary = materialization(flow, summary_key(feed), key_of(feed, file)).metadata
     assert summary["inserted"].value == 200_000
 
 
@@ -499,11 +502,11 @@ def test_the_flow_merges_into_the_code_location(flow):
     dg.Definitions.validate_loadable(defs)
     repository = defs.get_repository_def()
     keys = {key.to_user_string() for key in repository.asset_graph.get_all_asset_keys()}
-    assert {"drive/inbound/sheet", "drive/outbound/summary", "tables/contact_tracing/records",
-            "tables/nsss/records", "tables/spl/records"} <= keys
+    assert {f"{kind}/{feed}_{suffix}" for feed in FEEDS for kind, suffix in (
+        ("drive/inbound", "sheet"), ("tables", "records"), ("drive/outbound", "summary"))} <= keys
     assert {f"drive_feed_{feed}_job" for feed in FEEDS} <= set(repository.job_names)
     assert {f"drive_feed_{feed}_inbound_sensor" for feed in FEEDS} | {
-        "drive_feeds_failure_notifications"} <= {sensor.name for sensor in repository.sensor_defs}
+        "failure_notifications"} <= {sensor.name for sensor in repository.sensor_defs}
 
 
 def test_a_file_that_is_not_a_sheet_fails_naming_the_feed_and_file(flow, tmp_path):
@@ -529,7 +532,7 @@ def test_a_revision_replaced_before_its_run_is_skipped_not_misread(flow, tmp_pat
     flow["drive"].update_file(file["id"], mime_type=CSV_MIME, local_path=write_csv(
         tmp_path / "v2.csv", config, sample_rows(config, 3, start=9000, variant=1)))
     # The sensor saw v1; v2 replaced it before v1's run started.
-    flow["instance"].add_dynamic_partitions("drive_feed_files", [stale])
+    flow["instance"].add_dynamic_partitions(feed_partitions(feed).name, [stale])
 
     result = flow["defs"].resolve_job_def(f"drive_feed_{feed}_job").execute_in_process(
         partition_key=stale, instance=flow["instance"])

@@ -31,6 +31,8 @@ import yaml
 
 from credflow_assets import provider_feeds
 from credflow_assets.config import load_config
+from credflow_assets.dagster_compat import sensor_cursor
+from credflow_assets.definitions import failure_notifications
 from credflow_assets.local import seed_provider_feeds as seed
 from credflow_assets.local import sshd, stack
 from credflow_assets.local.gpg_keys import encrypt_file, sign_detached
@@ -49,7 +51,7 @@ from credflow_assets.provider_feeds.settings import (
 )
 from credflow_assets.resources.from_config import build_resources
 from credflow_assets.resources.sftp import SftpResource
-from credflow_assets.sync import CURSOR_KEY_PREFIX, sync
+from credflow_assets.sync import sync
 from credflow_assets_tests.conftest import DEFAULT_CONFIG
 
 WRONG_PASSPHRASE_ENV = "CREDFLOW_TEST_WRONG_GPG_PASSPHRASE"
@@ -189,7 +191,8 @@ def flow_definitions(config, settings: ProviderFeedsSettings) -> dg.Definitions:
     engine from building SQS, Glue, Drive and SQL clients it does not use."""
     shared = {key: resource for key, resource in build_resources(config).items()
               if key in {"s3", "notifier"} or key.startswith("sftp_")}
-    return dg.Definitions.merge(dg.Definitions(resources=shared),
+    return dg.Definitions.merge(dg.Definitions(resources=shared,
+                                               sensors=[failure_notifications()]),
                                 provider_feeds.build_defs(config, settings=settings))
 
 
@@ -401,8 +404,7 @@ def test_a_file_still_being_written_waits_for_the_next_tick(flow):
                                      logs_bucket=flow["config"].buckets.logs)
     growing = flow["sftp_root"] / "acme_health/outbox/growing.csv"
     growing.write_bytes(b"id\n1\n")
-    cursor_key = CURSOR_KEY_PREFIX + sensor_name("acme_health")
-    cursor = flow["instance"].run_storage.get_cursor_values({cursor_key})[cursor_key]
+    cursor = sensor_cursor(flow["instance"], sensor_name("acme_health"))
 
     def still_writing(_seconds: float) -> None:
         with open(growing, "ab") as out:  # the provider appends between the two listings

@@ -396,7 +396,7 @@ def test_definitions_give_each_provider_a_sensor_and_load_with_the_code_location
     defs = build_definitions(config)
     dg.Definitions.validate_loadable(defs)
     repository = defs.get_repository_def()
-    assert {"provider_feed_acme_health_sensor", "provider_feeds_failure_notification"} <= {
+    assert {"provider_feed_acme_health_sensor", "failure_notifications"} <= {
         sensor.name for sensor in repository.sensor_defs}
     job = repository.get_job("provider_feeds_job")
     assert job.partitions_def.name == "provider_files"

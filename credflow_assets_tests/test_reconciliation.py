@@ -18,12 +18,21 @@ import dagster as dg
 import pytest
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
+from credflow_assets.dagster_compat import sensor_cursor, store_sensor_cursor
 from credflow_assets.definitions import build_definitions
-from credflow_assets.partitions import staged_file_partitions, therapist_partitions
+from credflow_assets.partitions import therapist_partitions
 from credflow_assets.staged_tables.layout import partition_key_for
-from credflow_assets.staged_tables.settings import JOB_NAME, STAGING_FILE_KEY, object_version
-from credflow_assets.sync import CURSOR_KEY_PREFIX
-from credflow_assets.therapists.sensors import MPF_FOLDER_KEY, MPF_JOB_NAME
+from credflow_assets.staged_tables.settings import (
+    job_name,
+    object_version,
+    staging_file_key,
+    table_partitions,
+)
+from credflow_assets.therapists.sensors import (
+    MPF_FOLDER_KEY,
+    MPF_JOB_NAME,
+    signup_reconciliation_sensor,
+)
 from credflow_assets.therapists.uploads import uploads_fingerprint
 from credflow_assets_tests.conftest import running_stack
 
@@ -143,15 +152,14 @@ def test_signup_pass_covers_the_bucket_in_bounded_ticks_and_finds_only_what_diff
 
 
 def test_signup_tick_resumes_from_its_stored_cursor_with_the_same_run_keys(stack):
-    """The cursor is kept in the instance (here where `credflow sync` keeps it): after a
-    restart the same tick evaluated again asks for the same runs under the same run keys,
-    which Dagster launches only once."""
+    """The cursor is kept in the instance (in the sensor's state, where the daemon and
+    `credflow sync` both keep it): after a restart the same tick evaluated again asks for the
+    same runs under the same run keys, which Dagster launches only once."""
     settings = signup_settings(stack)
     first = tick(stack, "signup_reconciliation_sensor", "therapist_settings", settings, None)
-    key = CURSOR_KEY_PREFIX + "signup_reconciliation_sensor"
-    stack["instance"].run_storage.set_cursor_values({key: first.cursor})
+    store_sensor_cursor(stack["instance"], signup_reconciliation_sensor, first.cursor)
     with dg.DagsterInstance.get() as restarted:  # a new process's view of the same storage
-        stored = restarted.run_storage.get_cursor_values({key})[key]
+        stored = sensor_cursor(restarted, "signup_reconciliation_sensor")
     second = tick(stack, "signup_reconciliation_sensor", "therapist_settings", settings, stored)
     replay = tick(stack, "signup_reconciliation_sensor", "therapist_settings", settings, stored)
     assert [r.run_key for r in second.run_requests] == [r.run_key for r in replay.run_requests]
@@ -186,18 +194,18 @@ def test_staging_pass_finds_lost_uploads_and_leaves_rejected_and_running_files_a
     listed = {item["Key"]: item for page in s3.get_paginator("list_objects_v2").paginate(
         Bucket=bucket, Prefix="staging/") for item in page.get("Contents", [])}
     rejected = [key for key in keys if key != lost]
-    instance.add_dynamic_partitions(staged_file_partitions.name,
+    instance.add_dynamic_partitions(table_partitions("claims").name,
                                     [partition_key_for(key) for key in rejected])
     for key in rejected:
         version = object_version(listed[key]["ETag"], listed[key]["LastModified"])
         instance.report_runless_asset_event(dg.AssetMaterialization(
-            asset_key=STAGING_FILE_KEY, partition=partition_key_for(key),
+            asset_key=staging_file_key("claims"), partition=partition_key_for(key),
             metadata={"version": version, "checks_passed": False}))
     # An analyst uploads a corrected file over a rejected one (its event lost too) …
     s3.put_object(Bucket=bucket, Key=replaced, Body=b"a,b\n1,2\n")
     # … and a run for another rejected file's replacement is under way right now.
     s3.put_object(Bucket=bucket, Key=running, Body=b"a,b\n3,4\n")
-    instance.add_run(DagsterRun(job_name=JOB_NAME, status=DagsterRunStatus.STARTED,
+    instance.add_run(DagsterRun(job_name=job_name("claims"), status=DagsterRunStatus.STARTED,
                                 tags={"dagster/partition": partition_key_for(running)}))
 
     ticks, cursor = one_pass(stack, "staging_reconciliation_sensor", "staged_tables_settings",

@@ -18,6 +18,13 @@ from dagster._core.storage.dagster_run import RunsFilter
 from credflow_assets.definitions import build_definitions
 from credflow_assets.resources.glue import table_columns
 from credflow_assets.staged_tables.layout import partition_key_for
+from credflow_assets.staged_tables.settings import (
+    glue_table_key,
+    job_name,
+    prod_file_key,
+    staging_file_key,
+    table_partitions,
+)
 from credflow_assets.sync import sync
 from credflow_assets_tests.conftest import DEFAULT_CONFIG, running_stack
 
@@ -58,7 +65,7 @@ def upload(flow, table: str, name: str, header: str, rows=ROWS, *, ingest_date=N
 
 
 EVENTS = ["staging_events_sensor"]
-EVENTS_AND_NOTIFICATIONS = [*EVENTS, "staged_file_failure_notifications"]
+EVENTS_AND_NOTIFICATIONS = [*EVENTS, "failure_notifications"]
 
 
 def run_sync(flow, sensor_names=EVENTS):
@@ -159,9 +166,41 @@ def test_the_demo_uploads_found_tables_add_partitions_and_normalize_headers(flow
     wrong_run = report.failed[0].run_id
     for check_name in ("columns_match_table", "rows_match_schema"):
         history = flow["instance"].event_log_storage.get_asset_check_execution_history(
-            dg.AssetCheckKey(dg.AssetKey(["s3", "staging", "file"]), check_name), limit=10)
+            dg.AssetCheckKey(staging_file_key("claims"), check_name), limit=10)
         latest = next(record for record in history if record.run_id == wrong_run)
         assert latest.partition == partition_key_for(WRONG)
+
+
+def test_each_table_lists_only_its_own_files_and_its_own_failures(flow):
+    """Each table's assets are partitioned by its own staged files: the licenses table lists no
+    claims file, and the rejected claims file shows as failed on the claims table only."""
+    instance = flow["instance"]
+    claims = {partition_key_for(key) for key in (
+        "staging/claims/2024-01_claims.csv", "staging/claims/2024-02_claims.csv",
+        "staging/claims/2024-03_claims_excel_export.csv", WRONG)}
+    licenses = {partition_key_for("staging/licenses/2024-q1_licenses.csv")}
+    assert set(instance.get_dynamic_partitions(table_partitions("claims").name)) == claims
+    assert set(instance.get_dynamic_partitions(table_partitions("licenses").name)) == licenses
+
+    materialized = dg.AssetPartitionStatus.MATERIALIZED
+    for key in (staging_file_key("licenses"), prod_file_key("licenses"),
+                glue_table_key(DATABASE, "licenses")):
+        assert instance.get_status_by_partition(
+            key, sorted(licenses), table_partitions("licenses")) == dict.fromkeys(
+                licenses, materialized), key
+        assert not instance.fetch_failed_materializations(key, limit=10).records, key
+    for check_name in ("columns_match_table", "rows_match_schema"):
+        latest = instance.get_latest_asset_check_evaluation_record(
+            dg.AssetCheckKey(staging_file_key("licenses"), check_name))
+        assert latest.partition in licenses
+        assert latest.event.dagster_event.event_specific_data.passed
+
+    # The claims table shows its own rejected file: checked, then neither promoted nor
+    # registered.
+    glue_status = instance.get_status_by_partition(
+        glue_table_key(DATABASE, "claims"), sorted(claims), table_partitions("claims"))
+    assert glue_status == {**dict.fromkeys(claims, materialized),
+                           partition_key_for(WRONG): dg.AssetPartitionStatus.FAILED}
 
 
 def test_bad_files_stay_in_staging_with_results_naming_the_columns(flow, caplog):
@@ -262,7 +301,7 @@ def test_seeding_again_uploads_nothing(flow):
 def test_a_run_for_an_upload_that_was_replaced_fails_as_superseded(flow):
     from credflow_assets.staged_tables.settings import VERSION_TAG
 
-    result = flow["defs"].resolve_job_def("staged_file_job").execute_in_process(
+    result = flow["defs"].resolve_job_def(job_name("claims")).execute_in_process(
         instance=flow["instance"], partition_key=partition_key_for(WRONG),
         tags={VERSION_TAG: "0123abcd:1700000000"}, raise_on_error=False)
     assert not result.success

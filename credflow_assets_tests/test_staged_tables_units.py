@@ -12,7 +12,13 @@ from credflow_assets.config import load_config
 from credflow_assets.partitions import is_valid_partition_key
 from credflow_assets.staged_tables.checks import requested_ingest_date, uploader_of
 from credflow_assets.staged_tables.columns import compare_columns, normalize_header
-from credflow_assets.staged_tables.layout import Layout, object_key_for, partition_key_for
+from credflow_assets.staged_tables.layout import (
+    Layout,
+    object_key_for,
+    partition_key_for,
+    table_of_partition,
+)
+from credflow_assets.staged_tables.settings import job_name, table_partitions
 from credflow_assets.staged_tables.validation import infer_glue_type, validate_rows
 from credflow_assets_tests.conftest import DEFAULT_CONFIG
 
@@ -136,10 +142,34 @@ def test_every_configured_model_exists_and_the_definitions_load():
         resolve_model("NoSuchRecord")
     defs = build_definitions(config)
     dg.Definitions.validate_loadable(defs)
-    job = defs.resolve_job_def("staged_file_job")
-    assert {key.to_user_string() for key in job.asset_layer.asset_graph.get_all_asset_keys()
-            } >= {"s3/staging/file", "s3/prod/file", "glue/credflow_adhoc/claims",
-                  "glue/credflow_adhoc/licenses"}
-    assert {check.name for check in job.asset_layer.asset_graph.asset_check_keys} == {
-        "columns_match_table", "rows_match_schema"}
+    for table in ("claims", "licenses"):
+        job = defs.resolve_job_def(job_name(table))
+        assert {key.to_user_string() for key in job.asset_layer.asset_graph.get_all_asset_keys()
+                } == {f"s3/staging/{table}_staged_csv", f"s3/prod/{table}_prod_csv",
+                      f"glue/credflow_adhoc/{table}"}
+        assert {check.name for check in job.asset_layer.asset_graph.asset_check_keys} == {
+            "columns_match_table", "rows_match_schema"}
+        assert job.partitions_def == table_partitions(table)
     assert defs.resolve_job_def("staged_tables_audit_job")
+
+
+def test_each_file_belongs_to_its_table():
+    assert table_of_partition(partition_key_for("staging/claims/a,b.csv")) == "claims"
+    assert table_of_partition(partition_key_for("team/staging/licenses/q1.csv")) == "licenses"
+    assert table_of_partition("no-folder.csv") is None
+
+
+def test_a_failed_run_launched_from_the_ui_names_its_table_and_file():
+    """A run of Dagster's implicit asset job (the UI's Materialize) may carry only its asset
+    selection and partition: the notification still names the table and the file."""
+    from credflow_assets.staged_tables.sensors import describe_failed_run
+    from credflow_assets.staged_tables.settings import glue_table_key
+
+    key = "staging/licenses/2024 q1, final.csv"
+    run = dg.DagsterRun(job_name="__ASSET_JOB",
+                        asset_selection=frozenset({glue_table_key("credflow_adhoc", "licenses")}),
+                        tags={"dagster/partition": partition_key_for(key)})
+    with dg.DagsterInstance.ephemeral() as instance:
+        title, lines = describe_failed_run(instance, run, "Glue is down")
+    assert title == f"credflow: staged file {key} failed"
+    assert lines[:3] == ["table: licenses", f"uploader's key: {key}", "cause: Glue is down"]

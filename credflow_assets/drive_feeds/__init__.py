@@ -21,9 +21,6 @@ if TYPE_CHECKING:
     from credflow_assets.config import CredflowConfig
     from credflow_assets.drive_feeds.settings import DriveFeedSettings
 
-FAILURE_SENSOR_NAME = "drive_feeds_failure_notifications"
-
-
 def build_defs(config: CredflowConfig, settings: DriveFeedSettings | None = None) -> dg.Definitions:
     import dagster as dg
 
@@ -34,27 +31,21 @@ def build_defs(config: CredflowConfig, settings: DriveFeedSettings | None = None
         build_summary_asset,
     )
     from credflow_assets.drive_feeds.sensors import build_inbound_sensor
-    from credflow_assets.drive_feeds.settings import DriveFeedSettings, records_key
+    from credflow_assets.drive_feeds.settings import DriveFeedSettings
     from credflow_assets.drive_feeds.validation import build_plan
-    from credflow_assets.notifications import build_failure_notification_sensor
 
     if not config.feeds:
         return dg.Definitions()
-    feeds = {feed.name: feed for feed in config.feeds}
     plans = [build_plan(feed) for feed in config.feeds]
     jobs = {feed.name: build_feed_job(feed) for feed in config.feeds}
     return dg.Definitions(
         assets=[
-            build_inbound_asset(feeds),
+            *(build_inbound_asset(feed) for feed in config.feeds),
             *(build_records_asset(plan) for plan in plans),
-            build_summary_asset(feeds, [records_key(name) for name in feeds]),
+            *(build_summary_asset(feed) for feed in config.feeds),
         ],
         jobs=list(jobs.values()),
-        sensors=[
-            *(build_inbound_sensor(feed, jobs[feed.name]) for feed in config.feeds),
-            build_failure_notification_sensor(FAILURE_SENSOR_NAME, list(jobs.values()),
-                                              "drive feeds"),
-        ],
+        sensors=[build_inbound_sensor(feed, jobs[feed.name]) for feed in config.feeds],
         resources={
             "drive_feed_settings": settings or DriveFeedSettings(logs_bucket=config.buckets.logs)
         },

@@ -1,9 +1,9 @@
 """An inbound sheet → its feed's table (+ change history) → a summary in the outbound folder.
 
-One partition per inbound file revision, keyed `{feed}/{drive file id}/{revision}`: what is
-processed is decided by the Drive id and revision, never by names, dates or file counts. The
-inbound and outbound assets are shared by every feed (the key carries the feed); the table is
-one asset per feed, made by `build_records_asset` from the feed's config and model.
+One partition per inbound file revision, keyed `{feed}/{drive file id}/{revision}/{name}`: what
+is processed is decided by the Drive id and revision, never by names, dates or file counts (the
+name is only shown). Each feed has its own three assets, job and partition set, made from the
+feed's config and model.
 """
 
 
@@ -20,19 +20,19 @@ from credflow_assets.drive_feeds import checks
 from credflow_assets.drive_feeds.settings import (
     FEED_TAG,
     GROUP,
-    INBOUND_KEY,
-    SUMMARY_KEY,
     DriveFeedSettings,
+    feed_partitions,
+    inbound_key,
     job_name,
     parse_partition_key,
     records_key,
+    summary_key,
 )
 from credflow_assets.drive_feeds.validation import (
     ENGINE_COLUMNS,
     FeedPlan,
 )
 from credflow_assets.parse_logs import logged_events
-from credflow_assets.partitions import drive_feed_file_partitions
 from credflow_assets.resources.drive import DriveResource
 from credflow_assets.resources.sql import SqlResource
 
@@ -62,22 +62,23 @@ def fetch_content(drive: DriveResource, sheet: dict, dest: Path) -> str | None:
     return digest.hexdigest()
 
 
-def build_inbound_asset(feeds: dict[str, FeedConfig]) -> dg.AssetsDefinition:
+def build_inbound_asset(feed: FeedConfig) -> dg.AssetsDefinition:
     @dg.asset(
-        key=INBOUND_KEY,
-        partitions_def=drive_feed_file_partitions,
+        key=inbound_key(feed.name),
+        partitions_def=feed_partitions(feed.name),
         group_name=GROUP,
         kinds={"googledrive", "csv"},
-        description="An inbound sheet (CSV, XLSX or Google Sheet) from a feed's inbound Drive "
-        "folder, downloaded: one partition per file revision, `{feed}/{drive file id}/{revision}`.",
+        description=f"A sheet (CSV, XLSX or Google Sheet) dropped in the {feed.name} feed's "
+        f"inbound Drive folder ({feed.inbound_folder_id}), downloaded: one partition per file "
+        "revision, `{feed}/{drive file id}/{revision}/{file name}`.",
     )
     def inbound_sheet(context: dg.AssetExecutionContext, drive: DriveResource) -> dg.Output[dict]:
         from credflow_assets.drive_feeds.sheets import SheetError, file_kind, local_name, revision_of
 
         feed_name, file_id, revision = parse_partition_key(context.partition_key)
-        if feed_name not in feeds:
-            raise dg.Failure(f"partition {context.partition_key}: no feed named {feed_name!r} "
-                             f"in the config ({', '.join(sorted(feeds))})")
+        if feed_name != feed.name:
+            raise dg.Failure(f"partition {context.partition_key} belongs to feed "
+                             f"{feed_name!r}, not {feed.name!r}")
         file = drive.find_file(file_id)
         if file is None or file.get("trashed"):
             raise dg.Failure(f"feed {feed_name}: Drive file {file_id} (revision {revision}) was "
@@ -154,8 +155,8 @@ def build_records_asset(plan: FeedPlan) -> dg.AssetsDefinition:
 
     @dg.asset(
         key=records_key(feed.name),
-        ins={"sheet": dg.AssetIn(key=INBOUND_KEY)},
-        partitions_def=drive_feed_file_partitions,
+        ins={"sheet": dg.AssetIn(key=inbound_key(feed.name))},
+        partitions_def=feed_partitions(feed.name),
         group_name=GROUP,
         kinds={"pandas", "sql"},
         check_specs=[checks.schema_check_spec(plan)],
@@ -252,16 +253,16 @@ def build_records_asset(plan: FeedPlan) -> dg.AssetsDefinition:
     return records
 
 
-def build_summary_asset(feeds: dict[str, FeedConfig], records_keys: list[dg.AssetKey]):
+def build_summary_asset(feed: FeedConfig):
     @dg.asset(
-        key=SUMMARY_KEY,
-        deps=records_keys,
-        partitions_def=drive_feed_file_partitions,
+        key=summary_key(feed.name),
+        deps=[records_key(feed.name)],
+        partitions_def=feed_partitions(feed.name),
         group_name=GROUP,
         kinds={"googledrive"},
-        description="A summary of each processed inbound file in its feed's outbound Drive "
-        "folder: counts and rejected rows with reasons; appProperties link it to the inbound "
-        "file id and revision.",
+        description=f"A summary of each processed {feed.name} file in the feed's outbound Drive "
+        f"folder ({feed.outbound_folder_id}): counts and rejected rows with reasons; "
+        "appProperties link it to the inbound file id and revision.",
     )
     def outbound_summary(
         context: dg.AssetExecutionContext, drive: DriveResource, tables_db: SqlResource
@@ -274,7 +275,6 @@ def build_summary_asset(feeds: dict[str, FeedConfig], records_keys: list[dg.Asse
         from credflow_assets.drive_feeds.summary import publish_summary, write_summary
 
         feed_name, file_id, revision = parse_partition_key(context.partition_key)
-        feed = feeds[feed_name]
         engine = tables_db.get_engine()
         ensure_bookkeeping(engine)
         with engine.connect() as connection:
@@ -305,7 +305,8 @@ def build_summary_asset(feeds: dict[str, FeedConfig], records_keys: list[dg.Asse
 def build_feed_job(feed: FeedConfig):
     return dg.define_asset_job(
         job_name(feed.name),
-        selection=dg.AssetSelection.assets(INBOUND_KEY, records_key(feed.name), SUMMARY_KEY),
+        selection=dg.AssetSelection.assets(inbound_key(feed.name), records_key(feed.name),
+                                           summary_key(feed.name)),
         executor_def=dg.in_process_executor,
         tags={FEED_TAG: feed.name},
         description=f"One inbound {feed.name} sheet → {feed.table} → its outbound summary.",

@@ -5,9 +5,10 @@ oldest first), so it costs what changed, not what the folder holds. Equal timest
 (a batch of uploads in one second; a tick that stopped mid-batch): the cursor keeps the files it
 has seen inside the lookback window, by id and modifiedTime, so a file is neither missed nor
 requested twice. The lookback also catches a file Drive lists a little late. The partition key
-is `{feed}/{drive file id}/{revision}`: two files with the same name are two ids; a corrected
-re-upload is a new revision (or a new id); each is processed once. The run key is the partition
-key, so a tick that runs twice launches nothing twice.
+is `{feed}/{drive file id}/{revision}/{file name}`, in the feed's own partition set: two files
+with the same name are two ids; a corrected re-upload is a new revision (or a new id); each is
+processed once. The run key is `{feed}/{drive file id}/{revision}`, so a tick that runs twice
+launches nothing twice, and a renamed file (same revision) is not processed again.
 """
 
 
@@ -22,9 +23,10 @@ from credflow_assets.drive_feeds.settings import (
     FEED_TAG,
     FILE_TAG,
     DriveFeedSettings,
+    feed_partitions,
     partition_key,
 )
-from credflow_assets.partitions import drive_feed_file_partitions, is_valid_partition_key
+from credflow_assets.partitions import is_valid_partition_key
 from credflow_assets.resources.drive import DriveResource, escape_query_literal
 
 LIST_FIELDS = "id,name,mimeType,modifiedTime,md5Checksum,size,trashed"
@@ -127,16 +129,20 @@ def build_inbound_sensor(feed: FeedConfig, job) -> dg.SensorDefinition:
                 context.log.info(f"{feed.name}: skipping Drive file {file['id']}: "
                                  f"{file['mimeType']} is not a sheet")
                 continue
-            key = partition_key(feed.name, file["id"], revision)
+            key = partition_key(feed.name, file["id"], revision, file["name"])
             if not is_valid_partition_key(key):
                 context.log.warning(f"{feed.name}: skipping Drive file {file['id']}: "
                                     f"{key!r} cannot be a partition key")
                 continue
-            # A revision seen before (a rename changes modifiedTime, not the content) is
-            # requested again with the same run key, which Dagster and `credflow sync` skip.
+            # The run key is the revision's identity, without the name: a revision seen before
+            # (a rename changes modifiedTime and the key's name, not the content) already has
+            # its partition and run, and is not requested again.
+            run_key = revision_run_key(feed.name, file["id"], revision)
+            if _requested_before(context.instance, run_key):
+                continue
             keys.append(key)
             requests.append(dg.RunRequest(
-                partition_key=key, run_key=key,
+                partition_key=key, run_key=run_key,
                 tags={FEED_TAG: feed.name, FILE_TAG: file["id"]},
             ))
         if requests:
@@ -144,8 +150,17 @@ def build_inbound_sensor(feed: FeedConfig, job) -> dg.SensorDefinition:
         return dg.SensorResult(
             run_requests=requests,
             dynamic_partitions_requests=(
-                [drive_feed_file_partitions.build_add_request(keys)] if keys else []),
+                [feed_partitions(feed.name).build_add_request(keys)] if keys else []),
             cursor=next_cursor.to_json(),
         )
 
     return inbound_sensor
+
+
+def revision_run_key(feed: str, file_id: str, revision: str) -> str:
+    return f"{feed}/{file_id}/{revision}"
+
+
+def _requested_before(instance: dg.DagsterInstance, run_key: str) -> bool:
+    # One indexed tag lookup per new file listed, not a scan of the feed's partitions.
+    return bool(instance.get_run_ids(dg.RunsFilter(tags={"dagster/run_key": run_key}), limit=1))

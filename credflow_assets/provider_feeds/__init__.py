@@ -20,9 +20,6 @@ if TYPE_CHECKING:
     from credflow_assets.config import CredflowConfig
     from credflow_assets.provider_feeds.settings import ProviderFeedsSettings
 
-FAILURE_SENSOR_NAME = "provider_feeds_failure_notification"
-
-
 def build_defs(
     config: CredflowConfig, *, settings: Optional[ProviderFeedsSettings] = None
 ) -> dg.Definitions:
@@ -33,7 +30,6 @@ def build_defs(
     """
     import dagster as dg
 
-    from credflow_assets.notifications import build_failure_notification_sensor
     from credflow_assets.provider_feeds.assets import (
         build_provider_feed_assets,
         provider_feeds_job,
@@ -69,9 +65,6 @@ def build_defs(
         jobs=[provider_feeds_job],
         sensors=[
             *(build_provider_sensor(provider) for provider in config.providers),
-            build_failure_notification_sensor(
-                FAILURE_SENSOR_NAME, [provider_feeds_job], "provider feed"
-            ),
         ],
         resources=resources,
     )

@@ -72,6 +72,7 @@ from credflow_assets.provider_feeds.unpack import (
 from credflow_assets.resources.from_config import sftp_resource_key
 from credflow_assets.resources.s3 import (
     head_object_or_none,
+    object_url,
     s3_uri,
     transfer_config,
     upload_stream,
@@ -168,7 +169,7 @@ def materialize_raw(context: dg.AssetExecutionContext,
                 f"{ref}: raw copy {s3_uri(recorded['bucket'], recorded['key'])} already stored "
                 "(size and mtime match); the SFTP server is not contacted"
             )
-            return _raw_result(recorded, reused=True, seconds={})
+            return _raw_result(client, recorded, reused=True, seconds={})
         context.log.warning(f"{ref}: raw copy incomplete in S3 (missing {missing}); fetching again")
 
     sftp = getattr(context.resources, sftp_keys[ref.provider])
@@ -182,7 +183,7 @@ def materialize_raw(context: dg.AssetExecutionContext,
         except Exception as error:  # noqa: BLE001 - classified in file_failure
             raise file_failure(ref, "download", error, scrub={f"{work}/": ""},
                                log=context.log) from None
-    return _raw_result(copy, reused=False, seconds=seconds)
+    return _raw_result(client, copy, reused=False, seconds=seconds)
 
 
 def _fetch_raw(context, session, client, settings: ProviderFeedsSettings, ref: FileRef,
@@ -308,9 +309,13 @@ def _keeper(context, settings: ProviderFeedsSettings, ref: FileRef):
     return keep
 
 
-def _raw_result(copy: dict[str, Any], *, reused: bool,
+def _raw_result(client, copy: dict[str, Any], *, reused: bool,
                 seconds: dict[str, float]) -> dg.MaterializeResult:
     signature = copy.get("signature")
+    links = {"raw_url": dg.MetadataValue.url(object_url(client, copy["bucket"], copy["key"]))}
+    if signature:
+        links["signature_url"] = dg.MetadataValue.url(
+            object_url(client, copy["bucket"], signature["key"]))
     return dg.MaterializeResult(
         metadata={
             "provider": copy["provider"],
@@ -321,6 +326,7 @@ def _raw_result(copy: dict[str, Any], *, reused: bool,
             "remote_modified": f"{mtime_date(copy['remote_mtime'])} (mtime {copy['remote_mtime']})",
             "signature_uri": dg.MetadataValue.path(s3_uri(copy["bucket"], signature["key"]))
             if signature else "none",
+            **links,
             "reused_raw_copy": reused,
             "seconds_download": round(seconds.get("download", 0.0), 3),
             "seconds_upload": round(seconds.get("upload", 0.0), 3),
@@ -463,8 +469,8 @@ def materialize_landed(context: dg.AssetExecutionContext) -> dg.MaterializeResul
     if not landed:
         context.log.warning(f"{ref}: the archive holds no regular files; nothing landed")
     return dg.MaterializeResult(metadata={
-        **_landed_metadata(ref, copy, raw_uri, found, encrypted, signer, landed, seconds,
-                           settings),
+        **_landed_metadata(client, ref, copy, raw_uri, found, encrypted, signer, landed,
+                           seconds, settings),
         "raw_source": source,
         "decompressed_while_uploading": single is not None and found != "none",
     })
@@ -568,7 +574,7 @@ def _verify(client, settings: ProviderFeedsSettings, feed: ProviderFeed, ref: Fi
     return gpg.verify_detached(sig_local, raw_local, allowed_fingerprints=allowed)
 
 
-def _landed_metadata(ref: FileRef, copy: dict[str, Any], raw_uri: str, found: str,
+def _landed_metadata(client, ref: FileRef, copy: dict[str, Any], raw_uri: str, found: str,
                      encrypted: bool, signer: Optional[str], landed: list[dict],
                      seconds: dict[str, float], settings: ProviderFeedsSettings) -> dict:
     by_type: dict[str, int] = {}
@@ -581,7 +587,9 @@ def _landed_metadata(ref: FileRef, copy: dict[str, Any], raw_uri: str, found: st
         if landed else "") + (f"; {sum(rows):,} CSV row(s)" if rows else "") + (
         f"; {_size(total_bytes)}")
     table = ["| S3 key | type | size | rows |", "|---|---|---|---|"] + [
-        f"| s3://{settings.bucket}/{entry['key']} | {entry['type']} | {entry['size']:,} | "
+        f"| [s3://{settings.bucket}/{entry['key']}]"
+        f"({object_url(client, settings.bucket, entry['key'])}) | {entry['type']} | "
+        f"{entry['size']:,} | "
         f"{'' if entry['rows'] is None else format(entry['rows'], ',')} |"
         for entry in landed
     ]
@@ -590,6 +598,7 @@ def _landed_metadata(ref: FileRef, copy: dict[str, Any], raw_uri: str, found: st
         "remote_path": ref.remote_path,
         "summary": summary,
         "raw_uri": dg.MetadataValue.path(raw_uri),
+        "raw_url": dg.MetadataValue.url(object_url(client, copy["bucket"], copy["key"])),
         "raw_sha256": copy["sha256"],
         "signature": f"verified: {signer}" if signer else "none",
         "encrypted": encrypted,

@@ -16,6 +16,7 @@ from typing import Optional
 from urllib.parse import unquote
 
 from credflow_assets.partitions import is_valid_partition_key
+from credflow_assets.run_tags import FlowRuns
 
 SIGNATURE_SUFFIX = ".sig"
 # Run tags carrying what the sensor saw, so a run downloads the version it was asked for.
@@ -121,3 +122,16 @@ def signature_keys(data_key: str, size: int, mtime: int) -> tuple[str, str]:
 
 def landed_key(category: str, folder: str, name: str) -> str:
     return f"data/{category}/{folder}/{name}"
+
+
+def _run_tags(key: str) -> dict[str, str]:
+    provider, remote_path = parse_partition_key(key)
+    return {PROVIDER_TAG: provider, REMOTE_PATH_TAG: remote_path}
+
+
+# Every run of the flow carries its provider and file, whatever launched it (run_tags.py).
+FLOW_RUNS = FlowRuns(
+    job_names=lambda name: name == "provider_feeds_job",
+    asset_key_prefixes=(("s3", "provider_feeds"),),
+    tags=lambda key, _job, _assets: _run_tags(key),
+)

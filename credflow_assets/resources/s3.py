@@ -22,6 +22,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from typing import IO, Any, ClassVar
+from urllib.parse import quote, urlsplit
 
 from dagster import ConfigurableResource
 from dagster_aws.s3 import S3Resource
@@ -89,6 +90,32 @@ class CachedS3Resource(S3Resource):
 
 def s3_uri(bucket: str, key: str) -> str:
     return f"s3://{bucket}/{key}"
+
+
+def object_url(client, bucket: str, key: str) -> str:
+    """A link a person can open in a browser for `s3://bucket/key` (no token, no expiry).
+
+    On AWS, the S3 console's page of the object (Open shows it; a parse log is stored as
+    gzip-encoded text, so the browser shows it as text); on another endpoint (the local moto
+    server), the object's own path-style URL. Presigned URLs expire, so they are not used.
+    """
+    endpoint = (client.meta.endpoint_url or "").rstrip("/")
+    if not endpoint or urlsplit(endpoint).hostname.endswith(".amazonaws.com"):
+        region = client.meta.region_name or "us-east-1"
+        return (f"https://console.aws.amazon.com/s3/object/{quote(bucket, safe='')}"
+                f"?region={region}&bucketType=general&prefix={quote(key, safe='')}")
+    return f"{endpoint}/{quote(bucket, safe='')}/{quote(key, safe='/')}"
+
+
+def prefix_url(client, bucket: str, prefix: str) -> str:
+    """A link to the objects under `prefix`: the console's folder view on AWS, the bucket's
+    listing (S3's XML) on another endpoint."""
+    endpoint = (client.meta.endpoint_url or "").rstrip("/")
+    if not endpoint or urlsplit(endpoint).hostname.endswith(".amazonaws.com"):
+        region = client.meta.region_name or "us-east-1"
+        return (f"https://console.aws.amazon.com/s3/buckets/{quote(bucket, safe='')}"
+                f"?region={region}&bucketType=general&prefix={quote(prefix, safe='')}")
+    return f"{endpoint}/{quote(bucket, safe='')}?prefix={quote(prefix, safe='')}"
 
 
 def head_object_or_none(client, bucket: str, key: str) -> dict[str, Any] | None:

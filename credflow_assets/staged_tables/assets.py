@@ -1,13 +1,18 @@
 """Staged CSV → prod copy → Glue partition, one staged file (partition) per run.
 
-    ["s3", "staging", "file"]     the upload, observed (key, size, etag, header), and its two
-                                  blocking checks (checks.py)
-    ["s3", "prod", "file"]        the promoted copy: prod/{table}/ingest_date=D/{file}
-    ["glue", database, table]     one asset per configured table: the table (created from its
-                                  first good file) and the file's ingest_date partition
+Each configured table T (Glue database D) has its own three assets, partition set and job, made
+here from the config (`build_table_assets`, `build_table_job`; names in settings.py):
 
-All three run in one job (`staged_file_job`), so a failing check stops the prod and Glue steps
-of the same run: nothing reaches prod or Glue, and the staged file is left as it was.
+    s3/staging/{T}_staged_csv     the upload, observed (key, size, etag, header), and its two
+                                  blocking checks (checks.py)
+    s3/prod/{T}_prod_csv          the promoted copy: prod/{T}/ingest_date=D/{file}
+    glue/D/T                      the table (created from its first good file) and the file's
+                                  ingest_date partition
+
+A table's partitions (`staged_{T}_files`) are its own staged files only, so no asset lists
+another table's files, as missing or as failed. All three run in one job (`staged_{T}_job`),
+so a failing check stops the prod and Glue steps of the same run: nothing reaches prod or Glue,
+and the staged file is left as it was.
 
 What happens to the staged file. A file that fails a check stays in staging, untouched, until a
 corrected upload replaces it (same key) or someone deletes it. A promoted file is *removed* from
@@ -40,12 +45,16 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from credflow_assets.parse_logs import parse_log
-from credflow_assets.partitions import staged_file_partitions
 from credflow_assets.resources.glue import GlueError, GlueResource, table_columns
-from credflow_assets.resources.s3 import DEFAULT_PART_SIZE, transfer_config
+from credflow_assets.resources.s3 import (
+    DEFAULT_PART_SIZE,
+    object_url,
+    prefix_url,
+    transfer_config,
+)
 from credflow_assets.staged_tables.checks import (
-    CHECK_SPECS,
     StagedObject,
+    check_specs,
     columns_check_result,
     requested_ingest_date,
     rows_check_result,
@@ -58,41 +67,76 @@ from credflow_assets.staged_tables.columns import (
     read_header,
     resolve_table_columns,
 )
-from credflow_assets.staged_tables.layout import PARTITION_COLUMN, StagedFile, object_key_for
+from credflow_assets.staged_tables.layout import (
+    PARTITION_COLUMN,
+    Layout,
+    StagedFile,
+    object_key_for,
+)
 from credflow_assets.staged_tables.settings import (
     GROUP,
-    JOB_NAME,
-    PROD_FILE_KEY,
-    STAGING_FILE_KEY,
     VERSION_TAG,
     StagedTablesSettings,
     glue_table_key,
+    job_name,
     object_version,
+    prod_file_key,
+    staging_file_key,
+    table_asset_keys,
+    table_partitions,
 )
 
 PROD_METADATA_SOURCE_KEY = "credflow-staged-key"
 PROD_METADATA_SOURCE_ETAG = "credflow-staged-etag"
 
 
-@dg.asset(
-    key=STAGING_FILE_KEY,
-    partitions_def=staged_file_partitions,
-    group_name=GROUP,
-    kinds={"s3", "csv", "pandas"},
-    check_specs=CHECK_SPECS,
-    description="An analyst's CSV in staging/{table}/, observed (key, size, etag, header) and "
-    "checked against its table before it may be promoted.",
-)
-def staged_file(
-    context: dg.AssetExecutionContext,
-    s3: S3Resource,
-    glue: GlueResource,
-    staged_tables_settings: StagedTablesSettings,
-):
-    settings = staged_tables_settings
+def build_table_assets(table: str, database: str, layout: Layout) -> list[dg.AssetsDefinition]:
+    """The three assets of one configured table, upstream first."""
+    return [build_staged_file_asset(table, layout), build_prod_file_asset(table, layout),
+            build_glue_table_asset(table, database, layout)]
+
+
+def build_table_job(table: str, database: str, layout: Layout):
+    """`staged_{table}_job`: one staged file of `table` per run, its three assets in order."""
+    return dg.define_asset_job(
+        job_name(table),
+        selection=dg.AssetSelection.assets(*table_asset_keys(database, table)),
+        executor_def=dg.in_process_executor,
+        description=f"One staged CSV of table {table} ({layout.staging_table_prefix(table)}): "
+        f"observe and check it, then (only if both checks pass) copy it to "
+        f"{layout.prod_table_prefix(table)} and register its partition in the Glue table "
+        f"{database}.{table}.",
+    )
+
+
+def build_staged_file_asset(table: str, layout: Layout) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=staging_file_key(table),
+        partitions_def=table_partitions(table),
+        group_name=GROUP,
+        kinds={"s3", "csv", "pandas"},
+        check_specs=check_specs(table),
+        description=f"An analyst's CSV in {layout.uri(layout.staging_table_prefix(table))}, "
+        "one partition per file: observed (key, size, etag, header) and checked against "
+        f"table {table} before it may be promoted.",
+    )
+    def staged_file(
+        context: dg.AssetExecutionContext,
+        s3: S3Resource,
+        glue: GlueResource,
+        staged_tables_settings: StagedTablesSettings,
+    ):
+        yield from observe_and_check(context, table, s3, glue, staged_tables_settings)
+
+    return staged_file
+
+
+def observe_and_check(context: dg.AssetExecutionContext, table: str, s3: S3Resource,
+                      glue: GlueResource, settings: StagedTablesSettings):
+    """The staged-file asset of `table`: its materialization, then its two check results."""
     layout = settings.layout
     client = s3.get_client()
-    target = _target(layout, context.partition_key)
+    target = _target(layout, context.partition_key, table)
     staged = head_staged(client, layout.bucket, target, log=context.log)
     requested = context.run.tags.get(VERSION_TAG)
     if requested and requested != staged.version:
@@ -149,6 +193,7 @@ def staged_file(
 
     metadata: dict[str, Any] = {
         "file": dg.MetadataValue.path(staged.uri),
+        "file_url": dg.MetadataValue.url(object_url(client, layout.bucket, staged.key)),
         "uploader_key": staged.key,
         "uploader": staged.uploader or "",
         "table": staged.table,
@@ -172,27 +217,36 @@ def staged_file(
     yield rows_result
 
 
-@dg.asset(
-    key=PROD_FILE_KEY,
-    deps=[STAGING_FILE_KEY],
-    partitions_def=staged_file_partitions,
-    group_name=GROUP,
-    kinds={"s3", "csv"},
-    description="The promoted copy in prod/{table}/ingest_date=YYYY-MM-DD/{file}, made only "
-    "after the staged file passed its checks in the same run.",
-)
-def prod_file(
-    context: dg.AssetExecutionContext,
-    s3: S3Resource,
-    glue: GlueResource,
-    staged_tables_settings: StagedTablesSettings,
-) -> dg.MaterializeResult:
-    settings = staged_tables_settings
+def build_prod_file_asset(table: str, layout: Layout) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=prod_file_key(table),
+        deps=[staging_file_key(table)],
+        partitions_def=table_partitions(table),
+        group_name=GROUP,
+        kinds={"s3", "csv"},
+        description=f"A staged {table} file's promoted copy in "
+        f"{layout.uri(layout.prod_table_prefix(table))}{PARTITION_COLUMN}=YYYY-MM-DD/{{file}}, "
+        "made only after the file passed its checks in the same run.",
+    )
+    def prod_file(
+        context: dg.AssetExecutionContext,
+        s3: S3Resource,
+        glue: GlueResource,
+        staged_tables_settings: StagedTablesSettings,
+    ) -> dg.MaterializeResult:
+        return promote(context, table, s3, glue, staged_tables_settings)
+
+    return prod_file
+
+
+def promote(context: dg.AssetExecutionContext, table: str, s3: S3Resource, glue: GlueResource,
+            settings: StagedTablesSettings) -> dg.MaterializeResult:
+    """The prod-file asset of `table`: copy the file this run checked to prod."""
     layout = settings.layout
-    staged = materialized_in_this_run(context, STAGING_FILE_KEY)
+    staged = materialized_in_this_run(context, staging_file_key(table), table)
     if not staged.get("checks_passed"):
         raise dg.Failure(f"{staged['file']} did not pass its checks; it is not promoted")
-    table, columns = staged["table"], list(staged["columns"])
+    columns = list(staged["columns"])
     # Another file may have founded the table since this one was checked.
     found = glue.get_table(settings.glue_database, table)
     if found is None:
@@ -214,6 +268,7 @@ def prod_file(
                      f"({copy['method']}, {copy['size']} bytes)")
     return dg.MaterializeResult(metadata={
         "file": dg.MetadataValue.path(f"s3://{layout.bucket}/{prod_key}"),
+        "file_url": dg.MetadataValue.url(object_url(client, layout.bucket, prod_key)),
         "prod_key": prod_key,
         "source": dg.MetadataValue.path(str(staged["file"])),
         "uploader_key": staged["uploader_key"],
@@ -228,50 +283,37 @@ def prod_file(
     })
 
 
-def build_glue_asset(settings: StagedTablesSettings) -> dg.AssetsDefinition | None:
-    """One Glue-table asset per configured table, in a multi-asset: a run materializes the one
-    its file belongs to."""
-    database = settings.glue_database
-    if not settings.tables:
-        return None
-    specs = [
-        dg.AssetSpec(
-            glue_table_key(database, table),
-            deps=[PROD_FILE_KEY],
-            skippable=True,
-            kinds={"glue", "athena"},
-            description=f"Glue table {database}.{table} (CSV, partitioned by "
-            f"{PARTITION_COLUMN}) over {settings.layout.table_location(table)}; each promoted "
-            "file adds or updates its partition.",
-        )
-        for table in settings.tables
-    ]
-
-    @dg.multi_asset(specs=specs, partitions_def=staged_file_partitions, group_name=GROUP,
-                    can_subset=True, name="glue_partitions")
-    def glue_partitions(
+def build_glue_table_asset(table: str, database: str, layout: Layout) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=glue_table_key(database, table),
+        deps=[prod_file_key(table)],
+        partitions_def=table_partitions(table),
+        group_name=GROUP,
+        kinds={"glue", "athena"},
+        description=f"Glue table {database}.{table} (CSV, partitioned by {PARTITION_COLUMN}) "
+        f"over {layout.table_location(table)}; each promoted {table} file adds or updates its "
+        "partition, and the first one creates the table.",
+    )
+    def glue_table(
         context: dg.AssetExecutionContext,
         s3: S3Resource,
         glue: GlueResource,
         staged_tables_settings: StagedTablesSettings,
-    ):
-        result = register_partition(context, s3.get_client(), glue, staged_tables_settings)
-        yield result
+    ) -> dg.MaterializeResult:
+        return register_partition(context, table, s3.get_client(), glue, staged_tables_settings)
 
-    return glue_partitions
+    return glue_table
 
 
-def register_partition(context, client, glue: GlueResource,
+def register_partition(context, table: str, client, glue: GlueResource,
                        settings: StagedTablesSettings) -> dg.MaterializeResult:
+    """The Glue asset of `table`: found the table if need be, register the file's partition,
+    then remove the file from staging."""
     layout = settings.layout
     database = settings.glue_database
-    staged = materialized_in_this_run(context, STAGING_FILE_KEY)
-    prod = materialized_in_this_run(context, PROD_FILE_KEY)
-    table, columns = staged["table"], list(staged["columns"])
-    asset_key = glue_table_key(database, table)
-    if asset_key not in context.selected_asset_keys:
-        raise dg.Failure(f"{staged['file']} belongs to table {table}: select "
-                         f"{asset_key.to_user_string()}")
+    staged = materialized_in_this_run(context, staging_file_key(table), table)
+    prod = materialized_in_this_run(context, prod_file_key(table), table)
+    columns = list(staged["columns"])
 
     created = False
     found = glue.get_table(database, table)
@@ -307,7 +349,6 @@ def register_partition(context, client, glue: GlueResource,
         + ("; table created" if created else "") + f"; staged file {staging_outcome}"
     )
     return dg.MaterializeResult(
-        asset_key=asset_key,
         metadata={
             "table": f"{database}.{table}",
             "table_created": created,
@@ -315,7 +356,10 @@ def register_partition(context, client, glue: GlueResource,
             "partition": f"{PARTITION_COLUMN}={staged['ingest_date']}",
             "partition_action": action,
             "location": dg.MetadataValue.path(location),
+            "location_url": dg.MetadataValue.url(prefix_url(
+                client, layout.bucket, location.removeprefix(f"s3://{layout.bucket}/"))),
             "file": dg.MetadataValue.path(str(prod["file"])),
+            "file_url": dg.MetadataValue.url(object_url(client, layout.bucket, prod["prod_key"])),
             "uploader_key": staged["uploader_key"],
             "staged_file": staging_outcome,
             "athena_query": dg.MetadataValue.md(
@@ -329,11 +373,14 @@ def register_partition(context, client, glue: GlueResource,
 # --- helpers --------------------------------------------------------------------------------
 
 
-def _target(layout, partition_key: str) -> StagedFile:
+def _target(layout, partition_key: str, table: str) -> StagedFile:
     key = object_key_for(partition_key)
     target = layout.staged_file(key)
     if target is None:
         raise dg.Failure(f"{layout.uri(key)} is not a staged file: {layout.why_ignored(key)}")
+    if target.table != table:
+        raise dg.Failure(f"{layout.uri(key)} is a file of table {target.table}, not {table}: "
+                         f"its own job is {job_name(target.table)}")
     return target
 
 
@@ -398,7 +445,7 @@ def _require_database(glue: GlueResource, database: str, file: str) -> None:
                          "promoted (create the database, then rerun the file)") from None
 
 
-def materialized_in_this_run(context, asset_key: dg.AssetKey) -> dict[str, Any]:
+def materialized_in_this_run(context, asset_key: dg.AssetKey, table: str) -> dict[str, Any]:
     """The metadata of `asset_key`'s materialization for this partition, made by this run.
 
     Promotion relies on the checks having run on the same upload in the same run; a prod or
@@ -411,7 +458,7 @@ def materialized_in_this_run(context, asset_key: dg.AssetKey) -> dict[str, Any]:
     if not records or records[0].run_id != context.run.run_id:
         raise dg.Failure(
             f"{asset_key.to_user_string()} was not materialized in this run: promote a staged "
-            f"file with {JOB_NAME}, which checks it first in the same run"
+            f"file with {job_name(table)}, which checks it first in the same run"
         )
     return {name: value.value for name, value in
             records[0].asset_materialization.metadata.items()}
@@ -491,11 +538,3 @@ def remove_staged_object(client: Any, bucket: str, key: str, etag: str) -> str:
         client.delete_object(Bucket=bucket, Key=key)  # no conditional delete: checked above
     return "removed from staging"
 
-
-staged_file_job = dg.define_asset_job(
-    JOB_NAME,
-    selection=dg.AssetSelection.groups(GROUP),
-    executor_def=dg.in_process_executor,
-    description="One staged CSV: observe and check it, then (only if both checks pass) copy it "
-    "to prod and register its Glue partition.",
-)

@@ -1,8 +1,10 @@
-"""The two blocking checks on a staged file, declared on the staged-file asset and yielded by it.
+"""The two blocking checks on a staged file, declared on its table's staged-file asset and yielded
+by it.
 
-Both run in the run that would promote the file (`staged_file_job`, one file per run), so a
+Both run in the run that would promote the file (`staged_{table}_job`, one file per run), so a
 failure stops the promotion: the prod and Glue steps of that run do not execute, the file stays
-in staging untouched, and the Dagster UI shows the failed check on the file's partition.
+in staging untouched, and the Dagster UI shows the failed check on the file's partition of its
+own table's asset (`s3/staging/{table}_staged_csv`).
 
 - `columns_match_table`: the normalized header equals the table's columns, in order (see
   `columns.py` for where the table's columns come from). Names missing, extra and out-of-order
@@ -22,37 +24,42 @@ from typing import Any
 
 import dagster as dg
 
-from credflow_assets.partitions import staged_file_partitions
 from credflow_assets.staged_tables.columns import ColumnComparison, TableColumns
-from credflow_assets.staged_tables.settings import STAGING_FILE_KEY
+from credflow_assets.staged_tables.settings import staging_file_key, table_partitions
 from credflow_assets.staged_tables.validation import RowsReport
 
 COLUMNS_CHECK = "columns_match_table"
 ROWS_CHECK = "rows_match_schema"
 
-# `partitions_def` on the spec records each result against the file's partition, so the UI shows
-# a file's checks on that file (without it, results are unpartitioned). It is a preview in Dagster
-# 1.13; its warning is silenced here, where the choice is made, rather than at every load.
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", category=dg.PreviewWarning)
-    columns_check_spec = dg.AssetCheckSpec(
-        name=COLUMNS_CHECK,
-        asset=STAGING_FILE_KEY,
-        partitions_def=staged_file_partitions,
-        blocking=True,
-        description="The staged file's normalized columns are the table's columns, in order "
-        "(Glue reads CSV columns by position). Blocks the promotion.",
-    )
-    rows_check_spec = dg.AssetCheckSpec(
-        name=ROWS_CHECK,
-        asset=STAGING_FILE_KEY,
-        partitions_def=staged_file_partitions,
-        blocking=True,
-        description="Every row fits the table's pandera model (where configured), the Glue "
-        "table's typed columns and the header's field count. Blocks the promotion.",
-    )
 
-CHECK_SPECS = [columns_check_spec, rows_check_spec]
+def check_specs(table: str) -> list[dg.AssetCheckSpec]:
+    """The two blocking checks of `table`'s staged-file asset."""
+    # `partitions_def` on the spec records each result against the file's partition, so the UI
+    # shows a file's checks on that file (without it, results are unpartitioned). It is a
+    # preview in Dagster 1.13; its warning is silenced here, where the choice is made, rather
+    # than at every load.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=dg.PreviewWarning)
+        return [
+            dg.AssetCheckSpec(
+                name=COLUMNS_CHECK,
+                asset=staging_file_key(table),
+                partitions_def=table_partitions(table),
+                blocking=True,
+                description=f"A staged {table} file's normalized columns are table {table}'s "
+                "columns, in order (Glue reads CSV columns by position). Blocks the promotion.",
+            ),
+            dg.AssetCheckSpec(
+                name=ROWS_CHECK,
+                asset=staging_file_key(table),
+                partitions_def=table_partitions(table),
+                blocking=True,
+                description=f"Every row of a staged {table} file fits the table's pandera model "
+                "(where configured), the Glue table's typed columns and the header's field "
+                "count. Blocks the promotion.",
+            ),
+        ]
+
 
 # S3 user metadata that may name who uploaded a file (x-amz-meta-…), first match wins.
 UPLOADER_METADATA_KEYS = ("uploaded-by", "uploaded_by", "uploader", "user", "owner", "author")
@@ -128,7 +135,7 @@ def columns_check_result(
     if header_error is not None or comparison is None:
         description = f"{staged.key}: {header_error or 'no header'}"
         return dg.AssetCheckResult(
-            check_name=COLUMNS_CHECK, asset_key=STAGING_FILE_KEY, passed=False,
+            check_name=COLUMNS_CHECK, asset_key=staging_file_key(staged.table), passed=False,
             description=description,
             metadata={**file_metadata(staged), "problem": header_error or "no header"},
         )
@@ -153,8 +160,8 @@ def columns_check_result(
     if comparison.expected is not None:
         metadata["comparison"] = dg.MetadataValue.md(_columns_table(comparison))
     return dg.AssetCheckResult(
-        check_name=COLUMNS_CHECK, asset_key=STAGING_FILE_KEY, passed=comparison.passed,
-        description=description, metadata=metadata,
+        check_name=COLUMNS_CHECK, asset_key=staging_file_key(staged.table),
+        passed=comparison.passed, description=description, metadata=metadata,
     )
 
 
@@ -162,7 +169,7 @@ def rows_check_result(staged: StagedObject, report: RowsReport | None,
                       not_run_reason: str | None = None) -> dg.AssetCheckResult:
     if report is None:
         return dg.AssetCheckResult(
-            check_name=ROWS_CHECK, asset_key=STAGING_FILE_KEY, passed=False,
+            check_name=ROWS_CHECK, asset_key=staging_file_key(staged.table), passed=False,
             description=f"{staged.key}: rows not checked: {not_run_reason}",
             metadata={**file_metadata(staged), "problem": not_run_reason or ""},
         )
@@ -186,7 +193,7 @@ def rows_check_result(staged: StagedObject, report: RowsReport | None,
             [{"row": row, **values} for row, values in sorted(report.failing_rows.items())]
         )
     return dg.AssetCheckResult(
-        check_name=ROWS_CHECK, asset_key=STAGING_FILE_KEY, passed=report.passed,
+        check_name=ROWS_CHECK, asset_key=staging_file_key(staged.table), passed=report.passed,
         description=f"{staged.key}: {report.summary()}", metadata=metadata,
     )
 

@@ -13,7 +13,8 @@ listed by the audit.
 Partition keys are the staged object keys, made acceptable to Dagster reversibly
 (`partition_key_for` / `object_key_for`): `%`, `,` and non-printable characters are
 percent-encoded, and the third dot of any `...` becomes `%2E`. Ordinary keys
-(`staging/claims/2024-01 claims.csv`) are their own partition key.
+(`staging/claims/2024-01 claims.csv`) are their own partition key. Each table has its own
+partition set (`settings.table_partitions`); `table_of_partition` says which a key belongs to.
 """
 
 from __future__ import annotations
@@ -41,6 +42,14 @@ def partition_key_for(object_key: str) -> str:
 def object_key_for(partition_key: str) -> str:
     """The S3 object key a partition key stands for."""
     return unquote(partition_key)
+
+
+def table_of_partition(partition_key: str) -> str | None:
+    """The table a staged file's partition key belongs to: the folder its file sits in
+    (`{staging_prefix}{table}/{name}`, whatever the staging prefix), None for a key without one.
+    Whether that table is configured is `Layout.why_ignored`'s to say."""
+    parts = object_key_for(partition_key).split("/")
+    return (parts[-2] or None) if len(parts) >= 2 else None
 
 
 def _prefix(prefix: str) -> str:

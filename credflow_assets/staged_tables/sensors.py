@@ -1,4 +1,8 @@
-"""New staged CSVs → one run per file; failures → the notifier.
+"""New staged CSVs → one run per file, of its own table's job; failures → the notifier.
+
+Both sensors are built from the config (`build_staging_events_sensor`,
+`build_staging_reconciliation_sensor`): a staged file of table T is a partition of T's own
+partition set (`staged_{T}_files`), added by the tick that requests its run of `staged_{T}_job`.
 
 The fast sensor (`staging_events_sensor`; `credflow sync` runs it before the reconciliation)
 drains the staging prefix's S3 event queue: a tick costs what was uploaded, not what staging
@@ -20,20 +24,22 @@ uploads whose event was lost (found within one pass plus one tick), runs that fa
 checking (S3 or Glue errors: retried once per pass), and rejected files, which it leaves alone
 until a new upload replaces them.
 
-The failure sensor reports every failed run of the staged-file job through the notifier (webhook
-or log): table, file, uploader's key and uploader, the columns that differ and the row failures,
-read from the run's failed check results; other failures with their error.
+`describe_failure` is the flow's message in the code location's failure notifications
+(notifications.py), whatever launched the run (a sensor, `credflow sync`, the UI, a backfill):
+table, file, uploader's key and uploader, the columns that differ and the row failures, read
+from the run's failed check results; other failures with their error.
 """
 
 
+from collections import defaultdict
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from credflow_assets.notifications import Notifier
-from credflow_assets.partitions import staged_file_partitions
+from credflow_assets.notifications import failure_reason
 from credflow_assets.reconciliation import (
     RECONCILE_INTERVAL_SECONDS,
     RECONCILE_PAGE_KEYS,
@@ -44,15 +50,17 @@ from credflow_assets.reconciliation import (
 )
 from credflow_assets.resources.s3 import head_object_or_none
 from credflow_assets.resources.sqs import S3EventCursor, SqsResource
-from credflow_assets.staged_tables.layout import object_key_for
+from credflow_assets.staged_tables.layout import Layout, object_key_for, table_of_partition
 from credflow_assets.staged_tables.settings import (
-    JOB_NAME,
     STAGED_KEY_TAG,
-    STAGING_FILE_KEY,
     TABLE_TAG,
     VERSION_TAG,
     StagedTablesSettings,
+    job_name,
     object_version,
+    staging_file_key,
+    table_of_run,
+    table_partitions,
 )
 
 # HEADs in flight at once: below botocore's 10 pooled connections per client (boto3 clients are
@@ -60,9 +68,9 @@ from credflow_assets.staged_tables.settings import (
 HEAD_CONCURRENCY = 8
 
 
-
 def _request(staged_file, version: str, run_key: str) -> dg.RunRequest:
     return dg.RunRequest(
+        job_name=job_name(staged_file.table),
         partition_key=staged_file.partition_key,
         run_key=run_key,
         tags={TABLE_TAG: staged_file.table, STAGED_KEY_TAG: staged_file.key,
@@ -71,25 +79,49 @@ def _request(staged_file, version: str, run_key: str) -> dg.RunRequest:
 
 
 def _result(requests: list[dg.RunRequest], cursor: str) -> dg.SensorResult:
-    keys = list(dict.fromkeys(request.partition_key for request in requests))
+    """The tick's runs, each file added to its own table's partition set first."""
+    keys_by_table: dict[str, dict[str, None]] = defaultdict(dict)
+    for request in requests:
+        keys_by_table[request.tags[TABLE_TAG]][request.partition_key] = None
     return dg.SensorResult(
         run_requests=requests,
-        dynamic_partitions_requests=(
-            [staged_file_partitions.build_add_request(keys)] if keys else []
-        ),
+        dynamic_partitions_requests=[
+            table_partitions(table).build_add_request(list(keys))
+            for table, keys in keys_by_table.items()
+        ],
         cursor=cursor,
     )
 
 
-@dg.sensor(job_name=JOB_NAME, minimum_interval_seconds=30,
-           default_status=dg.DefaultSensorStatus.RUNNING)
-def staging_events_sensor(
-    context: dg.SensorEvaluationContext,
-    s3: S3Resource,
-    sqs: SqsResource,
-    staged_tables_settings: StagedTablesSettings,
-) -> dg.SensorResult:
-    settings = staged_tables_settings
+def _tables_sentence(jobs: Mapping[str, Any]) -> str:
+    return ", ".join(f"{table} → {job_name(table)}" for table in jobs) or "none configured"
+
+
+def build_staging_events_sensor(jobs: Mapping[str, Any], layout: Layout) -> dg.SensorDefinition:
+    """`staging_events_sensor`, targeting each table's job (`jobs`: table → its job)."""
+
+    @dg.sensor(
+        name="staging_events_sensor", jobs=list(jobs.values()) or None,
+        minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Drains the staging uploads' S3 event queue and requests one run per new "
+        f"upload to {layout.uri(layout.staging_prefix)}{{table}}/ (the version there now), of "
+        "that table's own job, adding the file to that table's partitions. Tables: "
+        f"{_tables_sentence(jobs)}.",
+    )
+    def staging_events_sensor(
+        context: dg.SensorEvaluationContext,
+        s3: S3Resource,
+        sqs: SqsResource,
+        staged_tables_settings: StagedTablesSettings,
+    ) -> dg.SensorResult:
+        return staging_events_tick(context, s3, sqs, staged_tables_settings)
+
+    return staging_events_sensor
+
+
+def staging_events_tick(context: dg.SensorEvaluationContext, s3: S3Resource, sqs: SqsResource,
+                        settings: StagedTablesSettings) -> dg.SensorResult:
+    """One tick of `staging_events_sensor` (module docstring)."""
     layout = settings.layout
     cursor = S3EventCursor.from_json(context.cursor)
     batch = sqs.drain_s3_events(
@@ -138,15 +170,32 @@ def _head_objects(client, bucket: str, keys: list[str]) -> dict[str, dict[str, A
                                        keys)))
 
 
-@dg.sensor(job_name=JOB_NAME, minimum_interval_seconds=RECONCILE_INTERVAL_SECONDS,
-           default_status=dg.DefaultSensorStatus.RUNNING, tags=RECONCILIATION_SENSOR_TAGS)
-def staging_reconciliation_sensor(
-    context: dg.SensorEvaluationContext,
-    s3: S3Resource,
-    staged_tables_settings: StagedTablesSettings,
-) -> dg.SensorResult:
+def build_staging_reconciliation_sensor(jobs: Mapping[str, Any],
+                                        layout: Layout) -> dg.SensorDefinition:
+    """`staging_reconciliation_sensor`, targeting each table's job (`jobs`: table → its job)."""
+
+    @dg.sensor(
+        name="staging_reconciliation_sensor", jobs=list(jobs.values()) or None,
+        minimum_interval_seconds=RECONCILE_INTERVAL_SECONDS,
+        default_status=dg.DefaultSensorStatus.RUNNING, tags=RECONCILIATION_SENSOR_TAGS,
+        description=f"Lists one bounded stretch of {layout.uri(layout.staging_prefix)} per "
+        "tick, resuming from its cursor, and requests a run of its table's job for each upload "
+        "never checked (its event was lost) or whose run failed before checking; rejected "
+        f"files wait for a new upload. Tables: {_tables_sentence(jobs)}.",
+    )
+    def staging_reconciliation_sensor(
+        context: dg.SensorEvaluationContext,
+        s3: S3Resource,
+        staged_tables_settings: StagedTablesSettings,
+    ) -> dg.SensorResult:
+        return staging_reconciliation_tick(context, s3, staged_tables_settings)
+
+    return staging_reconciliation_sensor
+
+
+def staging_reconciliation_tick(context: dg.SensorEvaluationContext, s3: S3Resource,
+                                settings: StagedTablesSettings) -> dg.SensorResult:
     """One bounded stretch of staging/ per tick, resuming from the cursor (module docstring)."""
-    settings = staged_tables_settings
     layout = settings.layout
     cursor = ReconcileCursor.from_json(context.cursor)
     objects, finished = _staged_objects_after(s3.get_client(), layout, cursor.after,
@@ -156,9 +205,16 @@ def staging_reconciliation_sensor(
         staged_file = layout.staged_file(item["Key"])
         if staged_file is not None:
             staged.append((staged_file, object_version(item["ETag"], item["LastModified"])))
-    keys = [staged_file.partition_key for staged_file, _ in staged]
-    observed = latest_metadata_by_partition(context.instance, STAGING_FILE_KEY, keys)
-    active = partitions_with_active_runs(context.instance, JOB_NAME, keys)
+    # Each table's files are looked up in bulk on its own asset and job.
+    keys_by_table: dict[str, list[str]] = defaultdict(list)
+    for staged_file, _ in staged:
+        keys_by_table[staged_file.table].append(staged_file.partition_key)
+    observed: dict[str, dict[str, Any]] = {}
+    active: set[str] = set()
+    for table, keys in keys_by_table.items():
+        observed.update(latest_metadata_by_partition(context.instance, staging_file_key(table),
+                                                     keys))
+        active |= partitions_with_active_runs(context.instance, job_name(table), keys)
     requests = [
         _request(staged_file, version,
                  # The pass number lets a run that failed before checking be retried once per
@@ -201,11 +257,14 @@ def _rejected(observed: dict[str, Any] | None, version: str) -> bool:
 
 
 def last_observation(instance: dg.DagsterInstance, partition_key: str) -> dict[str, Any] | None:
-    """The metadata of the staged-file asset's latest materialization for this partition."""
-    if not instance.has_dynamic_partition(staged_file_partitions.name, partition_key):
+    """The metadata of the latest materialization of this partition of its table's staged-file
+    asset."""
+    table = table_of_partition(partition_key)
+    if table is None or not instance.has_dynamic_partition(table_partitions(table).name,
+                                                           partition_key):
         return None
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=STAGING_FILE_KEY, asset_partitions=[partition_key]),
+        dg.AssetRecordsFilter(asset_key=staging_file_key(table), asset_partitions=[partition_key]),
         limit=1, ascending=False,
     ).records
     if not records:
@@ -217,32 +276,24 @@ def last_observation(instance: dg.DagsterInstance, partition_key: str) -> dict[s
 # --- failure notifications ------------------------------------------------------------------
 
 
-def build_staged_file_failure_sensor(job) -> dg.SensorDefinition:
-    @dg.run_failure_sensor(name="staged_file_failure_notifications", monitored_jobs=[job],
-                           default_status=dg.DefaultSensorStatus.RUNNING)
-    def staged_file_failure_notifications(context: dg.RunFailureSensorContext,
-                                          notifier: Notifier) -> None:
-        title, lines = describe_failed_run(context.instance, context.dagster_run,
-                                           _step_error(context))
-        notifier.notify(title, lines)
-
-    return staged_file_failure_notifications
-
-
-def _step_error(context: dg.RunFailureSensorContext) -> str:
-    from credflow_assets.sync import innermost_error_message
-
-    for event in context.get_step_failure_events():
-        if event.step_failure_data.error is not None:
-            return innermost_error_message(event.step_failure_data.error)
-    return context.failure_event.message or "run failed"
+def describe_failure(context: dg.RunFailureSensorContext) -> tuple[str, list[str]]:
+    """The staged-tables flow's message for the code location's failure notifications."""
+    return describe_failed_run(context.instance, context.dagster_run, failure_reason(context))
 
 
 def describe_failed_run(instance: dg.DagsterInstance, run: dg.DagsterRun,
                         error: str) -> tuple[str, list[str]]:
-    """The notification for a failed staged-file run: which file, and what is wrong with it."""
-    key = run.tags.get(STAGED_KEY_TAG) or object_key_for(run.tags.get("dagster/partition", ""))
-    table = run.tags.get(TABLE_TAG, "?")
+    """The notification for a failed staged-file run: which file, and what is wrong with it.
+
+    A run the UI launched (Dagster's implicit asset job) may lack the flow's tags: its table
+    then follows from its assets, else from its partition key, and its file from that key.
+    """
+    partition_key = run.tags.get("dagster/partition", "")
+    key = run.tags.get(STAGED_KEY_TAG) or object_key_for(partition_key)
+    table = (run.tags.get(TABLE_TAG)
+             or table_of_run(run.job_name, list(run.asset_selection or []))
+             or table_of_partition(partition_key)
+             or "?")
     failed = [evaluation for evaluation in _check_evaluations(instance, run.run_id)
               if not evaluation.passed]
     if not failed:

@@ -23,7 +23,7 @@ from dagster_aws.s3 import S3Resource
 from credflow_assets.parse_logs import parse_log
 from credflow_assets.partitions import therapist_partitions
 from credflow_assets.resources.drive import DOCUMENT_MIME, DriveError, DriveResource
-from credflow_assets.resources.s3 import head_object_or_none
+from credflow_assets.resources.s3 import head_object_or_none, object_url, prefix_url
 from credflow_assets.resources.sql import SqlResource
 from credflow_assets.therapists.checks import (
     MPF_FOLDER_KEY,
@@ -95,7 +95,7 @@ def therapist_mpf(
     # Counts go in the metadata, not in log lines: each log line is one more write to the
     # instance's event log, which is most of what a run costs besides its work.
     yield dg.MaterializeResult(asset_key=UPLOADS_KEY, metadata=_uploads_metadata(
-        uploads, f"s3://{bucket}/{therapist_id}/"))
+        client, bucket, uploads, f"{therapist_id}/"))
     # One local copy per upload (work/{index}/), shared by the rendering and the placing.
     with tempfile.TemporaryDirectory(prefix="credflow-mpf-") as work:
         with parse_log(context, flow="therapists", s3_client=client,
@@ -108,15 +108,17 @@ def therapist_mpf(
                                 entries, Path(work))
 
 
-def _uploads_metadata(uploads: list[dict], prefix: str) -> dict:
+def _uploads_metadata(client, bucket: str, uploads: list[dict], prefix: str) -> dict:
     return {
         "uploads": len(uploads),
         "total_bytes": sum(upload["size"] for upload in uploads),
         "files": dg.MetadataValue.md(_table(
             ["S3 key", "size", "etag"],
-            [[upload["key"], upload["size"], upload["etag"]] for upload in uploads],
+            [[f"[{upload['key']}]({object_url(client, bucket, upload['key'])})", upload["size"],
+              upload["etag"]] for upload in uploads],
         )),
-        "s3_prefix": dg.MetadataValue.path(prefix),
+        "s3_prefix": dg.MetadataValue.path(f"s3://{bucket}/{prefix}"),
+        "s3_prefix_url": dg.MetadataValue.url(prefix_url(client, bucket, prefix)),
     }
 
 

@@ -46,7 +46,10 @@ MPF_PLACED_FILES_METADATA = "files"
 
 
 @dg.sensor(job_name=MPF_JOB_NAME, minimum_interval_seconds=30,
-           default_status=dg.DefaultSensorStatus.RUNNING)
+           default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Therapist uploads to the signup bucket, from its S3 event queue (up to "
+           "100 events a tick): one run per therapist with new uploads, which puts them in the "
+           "therapist's MPF folder.")
 def signup_upload_sensor(
     context: dg.SensorEvaluationContext,
     sqs: SqsResource,
@@ -95,7 +98,10 @@ def _placed_uploads(mpf_metadata: dict | None) -> set[tuple[str, str]]:
 
 
 @dg.sensor(job_name=MPF_JOB_NAME, minimum_interval_seconds=RECONCILE_INTERVAL_SECONDS,
-           default_status=dg.DefaultSensorStatus.RUNNING, tags=RECONCILIATION_SENSOR_TAGS)
+           default_status=dg.DefaultSensorStatus.RUNNING, tags=RECONCILIATION_SENSOR_TAGS,
+           description="A slow pass over the signup bucket, 1,000 keys a tick: a run for any "
+           "therapist whose uploads differ from what their MPF folder last received (a lost S3 "
+           "event, or a directory row that arrived late).")
 def signup_reconciliation_sensor(
     context: dg.SensorEvaluationContext,
     s3: S3Resource,
