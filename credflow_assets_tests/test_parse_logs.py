@@ -123,3 +123,23 @@ def test_a_log_that_cannot_be_stored_does_not_hide_the_outcome(local_stack, inst
     metadata = result.asset_materializations_for_node("parsed_file")[0].metadata
     assert metadata["log_uri"].value.startswith("not stored: ")
     assert "NoSuchBucket" in metadata["log_uri"].value
+
+
+def test_a_parse_log_opens_in_a_browser_from_its_link(logs_bucket, instance):
+    """The materialization's `log_url` is what a person clicks in the UI: it answers with no
+    credentials, and the browser shows the gzip-encoded log as text."""
+    import gzip
+    import urllib.request
+
+    result = materialize({"rows": 4}, logs_bucket, instance, partition="feed/file-3/rev-1")
+    metadata = result.asset_materializations_for_node("parsed_file")[0].metadata
+    url = metadata["log_url"].value
+
+    with urllib.request.urlopen(url, timeout=10) as response:  # no signature, no token
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        assert response.headers["Content-Encoding"] == "gzip"  # a browser inflates it
+        text = gzip.decompress(response.read()).decode()
+    assert "4 rows validated" in text
+    assert url.endswith(f"/{logs_bucket}/" + metadata["log_uri"].value.removeprefix(
+        f"s3://{logs_bucket}/"))

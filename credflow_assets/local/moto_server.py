@@ -126,7 +126,7 @@ def _client(service: str, endpoint_url: str, region: str):
 
 
 def ensure_bucket(endpoint_url: str, region: str, bucket: str) -> None:
-    """Create `bucket` unless it exists."""
+    """Create `bucket` unless it exists, readable without credentials (see below)."""
     from botocore.exceptions import ClientError
 
     s3 = _client("s3", endpoint_url, region)
@@ -139,6 +139,18 @@ def ensure_bucket(endpoint_url: str, region: str, bucket: str) -> None:
         code = error.response["Error"]["Code"]
         if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
             raise
+    # The links in Dagster's metadata (a parse log, a landed file) are the objects' own URLs on
+    # this server, opened by a browser with no credentials; on AWS they are console pages, where
+    # the person is signed in. The server listens on 127.0.0.1 only.
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(_read_without_credentials(bucket)))
+
+
+def _read_without_credentials(bucket: str) -> dict[str, Any]:
+    return {"Version": "2012-10-17", "Statement": [
+        {"Sid": "CredflowLocalLinks", "Effect": "Allow", "Principal": "*",
+         "Action": ["s3:GetObject", "s3:ListBucket"],
+         "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]},
+    ]}
 
 
 def ensure_glue_database(endpoint_url: str, region: str, name: str) -> None:
