@@ -2,7 +2,9 @@
 # Install the Debian packages credflow needs, only those missing. Usage: system-deps.sh [--test]
 #   (always)  openssh-server (the local SFTP server), gnupg (provider file decryption),
 #             libreoffice-writer-nogui (PDF renditions of office and text documents)
-#   --test    postgresql (the production-path tests: SQL tables and Dagster storage)
+#   --test    postgresql (the production-path tests: SQL tables and Dagster storage),
+#             rabbitmq-server (the Celery broker of the production-path test: a real worker),
+#             chromium (the headless browser of the Dagster UI tests: /usr/bin/chromium)
 set -euo pipefail
 
 need=()
@@ -12,6 +14,9 @@ command -v gpgconf >/dev/null 2>&1 || need+=(gnupg)
 command -v soffice >/dev/null 2>&1 || need+=(libreoffice-writer-nogui)
 if [[ "${1:-}" == "--test" ]]; then
   ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
+  # By path: /usr/sbin is not on a non-root user's PATH.
+  [[ -x /usr/sbin/rabbitmq-server ]] || need+=(rabbitmq-server)
+  [[ -x /usr/bin/chromium ]] || need+=(chromium)
 fi
 if [[ ${#need[@]} -eq 0 ]]; then
   exit 0

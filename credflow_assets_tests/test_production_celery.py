@@ -1,0 +1,387 @@
+"""The production path, run for real: deploy/dagster.celery.yaml with its own processes.
+
+An analyst's CSV lands in `staging/claims/`; `staging_events_sensor`, ticking under
+`dagster-daemon run`, requests a run; the daemon's run queue hands it to the `CeleryRunLauncher`,
+which publishes it to RabbitMQ; a `dagster-celery` worker (deploy/celery.yaml) consumes it and
+executes the run in its own pool process; everything is stored in PostgreSQL, where the test reads
+the run back. The test's own process only sets the scene (sensor states, the upload) and checks.
+
+What the worker needs, as in production: the run executes inside its pool process, which loads
+the code location itself from the run's origin (module `credflow_assets.definitions`). So the
+worker needs credflow installed and the code location's environment (CREDFLOW_CONFIG and the
+config's {env: …} variables), plus DAGSTER_HOME with the same dagster.yaml and its DAGSTER_PG_*
+variables, since the task opens the instance with `DagsterInstance.get()`.
+
+Isolation, so that the test sees only its own file and its own run:
+- a stack of its own (moto, sshd, the Drive server): the daemon ticks every sensor that is
+  running, and on the session's shared stack it would consume other modules' S3 events and move
+  their files;
+- every sensor but `staging_events_sensor` is stopped before the daemon starts, as an operator
+  would stop them in the UI: the staging reconciliation sensor would otherwise also request a run
+  for the same upload whenever its first tick comes before the event sensor's (the daemon shuffles
+  the order), and the second run would fail as "no longer in staging";
+- a Celery queue of its own (the launcher's `default_queue`, the worker's `-q`), deleted
+  afterwards: RabbitMQ's default vhost is shared by every test session on this machine, and a
+  worker of another session would take this run and fail to find it in its own database.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import boto3
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from credflow_assets.staged_tables.layout import partition_key_for
+from credflow_assets_tests.conftest import REPO, running_stack
+
+BIN = Path(sys.executable).parent
+BROKER_URL = os.environ.get("CREDFLOW_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
+# Results go back to the publisher over the broker: nothing else to run or clean up.
+BACKEND_URL = "rpc://"
+
+LOCATION_NAME = "credflow_assets"  # workspace.yaml
+SENSOR = "staging_events_sensor"
+BUCKET = "credflow-adhoc"
+DATABASE = "credflow_adhoc"
+TABLE = "claims"
+INGEST_DATE = "2024-05-31"
+CLAIMS_CSV = (
+    "claim_id,first_name,last_name,service_date,amount_usd,status\n"
+    "C-3001,Nicholas,Lamb,2024-05-02,120.50,paid\n"
+    "C-3002,Erin,Adams,2024-05-19,80.00,submitted\n"
+)
+
+# From the daemon's start to the run's end takes 12-26 s on this 2-core machine (busier: longer).
+RUN_DEADLINE_SECONDS = 60
+TERMINAL_STATUSES = {"SUCCESS", "FAILURE", "CANCELED"}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    with running_stack(tmp_path_factory.mktemp("production_celery") / "home") as (_, _, variables):
+        yield variables
+
+
+def require_rabbitmq() -> None:
+    """Fail (never skip) with the way to start it when RabbitMQ does not accept our login."""
+    import kombu
+
+    connection = kombu.Connection(BROKER_URL, connect_timeout=5)
+    try:
+        with connection:
+            connection.connect()
+    except Exception as error:  # noqa: BLE001 - any failure to connect means the same thing
+        pytest.fail(
+            f"RabbitMQ is not reachable at {connection.as_uri()} ({error}). Start it with "
+            "`scripts/test-services.sh` (`make test` runs it) or `rabbitmq-server -detached`; "
+            "install it with `scripts/system-deps.sh --test` (apt-get install rabbitmq-server). "
+            "Set CREDFLOW_TEST_RABBITMQ_URL to use another broker."
+        )
+
+
+@pytest.fixture
+def broker_queue():
+    """A Celery queue name for this test alone; the queue, and the direct exchange Celery names
+    after it, are deleted afterwards."""
+    import kombu
+
+    name = f"credflow-test-{uuid.uuid4().hex[:12]}"
+    yield name
+    with kombu.Connection(BROKER_URL, connect_timeout=5) as connection:
+        try:
+            connection.connect()
+        except Exception:  # noqa: BLE001 - no broker, no queue: the test failed saying so
+            return
+        channel = connection.channel()
+        channel.queue_delete(name)
+        channel.exchange_delete(name)
+
+
+# --- the deployment's processes --------------------------------------------------------------
+
+
+@dataclass
+class Service:
+    """A process started in its own session (process group), its output in `log_path`."""
+
+    name: str
+    process: subprocess.Popen
+    log_path: Path
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def require_running(self) -> None:
+        if self.process.poll() is not None:
+            raise AssertionError(f"{self.name} exited with status {self.process.returncode}:\n"
+                                 f"{self.log[-4000:]}")
+
+
+def _signal_group(group: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(group, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _group_exists(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop_services(services: list[Service], timeout: float = 15.0) -> None:
+    """SIGTERM to each service's whole group (the daemon's code server, Celery's pool process),
+    both at once since each takes a few seconds to shut down; SIGKILL to whatever is left after
+    `timeout`."""
+    for service in services:
+        _signal_group(service.process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for service in services:
+            service.process.poll()  # reap the leader, or its group never empties
+        if not any(_group_exists(service.process.pid) for service in services):
+            return
+        time.sleep(0.1)
+    for service in services:
+        _signal_group(service.process.pid, signal.SIGKILL)
+        service.process.wait(timeout=5)
+
+
+def start_service(name: str, command: list[str], log_path: Path, env: dict[str, str]) -> Service:
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=subprocess.STDOUT, env=env, cwd=REPO,
+                                   start_new_session=True)
+    return Service(name, process, log_path)
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def write_dagster_home(home: Path, queue: str) -> Path:
+    """DAGSTER_HOME/dagster.yaml: deploy/dagster.celery.yaml as shipped, but for the launcher's
+    queue, which is this test's own."""
+    home.mkdir()
+    config = yaml.safe_load((REPO / "deploy" / "dagster.celery.yaml").read_text())
+    assert config["run_launcher"]["class"] == "CeleryRunLauncher"
+    config["run_launcher"]["config"]["default_queue"] = queue
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return home
+
+
+def postgres_variables(postgres_url: str) -> dict[str, str]:
+    parsed = urlparse(postgres_url.replace("+psycopg2", ""))
+    # deploy/dagster.celery.yaml names port 5432; another server is reached only there.
+    assert (parsed.port or 5432) == 5432, f"deploy/dagster.celery.yaml expects port 5432: {parsed}"
+    return {"DAGSTER_PG_HOST": parsed.hostname, "DAGSTER_PG_DB": parsed.path.lstrip("/"),
+            "DAGSTER_PG_USER": parsed.username, "DAGSTER_PG_PASSWORD": parsed.password}
+
+
+def stop_every_sensor_but(instance, keep: str) -> list[str]:
+    """Stop, in the instance, every sensor of the code location except `keep` (what the UI's
+    toggle does); the daemon then ticks `keep` alone. Returns the stopped sensors' names."""
+    from dagster._core.remote_origin import InProcessCodeLocationOrigin
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+
+    # The daemon finds a sensor's state by its selector (location, repository, sensor name), so
+    # states written through an in-process copy of the location apply to the daemon's.
+    origin = InProcessCodeLocationOrigin(
+        LoadableTargetOrigin(executable_path=sys.executable,
+                             module_name="credflow_assets.definitions"),
+        location_name=LOCATION_NAME,
+    )
+    stopped = []
+    with origin.create_location(instance) as location:
+        sensors = [sensor for repository in location.get_repositories().values()
+                   for sensor in repository.get_sensors()]
+        assert keep in {sensor.name for sensor in sensors}
+        for sensor in sensors:
+            if sensor.name != keep:
+                instance.stop_sensor(sensor.get_remote_origin_id(), sensor.selector_id, sensor)
+                stopped.append(sensor.name)
+    return stopped
+
+
+def runs_of_partition(engine, partition_key: str) -> list[tuple[str, str]]:
+    """(run_id, status) of every run of `partition_key`, from PostgreSQL's own tables."""
+    with engine.connect() as connection:
+        return [tuple(row) for row in connection.execute(sa.text(
+            "SELECT runs.run_id, runs.status FROM runs JOIN run_tags "
+            "ON run_tags.run_id = runs.run_id "
+            "WHERE run_tags.key = 'dagster/partition' AND run_tags.value = :partition "
+            "ORDER BY runs.create_timestamp"), {"partition": partition_key})]
+
+
+def run_tags(engine, run_id: str) -> dict[str, str]:
+    with engine.connect() as connection:
+        return dict(connection.execute(sa.text(
+            "SELECT key, value FROM run_tags WHERE run_id = :run_id"), {"run_id": run_id}).all())
+
+
+def wait_for(what: str, condition, deadline: float, services: list[Service]):
+    """Poll `condition` until it returns something truthy; fail naming `what` at the deadline,
+    or at once if one of the deployment's processes died."""
+    while True:
+        value = condition()
+        if value:
+            return value
+        for service in services:
+            service.require_running()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.25)
+
+
+def ancestors(pid: int) -> list[int]:
+    """The parent, grandparent, … of a live process, from /proc."""
+    chain = []
+    while pid > 1:
+        status = Path(f"/proc/{pid}/status").read_text()
+        pid = int(next(line.split()[1] for line in status.splitlines()
+                       if line.startswith("PPid:")))
+        chain.append(pid)
+    return chain
+
+
+# --- the test ----------------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_a_sensor_launched_run_executes_on_a_celery_worker(stack, postgres_url, broker_queue,
+                                                           tmp_path, monkeypatch):
+    import dagster as dg
+
+    require_rabbitmq()
+    timings: dict[str, float] = {}
+    began = time.monotonic()
+    home = write_dagster_home(tmp_path / "dagster_home", broker_queue)
+    deployment_env = {
+        **postgres_variables(postgres_url),
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_CELERY_BROKER_URL": BROKER_URL,
+        "DAGSTER_CELERY_BACKEND_URL": BACKEND_URL,
+    }
+    for name, value in deployment_env.items():
+        monkeypatch.setenv(name, value)
+    # `dagster-celery worker start` runs `celery` from PATH: the venv's, as an activated venv would.
+    child_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                 "PYTHONUNBUFFERED": "1"}
+
+    # Opening the instance here creates its tables, before the daemon and the worker start on
+    # the database together.
+    with dg.DagsterInstance.get() as instance:
+        stopped = stop_every_sensor_but(instance, SENSOR)
+    timings["instance and sensor states"] = time.monotonic() - began
+
+    # The upload comes before the daemon: the sensor's first tick (at the daemon's start) finds
+    # its event, instead of the next one 30 s later.
+    name = f"celery-{uuid.uuid4().hex[:8]}.csv"
+    staged_key = f"staging/{TABLE}/{name}"
+    s3 = boto3.client("s3", endpoint_url=stack["AWS_ENDPOINT_URL"])
+    glue = boto3.client("glue", endpoint_url=stack["AWS_ENDPOINT_URL"])
+    s3.put_object(Bucket=BUCKET, Key=staged_key, Body=CLAIMS_CSV.encode(), ContentType="text/csv",
+                  Metadata={"uploaded-by": "ana.analyst@example.com",
+                            "ingest-date": INGEST_DATE})
+
+    services = [
+        start_service("dagster-celery worker", [
+            str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app",
+            "-y", str(REPO / "deploy" / "celery.yaml"), "-q", broker_queue, "-n", broker_queue,
+            # One pool process: this machine has two cores, and the daemon needs one.
+            "--", "--concurrency", "1",
+        ], tmp_path / "worker.log", child_env),
+        start_service("dagster-daemon", [
+            str(BIN / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml"),
+        ], tmp_path / "daemon.log", child_env),
+    ]
+    worker, daemon = services
+    engine = sa.create_engine(postgres_url)
+    partition_key = partition_key_for(staged_key)
+    try:
+        deadline = time.monotonic() + RUN_DEADLINE_SECONDS
+        launched = wait_for(f"a run of {partition_key}",
+                            lambda: runs_of_partition(engine, partition_key), deadline, services)
+        timings["daemon start to run created"] = time.monotonic() - daemon.started
+        finished = wait_for(
+            "the run to finish",
+            lambda: [run for run in runs_of_partition(engine, partition_key)
+                     if run[1] in TERMINAL_STATUSES], deadline, services)
+        timings["daemon start to run finished"] = time.monotonic() - daemon.started
+
+        # One upload, one run, and it succeeded: read from PostgreSQL's `runs` table.
+        runs = runs_of_partition(engine, partition_key)
+        assert runs == finished and len(runs) == 1, runs
+        run_id, status = runs[0]
+        assert launched[0][0] == run_id
+        assert status == "SUCCESS", f"run {run_id} ended {status}"
+        tags = run_tags(engine, run_id)
+        assert tags["dagster/sensor_name"] == SENSOR
+        assert tags["credflow/staged_key"] == staged_key
+
+        # The launcher published it to this test's queue as a Celery task...
+        with dg.DagsterInstance.get() as instance:
+            engine_events = [entry.dagster_event for entry in instance.all_logs(
+                run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)]
+        # (The instance prefixes a launcher's engine events with its class name.)
+        forwarded = next(event for event in engine_events if event.message ==
+                         "[CeleryRunLauncher] Celery task has been forwarded to the broker.")
+        forwarded_metadata = {key: value.value for key, value in
+                              forwarded.engine_event_data.metadata.items()}
+        task_id = tags["dagster-celery/task_id"]
+        assert forwarded_metadata["Celery Task ID"] == task_id
+        assert forwarded_metadata["Celery Queue"] == broker_queue
+
+        # ...that the worker received and finished (its log names the task)...
+        wait_for(f"the worker to log task {task_id} succeeded",
+                 lambda: f"execute_job[{task_id}] succeeded" in worker.log, deadline, services)
+        assert f"execute_job[{task_id}] received" in worker.log
+
+        # ...and the run's process was one of the worker's pool processes, not a daemon child.
+        started = next(event for event in engine_events
+                       if event.message.startswith("Started process for run"))
+        run_pid = int(started.engine_event_data.metadata["pid"].value)
+        lineage = ancestors(run_pid)
+        assert worker.process.pid in lineage, (run_pid, lineage)
+        assert daemon.process.pid not in lineage, (run_pid, lineage)
+        assert os.getpgid(run_pid) == worker.process.pid
+        assert b"celery" in Path(f"/proc/{run_pid}/cmdline").read_bytes()
+
+        # What the analyst sees: the file promoted to prod (and gone from staging), the Glue
+        # partition registered over its folder.
+        prod_key = f"prod/{TABLE}/ingest_date={INGEST_DATE}/{name}"
+        promoted = s3.head_object(Bucket=BUCKET, Key=prod_key)
+        assert promoted["Metadata"]["credflow-run-id"] == run_id
+        assert s3.list_objects_v2(Bucket=BUCKET, Prefix=staged_key).get("KeyCount") == 0
+        partition = glue.get_partition(DatabaseName=DATABASE, TableName=TABLE,
+                                       PartitionValues=[INGEST_DATE])["Partition"]
+        assert partition["StorageDescriptor"]["Location"] == \
+            f"s3://{BUCKET}/prod/{TABLE}/ingest_date={INGEST_DATE}/"
+    except BaseException:
+        for service in services:
+            print(f"===== {service.name} ({service.log_path}) =====\n{service.log}")
+        raise
+    finally:
+        stopping = time.monotonic()
+        stop_services(services)
+        timings["stopping the daemon and the worker"] = time.monotonic() - stopping
+        engine.dispose()
+        timings["total"] = time.monotonic() - began
+        print(f"stopped sensors: {', '.join(stopped)}")
+        print("timings: " + ", ".join(f"{what} {seconds:.1f}s"
+                                      for what, seconds in timings.items()))
