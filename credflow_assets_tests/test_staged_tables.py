@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 from dagster._core.storage.dagster_run import RunsFilter
 
+from credflow_assets.dagster_compat import sensor_cursor, store_sensor_cursor
 from credflow_assets.definitions import build_definitions
 from credflow_assets.resources.glue import table_columns
 from credflow_assets.staged_tables.layout import partition_key_for
@@ -287,6 +288,44 @@ def test_reconciliation_finds_an_upload_whose_event_was_lost(flow):
     assert key not in keys(flow, "staging/")
     # Rejected files are left alone until a new upload replaces them.
     assert not run_sync(flow, sensor_names=["staging_reconciliation_sensor"]).runs
+
+
+def test_an_upload_the_reconciliation_requested_first_is_not_requested_again_by_its_event(flow):
+    """Under the daemon the slow pass can tick between an upload and the event sensor's tick;
+    while its run waits in the queue, the event must not make a second run (which would find
+    the file promoted, fail, and send a failure notice for a good file)."""
+    instance = flow["instance"]
+    key = upload(flow, "claims", "race.csv", CLAIMS, ["C-2011,Ann,Lee,2024-01-03,9,paid"])
+
+    reconciled = tick(flow, "staging_reconciliation_sensor")
+    [request] = [r for r in reconciled.run_requests if r.partition_key == partition_key_for(key)]
+    # The daemon has made the run the pass asked for; it has not started yet.
+    queued = instance.create_run_for_job(
+        job_def=flow["defs"].resolve_job_def(request.job_name),
+        tags={**request.tags, "dagster/partition": request.partition_key},
+        status=dg.DagsterRunStatus.NOT_STARTED)
+    events = tick(flow, "staging_events_sensor")
+
+    assert partition_key_for(key) not in [r.partition_key for r in events.run_requests]
+    instance.delete_run(queued.run_id)
+    assert run_sync(flow, sensor_names=["staging_reconciliation_sensor"]).ok
+    assert key not in keys(flow, "staging/")
+
+
+def tick(flow, sensor_name: str):
+    """One tick of a sensor as the daemon evaluates it, its cursor stored after."""
+    repository = flow["defs"].get_repository_def()
+    sensor = repository.get_sensor_def(sensor_name)
+    resources = {name: resource for name, resource in repository.get_top_level_resources().items()
+                 if name in sensor.required_resource_keys}
+    with dg.build_sensor_context(instance=flow["instance"], definitions=flow["defs"],
+                                 cursor=sensor_cursor(flow["instance"], sensor_name),
+                                 resources=resources,
+                                 instance_ref=flow["instance"].get_ref()) as context:
+        result = sensor.evaluate_tick(context)
+    if result.cursor:
+        store_sensor_cursor(flow["instance"], sensor, result.cursor)
+    return result
 
 
 def test_seeding_again_uploads_nothing(flow):

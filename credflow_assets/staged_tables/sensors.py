@@ -155,11 +155,21 @@ def staging_events_tick(context: dg.SensorEvaluationContext, s3: S3Resource, sqs
     for _, _, key, head in sorted(found, key=lambda item: item[:3]):
         staged_file = layout.staged_file(key)
         version = object_version(head["ETag"], head["LastModified"])
+        if _version_requested(context.instance, staged_file.partition_key, version):
+            # The reconciliation sensor got there first (its tick fell between the upload and
+            # this one): a second run would find the file promoted and fail.
+            continue
         requests.append(_request(staged_file, version, f"{staged_file.partition_key}@{version}"))
     if batch.received:
         context.log.info(f"{batch.received} message(s), {len(batch.events)} event(s), "
                          f"{len(requests)} staged file(s) to check")
     return _result(requests, cursor.advance(batch).to_json())
+
+
+def _version_requested(instance: dg.DagsterInstance, partition_key: str, version: str) -> bool:
+    """Whether a run was already made for this upload (this partition and version)."""
+    return bool(instance.get_run_ids(
+        dg.RunsFilter(tags={"dagster/partition": partition_key, VERSION_TAG: version}), limit=1))
 
 
 def _head_objects(client, bucket: str, keys: list[str]) -> dict[str, dict[str, Any] | None]:
