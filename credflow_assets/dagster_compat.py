@@ -117,6 +117,15 @@ def sensor_cursor(instance: dg.DagsterInstance, sensor_name: str) -> str | None:
     return getattr(data, "cursor", None)
 
 
+def sensor_stopped(instance: dg.DagsterInstance, sensor_name: str) -> bool:
+    """Whether someone stopped the sensor (the UI's toggle); a sensor never toggled runs as its
+    code says."""
+    from dagster._core.scheduler.instigation import InstigatorStatus
+
+    state = _stored_state(instance, sensor_name)
+    return state is not None and state.status == InstigatorStatus.STOPPED
+
+
 def store_sensor_cursor(instance: dg.DagsterInstance, sensor: dg.SensorDefinition,
                         cursor: str | None) -> None:
     """Store a sensor's cursor where the daemon reads it on its next tick."""

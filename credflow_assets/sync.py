@@ -26,6 +26,7 @@ from credflow_assets.dagster_compat import (
     execute_run_in_process,
     sensor_context,
     sensor_cursor,
+    sensor_stopped,
     store_sensor_cursor,
 )
 from credflow_assets.reconciliation import ReconcileCursor, is_reconciliation_sensor
@@ -99,6 +100,12 @@ def sync(
         if unknown:
             raise ValueError(f"no such sensor: {', '.join(sorted(unknown))}")
         sensors = [sensor for sensor in sensors if sensor.name in sensor_names]
+    else:
+        # A sensor stopped in the UI is paused for sync too, unless named.
+        for sensor in [sensor for sensor in sensors if sensor_stopped(instance, sensor.name)]:
+            progress(f"sensor {sensor.name} is stopped in the Dagster UI; skipped "
+                     "(start it there, or name it with --sensor)")
+            sensors.remove(sensor)
     report = SyncReport()
     all_resources = repository.get_top_level_resources()
     for sensor in sensors:

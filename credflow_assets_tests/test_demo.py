@@ -73,6 +73,13 @@ def test_seed_sync_audit_repair(home):
 
     again = credflow(home, "mpf", "repair")
     assert "0 action(s)" in again.stdout
+    # Each therapist's partition shows the audit's verdict after the repair.
+    assert "mpf_audit verdicts recorded for" in repaired.stdout
+    assert latest_mpf_verdicts(home) and all(latest_mpf_verdicts(home).values())
+    # The asset graph shows no failed partition but the staged file that is really rejected.
+    assert failed_partitions(home) == {
+        "s3/prod/claims_prod_csv": ["staging/claims/2024-04_claims_wrong_columns.csv"],
+        "glue/credflow_adhoc/claims": ["staging/claims/2024-04_claims_wrong_columns.csv"]}
 
     lineage = credflow(home, "lineage", "t-1001")
     assert lineage.returncode == 0 and "t-1001/" in lineage.stdout
@@ -82,3 +89,50 @@ def test_seed_sync_audit_repair(home):
 
     tables = credflow(home, "tables", "audit", "--json")
     assert "claims_wrong_columns" in tables.stdout
+
+
+def _instance(home: Path):
+    import dagster as dg
+
+    return dg.DagsterInstance.from_config(str(home / "dagster"))
+
+
+def latest_mpf_verdicts(home: Path) -> dict[str, bool]:
+    """Each therapist partition's latest `mpf_audit` verdict (passed or not), from the check's
+    execution history, as the UI's check pages read it."""
+    import dagster as dg
+
+    from credflow_assets.therapists.checks import MPF_FOLDER_KEY
+
+    verdicts: dict[str, bool] = {}
+    with _instance(home) as instance:
+        history = instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(MPF_FOLDER_KEY, "mpf_audit"), limit=10_000)
+        for record in history:  # newest first
+            if record.event is not None and record.partition not in verdicts:
+                verdicts[record.partition] = \
+                    record.event.dagster_event.event_specific_data.passed
+    return verdicts
+
+
+def failed_partitions(home: Path) -> dict[str, list[str]]:
+    """Every partitioned asset's failed partitions, as the UI's asset graph counts them."""
+    import dagster as dg
+
+    from credflow_assets.config import load_config
+    from credflow_assets.definitions import build_definitions
+
+    graph = build_definitions(load_config(DEFAULT_CONFIG)).get_repository_def().asset_graph
+    failed = {}
+    with _instance(home) as instance:
+        for key in graph.get_all_asset_keys():
+            partitions_def = graph.get(key).partitions_def
+            if partitions_def is None:
+                continue
+            statuses = instance.get_status_by_partition(
+                key, instance.get_dynamic_partitions(partitions_def.name), partitions_def)
+            bad = sorted(partition for partition, status in statuses.items()
+                         if status == dg.AssetPartitionStatus.FAILED)
+            if bad:
+                failed[key.to_user_string()] = bad
+    return failed
