@@ -44,7 +44,8 @@ setup(
         "openpyxl==3.1.5",
     ],
     extras_require={
-        "test": ["pytest==9.2.0", "awscli==1.46.3"],
+        # websockets: the browser tests drive chromium over the DevTools protocol
+        "test": ["pytest==9.2.0", "awscli==1.46.3", "websockets==17.4"],
         "postgres": [f"dagster-postgres=={INTEGRATIONS_VERSION}", "psycopg2-binary==2.9.13"],
         "celery": [f"dagster-celery=={INTEGRATIONS_VERSION}"],
         "k8s": [f"dagster-k8s=={INTEGRATIONS_VERSION}"],
