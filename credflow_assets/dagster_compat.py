@@ -66,9 +66,13 @@ def execute_run_in_process(
     tags: Mapping[str, str] | None = None,
     run_config: Mapping | None = None,
     asset_selection: Sequence[dg.AssetKey] | None = None,
+    run_id: str | None = None,
+    parent_run_id: str | None = None,
+    root_run_id: str | None = None,
 ):
     """Create a run of `job_name` as the daemon would (origin, job tags, partition tags) and
-    execute it here. Returns Dagster's execution result (`success`, `run_id`, `all_events`)."""
+    execute it here. Returns Dagster's execution result (`success`, `run_id`, `all_events`).
+    A retry names its parent and root run, so that Dagster counts it in the run's group."""
     from dagster._core.definitions.job_base import InMemoryJob
     from dagster._core.execution.api import execute_run
     from dagster._core.execution.execute_in_process import merge_run_tags
@@ -88,6 +92,7 @@ def execute_run_in_process(
         run_config=run_config,
         tags=run_tags,
         asset_selection=frozenset(selection) if selection else None,
+        run_id=run_id, parent_run_id=parent_run_id, root_run_id=root_run_id,
         remote_job_origin=RemoteJobOrigin(repository_origin=_repository_origin(),
                                           job_name=job_name),
         job_code_origin=_job_python_origin(job_name),

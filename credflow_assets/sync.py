@@ -4,10 +4,18 @@ A run launched by the daemon costs seconds (a process for the run and one per st
 in-process against the same instance it costs about half a second (SERVICES.md). Sync makes
 its runs as the daemon makes its own: with the code location's origin (so the UI lists them
 under their job and on the timeline, and re-executes them), the tags the daemon gives
-(`dagster/sensor_name`, `dagster/run_key`) and the flow's own (`runs.run_tags_for`), so the
-daemon's run-key dedupe recognises them and a file is never processed twice by the two paths.
-Sync reads and stores each sensor's cursor in the daemon's own sensor state: the two advance
-one cursor, so a second sync, or the daemon's next tick, requests nothing sync already did.
+(`dagster/sensor_name`, `dagster/run_key`) and the flow's own (`run_tags.flow_run_tags`), so
+the daemon's run-key dedupe recognises them. Sync reads and stores each sensor's cursor in the
+daemon's own sensor state: the two advance one cursor, so a second sync, or the daemon's next
+tick, requests nothing sync already did.
+
+Exactly one run per file. One sync at a time per instance (a lock in DAGSTER_HOME: a second
+sync waits). A sensor the daemon is running is left to the daemon, and one stopped in the UI is
+skipped unless named: two evaluators of one sensor could request a file twice.
+
+Nothing stuck. Before its sensors, sync fails the runs a killed process left STARTED
+(`run_recovery.fail_stopped_runs`) and, when no daemon runs, re-executes what Dagster's
+`run_retries` would: those, and runs that failed for a transient reason.
 
 A sensor is ticked until a tick launches nothing, except a reconciliation sensor: it lists one
 bounded stretch of its bucket per tick, and a stretch with nothing to do says nothing about the
@@ -16,9 +24,14 @@ rest, so it is ticked until it has listed the whole bucket once from where its c
 
 from __future__ import annotations
 
+import fcntl
+import os
 import time
+import uuid
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import dagster as dg
 
@@ -30,6 +43,13 @@ from credflow_assets.dagster_compat import (
     store_sensor_cursor,
 )
 from credflow_assets.reconciliation import ReconcileCursor, is_reconciliation_sensor
+from credflow_assets.run_recovery import (
+    AUTO_RETRY_RUN_ID_TAG,
+    fail_stopped_runs,
+    process_tags,
+    retry_tags,
+    runs_to_retry,
+)
 from credflow_assets.run_tags import flow_run_tags
 
 # The tags the sensor daemon puts on the runs it launches.
@@ -42,6 +62,8 @@ QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 # reconciliation sensor: until its pass is done). A bound all the same, should a sensor never
 # say it is done: 1,000 one-page reconciliation ticks are a pass over a million keys.
 MAX_TICKS_PER_SENSOR = 1000
+# A second sync waits this long for the first to finish before it gives up.
+SYNC_LOCK_WAIT_SECONDS = 30 * 60
 
 
 @dataclass
@@ -86,6 +108,21 @@ def sync(
     progress: Callable[[str], None] = print,
     verbose: bool = False,
 ) -> SyncReport:
+    with one_sync_at_a_time(instance, progress):
+        report = SyncReport()
+        # Runs a killed process left STARTED are failed first, so that their files are
+        # retried below rather than hidden.
+        fail_stopped_runs(instance, progress)
+        daemon = daemon_running(instance)
+        if not daemon:
+            _retry_failed_runs(defs, instance, report, progress, verbose)
+        _tick_sensors(defs, instance, report, _sensors_to_tick(defs, instance, sensor_names,
+                                                               daemon, progress),
+                      progress, verbose)
+        return report
+
+
+def _sensors_to_tick(defs, instance, sensor_names, daemon: bool, progress) -> list:
     repository = defs.get_repository_def()
     # Event sensors first; then the reconciliation sensors, whose pass catches what the events
     # missed (and what an event sensor left queued when one of its ticks launched nothing);
@@ -100,14 +137,24 @@ def sync(
         if unknown:
             raise ValueError(f"no such sensor: {', '.join(sorted(unknown))}")
         sensors = [sensor for sensor in sensors if sensor.name in sensor_names]
-    else:
-        # A sensor stopped in the UI is paused for sync too, unless named.
-        for sensor in [sensor for sensor in sensors if sensor_stopped(instance, sensor.name)]:
+    chosen = []
+    for sensor in sensors:
+        stopped = sensor_stopped(instance, sensor.name)
+        if stopped and sensor_names is None:
+            # A sensor stopped in the UI is paused for sync too, unless named.
             progress(f"sensor {sensor.name} is stopped in the Dagster UI; skipped "
                      "(start it there, or name it with --sensor)")
-            sensors.remove(sensor)
-    report = SyncReport()
-    all_resources = repository.get_top_level_resources()
+        elif daemon and not stopped:
+            # Two evaluators of one sensor could request one file twice.
+            progress(f"sensor {sensor.name}: the Dagster daemon is running it; skipped")
+        else:
+            chosen.append(sensor)
+    return chosen
+
+
+def _tick_sensors(defs, instance, report: SyncReport, sensors: list, progress,
+                  verbose: bool) -> None:
+    all_resources = defs.get_repository_def().get_top_level_resources()
     for sensor in sensors:
         try:
             # As the sensor daemon does: dynamic partitions are read from this instance.
@@ -120,7 +167,78 @@ def sync(
         except Exception as error:  # one broken sensor must not hide the others' work
             report.sensor_errors[sensor.name] = f"{type(error).__name__}: {error}"
             progress(f"sensor {sensor.name} failed: {type(error).__name__}: {error}")
-    return report
+
+
+def daemon_running(instance: dg.DagsterInstance) -> bool:
+    """Whether a Dagster daemon is ticking this instance's sensors now (its heartbeat)."""
+    if not instance.is_persistent:
+        return False
+    status = instance.get_daemon_statuses(["SENSOR"]).get("SENSOR")
+    return bool(status and status.healthy)
+
+
+@contextmanager
+def one_sync_at_a_time(instance: dg.DagsterInstance, progress: Callable[[str], None]):
+    """Two syncs of one instance at once would run some files twice: the second waits."""
+    if not instance.is_persistent:
+        yield
+        return
+    path = Path(instance.root_directory) / "credflow-sync.lock"
+    with open(path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            progress(f"another credflow sync ({holder}) is running on this instance; waiting "
+                     "for it to finish")
+            deadline = time.monotonic() + SYNC_LOCK_WAIT_SECONDS
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise SyncBusy(f"another credflow sync ({holder}) has held the "
+                                       f"instance for {SYNC_LOCK_WAIT_SECONDS // 60} minutes; "
+                                       "try again when it has finished") from None
+                    time.sleep(1)
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}")
+        lock.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+class SyncBusy(RuntimeError):
+    """Another sync held the instance too long."""
+
+
+def _retry_failed_runs(defs, instance, report: SyncReport, progress, verbose: bool) -> None:
+    """Re-execute the failed runs Dagster's `run_retries` would (a killed process, a transient
+    failure), as the daemon does when it runs: the retry names its parent, and the parent its
+    retry, so that neither the daemon nor a later sync retries it again."""
+    job_names = {job.name for job in defs.get_repository_def().get_all_jobs()}
+    for failed in runs_to_retry(instance, job_names):
+        run_id = str(uuid.uuid4())
+        instance.add_run_tags(failed.run_id, {AUTO_RETRY_RUN_ID_TAG: run_id})
+        started = time.monotonic()
+        result = execute_run_in_process(
+            defs, instance, failed.job_name,
+            run_config=execution_run_config(None, verbose),
+            partition_key=failed.tags.get("dagster/partition"),
+            tags={**retry_tags(failed), **process_tags()},
+            asset_selection=list(failed.asset_selection) if failed.asset_selection else None,
+            run_id=run_id, parent_run_id=failed.run_id,
+            root_run_id=failed.root_run_id or failed.run_id,
+        )
+        outcome = _outcome("run_retries", failed.job_name, failed.tags.get("dagster/partition"),
+                           result, started)
+        report.runs.append(outcome)
+        progress(_progress_line(report, outcome, f"retry of run {failed.run_id[:8]}"))
 
 
 def _drain_sensor(defs, instance, sensor, report: SyncReport, progress, verbose: bool,
@@ -147,13 +265,7 @@ def _drain_sensor(defs, instance, sensor, report: SyncReport, progress, verbose:
             outcome = _execute(defs, instance, sensor, request, verbose)
             report.runs.append(outcome)
             launched += 1
-            status = (f"ok{': ' + outcome.summary if outcome.summary else ''}"
-                      if outcome.success else f"FAILED: {outcome.error}")
-            progress(
-                f"[{len(report.runs)}] {outcome.job}"
-                + (f" partition {outcome.partition}" if outcome.partition else "")
-                + f" run {outcome.run_id[:8]} {status} ({outcome.seconds:.1f}s)"
-            )
+            progress(_progress_line(report, outcome))
         # The cursor is stored only after the tick's runs are recorded: a crash before this
         # line re-reads the same work next time, and the run keys make that harmless.
         if tick.cursor is not None and tick.cursor != cursor:
@@ -200,7 +312,9 @@ def execution_run_config(run_config: dict | None, verbose: bool) -> dict | None:
 def _execute(defs, instance, sensor, request: dg.RunRequest, verbose: bool) -> RunOutcome:
     job_name = request.job_name or sensor.job_name
     tags = {**flow_run_tags(job_name, request.asset_selection, request.partition_key),
-            **request.tags, SENSOR_NAME_TAG: sensor.name}
+            **request.tags, SENSOR_NAME_TAG: sensor.name,
+            # A run in this process: should the process die, `fail_stopped_runs` finds it.
+            **process_tags()}
     if request.run_key:
         tags[RUN_KEY_TAG] = request.run_key
     started = time.monotonic()
@@ -211,16 +325,30 @@ def _execute(defs, instance, sensor, request: dg.RunRequest, verbose: bool) -> R
         tags=tags,
         asset_selection=request.asset_selection,
     )
+    return _outcome(sensor.name, job_name, request.partition_key, result, started)
+
+
+def _outcome(source: str, job_name: str, partition: str | None, result,
+             started: float) -> RunOutcome:
     return RunOutcome(
-        sensor=sensor.name,
+        sensor=source,
         job=job_name,
-        partition=request.partition_key,
+        partition=partition,
         run_id=result.run_id,
         success=result.success,
         seconds=time.monotonic() - started,
         error=None if result.success else failure_reason(result),
         summary=run_summary(result),
     )
+
+
+def _progress_line(report: SyncReport, outcome: RunOutcome, what: str = "") -> str:
+    status = (f"ok{': ' + outcome.summary if outcome.summary else ''}"
+              if outcome.success else f"FAILED: {outcome.error}")
+    return (f"[{len(report.runs)}] {outcome.job}"
+            + (f" partition {outcome.partition}" if outcome.partition else "")
+            + (f" ({what})" if what else "")
+            + f" run {outcome.run_id[:8]} {status} ({outcome.seconds:.1f}s)")
 
 
 def run_summary(result) -> str | None:

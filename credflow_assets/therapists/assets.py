@@ -25,6 +25,7 @@ from credflow_assets.partitions import therapist_partitions
 from credflow_assets.resources.drive import DOCUMENT_MIME, DriveError, DriveResource
 from credflow_assets.resources.s3 import head_object_or_none, object_url, prefix_url
 from credflow_assets.resources.sql import SqlResource
+from credflow_assets.run_recovery import mark_transient_failures
 from credflow_assets.therapists.checks import (
     MPF_FOLDER_KEY,
     mpf_audit_check_spec,
@@ -309,5 +310,6 @@ therapist_mpf_job = dg.define_asset_job(
     "therapist_mpf_job",
     selection=dg.AssetSelection.groups(GROUP),
     executor_def=dg.in_process_executor,
+    hooks={mark_transient_failures},
     description="One therapist's uploads → renditions → MPF folder.",
 )
