@@ -82,8 +82,18 @@ def is_transient(error: BaseException | None) -> bool:
 
 
 def _is_transient_http(error: BaseException) -> bool:
-    status = getattr(error, "status", None)  # DriveError, googleapiclient's HttpError
-    return isinstance(status, int) and (status == 429 or 500 <= status < 600)
+    """Drive's (and other HTTP APIs') throttling and server errors, and no answer at all."""
+    if not hasattr(error, "status") or not hasattr(error, "operation"):  # DriveError's shape
+        status = getattr(getattr(error, "resp", None), "status", None)  # googleapiclient
+    else:
+        status = error.status
+        if status is None:
+            return True  # no HTTP response: the server was unreachable
+    try:
+        status = int(status)
+    except (TypeError, ValueError):
+        return False
+    return status == 429 or 500 <= status < 600
 
 
 @dg.failure_hook(name="mark_transient_failures")

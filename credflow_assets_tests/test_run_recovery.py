@@ -152,3 +152,28 @@ def holds_open(pid: int, path: Path) -> bool:
         return any(os.readlink(fd) == str(path) for fd in Path(f"/proc/{pid}/fd").iterdir())
     except OSError:
         return False
+
+
+def test_what_counts_as_transient():
+    from botocore.exceptions import EndpointConnectionError
+    from paramiko.ssh_exception import SSHException
+
+    from credflow_assets.resources.drive import DriveError
+    from credflow_assets.run_recovery import is_transient
+
+    def caused_by(error: BaseException) -> dg.Failure:
+        try:
+            raise dg.Failure("feed nsss: file 'x.csv' could not be downloaded") from error
+        except dg.Failure as failure:
+            return failure
+
+    assert is_transient(DriveError("download x", 503, "backendError", "try later"))
+    assert is_transient(DriveError("download x", 429, "rateLimitExceeded", "slow down"))
+    assert is_transient(DriveError("download x", None, "ConnectionRefusedError", "refused"))
+    assert not is_transient(DriveError("download x", 404, "notFound", "File not found"))
+    assert is_transient(caused_by(EndpointConnectionError(endpoint_url="http://s3")))
+    assert is_transient(caused_by(SSHException("Error reading SSH protocol banner")))
+    assert is_transient(dg.Failure("x", metadata={"failure_kind": "transient"}))
+    # A file's own problem is permanent, even when an outage happened on the way.
+    assert not is_transient(dg.Failure("bad signature", metadata={"failure_kind": "permanent"}))
+    assert not is_transient(ValueError("row 3 has 7 fields, the header 6"))
