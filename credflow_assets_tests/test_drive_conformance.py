@@ -58,10 +58,7 @@ NOT_DRIVE_API = re.compile(
 # What the stand-in answers and Google's document does not have, each with why it is tolerated.
 # Credflow never sends these (the dynamic check would fail if it did); the test fails when the
 # stand-in stops answering one, so that this list cannot outlive the divergence.
-KNOWN_STAND_IN_EXTRAS = {
-    ("POST", "files/generateIds"): "Drive v3's generateIds is GET only; googleapiclient sends "
-    "GET, and the stand-in also takes POST",
-}
+KNOWN_STAND_IN_EXTRAS: dict[tuple[str, str], str] = {}
 
 
 @cache

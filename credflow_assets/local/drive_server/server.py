@@ -4,7 +4,7 @@ API routes (need `Authorization: Bearer <token>`: the server's own token, or one
 POST /token for a service account):
     GET    /drive/v3/files                       list (q, fields, orderBy, pageSize, pageToken)
     POST   /drive/v3/files                       create from metadata (a client-supplied id is kept)
-    GET    /drive/v3/files/generateIds           ids usable in creates (POST accepted too)
+    GET    /drive/v3/files/generateIds           ids usable in creates
     GET    /drive/v3/files/{id}                  metadata, or content with alt=media
     GET    /drive/v3/files/{id}/export           Google Doc as text/plain, text/markdown or PDF;
                                                  Google Sheet (imported from CSV) as text/csv
@@ -669,7 +669,7 @@ _ROUTES = [
     for method, pattern, handler in [
         (("GET",), r"/drive/v3/files", "list_files"),
         (("POST",), r"/drive/v3/files", "create_file"),
-        (("GET", "POST"), r"/drive/v3/files/generateIds", "generate_ids"),
+        (("GET",), r"/drive/v3/files/generateIds", "generate_ids"),
         (("GET",), r"/drive/v3/files/([^/]+)", "get_file"),
         (("PATCH",), r"/drive/v3/files/([^/]+)", "update_file"),
         (("DELETE",), r"/drive/v3/files/([^/]+)", "delete_file"),
