@@ -60,7 +60,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: setup.py pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "credflow needs Python 3.11 (set PYTHON=...)")'
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet -e '.[test,postgres,celery,k8s]'
+	$(VENV)/bin/pip install --quiet -e '.[local,test,postgres,celery,k8s]'
 	touch $@
 
 clean:

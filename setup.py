@@ -15,9 +15,9 @@ setup(
     install_requires=[
         f"dagster=={DAGSTER_VERSION}",
         f"dagster-webserver=={DAGSTER_VERSION}",
+        # Dagster's current CLI: `dg check defs`, `dg list defs`, `dg dev` (credflow dev uses it)
+        f"dagster-dg-cli=={DAGSTER_VERSION}",
         f"dagster-aws=={INTEGRATIONS_VERSION}",
-        f"dagster-pandas=={INTEGRATIONS_VERSION}",
-        f"dagster-pandera=={INTEGRATIONS_VERSION}",
         "pandera==0.35.0",
         "pandas==2.3.3",
         # Drive feed CSVs: read by Arrow's C++ reader, cells kept as Arrow strings (RE2 regexes)
@@ -30,7 +30,6 @@ setup(
         "google-api-python-client==2.202.0",
         "google-auth==2.62.2",
         "boto3==1.44.5",
-        "moto[server]==5.2.5",
         # 2.0: dagster-postgres builds `postgresql://` URLs for psycopg2, which 2.1 maps to psycopg 3.
         "SQLAlchemy==2.0.58",
         "pydantic==2.14.3",
@@ -44,6 +43,9 @@ setup(
         "openpyxl==3.1.5",
     ],
     extras_require={
+        # The embedded local stack (`credflow local up`, make demo/dev/test): a production
+        # install carries no moto.
+        "local": ["moto[server]==5.2.5"],
         # websockets: the browser tests drive chromium over the DevTools protocol
         "test": ["pytest==9.2.0", "awscli==1.46.3", "websockets==17.4"],
         "postgres": [f"dagster-postgres=={INTEGRATIONS_VERSION}", "psycopg2-binary==2.9.13"],

@@ -102,6 +102,7 @@ def local() -> None:
 @click.pass_obj
 def local_up(settings: _Settings) -> None:
     """Start the local services (those not already running) and provision them."""
+    _require_local_extra()
     from credflow_assets.local import stack
 
     state = stack.up(settings.home, settings.config(), settings.config_path)
@@ -450,6 +451,7 @@ def dev(settings: _Settings, port: int) -> None:
 
     from credflow_assets.dagster_compat import DEFINITIONS_MODULE, LOCATION_NAME
 
+    _require_local_extra()
     stack.up(settings.home, settings.config(), settings.config_path)
     settings.adopt_stack_environment()
     # The code location's name must be the one `credflow sync` gives its runs and sensor
@@ -459,10 +461,19 @@ def dev(settings: _Settings, port: int) -> None:
         "load_from:\n  - python_module:\n"
         f"      module_name: {DEFINITIONS_MODULE}\n      location_name: {LOCATION_NAME}\n"
         f"      working_directory: {json.dumps(str(Path.cwd()))}\n")
-    dagster = Path(sys.executable).with_name("dagster")
-    command = [str(dagster), "dev", "-w", str(workspace), "-h", "127.0.0.1", "-p", str(port)]
+    dg = Path(sys.executable).with_name("dg")  # Dagster's CLI (`dagster dev` is superseded)
+    command = [str(dg), "dev", "-w", str(workspace), "-h", "127.0.0.1", "-p", str(port)]
     click.echo(f"Dagster UI on http://127.0.0.1:{port} (Ctrl-C stops it; the stack stays up)")
     os.execv(command[0], command)
+
+
+def _require_local_extra() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("moto") is None:
+        raise click.ClickException(
+            "the local stack needs credflow's `local` extra (moto): pip install "
+            "'credflow[local]' (make demo and make test install it)")
 
 
 def _register_flow_commands() -> None:
