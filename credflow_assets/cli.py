@@ -254,7 +254,8 @@ def logs(settings: _Settings, words: tuple[str, ...], run_id: str | None,
             click.echo(diff_logs(read_log(client, bucket, older["key"]),
                                  read_log(client, bucket, newer["key"]),
                                  f"run {older['run_id']}", f"run {newer['run_id']}")
-                       or "the last two parses logged the same lines")
+                       or f"nothing changed: runs {older['run_id']} and {newer['run_id']} "
+                       "logged the same lines (timestamps, run ids and durations aside)")
         else:
             latest = found[-1]
             click.echo(f"# s3://{bucket}/{latest['key']}", err=True)
