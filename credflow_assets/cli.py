@@ -228,38 +228,51 @@ def lineage(settings: _Settings, therapist_id: str, as_json: bool) -> None:
 @click.argument("words", nargs=-1, required=True, metavar="[diff] PARTITION")
 @click.option("--run", "run_id", help="This run's log instead of the latest.")
 @click.option("--flow", help="Only this flow's logs (therapists, drive_feeds, …).")
+@click.option("--errors", is_flag=True,
+              help="The file's error report instead (row, column, rule, value of each problem).")
 @click.pass_obj
 def logs(settings: _Settings, words: tuple[str, ...], run_id: str | None,
-         flow: str | None) -> None:
-    """Print a file's latest parse log (or --run's); `logs diff PARTITION` compares the last two."""
+         flow: str | None, errors: bool) -> None:
+    """Print a file's latest parse log (or --run's); `logs diff PARTITION` compares the last two.
+
+    With --errors, the error report of that parse: the values that broke a rule, which the
+    parse log and Dagster never show.
+    """
     settings.adopt_stack_environment()
+    from credflow_assets.error_reports import list_error_reports, read_error_report
     from credflow_assets.parse_logs import diff_logs, list_logs, read_log
 
     diff = len(words) == 2 and words[0] == "diff"
     if len(words) != 1 and not diff:
         raise click.UsageError("expected PARTITION or `diff PARTITION`")
+    if diff and errors:
+        raise click.UsageError("--errors prints one error report; it does not diff")
     partition = words[-1]
     bucket = settings.config().buckets.logs
+    listing, read, kind = ((list_error_reports, read_error_report, "error report") if errors
+                           else (list_logs, read_log, "parse log"))
     with settings.resources("s3") as resources:
         client = resources.s3
-        found = list_logs(client, bucket, partition, flow=flow)
+        found = listing(client, bucket, partition, flow=flow)
         if run_id:
             found = [entry for entry in found if entry["run_id"] == run_id]
         if not found or (diff and len(found) < 2):
             what = f"run {run_id}" if run_id else ("two parses" if diff else "a parse")
             raise click.ClickException(
-                f"no parse log for {what} of partition {partition!r} in s3://{bucket}/"
+                f"no {kind} for {what} of partition {partition!r} in s3://{bucket}/"
+                + (" (a parse stores one only when the file had problems)" if errors else "")
             )
         if diff:
             older, newer = found[-2], found[-1]
             click.echo(diff_logs(read_log(client, bucket, older["key"]),
                                  read_log(client, bucket, newer["key"]),
                                  f"run {older['run_id']}", f"run {newer['run_id']}")
-                       or "the last two parses logged the same lines")
+                       or f"nothing changed: runs {older['run_id']} and {newer['run_id']} "
+                       "logged the same lines (timestamps, run ids and durations aside)")
         else:
             latest = found[-1]
             click.echo(f"# s3://{bucket}/{latest['key']}", err=True)
-            click.echo(read_log(client, bucket, latest["key"]), nl=False)
+            click.echo(read(client, bucket, latest["key"]), nl=False)
 
 
 @main.group()

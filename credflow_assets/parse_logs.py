@@ -48,13 +48,28 @@ _DATE = re.compile(
 _TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
 # Shorter tokens ("Al", "CT") are too common to redact everywhere; longer ones are personal.
 _MIN_REDACTED_TOKEN = 3
+# Names a log must keep (see `Redactor`): URIs, and words holding a `/` and a letter (S3 keys,
+# paths). Quotes, brackets and separators end them: `'staging/claims/x.csv',` keeps the key.
+_NAME_CHAR = r"[^\s'\"<>()\[\],;]"
+_URI = re.compile(rf"\b[a-z][a-z0-9+.-]*://{_NAME_CHAR}+")
+_KEY_LIKE = re.compile(
+    rf"{_NAME_CHAR}*(?:[A-Za-z]{_NAME_CHAR}*/|/{_NAME_CHAR}*[A-Za-z]){_NAME_CHAR}*")
 
 
 class Redactor:
-    """Removes e-mails, phone numbers, dates and every registered personal value from text."""
+    """Removes e-mails, phone numbers, dates and every registered personal value from free text.
+
+    Names of things are not free text: the log's own file (its key and name, `keep_as_is`),
+    any URI (`s3://…`, `http://…`) and any S3 key (a word with a `/` and a letter, such as
+    `prod/claims/ingest_date=2024-01-31/2024-01-31_claims.csv`) stay as they are, so a log
+    always names its file and what it wrote. A date of birth is free text (`1984-07-09`,
+    `09/07/1984`: no letter), and is redacted.
+    """
 
     def __init__(self) -> None:
         self._tokens: set[str] = set()
+        self._kept: set[str] = set()
+        self._kept_pattern: re.Pattern | None = None
 
     def add(self, values: Iterable[object]) -> None:
         for value in values:
@@ -64,7 +79,29 @@ class Redactor:
                 if len(token) >= _MIN_REDACTED_TOKEN:
                     self._tokens.add(token.casefold())
 
+    def keep_as_is(self, values: Iterable[object]) -> None:
+        """Names never altered wherever they appear (the file's key, URI and name)."""
+        self._kept |= {str(value) for value in values if value}
+        self._kept_pattern = None
+
     def __call__(self, text: str) -> str:
+        # Names alternate with free text; only the free text is redacted.
+        parts, end = [], 0
+        for match in self._names().finditer(text):
+            parts += [self._redact(text[end:match.start()]), match.group(0)]
+            end = match.end()
+        parts.append(self._redact(text[end:]))
+        return "".join(parts)
+
+    def _names(self) -> re.Pattern:
+        if self._kept_pattern is None:
+            # Longest first: a file's URI wins over its key, its key over its name.
+            kept = "|".join(re.escape(value) for value in sorted(self._kept, key=len, reverse=True))
+            self._kept_pattern = re.compile(
+                (f"{kept}|" if kept else "") + f"{_URI.pattern}|{_KEY_LIKE.pattern}")
+        return self._kept_pattern
+
+    def _redact(self, text: str) -> str:
         text = _EMAIL.sub("[email]", text)
         text = _DATE.sub("[date]", text)
         text = _PHONE.sub("[phone]", text)
@@ -92,7 +129,7 @@ class _ScopedHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             # Redact the message with its arguments and any traceback; the timestamp stays.
-            message = record.getMessage()
+            message = logged_message(record)
             if record.exc_info:
                 message += "\n" + self._formatter.formatException(record.exc_info)
             self.parse_log._write(
@@ -103,12 +140,24 @@ class _ScopedHandler(logging.Handler):
             self.handleError(record)
 
 
+def logged_message(record: logging.LogRecord) -> str:
+    """What the code logged. `context.log` records carry Dagster's `job - run_id - step - `
+    prefix; the log's own key already names the flow, file and run, and a prefix that differs
+    on every line of every run would make two identical parses differ everywhere."""
+    dagster_meta = getattr(record, "dagster_meta", None)
+    if isinstance(dagster_meta, dict) and dagster_meta.get("orig_message") is not None:
+        return str(dagster_meta["orig_message"])
+    return record.getMessage()
+
+
 class ParseLog:
     def __init__(self, flow: str, partition: str, run_id: str, directory: Path) -> None:
         self.flow = flow
         self.partition = partition
         self.run_id = run_id
         self.redactor = Redactor()
+        # A log always names its file: the partition key, and the file name it ends with.
+        self.redactor.keep_as_is([partition, *_file_name_of(partition)])
         self.uri: str | None = None
         self.url: str | None = None
         self.not_stored_reason: str | None = None
@@ -123,6 +172,11 @@ class ParseLog:
     def redact_values(self, values: Iterable[object]) -> None:
         """Register personal values read from the file (names, ids, …) for redaction."""
         self.redactor.add(values)
+
+    def keep_as_is(self, names: Iterable[object]) -> None:
+        """Register the file's own names (its key, URI and name) that redaction must not alter,
+        when they differ from the partition key."""
+        self.redactor.keep_as_is(names)
 
     def metadata(self) -> dict[str, dg.MetadataValue]:
         if self.uri:
@@ -140,8 +194,17 @@ class ParseLog:
             self._file.close()
 
 
+def _file_name_of(partition: str) -> list[str]:
+    """The file name a partition key ends with (`…/2024-01-31_claims.csv`), if it names one."""
+    name = partition.rsplit("/", 1)[-1]
+    return [name] if name != partition and re.search(r"\.\w{1,5}$", name) else []
+
+
+LOG_SUFFIX = ".log.gz"
+
+
 def log_key(flow: str, partition: str, run_id: str) -> str:
-    return f"{LOG_PREFIX}/{flow}/{partition}/{run_id}.log.gz"
+    return f"{LOG_PREFIX}/{flow}/{partition}/{run_id}{LOG_SUFFIX}"
 
 
 @contextmanager
@@ -228,8 +291,11 @@ def read_log(s3_client, bucket: str, key: str) -> str:
     return gzip.decompress(body).decode("utf-8")
 
 
-def list_logs(s3_client, bucket: str, partition: str, flow: str | None = None) -> list[dict]:
-    """Stored logs of a partition, oldest first: {key, flow, run_id, finished_at}."""
+def list_logs(s3_client, bucket: str, partition: str, flow: str | None = None,
+              suffix: str = LOG_SUFFIX) -> list[dict]:
+    """Stored logs of a partition, oldest first: {key, flow, run_id, finished_at}.
+
+    `suffix` lists the other files kept per parse beside the log (`error_reports`)."""
     from credflow_assets.resources.s3 import iter_objects
 
     flows = [flow] if flow else _flows(s3_client, bucket)
@@ -238,11 +304,11 @@ def list_logs(s3_client, bucket: str, partition: str, flow: str | None = None) -
         prefix = f"{LOG_PREFIX}/{name}/{partition}/"
         for item in iter_objects(s3_client, bucket, prefix=prefix):
             rest = item["Key"][len(prefix):]
-            if "/" in rest or not rest.endswith(".log.gz"):
-                continue  # a longer partition key sharing this prefix
+            if "/" in rest or not rest.endswith(suffix):
+                continue  # a longer partition key sharing this prefix, or another kind of file
             head = s3_client.head_object(Bucket=bucket, Key=item["Key"])
             found.append({"key": item["Key"], "flow": name,
-                          "run_id": rest.removesuffix(".log.gz"),
+                          "run_id": rest.removesuffix(suffix),
                           "finished_at": head.get("Metadata", {}).get(
                               "finished-at", item["LastModified"].isoformat())})
     return sorted(found, key=lambda entry: entry["finished_at"])
@@ -253,18 +319,34 @@ def _flows(s3_client, bucket: str) -> list[str]:
     return [p["Prefix"][len(LOG_PREFIX) + 1:].rstrip("/") for p in page.get("CommonPrefixes", [])]
 
 
-_LINE_PREFIX = re.compile(r"^\S+ \S+ ")  # "2026-11-22 12:00:00,123 " added by the formatter
+# What differs between two runs of the same parse, however alike: masked before diffing.
+_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(?:[,.]\d+)? ")
+_RUN_ID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
+# `dagster: staged_claims_job - <run id> - s3__staging__claims_staged_csv - `, as logs written
+# before `logged_message` began each `context.log` line (their run id already masked).
+_DAGSTER_PREFIX = re.compile(r"^(\w+ dagster: )\S+ - <run id> - (?:\S+ - )?")
+_DURATION = re.compile(r"\b\d+(?:\.\d+)? ?(?:ms|s|sec|seconds?|min|minutes?)\b")
+_RATE = re.compile(r"\b\d[\d,]*(?:\.\d+)? ?(\w+)/s\b")
+
+
+def comparable_line(line: str) -> str:
+    """A log line without what changes from run to run even when the parse does not: its
+    timestamp, run ids, Dagster's `job - run_id - step - ` prefix, durations and rates."""
+    line = _RUN_ID.sub("<run id>", _TIMESTAMP.sub("", line))
+    line = _DAGSTER_PREFIX.sub(r"\1", line)
+    return _RATE.sub(r"<n> \1/s", _DURATION.sub("<duration>", line))
 
 
 def diff_logs(older: str, newer: str, older_name: str, newer_name: str) -> str:
-    """A unified diff of two parses' logs, ignoring the timestamps every line starts with."""
+    """A unified diff of what two parses logged ("" when nothing changed): lines compared
+    without their per-run parts (`comparable_line`)."""
     import difflib
 
-    def strip(text: str) -> list[str]:
-        return [_LINE_PREFIX.sub("", line) + "\n" for line in text.splitlines()]
+    def comparable(text: str) -> list[str]:
+        return [comparable_line(line) + "\n" for line in text.splitlines()]
 
-    return "".join(difflib.unified_diff(strip(older), strip(newer), older_name, newer_name))
-
+    return "".join(difflib.unified_diff(comparable(older), comparable(newer), older_name,
+                                        newer_name))
 
 
 def logged_events(

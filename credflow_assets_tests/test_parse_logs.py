@@ -143,3 +143,103 @@ def test_a_parse_log_opens_in_a_browser_from_its_link(logs_bucket, instance):
     assert "4 rows validated" in text
     assert url.endswith(f"/{logs_bucket}/" + metadata["log_uri"].value.removeprefix(
         f"s3://{logs_bucket}/"))
+
+
+def timed_asset():
+    """A parse that logs, as real parses do, what differs on every run though nothing changed:
+    its run id and how long it took."""
+    import random
+
+    @dg.asset(partitions_def=files, name="parsed_file")
+    def parsed_file(context: dg.AssetExecutionContext, logs: LogsBucket) -> dg.MaterializeResult:
+        with parse_log(context, flow="tests", s3_client=logs.client(), bucket=logs.name) as log:
+            context.log.info(f"run {context.run.run_id}: 3 rows validated in "
+                             f"{random.uniform(0, 9):.1f}s ({random.randint(1, 9_999):,} rows/s)")
+            logger.info("upserted in %d ms", random.randint(1, 999))
+        return dg.MaterializeResult(metadata=log.metadata())
+
+    return parsed_file
+
+
+def test_two_identical_parses_diff_to_nothing_changed(logs_bucket, instance):
+    from click.testing import CliRunner
+
+    from credflow_assets.cli import main
+    from credflow_assets_tests.conftest import DEFAULT_CONFIG
+
+    partition = "feed/file-4/rev-1"
+    instance.add_dynamic_partitions(files.name, [partition])
+    runs = [dg.materialize([timed_asset()], partition_key=partition, instance=instance,
+                           resources={"logs": LogsBucket(name=logs_bucket)})
+            for _ in range(2)]
+    client = boto3.client("s3")
+    older, newer = (read_log(client, logs_bucket, entry["key"])
+                    for entry in list_logs(client, logs_bucket, partition))
+    assert older != newer  # timestamps, run ids, durations
+    # The log holds what the code logged, not Dagster's `job - run_id - step - ` before it.
+    assert f"__ASSET_JOB - {runs[0].run_id}" not in older
+    assert f"INFO dagster: run {runs[0].run_id}: 3 rows validated in " in older
+    assert diff_logs(older, newer, "a", "b") == ""
+
+    result = CliRunner().invoke(main, ["--config", str(DEFAULT_CONFIG), "logs", "diff",
+                                       partition])
+    assert result.exit_code == 0, result.output
+    assert result.output == (f"nothing changed: runs {runs[0].run_id} and {runs[1].run_id} "
+                             "logged the same lines (timestamps, run ids and durations aside)\n")
+
+
+def test_a_diff_ignores_what_differs_per_run_in_logs_written_before(logs_bucket):
+    """Logs stored before the prefix was dropped still compare by what they logged."""
+    from credflow_assets.parse_logs import comparable_line
+
+    def line(stamp, run_id, seconds):
+        return (f"2026-11-22 12:00:{stamp},123 INFO dagster: staged_claims_job - {run_id} - "
+                f"s3__staging__claims_staged_csv - s3://b/staging/claims/x.csv: 2 row(s) valid "
+                f"in {seconds}s")
+
+    older = line("01", "04ef0a22-f470-4b15-b53d-0eda7c9f7a04", "0.4")
+    newer = line("59", "9c1d7e30-2b7a-4c55-a0f3-6d2b8e1f0a99", "12.0")
+    assert comparable_line(older) == comparable_line(newer) == (
+        "INFO dagster: s3://b/staging/claims/x.csv: 2 row(s) valid in <duration>")
+    assert comparable_line("INFO credflow.x: checked (0.4s), 1,200 rows/s") == \
+        "INFO credflow.x: checked (<duration>), <n> rows/s"
+    assert diff_logs(older, newer, "a", "b") == ""
+    assert diff_logs(older, older.replace("2 row(s)", "3 row(s)"), "a", "b")
+
+
+def test_redaction_keeps_keys_uris_and_the_files_own_name():
+    from credflow_assets.parse_logs import Redactor
+
+    redact = Redactor()
+    redact.add(["Nicholas", "Lambert"])
+    redact.keep_as_is(["staging/claims/Lambert 2024-01-31.csv"])
+    text = redact(
+        "s3://adhoc/staging/claims/2024-01-31_claims.csv → prod/claims/ingest_date=2024-01-31/"
+        "2024-01-31_claims.csv (http://127.0.0.1:9000/adhoc/x/2024-01-31.csv); "
+        "'staging/claims/Lambert 2024-01-31.csv': row 3: Nicholas Lambert, born 1984-07-09 "
+        "(09/07/1984), nick@example.com, 555-867-5309, ingest_date=2024-01-31")
+    assert text == (
+        "s3://adhoc/staging/claims/2024-01-31_claims.csv → prod/claims/ingest_date=2024-01-31/"
+        "2024-01-31_claims.csv (http://127.0.0.1:9000/adhoc/x/2024-01-31.csv); "
+        "'staging/claims/Lambert 2024-01-31.csv': row 3: [redacted] [redacted], born [date] "
+        "([date]), [email], [phone], ingest_date=[date]")
+
+
+def test_a_parse_log_names_its_own_file_though_its_name_holds_a_date(logs_bucket, instance):
+    partition = "claims/2024-01-31 claims.csv"
+
+    @dg.asset(partitions_def=files, name="parsed_file")
+    def parsed_file(context: dg.AssetExecutionContext, logs: LogsBucket) -> dg.MaterializeResult:
+        with parse_log(context, flow="tests", s3_client=logs.client(), bucket=logs.name) as log:
+            logger.info("read %s: 2024-01-31 claims.csv, 3 rows", context.partition_key)
+            logger.warning("row 2: date_of_birth 1984-07-09 is in the future")
+        return dg.MaterializeResult(metadata=log.metadata())
+
+    instance.add_dynamic_partitions(files.name, [partition])
+    result = dg.materialize([parsed_file], partition_key=partition, instance=instance,
+                            resources={"logs": LogsBucket(name=logs_bucket)})
+    key = result.asset_materializations_for_node("parsed_file")[0].metadata[
+        "log_uri"].value.removeprefix(f"s3://{logs_bucket}/")
+    text = read_log(boto3.client("s3"), logs_bucket, key)
+    assert "read claims/2024-01-31 claims.csv: 2024-01-31 claims.csv, 3 rows" in text
+    assert "row 2: date_of_birth [date] is in the future" in text

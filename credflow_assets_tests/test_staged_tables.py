@@ -105,6 +105,27 @@ def checks_of(flow, key: str) -> dict[str, dict]:
 # --- the story --------------------------------------------------------------------------------
 
 WRONG = "staging/claims/2024-04_claims_wrong_columns.csv"
+# What a person reads about it, in `credflow sync`, the run's failure and the notification.
+WRONG_SENTENCE = (f"{WRONG}: columns out of order: last_name, first_name; extra column: notes. "
+                  "Upload a corrected file to the same key.")
+
+
+def step_failures(flow, run_id: str) -> list:
+    """The run's step failures as the instance's event log (the UI's run page) holds them."""
+    return [entry.dagster_event.step_failure_data for entry in flow["instance"].all_logs(
+        run_id, of_type=dg.DagsterEventType.STEP_FAILURE)]
+
+
+def event_log_text(flow, run_id: str) -> str:
+    """Everything the instance stores about a run's events, serialized: what the UI can show."""
+    from dagster._serdes import serialize_value
+
+    return "\n".join(serialize_value(entry) for entry in flow["instance"].all_logs(run_id))
+
+
+def error_report_of(flow, metadata: dict) -> str:
+    key = metadata["errors_uri"].removeprefix("s3://credflow-logs/")
+    return flow["s3"].get_object(Bucket="credflow-logs", Key=key)["Body"].read().decode()
 
 
 def test_the_demo_uploads_found_tables_add_partitions_and_normalize_headers(flow):
@@ -119,6 +140,7 @@ def test_the_demo_uploads_found_tables_add_partitions_and_normalize_headers(flow
         founding, "staging/claims/2024-02_claims.csv",
         "staging/claims/2024-03_claims_excel_export.csv", "staging/licenses/2024-q1_licenses.csv"}
     assert [run.partition for run in report.failed] == [WRONG]
+    assert report.failed[0].error == WRONG_SENTENCE
 
     # The first file founded the table: its columns, types inferred conservatively.
     table = flow["glue"].get_table(DatabaseName=DATABASE, Name="claims")["Table"]
@@ -155,16 +177,43 @@ def test_the_demo_uploads_found_tables_add_partitions_and_normalize_headers(flow
     from credflow_assets.parse_logs import read_log
     from credflow_assets.staged_tables.sensors import last_observation
 
-    log_uri = last_observation(flow["instance"], partition_key_for(WRONG))["log_uri"]
+    observation = last_observation(flow["instance"], partition_key_for(WRONG))
+    log_uri = observation["log_uri"]
     assert log_uri.startswith("s3://credflow-logs/parsing_logs/staged_tables/")
     log_text = read_log(flow["s3"], "credflow-logs", log_uri.split("/", 3)[3])
-    assert "stays in staging" in log_text and "extra column(s) notes" in log_text
+    assert f"{WRONG_SENTENCE} The file stays in staging." in log_text
     assert "Lamb" not in log_text  # no cell values in the log
     wrong = checks_of(flow, WRONG)["columns_match_table"]
     assert not wrong["passed"] and wrong["extra_columns"] == ["notes"]
     assert [item["column"] for item in wrong["reordered_columns"]] == ["last_name", "first_name"]
-    # The UI shows each check result on the file's own partition.
+    # Beside the log, the error report: one line per problem (a header's have no row).
+    assert wrong["errors_uri"] == observation["errors_uri"] == log_uri.replace(
+        ".log.gz", ".errors.csv")
+    assert error_report_of(flow, wrong).splitlines()[:4] == [
+        "row,column,rule,value",
+        ",last_name,\"out of order: table position 3, file position 2\",",
+        ",first_name,\"out of order: table position 2, file position 3\",",
+        ",notes,extra column (not in the table),"]
+
+    # The step fails with the file's sentence, once: the checks are recorded (blocking, ERROR)
+    # and Dagster's own "2 blocking asset checks failed" error is not raised over it.
     wrong_run = report.failed[0].run_id
+    [failure] = step_failures(flow, wrong_run)
+    assert failure.user_failure_data.description == WRONG_SENTENCE
+    assert "DagsterAssetCheckFailedError" not in failure.error.to_string()
+    assert failure.user_failure_data.metadata["errors_uri"].value == wrong["errors_uri"]
+    evaluations = {entry.dagster_event.event_specific_data.check_name:
+                   entry.dagster_event.event_specific_data
+                   for entry in flow["instance"].all_logs(
+                       wrong_run, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)}
+    assert set(evaluations) == {"columns_match_table", "rows_match_schema"}
+    for evaluation in evaluations.values():
+        assert not evaluation.passed and evaluation.blocking
+        assert evaluation.severity == dg.AssetCheckSeverity.ERROR
+    # Blocking: the prod and Glue steps of the run never started.
+    assert [stats.step_key for stats in flow["instance"].get_run_step_stats(wrong_run)] == [
+        "s3__staging__claims_staged_csv"]
+    # The UI shows each check result on the file's own partition.
     for check_name in ("columns_match_table", "rows_match_schema"):
         history = flow["instance"].event_log_storage.get_asset_check_execution_history(
             dg.AssetCheckKey(staging_file_key("claims"), check_name), limit=10)
@@ -198,10 +247,15 @@ def test_each_table_lists_only_its_own_files_and_its_own_failures(flow):
 
     # The claims table shows its own rejected file: checked, then neither promoted nor
     # registered.
-    glue_status = instance.get_status_by_partition(
-        glue_table_key(DATABASE, "claims"), sorted(claims), table_partitions("claims"))
-    assert glue_status == {**dict.fromkeys(claims, materialized),
-                           partition_key_for(WRONG): dg.AssetPartitionStatus.FAILED}
+    for key in (prod_file_key("claims"), glue_table_key(DATABASE, "claims")):
+        assert instance.get_status_by_partition(key, sorted(claims), table_partitions(
+            "claims")) == {**dict.fromkeys(claims, materialized),
+                           partition_key_for(WRONG): dg.AssetPartitionStatus.FAILED}, key
+    # The staged file itself was observed (its step failed only after the observation and
+    # the checks were recorded): it is not shown as failed.
+    assert instance.get_status_by_partition(
+        staging_file_key("claims"), sorted(claims), table_partitions("claims")) == \
+        dict.fromkeys(claims, materialized)
 
 
 def test_bad_files_stay_in_staging_with_results_naming_the_columns(flow, caplog):
@@ -214,7 +268,8 @@ def test_bad_files_stay_in_staging_with_results_naming_the_columns(flow, caplog)
                      "claim_id,last_name,first_name,service_date,amount_usd,status",
                      uploader="bo.analyst@example.com")
     bad_values = upload(flow, "claims", "bad values.csv", CLAIMS,
-                        ["C-2004,Ann,Lee,2024-13-03,-5,lost", "C-2005,Bo,Ng,2024-01-03,1,paid,x"])
+                        ["C-2004,Zebulon,Quixley,2024-13-03,-5,lost",
+                         "C-2005,Bo,Ng,2024-01-03,1,paid,x"])
     before = {k: flow["s3"].head_object(Bucket=BUCKET, Key=k)["ETag"]
               for k in (extra, missing, swapped, bad_values)}
     prod_before, partitions_before = keys(flow, "prod/"), partitions(flow, "claims")
@@ -247,16 +302,64 @@ def test_bad_files_stay_in_staging_with_results_naming_the_columns(flow, caplog)
     assert {"service_date", "amount_usd", "status", "(extra fields)"} <= set(
         rows["failing_columns"])
     assert {case["row"] for case in rows["failure_cases_sample"]} == {1, 2}
-    assert rows["failing_rows_sample"][0]["claim_id"] == "C-2004"
+    assert rows["failing_rows"] == 2 and rows["failing_row_numbers"] == [1, 2]
 
-    # The notifier names the table, the file, the uploader's key and the columns.
+    # Each run fails with a sentence about its file: columns, rules and rows, never a value.
+    errors = {run.partition: run.error for run in report.failed}
+    assert errors[partition_key_for(extra)] == (
+        f"{extra}: extra column: notes. Upload a corrected file to the same key.")
+    assert errors[partition_key_for(missing)] == (
+        f"{missing}: missing column: amount_usd. Upload a corrected file to the same key.")
+    swapped_sentence = (f"{swapped}: columns out of order: last_name, first_name. "
+                        "Upload a corrected file to the same key.")
+    assert errors[partition_key_for(swapped)] == swapped_sentence
+    assert errors[partition_key_for(bad_values)] == (
+        f"{bad_values}: rows 1, 2 break the table's rules (service_date, amount_usd, status, "
+        "more fields than the header); its error report lists each value. "
+        "Upload a corrected file to the same key.")
+
+    # Personal data stays in the data: the values are in the file's error report only, not in
+    # the run's events (check, materialization and failure metadata), nor in its parse log.
+    bad_run = next(run.run_id for run in report.failed
+                   if run.partition == partition_key_for(bad_values))
+    from credflow_assets.parse_logs import read_log
+
+    parse_log = read_log(flow["s3"], "credflow-logs", rows["errors_uri"].removeprefix(
+        "s3://credflow-logs/").replace(".errors.csv", ".log.gz"))
+    for text in (event_log_text(flow, bad_run), parse_log):
+        for value in ("Zebulon", "Quixley", "2024-13-03", ",lost"):
+            assert value not in text
+    assert rows["errors_url"].startswith("http://") and rows["errors_url"].endswith(
+        f"/{bad_run}.errors.csv")
+    report_lines = error_report_of(flow, rows).splitlines()
+    assert report_lines[0] == "row,column,rule,value"
+    assert set(report_lines[1:]) == {
+        "2,(extra fields),field count: more fields than the header,x",
+        "1,service_date,ClaimsRecord: coerce_dtype('datetime64[ns]'),2024-13-03",
+        "1,service_date,ClaimsRecord: dtype('datetime64[ns]'),2024-13-03",
+        "1,amount_usd,ClaimsRecord: greater_than_or_equal_to(0),-5",  # as uploaded
+        "1,status,\"ClaimsRecord: isin(['submitted', 'paid', 'denied'])\",lost"}
+    # `credflow logs --errors` prints it.
+    from credflow_assets.cli import main
+
+    printed = CliRunner().invoke(main, ["--config", str(DEFAULT_CONFIG), "logs", "--errors",
+                                        partition_key_for(bad_values)])
+    assert printed.exit_code == 0, printed.output
+    assert printed.stdout.splitlines() == report_lines
+
+    # The notifier tells the same sentence, with the table, the uploader and the error report.
     messages = [record.getMessage() for record in caplog.records]
-    swapped_message = next(m for m in messages if swapped in m)
-    assert "table: claims" in swapped_message
-    assert "uploaded by: bo.analyst@example.com" in swapped_message
-    assert "columns out of order: last_name (table 3, file 2)" in swapped_message
-    assert "extra columns: notes" in next(m for m in messages if extra in m)
-    assert "missing columns: amount_usd" in next(m for m in messages if missing in m)
+    swapped_run = next(run.run_id for run in report.failed
+                       if run.partition == partition_key_for(swapped))
+    assert next(m for m in messages if swapped in m) == "\n".join([
+        f"*credflow: staged file rejected — {swapped}*",
+        swapped_sentence,
+        "table: claims",
+        "uploaded by: bo.analyst@example.com",
+        f"error report: {checks_of(flow, swapped)['columns_match_table']['errors_url']}",
+        f"run: {swapped_run}"])
+    assert errors[partition_key_for(extra)] in next(m for m in messages if extra in m)
+    assert errors[partition_key_for(missing)] in next(m for m in messages if missing in m)
 
     # A second sync does not retry rejected files.
     again = run_sync(flow)

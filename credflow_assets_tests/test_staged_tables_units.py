@@ -1,5 +1,5 @@
 """The staged-tables flow's pure parts: keys, column comparison, type inference, streaming
-validation, the notification text. No services."""
+validation, the rejection sentence, the notification text. No services."""
 
 from __future__ import annotations
 
@@ -103,18 +103,54 @@ def test_rows_are_validated_in_chunks_with_failures_located():
         good,
         "C-1003,Bo,Ng,2024-01-03,1,paid,extra",  # row 8: one field too many
     ]
+    problems = []
     report = validate_rows(io.BytesIO("\n".join(lines).encode()), CLAIMS, model=ClaimsRecord,
                            glue_types={"amount_usd": "double", "claim_id": "string"},
-                           chunk_rows=2)
+                           chunk_rows=2, report_problem=lambda *problem: problems.append(problem))
     assert report.rows == 8 and not report.passed
     assert report.schemas == ["ClaimsRecord", "glue column types"]
     assert set(report.failing_columns) == {"first_name", "service_date", "amount_usd", "status",
                                            "(extra fields)"}
-    assert sorted(report.failing_rows) == [6, 8]
-    assert report.failing_rows[8]["__credflow_extra_fields__"] == "extra"
-    typed = validate_rows(io.BytesIO(b"id,n\n1,2\n2,\n3,x\n"), ["id", "n"],
-                          glue_types={"n": "bigint"})
-    assert {(case["row"], case["value"]) for case in typed.cases} == {(2, None), (3, "x")}
+    assert report.failing_row_count == 2 and report.failing_row_numbers == [6, 8]
+    # The report says where (row, column, check); the values go to `report_problem` only.
+    assert all(set(case) == {"row", "column", "check", "schema"} for case in report.cases)
+    assert (8, "(extra fields)", "field count: more fields than the header", "extra") in problems
+    assert (6, "first_name", "ClaimsRecord: not_nullable", None) in problems
+    assert (6, "amount_usd", "ClaimsRecord: greater_than_or_equal_to(0)", "-1") in problems
+    assert len(problems) == report.failure_count
+    typed = []
+    validate_rows(io.BytesIO(b"id,n\n1,2\n2,\n3,x\n"), ["id", "n"], glue_types={"n": "bigint"},
+                  report_problem=lambda row, column, rule, value: typed.append((row, value)))
+    assert set(typed) == {(2, None), (3, "x")}
+
+
+def test_a_rejected_file_is_told_in_one_sentence_naming_columns_rules_and_rows():
+    from credflow_assets.staged_tables.rejection import rejection_sentence
+
+    key = "staging/claims/x.csv"
+    swapped = compare_columns(["claim_id", "last_name", "first_name", "service_date",
+                               "amount_usd", "status", "notes"], CLAIMS)
+    assert rejection_sentence(key, swapped, None, None) == (
+        "staging/claims/x.csv: columns out of order: last_name, first_name; extra column: notes. "
+        "Upload a corrected file to the same key.")
+    founding = compare_columns(["id", "amount_($)", "", "ingest_date", "id"], None)
+    assert rejection_sentence(key, founding, None, None) == (
+        "staging/claims/x.csv: duplicate column: id; unnamed column at position: 3; column name "
+        "Athena cannot use (only a-z, 0-9, _): amount_($); a column named ingest_date, the "
+        "table's partition column. Upload a corrected file to the same key.")
+    assert rejection_sentence(key, None, "the file is empty: no header line", None) == (
+        "staging/claims/x.csv: the file is empty: no header line. "
+        "Upload a corrected file to the same key.")
+    many = validate_rows(io.BytesIO(("id,n\n" + "".join(f"{i},x\n" for i in range(1, 13))
+                                     ).encode()), ["id", "n"], glue_types={"n": "bigint"})
+    assert rejection_sentence(key, compare_columns(["id", "n"], ["id", "n"]), None, many,
+                              error_report_stored=True) == (
+        "staging/claims/x.csv: rows 1, 2, 3, 4, 5 and 7 more break the table's rules (n); its "
+        "error report lists each value. Upload a corrected file to the same key.")
+    unreadable = validate_rows(io.BytesIO(b"a,b\n1,\xff\n"), ["a", "b"])
+    assert rejection_sentence(key, compare_columns(["a", "b"], ["a", "b"]), None, unreadable,
+                              error_report_stored=True).startswith(
+        "staging/claims/x.csv: not UTF-8 text (")
 
 
 def test_unreadable_files_fail_with_a_reason():

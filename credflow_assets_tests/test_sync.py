@@ -80,7 +80,7 @@ def test_sync_runs_every_new_file_once_and_names_failures(defs, folders, instanc
     assert (Path(folders.outbox) / "a.txt").read_text() == "ALPHA"
     assert report.partitions_added == 3
     assert [run.partition for run in report.failed] == ["c.txt"]
-    assert "c.txt: content is broken" in report.failed[0].error
+    assert report.failed[0].error == "c.txt: content is broken"  # no "ValueError: "
     assert not report.ok
     assert len(lines) == 3 and any("partition c.txt" in line and "FAILED" in line for line in lines)
     runs = instance.get_runs()
@@ -145,3 +145,32 @@ def test_a_changed_file_gets_a_new_run(defs, folders, instance):
 def test_an_unknown_sensor_name_is_refused(defs, instance):
     with pytest.raises(ValueError, match="no such sensor: nope"):
         sync(defs, instance, sensor_names=["nope"])
+
+
+@pytest.mark.parametrize(("message", "cls_name", "read"), [
+    ("dagster._core.definitions.events.Failure: staging/claims/x.csv: extra column: notes\n",
+     "Failure", "staging/claims/x.csv: extra column: notes"),
+    ("ValueError: row 3: not a date\n", "ValueError", "row 3: not a date"),
+    # A message announcing a list keeps its items, on one line.
+    ("dagster._core.errors.DagsterAssetCheckFailedError: 2 blocking asset checks failed with "
+     "ERROR severity:\ns3/staging/claims_staged_csv: columns_match_table,rows_match_schema\n",
+     "DagsterAssetCheckFailedError",
+     "2 blocking asset checks failed with ERROR severity: "
+     "s3/staging/claims_staged_csv: columns_match_table,rows_match_schema"),
+    ("botocore.exceptions.ClientError: An error occurred (NoSuchBucket)\n", None,
+     "An error occurred (NoSuchBucket)"),
+    # Only the class is stripped: a message that itself mentions an error keeps it.
+    ("dagster._core.definitions.events.Failure: KeyError: 'x' in feed spl\n", "Failure",
+     "KeyError: 'x' in feed spl"),
+    ("KeyError\n", "KeyError", "KeyError"),  # no message: the bare class is all there is
+])
+def test_a_failure_reads_as_its_message_without_the_exception_class(message, cls_name, read):
+    from dagster._utils.error import SerializableErrorInfo
+
+    from credflow_assets.sync import innermost_error_message
+
+    wrapped = SerializableErrorInfo(
+        message="dagster._core.errors.DagsterExecutionStepExecutionError: Error occurred while "
+        'executing op "x":\n', stack=[], cls_name="DagsterExecutionStepExecutionError",
+        cause=SerializableErrorInfo(message=message, stack=[], cls_name=cls_name))
+    assert innermost_error_message(wrapped) == read

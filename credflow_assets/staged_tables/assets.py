@@ -44,6 +44,7 @@ from urllib.parse import quote
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
+from credflow_assets.error_reports import ErrorReport, error_report
 from credflow_assets.parse_logs import parse_log
 from credflow_assets.resources.glue import GlueError, GlueResource, table_columns
 from credflow_assets.resources.s3 import (
@@ -73,6 +74,7 @@ from credflow_assets.staged_tables.layout import (
     StagedFile,
     object_key_for,
 )
+from credflow_assets.staged_tables.rejection import rejection_sentence, report_header_problems
 from credflow_assets.staged_tables.settings import (
     GROUP,
     VERSION_TAG,
@@ -85,6 +87,7 @@ from credflow_assets.staged_tables.settings import (
     table_asset_keys,
     table_partitions,
 )
+from credflow_assets.staged_tables.validation import RowsReport, validate_rows
 
 PROD_METADATA_SOURCE_KEY = "credflow-staged-key"
 PROD_METADATA_SOURCE_ETAG = "credflow-staged-etag"
@@ -133,7 +136,14 @@ def build_staged_file_asset(table: str, layout: Layout) -> dg.AssetsDefinition:
 
 def observe_and_check(context: dg.AssetExecutionContext, table: str, s3: S3Resource,
                       glue: GlueResource, settings: StagedTablesSettings):
-    """The staged-file asset of `table`: its materialization, then its two check results."""
+    """The staged-file asset of `table`: its materialization, then its two check results; for a
+    rejected file, then a `dg.Failure` whose description is the rejection sentence.
+
+    Failing the step ourselves, rather than leaving it to Dagster's blocking-check error
+    ("2 blocking asset checks failed with ERROR severity"), makes the run's failure read as the
+    file's problem, in `credflow sync`, the UI and the notification alike. The checks stay
+    blocking: the failed step still stops the prod and Glue steps of the run.
+    """
     layout = settings.layout
     client = s3.get_client()
     target = _target(layout, context.partition_key, table)
@@ -150,46 +160,43 @@ def observe_and_check(context: dg.AssetExecutionContext, table: str, s3: S3Resou
     model = _model_for(settings, staged.table)
     raw_header: list[str] | None = None
     header_error: str | None = None
-    report = None
+    comparison = report = None
     # The parse's own log (doc 004), beside the data in the logs bucket, linked below. It holds
-    # counts, columns and checks, never cell values (those are in the check's metadata).
-    with parse_log(context, flow=GROUP, s3_client=client, bucket=settings.logs_bucket) as log, \
-            _unless_replaced(staged):
-        reference = resolve_table_columns(glue, client, layout, settings.glue_database,
-                                          staged.table)
-        context.log.info(f"{staged.uri} ({staged.size} bytes, etag {staged.etag}): table "
-                         f"{staged.table}, columns from {reference.description}")
-        try:
-            raw_header = read_header(client, layout.bucket, staged.key, etag=staged.etag)
-        except HeaderError as error:
-            header_error = str(error)
-        comparison = (compare_columns(normalize_header(raw_header), reference.columns)
-                      if raw_header is not None else None)
-        if comparison is not None:
-            started = time.monotonic()
-            body = client.get_object(Bucket=layout.bucket, Key=staged.key,
-                                     IfMatch=f'"{staged.etag}"')["Body"]
-            with closing(body):
-                from credflow_assets.staged_tables.validation import validate_rows
-
-                report = validate_rows(
-                    body, comparison.actual, model=model, glue_types=reference.glue_types,
-                    infer_types=reference.source != "glue", chunk_rows=settings.chunk_rows,
-                    sample_size=settings.failure_sample_size,
-                )
-            context.log.info(f"{staged.uri}: {report.summary()} in "
-                             f"{time.monotonic() - started:.1f}s")
+    # counts, columns and checks, never cell values: those go to the file's error report, in
+    # the same place.
+    with parse_log(context, flow=GROUP, s3_client=client, bucket=settings.logs_bucket) as log:
+        log.keep_as_is([staged.uri, staged.key, staged.name])
+        with error_report(flow=GROUP, partition=context.partition_key,
+                          run_id=context.run.run_id, s3_client=client,
+                          bucket=settings.logs_bucket) as errors, _unless_replaced(staged):
+            reference = resolve_table_columns(glue, client, layout, settings.glue_database,
+                                              staged.table)
+            context.log.info(f"{staged.uri} ({staged.size} bytes, etag {staged.etag}): table "
+                             f"{staged.table}, columns from {reference.description}")
+            try:
+                raw_header = read_header(client, layout.bucket, staged.key, etag=staged.etag)
+            except HeaderError as error:
+                header_error = str(error)
+            comparison = (compare_columns(normalize_header(raw_header), reference.columns)
+                          if raw_header is not None else None)
+            report_header_problems(errors, comparison, header_error)
+            if comparison is not None:
+                report = _validate(client, layout, staged, comparison, reference, model,
+                                   settings, errors, context.log)
+        # The error report is stored now: the checks and the sentence can point at it.
         columns_result = columns_check_result(staged, comparison, reference, raw_header,
-                                              header_error)
+                                              header_error, error_report=errors.metadata())
         rows_result = rows_check_result(staged, report,
-                                        not_run_reason=header_error or "the header is unreadable")
+                                        not_run_reason=header_error or "the header is unreadable",
+                                        error_report=errors.metadata())
         checks_passed = columns_result.passed and rows_result.passed
+        rejection = None
         if checks_passed:
             context.log.info(f"{staged.uri}: both checks passed; promoting")
         else:
-            context.log.warning(f"{staged.uri} stays in staging: " + " | ".join(
-                result.description for result in (columns_result, rows_result)
-                if not result.passed and result.description))
+            rejection = rejection_sentence(staged.key, comparison, header_error, report,
+                                           error_report_stored=errors.uri is not None)
+            context.log.warning(f"{rejection} The file stays in staging.")
 
     metadata: dict[str, Any] = {
         "file": dg.MetadataValue.path(staged.uri),
@@ -209,12 +216,40 @@ def observe_and_check(context: dg.AssetExecutionContext, table: str, s3: S3Resou
         "rows": report.rows if report else 0,
         "checks_passed": checks_passed,
         **log.metadata(),
+        **errors.metadata(),
     }
     if report is not None and report.inferred_types is not None:
         metadata["inferred_types"] = dg.MetadataValue.json(report.inferred_types)
     yield dg.MaterializeResult(metadata=metadata)
     yield columns_result
     yield rows_result
+    if rejection is not None:
+        # Dagster has recorded the observation and both (blocking) check results above; the
+        # step now fails with the file's own sentence, so the prod and Glue steps do not run.
+        raise dg.Failure(description=rejection, metadata={
+            "file": dg.MetadataValue.path(staged.uri),
+            "uploader_key": staged.key,
+            "table": staged.table,
+            **log.metadata(),
+            **errors.metadata(),
+        })
+
+
+def _validate(client, layout: Layout, staged: StagedObject, comparison, reference, model,
+              settings: StagedTablesSettings, errors: ErrorReport, log) -> RowsReport:
+    """Stream the file's rows (this version only) through validation; each problem, value
+    included, goes to the error report."""
+    started = time.monotonic()
+    body = client.get_object(Bucket=layout.bucket, Key=staged.key,
+                             IfMatch=f'"{staged.etag}"')["Body"]
+    with closing(body):
+        report = validate_rows(
+            body, comparison.actual, model=model, glue_types=reference.glue_types,
+            infer_types=reference.source != "glue", chunk_rows=settings.chunk_rows,
+            sample_size=settings.failure_sample_size, report_problem=errors.add,
+        )
+    log.info(f"{staged.uri}: {report.summary()} in {time.monotonic() - started:.1f}s")
+    return report
 
 
 def build_prod_file_asset(table: str, layout: Layout) -> dg.AssetsDefinition:

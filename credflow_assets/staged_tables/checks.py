@@ -13,7 +13,10 @@ own table's asset (`s3/staging/{table}_staged_csv`).
   configured), the Glue table's typed columns, and the header's field count (`validation.py`).
 
 Each result's metadata names the file, the uploader's key (the staged object's S3 key) and
-uploader (S3 metadata, when the upload carried one), the table, and what differs.
+uploader (S3 metadata, when the upload carried one), the table, and what differs: columns, rules
+and row numbers, never a cell's value (names, dates of birth are personal data, and Dagster's
+event log is read by everyone). A failed result links the file's error report instead
+(`errors_uri`, `errors_url`), which lists each problem with its value.
 """
 
 from __future__ import annotations
@@ -131,13 +134,16 @@ def columns_check_result(
     reference: TableColumns | None,
     raw_header: list[str] | None,
     header_error: str | None = None,
+    error_report: dict[str, Any] | None = None,
 ) -> dg.AssetCheckResult:
+    """`error_report`: the error report's links (`ErrorReport.metadata()`), added on failure."""
     if header_error is not None or comparison is None:
         description = f"{staged.key}: {header_error or 'no header'}"
         return dg.AssetCheckResult(
             check_name=COLUMNS_CHECK, asset_key=staging_file_key(staged.table), passed=False,
             description=description,
-            metadata={**file_metadata(staged), "problem": header_error or "no header"},
+            metadata={**file_metadata(staged), "problem": header_error or "no header",
+                      **(error_report or {})},
         )
     problems = comparison.problems()
     if comparison.passed:
@@ -159,6 +165,8 @@ def columns_check_result(
     }
     if comparison.expected is not None:
         metadata["comparison"] = dg.MetadataValue.md(_columns_table(comparison))
+    if not comparison.passed:
+        metadata.update(error_report or {})
     return dg.AssetCheckResult(
         check_name=COLUMNS_CHECK, asset_key=staging_file_key(staged.table),
         passed=comparison.passed, description=description, metadata=metadata,
@@ -166,12 +174,15 @@ def columns_check_result(
 
 
 def rows_check_result(staged: StagedObject, report: RowsReport | None,
-                      not_run_reason: str | None = None) -> dg.AssetCheckResult:
+                      not_run_reason: str | None = None,
+                      error_report: dict[str, Any] | None = None) -> dg.AssetCheckResult:
+    """`error_report`: the error report's links (`ErrorReport.metadata()`), added on failure."""
     if report is None:
         return dg.AssetCheckResult(
             check_name=ROWS_CHECK, asset_key=staging_file_key(staged.table), passed=False,
             description=f"{staged.key}: rows not checked: {not_run_reason}",
-            metadata={**file_metadata(staged), "problem": not_run_reason or ""},
+            metadata={**file_metadata(staged), "problem": not_run_reason or "",
+                      **(error_report or {})},
         )
     metadata: dict[str, Any] = {
         **file_metadata(staged),
@@ -188,10 +199,12 @@ def rows_check_result(staged: StagedObject, report: RowsReport | None,
             [[schema, column, check, count]
              for (schema, column, check), count in report.by_check.most_common()],
         ))
+        # Where the failures are, never what the cells hold: the values are in the error report.
         metadata["failure_cases_sample"] = dg.MetadataValue.json(report.cases)
-        metadata["failing_rows_sample"] = dg.MetadataValue.json(
-            [{"row": row, **values} for row, values in sorted(report.failing_rows.items())]
-        )
+        metadata["failing_rows"] = report.failing_row_count
+        metadata["failing_row_numbers"] = dg.MetadataValue.json(report.failing_row_numbers)
+    if not report.passed:
+        metadata.update(error_report or {})
     return dg.AssetCheckResult(
         check_name=ROWS_CHECK, asset_key=staging_file_key(staged.table), passed=report.passed,
         description=f"{staged.key}: {report.summary()}", metadata=metadata,

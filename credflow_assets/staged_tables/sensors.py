@@ -26,8 +26,9 @@ until a new upload replaces them.
 
 `describe_failure` is the flow's message in the code location's failure notifications
 (notifications.py), whatever launched the run (a sensor, `credflow sync`, the UI, a backfill):
-table, file, uploader's key and uploader, the columns that differ and the row failures, read
-from the run's failed check results; other failures with their error.
+for a rejected file, the run's own failure (the rejection sentence: file, columns, rules, rows),
+the table, the uploader and the error report's link, from the run's failed check results; other
+failures with their error.
 """
 
 
@@ -310,31 +311,16 @@ def describe_failed_run(instance: dg.DagsterInstance, run: dg.DagsterRun,
         return (f"credflow: staged file {key} failed",
                 [f"table: {table}", f"uploader's key: {key}", f"cause: {error}",
                  f"run: {run.run_id}"])
-    metadata = {name: value.value for name, value in failed[0].metadata.items()}
-    lines = [
-        f"table: {table}",
-        f"file: {metadata.get('file', key)}",
-        f"uploader's key: {metadata.get('uploader_key', key)}",
-        f"uploaded by: {metadata.get('uploader', '(unknown)')}",
-    ]
-    for evaluation in failed:
-        values = {name: value.value for name, value in evaluation.metadata.items()}
-        details = []
-        for label, name in (("missing columns", "missing_columns"),
-                            ("extra columns", "extra_columns")):
-            if values.get(name):
-                details.append(f"{label}: {', '.join(values[name])}")
-        if values.get("reordered_columns"):
-            details.append("columns out of order: " + ", ".join(
-                f"{item['column']} (table {item['table_position']}, file "
-                f"{item['file_position']})" for item in values["reordered_columns"]))
-        if values.get("failing_columns"):
-            details.append(f"failing columns: {', '.join(values['failing_columns'])}")
-        summary = (evaluation.description or "failed").removeprefix(f"{key}: ")
-        lines.append(f"{evaluation.check_name}: {summary}")
-        lines += [f"  {detail}" for detail in details if detail not in summary]
-    lines += ["the file stays in staging, untouched; upload a corrected file to the same key",
-              f"run: {run.run_id}"]
+    results = [{name: value.value for name, value in evaluation.metadata.items()}
+               for evaluation in failed]
+    # `error` is the step's failure: the rejection sentence (rejection.py), which names the
+    # file, what is wrong with it (columns, rules, rows; never a value) and what to do.
+    lines = [error, f"table: {table}", f"uploaded by: {results[0].get('uploader', '(unknown)')}"]
+    error_report = next((result.get("errors_url") or result["errors_uri"]
+                         for result in results if result.get("errors_uri")), None)
+    if error_report:
+        lines.append(f"error report: {error_report}")
+    lines.append(f"run: {run.run_id}")
     return f"credflow: staged file rejected — {key}", lines
 
 

@@ -16,18 +16,27 @@ conservatively (`infer_glue_type`): a column is `bigint`, `double` or `boolean` 
 row has a value of that form, and `string` otherwise. Dates stay `string`: Athena's CSV reader
 is picky about date formats, and a string column never fails a query.
 
-Failures are aggregated (counts per column and check), with a bounded sample of failure cases
-and of the failing rows themselves for the check's metadata. Row numbers count data rows:
-row 1 is the first line after the header.
+Failures are aggregated (counts per column and check), with a bounded sample of where they are
+(row, column, check) for the check's metadata. The values themselves are personal data (names,
+dates of birth): they never go into the report, only to `report_problem`, which the asset points
+at the file's error report (`credflow_assets.error_reports`). Row numbers count data rows: row 1
+is the first line after the header.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+# (row or None, column, rule, value or None): one problem, value included (error_reports).
+ProblemSink = Callable[[int | None, str, str, Any], None]
+
 EXTRA_FIELDS = "__credflow_extra_fields__"
+# How the failures of a row with more fields than the header are reported: as this column.
+EXTRA_FIELDS_COLUMN = "(extra fields)"
 DEFAULT_CHUNK_ROWS = 50_000
 
 # Values each Glue type accepts (the forms Athena's OpenCSVSerDe reads); other types: any text.
@@ -92,11 +101,13 @@ class RowsReport:
     """What the streaming pass found."""
 
     rows: int = 0
+    columns: list[str] = field(default_factory=list)  # the file's, as validated
     schemas: list[str] = field(default_factory=list)  # what validated the rows
     failure_count: int = 0
     by_check: Counter = field(default_factory=Counter)  # (schema, column, check) → count
-    cases: list[dict[str, Any]] = field(default_factory=list)  # a sample
-    failing_rows: dict[int, dict[str, Any]] = field(default_factory=dict)  # a sample
+    cases: list[dict[str, Any]] = field(default_factory=list)  # a sample: row, column, check
+    failing_row_count: int = 0
+    failing_row_numbers: list[int] = field(default_factory=list)  # the first ones
     file_error: str | None = None  # the file could not be read to the end
     inferred_types: dict[str, str] | None = None
 
@@ -144,16 +155,20 @@ def validate_rows(
     infer_types: bool = False,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     sample_size: int = 20,
+    report_problem: ProblemSink | None = None,
 ) -> RowsReport:
     """Validate every row of a CSV stream whose header gave `columns` (normalized names).
 
     `model`: a pandera DataFrameModel class; `glue_types`: the Glue table's column types;
-    `infer_types`: also infer Glue types (for a table that does not exist yet).
+    `infer_types`: also infer Glue types (for a table that does not exist yet);
+    `report_problem`: told every problem with its value (the report keeps no values).
     """
     import pandas as pd
 
     report = RowsReport()
+    record = _Recorder(report, sample_size, report_problem)
     names = _unique_names(columns)
+    report.columns = names
     schemas: list[tuple[str, Any]] = []
     if model is not None:
         schemas.append((model.__name__, model))
@@ -172,11 +187,11 @@ def validate_rows(
         )
         for chunk in chunks:
             report.rows += len(chunk)
-            _count_extra_fields(report, chunk, sample_size)
+            _count_extra_fields(record, chunk)
             frame = chunk.drop(columns=[EXTRA_FIELDS])
             for schema_name, schema in schemas:
-                _validate_chunk(report, schema_name, schema, frame, sample_size,
-                                reported_schema_level)
+                _validate_chunk(record, schema_name, schema, frame, reported_schema_level)
+            record.end_of_chunk()
             if inference is not None:
                 inference.update(frame)
     except UnicodeDecodeError as error:
@@ -199,16 +214,16 @@ def _unique_names(columns: list[str]) -> list[str]:
     return names
 
 
-def _count_extra_fields(report: RowsReport, chunk: Any, sample_size: int) -> None:
+def _count_extra_fields(record: _Recorder, chunk: Any) -> None:
     extra = chunk[EXTRA_FIELDS].notna()
     if not extra.any():
         return
     for index in chunk.index[extra]:
-        _record(report, "field count", "(extra fields)", "more fields than the header",
-                int(index) + 1, chunk.at[index, EXTRA_FIELDS], chunk.loc[index], sample_size)
+        record("field count", EXTRA_FIELDS_COLUMN, "more fields than the header", int(index) + 1,
+               chunk.at[index, EXTRA_FIELDS])
 
 
-def _validate_chunk(report, schema_name, schema, frame, sample_size, reported) -> None:
+def _validate_chunk(record: _Recorder, schema_name, schema, frame, reported) -> None:
     import pandera.pandas as pa
 
     try:
@@ -229,29 +244,47 @@ def _validate_chunk(report, schema_name, schema, frame, sample_size, reported) -
                 schema_names = {"", schema_name, str(getattr(schema, "name", "") or ""),
                                 getattr(schema, "__name__", "")}
                 named = value if value and column in schema_names else column
-                _record(report, schema_name, named or "(columns)", check, None, value, None,
-                        sample_size)
+                record(schema_name, named or "(columns)", check, None, value)
             else:
                 index = int(case.index)
-                _record(report, schema_name, column, check, index + 1, value,
-                        frame.loc[index] if index in frame.index else None, sample_size)
+                # The cell as uploaded: pandera reports a coerced value (`-5` as `-5.0`).
+                if column in frame.columns and index in frame.index:
+                    value = frame.at[index, column]
+                record(schema_name, column, check, index + 1, value)
 
 
-def _record(report: RowsReport, schema: str, column: str, check: str, row: int | None,
-            value: Any, row_values: Any, sample_size: int) -> None:
-    report.failure_count += 1
-    report.by_check[(schema, column, check)] += 1
-    if len(report.cases) < sample_size:
-        report.cases.append({"row": row, "column": column, "check": check,
-                             "value": None if _is_missing(value) else str(value),
-                             "schema": schema})
-    if row is not None and row_values is not None and (
-        row in report.failing_rows or len(report.failing_rows) < min(sample_size, 10)
-    ):
-        report.failing_rows[row] = {
-            name: (None if _is_missing(v) else str(v))
-            for name, v in row_values.items() if name != EXTRA_FIELDS or not _is_missing(v)
-        }
+class _Recorder:
+    """Counts each failure into the report (where it is, never its value) and tells the
+    problem sink, value included."""
+
+    def __init__(self, report: RowsReport, sample_size: int,
+                 report_problem: ProblemSink | None) -> None:
+        self.report = report
+        self.sample_size = sample_size
+        self.report_problem = report_problem
+        self._chunk_rows: set[int] = set()  # rows of this chunk that failed (chunks don't overlap)
+
+    def __call__(self, schema: str, column: str, check: str, row: int | None,
+                 value: Any) -> None:
+        report = self.report
+        report.failure_count += 1
+        report.by_check[(schema, column, check)] += 1
+        if len(report.cases) < self.sample_size:
+            report.cases.append({"row": row, "column": column, "check": check,
+                                 "schema": schema})
+        if row is not None:
+            self._chunk_rows.add(row)
+        if self.report_problem is not None:
+            self.report_problem(row, column, f"{schema}: {check}",
+                                None if _is_missing(value) else str(value))
+
+    def end_of_chunk(self) -> None:
+        report = self.report
+        report.failing_row_count += len(self._chunk_rows)
+        # Chunks come in file order: the first rows that fail are in the earliest chunks.
+        report.failing_row_numbers = heapq.nsmallest(
+            self.sample_size, [*report.failing_row_numbers, *self._chunk_rows])
+        self._chunk_rows.clear()
 
 
 def _is_missing(value: Any) -> bool:
