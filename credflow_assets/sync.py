@@ -115,11 +115,16 @@ def sync(
         # retried below rather than hidden.
         fail_stopped_runs(instance, progress)
         daemon = daemon_running(instance)
+        sensors = _sensors_to_tick(defs, instance, sensor_names, daemon, progress)
+        # A run-status sensor's first tick only notes where the runs stand: tick it before
+        # this sync's runs, so that it sees their failures.
+        _tick_sensors(defs, instance, report,
+                      [sensor for sensor in sensors
+                       if isinstance(sensor, dg.RunStatusSensorDefinition)
+                       and sensor_cursor(instance, sensor.name) is None], progress, verbose)
         if not daemon:
             _retry_failed_runs(defs, instance, report, progress, verbose)
-        _tick_sensors(defs, instance, report, _sensors_to_tick(defs, instance, sensor_names,
-                                                               daemon, progress),
-                      progress, verbose)
+        _tick_sensors(defs, instance, report, sensors, progress, verbose)
         return report
 
 
