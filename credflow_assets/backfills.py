@@ -20,6 +20,13 @@ query { repositoriesOrError { __typename
   ... on PythonError { message } } }
 """
 
+_PARTITION_SETS = """
+query($repository: RepositorySelector!, $job: String!) {
+  partitionSetsOrError(repositorySelector: $repository, pipelineName: $job) { __typename
+    ... on PartitionSets { results { name } }
+    ... on PythonError { message } } }
+"""
+
 _LAUNCH = """
 mutation($params: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $params) {
   __typename
@@ -61,11 +68,11 @@ def launch_backfills(url: str, partitions_by_job: dict[str, list[str]],
         if job_name not in locations:
             raise BackfillError(f"the webserver at {url} has no job {job_name!r}")
         location, repository = locations[job_name]
+        repository_selector = {"repositoryLocationName": location, "repositoryName": repository}
         answer = _graphql(url, _LAUNCH, {"params": {
             "selector": {
-                "partitionSetName": f"{job_name}_partition_set",
-                "repositorySelector": {"repositoryLocationName": location,
-                                       "repositoryName": repository},
+                "partitionSetName": _partition_set(url, repository_selector, job_name),
+                "repositorySelector": repository_selector,
             },
             "partitionNames": partitions,
             "tags": [{"key": key, "value": value} for key, value in tags.items()],
@@ -76,6 +83,16 @@ def launch_backfills(url: str, partitions_by_job: dict[str, list[str]],
                                 f"{answer.get('message', '')}")
         backfill_ids.append(answer["backfillId"])
     return backfill_ids
+
+
+def _partition_set(url: str, repository_selector: dict, job_name: str) -> str:
+    """The job's partition set, as the webserver names it (asked, not guessed)."""
+    answer = _graphql(url, _PARTITION_SETS, {"repository": repository_selector,
+                                             "job": job_name})["partitionSetsOrError"]
+    if answer["__typename"] != "PartitionSets" or not answer["results"]:
+        raise BackfillError(f"the webserver at {url} has no partition set for {job_name}: "
+                            f"{answer.get('message', 'none')}")
+    return answer["results"][0]["name"]
 
 
 def _job_locations(url: str) -> dict[str, tuple[str, str]]:
