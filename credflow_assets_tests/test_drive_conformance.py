@@ -395,11 +395,11 @@ def _sample_path(pattern: re.Pattern) -> str:
 
 
 def test_the_stand_in_answers_only_routes_google_documents():
-    from credflow_assets.local.drive_server.server import _ROUTES
+    from credflow_assets.local.drive_server.routes import ROUTES
 
     templates = _route_templates()
     extras, problems = set(), []
-    for methods, pattern, handler in _ROUTES:
+    for methods, pattern, handler in ROUTES:
         path = _sample_path(pattern)
         for method in methods:
             if method == "PUT" and handler == "upload_chunk":
@@ -419,7 +419,7 @@ def test_the_stand_in_answers_only_routes_google_documents():
 
 
 def test_the_fields_the_stand_in_knows_are_googles():
-    from credflow_assets.local.drive_server import query, server, store
+    from credflow_assets.local.drive_server import query, responses, validation
 
     file_properties = set(schema("File")["properties"])
     list_properties = set(schema("FileList")["properties"])
@@ -427,10 +427,10 @@ def test_the_fields_the_stand_in_knows_are_googles():
     problems += [f"FileList.{name} (selectable)"
                  for name in query.FILE_LIST_FIELDS - list_properties]
     problems += [f"File.{name} (default answer)"
-                 for name in set(server.DEFAULT_FILE_FIELDS) - file_properties]
+                 for name in set(responses.DEFAULT_FILE_FIELDS) - file_properties]
     problems += [f"FileList.{name} (default answer)"
-                 for name in set(server.DEFAULT_LIST_FIELDS) - list_properties]
-    writable = store._WRITABLE | store._WRITABLE_ON_DRIVE_ONLY
+                 for name in set(responses.DEFAULT_LIST_FIELDS) - list_properties]
+    writable = validation._WRITABLE | validation._WRITABLE_ON_DRIVE_ONLY
     problems += [f"File.{name} (writable)" for name in writable - file_properties]
     problems += [f"orderBy {key}" for key in
                  set(query._ORDER_KEYS) | query._UNSUPPORTED_ORDER_KEYS

@@ -1,5 +1,5 @@
 """A local Google Drive: an HTTP server speaking the subset of the Drive v3 REST API credflow
-uses, so google-api-python-client talks to it unchanged (see `server.py` for the routes).
+uses, so google-api-python-client talks to it unchanged (see `routes.py` for the routes).
 
 Standard library only, so it starts fast. `start()` runs it as a detached process; the
 `set_faults`, `fault_state` and `reset` helpers drive its admin endpoints from tests, and

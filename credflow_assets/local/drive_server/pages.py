@@ -24,8 +24,10 @@ from pathlib import Path
 from urllib.parse import quote
 
 from . import convert
+from .errors import ApiError
 from .query import FOLDER_MIME
-from .store import GOOGLE_APPS_PREFIX, ApiError, Store
+from .records import GOOGLE_APPS_PREFIX
+from .store import Store
 
 HTML_TYPE = "text/html; charset=utf-8"
 PREVIEW_LIMIT = 200 * 1024  # bytes of text shown inline on a file's page
