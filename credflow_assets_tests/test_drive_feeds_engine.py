@@ -267,7 +267,7 @@ def test_a_new_feed_is_config_plus_a_model():
                                 drive_feeds.build_defs(config))
     repository = defs.get_repository_def()
     keys = {key.to_user_string() for key in repository.asset_graph.get_all_asset_keys()}
-    assert "tables/nsss_backfill/records" in keys
+    assert "tables/nsss_backfill_records" in keys
     assert "drive_feed_nsss_backfill_job" in repository.job_names
     assert "drive_feed_nsss_backfill_inbound_sensor" in {s.name for s in repository.sensor_defs}
 
