@@ -221,6 +221,8 @@ def build_records_asset(plan: FeedPlan) -> dg.AssetsDefinition:
         except SheetError as error:
             yield checks.unreadable_file(plan, source, str(error))
             raise dg.Failure(f"{label}: {error}; nothing written") from None
+        for note in report.notes:
+            context.log.info(f"{label}: {note}")
         context.log.info(
             f"{label}: {report.rows_read:,} row(s): {report.inserted:,} inserted, "
             f"{report.updated:,} updated, {report.unchanged:,} unchanged, "
@@ -247,6 +249,7 @@ def build_records_asset(plan: FeedPlan) -> dg.AssetsDefinition:
             "rejections_by_reason": dg.MetadataValue.json(report.reasons),
             "rejected_rows_sample": dg.MetadataValue.md(
                 checks.rejection_table(report.rejection_sample)),
+            "notes": dg.MetadataValue.json(report.notes),
         })
         yield checks.rows_result(plan, source, report)
 
