@@ -10,6 +10,7 @@ whatever the outcome (downloads.py).
 
 import hashlib
 import tempfile
+import traceback
 from pathlib import Path
 
 import dagster as dg
@@ -143,6 +144,23 @@ def _ingested_in(run: dg.DagsterRun, feed_name: str) -> bool:
     return run.asset_selection is None or records_key(feed_name) in run.asset_selection
 
 
+def _internal_failure(log, label: str, error: Exception) -> dg.Failure:
+    """A failure for an error credflow did not expect. Its message may quote the file's cells
+    (a database quotes the value it refused, SQLAlchemy adds the statement's parameters), so
+    neither the run's error nor its log repeats it: the log gets the error's kind and where it
+    was raised, for the maintainers."""
+    kinds, cause = [], error
+    while cause is not None and len(kinds) < 5:
+        kinds.append(f"{type(cause).__module__}.{type(cause).__qualname__}")
+        cause = cause.__cause__ or cause.__context__
+    where = "".join(traceback.format_tb(error.__traceback__))
+    log.error(f"{label}: internal error {' <- '.join(kinds)} (its message is left out: it may "
+              f"quote the file's cells), raised at:\n{where}")
+    return dg.Failure(f"{label}: the ingest stopped on an internal error, not on a problem it "
+                      "knows in the file; nothing was written. Run it again; if it fails again, "
+                      "the run's log shows the maintainers where it stopped")
+
+
 def table_schema(plan: FeedPlan) -> dg.TableSchema:
     columns = [
         dg.TableColumn(
@@ -246,6 +264,10 @@ def build_records_asset(plan: FeedPlan) -> dg.AssetsDefinition:
             except SheetError as error:
                 yield checks.unreadable_file(plan, source, str(error))
                 raise dg.Failure(f"{label}: {error}; nothing written") from None
+            except dg.Failure:
+                raise
+            except Exception as error:  # noqa: BLE001 - told without its message, see there
+                raise _internal_failure(context.log, label, error) from None
         finally:
             remove_run_download(instance, run_id)
         for note in report.notes:
