@@ -30,7 +30,13 @@ from credflow_assets.drive_feeds.sheets import (
     revision_of,
 )
 from credflow_assets.drive_feeds.sheet_errors import column_ranges
-from credflow_assets.drive_feeds.store import FeedTables, files_table, rejections_table
+from credflow_assets.drive_feeds.store import (
+    FeedTables,
+    files_table,
+    processed_file,
+    rejections_table,
+)
+from credflow_assets.drive_feeds.summary import parse_summary, write_summary
 from credflow_assets.drive_feeds.validation import FeedConfigError, build_plan
 from credflow_assets.local.seed_drive_feeds import sample_rows, write_csv
 from credflow_assets.resources.from_config import build_resources
@@ -428,8 +434,17 @@ def test_an_older_file_run_again_does_not_undo_a_newer_one(backend, tmp_path, re
         before, history_before = _contents(engine, tables)
         again = ingest(upload, "upload", "2026-11-01T09:00:00.000Z")
         after, history_after = _contents(engine, tables)
+        with engine.connect() as connection:
+            record = processed_file(connection, feed.name, "upload", "rev-upload")
     finally:
         engine.dispose()
+    # The summary accounts for every row read: the kept ones too.
+    counts = parse_summary(write_summary(tmp_path / "summary.txt", feed, record, []).read_text())[
+        "counts"]
+    assert counts["kept as a later-modified file wrote them"] == 6
+    assert counts["rows read"] == sum(counts[label] for label in (
+        "inserted", "updated", "unchanged", "kept as a later-modified file wrote them",
+        "rejected"))
     assert (corrected.updated, corrected.inserted) == (6, 2)
     assert (again.kept_newer, again.updated, again.inserted) == (6, 0, 0)
     assert after == before and history_after == history_before

@@ -343,7 +343,8 @@ def build_summary_asset(feed: FeedConfig):
         metadata = {
             "summary_file_id": summary["id"], "summary_name": summary["name"],
             "action": action, "outbound_folder_id": feed.outbound_folder_id,
-            **{key: record[key] for key in ("inserted", "updated", "unchanged", "rejected")},
+            **{key: record.get(key) or 0
+               for key in ("inserted", "updated", "unchanged", "kept_newer", "rejected")},
         }
         if summary.get("webViewLink"):
             metadata["summary_link"] = dg.MetadataValue.url(summary["webViewLink"])

@@ -304,6 +304,7 @@ def _apply(connection, plan, tables: FeedTables, staging: Staging, source: Sourc
         "modified_time": source.modified_time, "rows_read": report.rows_read,
         "blank_rows": report.blank_rows, "inserted": report.inserted, "updated": report.updated,
         "unchanged": report.unchanged, "rejected": report.rejected,
+        "kept_newer": report.kept_newer,
         "history_rows": report.history_rows, "processed_at": now, "run_id": run_id,
         "notes": "\n".join(report.notes) or None,
     }

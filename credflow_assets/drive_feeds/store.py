@@ -45,6 +45,8 @@ files_table = sa.Table(
     sa.Column("updated", sa.BigInteger, nullable=False),
     sa.Column("unchanged", sa.BigInteger, nullable=False),
     sa.Column("rejected", sa.BigInteger, nullable=False),
+    # Rows a later-modified file of the feed wrote, left as they are (nullable: added later).
+    sa.Column("kept_newer", sa.BigInteger),
     sa.Column("history_rows", sa.BigInteger, nullable=False),
     sa.Column("processed_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("run_id", sa.Text),

@@ -21,8 +21,11 @@ if TYPE_CHECKING:
     from credflow_assets.resources.drive import DriveResource
 
 SUMMARY_MIME = "text/plain"
+# Every row read is in one of inserted, updated, unchanged, kept or rejected.
 COUNTS = (("rows read", "rows_read"), ("inserted", "inserted"), ("updated", "updated"),
-          ("unchanged", "unchanged"), ("rejected", "rejected"),
+          ("unchanged", "unchanged"),
+          ("kept as a later-modified file wrote them", "kept_newer"),
+          ("rejected", "rejected"),
           ("blank rows skipped", "blank_rows"), ("change-history rows", "history_rows"))
 NOTES_HEADING = "notes:"
 REJECTED_HEADING = "rejected rows (row numbers count the header as row 1, as a spreadsheet does):"
@@ -46,7 +49,7 @@ def write_summary(path: Path, feed: FeedConfig, record: dict, rejections) -> Pat
         f"modified: {record.get('modified_time') or ''}",
         f"processed: {processed:%Y-%m-%d %H:%M:%S} UTC (run {record.get('run_id') or '-'})",
         "",
-        *(f"{label}: {record[key]}" for label, key in COUNTS),
+        *(f"{label}: {record.get(key) or 0}" for label, key in COUNTS),
         "",
         *_notes(record),
     ]
