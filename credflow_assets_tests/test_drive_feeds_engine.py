@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from credflow_assets import drive_feeds
 from credflow_assets.config import FeedConfig, load_config
+from credflow_assets.drive_feeds.csv_text import detect_text
 from credflow_assets.drive_feeds.dates import parse_dates
 from credflow_assets.drive_feeds.ingest import HeaderMismatch, SourceFile, ingest_file
 from credflow_assets.drive_feeds.sensors import FeedCursor, inbound_query, select_new_files
@@ -28,7 +29,14 @@ from credflow_assets.drive_feeds.sheets import (
     file_kind,
     revision_of,
 )
-from credflow_assets.drive_feeds.store import FeedTables, files_table, rejections_table
+from credflow_assets.drive_feeds.sheet_errors import column_ranges
+from credflow_assets.drive_feeds.store import (
+    FeedTables,
+    files_table,
+    processed_file,
+    rejections_table,
+)
+from credflow_assets.drive_feeds.summary import parse_summary, write_summary
 from credflow_assets.drive_feeds.validation import FeedConfigError, build_plan
 from credflow_assets.local.seed_drive_feeds import sample_rows, write_csv
 from credflow_assets.resources.from_config import build_resources
@@ -133,7 +141,10 @@ def test_windows_1252_and_malformed_csv(tmp_path):
         path.write_text(header_only)
         assert list(SheetReader(path, "csv").chunks(["id", "name"], 10)) == []
     path.write_text("")
-    with pytest.raises(SheetError, match="no header row"):
+    with pytest.raises(SheetError, match=r"^the file is empty \(0 bytes\)"):
+        SheetReader(path, "csv")
+    path.write_text("\nID,Name\n1,Ann\n")
+    with pytest.raises(SheetError, match="^the file has no header row: row 1 is empty"):
         SheetReader(path, "csv")
 
 
@@ -218,6 +229,95 @@ def test_dates_are_read_exactly_as_pandas_reads_them(date_format, cells):
     column = pd.Series(cells, dtype="string[pyarrow]", index=range(2, 2 + len(cells)))
     expected = pd.to_datetime(column, format=date_format, errors="coerce")
     pd.testing.assert_series_equal(parse_dates(column, date_format), expected)
+
+
+def test_a_row_1_that_is_not_a_header_is_never_quoted():
+    expected = ["nss_id", "first_name", "date_of_birth"]
+    # The header left out: row 1 is data, perhaps a resident's.
+    _, problem = check_header(["N1", "Ann Smith", "02/01/1980"], expected)
+    assert problem.not_a_header and problem.unexpected == []
+    assert problem.describe().startswith("row 1 is not the header: none of its 3 cells")
+    assert "Ann" not in problem.describe() and "1980" not in problem.describe()
+    # Line breaks lost: a header run together with the rows after it.
+    run_together = ["NSS ID", "First Name", "Date of Birth N1", "Ann", "02/01/1980 N2"] * 20
+    _, problem = check_header(run_together, expected)
+    assert problem.describe().startswith("row 1 is not the header: it has 100 cells for the "
+                                         "feed's 3 columns")
+    assert "Ann" not in problem.describe()
+    # A header with another separator is column names: shown, with what to do.
+    _, problem = check_header(["NSS ID\tFirst Name\tDate of Birth"], expected)
+    assert problem.describe().startswith("row 1 reads as 1 column, 'NSS ID\\tFirst Name")
+    assert "separates its columns with tabs" in problem.describe()
+    # A real header's unexpected columns are named, ten at most.
+    _, problem = check_header(["NSS ID", "First Name", *(f"Extra {n}" for n in range(12))],
+                              expected)
+    assert problem.describe() == (
+        "missing column(s) date_of_birth; unexpected column(s) " +
+        ", ".join(f"'Extra {n}'" for n in range(10)) + " and 2 more")
+
+
+def test_the_text_of_a_csv_and_where_it_stops_being_utf8(tmp_path):
+    path = tmp_path / "a.csv"
+    text = "ID,Name\n" + "".join(f"{n},Ann\n" for n in range(1000))
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode() + "Müller\n".encode("cp1252"))
+    at = 3 + len(text.encode()) + 1  # the ü, after the byte-order mark and the text
+    for block_size in (7, 1 << 20):  # a block boundary anywhere, even inside a character
+        found = detect_text(path, block_size=block_size)
+        assert (found.encoding, found.first_non_utf8_byte) == ("cp1252", at)
+    assert SheetReader(path, "csv").notes == [
+        (f"read as Windows-1252 text: the file is not UTF-8 (from byte {at:,}); saving it as "
+         "'CSV UTF-8' avoids the guess")]
+    path.write_bytes("ID,Name\n1,Zoë\n".encode())  # ë's two bytes either side of byte 13
+    assert detect_text(path, block_size=13).encoding == "utf-8-sig"
+    path.write_bytes(b"ID,Name\n1,Ann\n2,\x81\n")
+    with pytest.raises(SheetError, match=r"^the file is not UTF-8 text \(at byte 16\), nor "
+                                         "Windows-1252: save it as 'CSV UTF-8'"):
+        SheetReader(path, "csv")
+    path.write_bytes(b"ID,Name\n1,Ann\n2,\"Bo\nb\x00\"\n")
+    with pytest.raises(SheetError, match="^row 3, column B holds a NUL character"):
+        SheetReader(path, "csv")
+
+
+def _workbook(path: Path, sheets: dict[str, list[list]], hidden: tuple[str, ...] = ()) -> Path:
+    workbook = openpyxl.Workbook()
+    workbook.remove(workbook.active)
+    for name, rows in sheets.items():
+        sheet = workbook.create_sheet(name)
+        for row in rows:
+            sheet.append(row)
+        if name in hidden:
+            sheet.sheet_state = "hidden"
+    workbook.save(path)
+    return path
+
+
+def test_a_workbooks_rows_are_on_its_one_sheet_with_data(tmp_path):
+    rows = [["NSS ID", "Name"], ["N1", "Ann"]]
+    # Not the first sheet: the only one with data is the feed's.
+    path = _workbook(tmp_path / "a.xlsx", {"Sheet1": [], "Members": rows, "Blank": [[None]]})
+    reader = SheetReader(path, "xlsx")
+    assert reader.header == ["NSS ID", "Name"]
+    assert _rows(reader, ["nss_id", "name"], 10) == {2: ("N1", "Ann")}
+    assert reader.notes == [("sheet 'Members' read; 2 other sheets not read, having no data: "
+                             "Sheet1, Blank")]
+    # A hidden sheet of data (a template's lookup lists, say) is data on a second sheet.
+    path = _workbook(tmp_path / "b.xlsx", {"Members": rows, "Lists": [["yes"], ["no"]]},
+                     hidden=("Lists",))
+    with pytest.raises(SheetError, match=r"^the workbook has data on 2 sheets \(Members, Lists "
+                                         r"\(hidden\)\): keep the feed's rows on one sheet"):
+        SheetReader(path, "xlsx")
+    path = _workbook(tmp_path / "c.xlsx", {"Sheet1": [], "Sheet2": [["  "]]})
+    with pytest.raises(SheetError, match="^the file has no header row: every sheet"):
+        SheetReader(path, "xlsx")
+
+
+def test_empty_columns_without_a_header_are_named_as_not_read(tmp_path):
+    path = tmp_path / "a.csv"
+    path.write_text("ID,,Name,,,\n1,,Ann,,,\n")
+    reader = SheetReader(path, "csv")
+    assert _rows(reader, ["id", None, "name", None, None, None], 10) == {2: ("1", "Ann")}
+    assert reader.notes == ["4 columns without a header and without values not read: B, D to F"]
+    assert column_ranges([0, 25, 26, 27, 29]) == "A, Z to AB, AD"
 
 
 def test_xlsx_cells_become_text_in_the_feeds_formats(tmp_path):
@@ -335,8 +435,17 @@ def test_an_older_file_run_again_does_not_undo_a_newer_one(backend, tmp_path, re
         before, history_before = _contents(engine, tables)
         again = ingest(upload, "upload", "2026-11-01T09:00:00.000Z")
         after, history_after = _contents(engine, tables)
+        with engine.connect() as connection:
+            record = processed_file(connection, feed.name, "upload", "rev-upload")
     finally:
         engine.dispose()
+    # The summary accounts for every row read: the kept ones too.
+    counts = parse_summary(write_summary(tmp_path / "summary.txt", feed, record, []).read_text())[
+        "counts"]
+    assert counts["kept as a later-modified file wrote them"] == 6
+    assert counts["rows read"] == sum(counts[label] for label in (
+        "inserted", "updated", "unchanged", "kept as a later-modified file wrote them",
+        "rejected"))
     assert (corrected.updated, corrected.inserted) == (6, 2)
     assert (again.kept_newer, again.updated, again.inserted) == (6, 0, 0)
     assert after == before and history_after == history_before
@@ -553,5 +662,5 @@ def test_xlsx_values_beyond_the_header_fail_in_any_chunk(tmp_path):
         sheet.append([f"N{number}", "Ann", "spill"] if number == 9 else [f"N{number}", "Ann"])
     workbook.save(path)
     reader = SheetReader(path, "xlsx")
-    with pytest.raises(SheetError, match="row 9 has values beyond the last named column"):
+    with pytest.raises(SheetError, match="row 9 has a value in column C, which has no header"):
         list(reader.chunks(["id", "name"], 3))

@@ -3,13 +3,14 @@
 One partition per inbound file revision, keyed `{feed}/{drive file id}/{revision}/{name}`: what
 is processed is decided by the Drive id and revision, never by names, dates or file counts (the
 name is only shown). Each feed has its own three assets, job and partition set, made from the
-feed's config and model.
+feed's config and model. A run's download of the file is removed when the run is done with it,
+whatever the outcome (downloads.py).
 """
 
 
 import hashlib
-import shutil
 import tempfile
+import traceback
 from pathlib import Path
 
 import dagster as dg
@@ -17,6 +18,12 @@ from dagster_aws.s3 import S3Resource
 
 from credflow_assets.config import FeedConfig
 from credflow_assets.drive_feeds import checks
+from credflow_assets.drive_feeds.downloads import (
+    is_run_download,
+    remove_leftovers,
+    remove_run_download,
+    run_download_dir,
+)
 from credflow_assets.drive_feeds.settings import (
     FEED_TAG,
     GROUP,
@@ -39,11 +46,6 @@ from credflow_assets.resources.sql import SqlResource
 
 def _file_label(feed: str, name: str, file_id: str, revision: str) -> str:
     return f"feed {feed}: file {name!r} (Drive id {file_id}, revision {revision})"
-
-
-def cache_dir(instance: dg.DagsterInstance, feed: str, file_id: str, revision: str) -> Path:
-    """Where an inbound file revision is kept between the download and the summary."""
-    return Path(instance.storage_directory()) / "drive_feeds" / feed / file_id / revision
 
 
 def fetch_content(drive: DriveResource, sheet: dict, dest: Path) -> str | None:
@@ -75,6 +77,10 @@ def build_inbound_asset(feed: FeedConfig) -> dg.AssetsDefinition:
     def inbound_sheet(context: dg.AssetExecutionContext, drive: DriveResource) -> dg.Output[dict]:
         from credflow_assets.drive_feeds.sheets import SheetError, file_kind, local_name, revision_of
 
+        instance, run_id = context.instance, context.run.run_id
+        removed = remove_leftovers(instance, run_id)
+        if removed:
+            context.log.info(f"removed {removed} download(s) left behind by runs that are over")
         feed_name, file_id, revision = parse_partition_key(context.partition_key)
         if feed_name != feed.name:
             raise dg.Failure(f"partition {context.partition_key} belongs to feed "
@@ -96,17 +102,27 @@ def build_inbound_asset(feed: FeedConfig) -> dg.AssetsDefinition:
         }
         current = revision_of(file)
         if current == revision:
-            dest = cache_dir(context.instance, feed_name, file_id, revision) / local_name(file)
-            arrived = fetch_content(drive, sheet, dest)
+            dest = run_download_dir(instance, run_id) / local_name(file)
+            try:
+                arrived = fetch_content(drive, sheet, dest)
+            except BaseException:
+                remove_run_download(instance, run_id)
+                raise
             if arrived is not None and arrived != revision:
                 current = arrived  # the content changed between listing and download
             sheet["local_path"] = str(dest)
             sheet["size"] = dest.stat().st_size
         if current != revision:
             # Drive serves only the newest content; that revision has a partition of its own.
-            sheet["superseded_by"] = current
+            remove_run_download(instance, run_id)  # the newer content, if it had arrived
+            sheet["superseded_by"], sheet["local_path"] = current, None
             context.log.warning(f"{label}: superseded by revision {current} before it was "
                                 "processed; nothing to do for this revision")
+        elif not _ingested_in(context.run, feed_name):
+            remove_run_download(instance, run_id)
+            sheet["local_path"] = None
+            context.log.info(f"{label}: {sheet['size']:,} bytes ({kind}) checked, not kept: "
+                             "this run does not ingest it")
         else:
             context.log.info(f"{label}: downloaded {sheet['size']:,} bytes ({kind})")
         metadata = {
@@ -121,6 +137,28 @@ def build_inbound_asset(feed: FeedConfig) -> dg.AssetsDefinition:
         return dg.Output(sheet, metadata=metadata)
 
     return inbound_sheet
+
+
+def _ingested_in(run: dg.DagsterRun, feed_name: str) -> bool:
+    """Whether the run goes on to read the download (a run of the inbound asset alone does not)."""
+    return run.asset_selection is None or records_key(feed_name) in run.asset_selection
+
+
+def _internal_failure(log, label: str, error: Exception) -> dg.Failure:
+    """A failure for an error credflow did not expect. Its message may quote the file's cells
+    (a database quotes the value it refused, SQLAlchemy adds the statement's parameters), so
+    neither the run's error nor its log repeats it: the log gets the error's kind and where it
+    was raised, for the maintainers."""
+    kinds, cause = [], error
+    while cause is not None and len(kinds) < 5:
+        kinds.append(f"{type(cause).__module__}.{type(cause).__qualname__}")
+        cause = cause.__cause__ or cause.__context__
+    where = "".join(traceback.format_tb(error.__traceback__))
+    log.error(f"{label}: internal error {' <- '.join(kinds)} (its message is left out: it may "
+              f"quote the file's cells), raised at:\n{where}")
+    return dg.Failure(f"{label}: the ingest stopped on an internal error, not on a problem it "
+                      "knows in the file; nothing was written. Run it again; if it fails again, "
+                      "the run's log shows the maintainers where it stopped")
 
 
 def table_schema(plan: FeedPlan) -> dg.TableSchema:
@@ -196,31 +234,44 @@ def build_records_asset(plan: FeedPlan) -> dg.AssetsDefinition:
             yield dg.AssetCheckResult(check_name=checks.CHECK_NAME, passed=True,
                                       description="not checked: revision superseded")
             return
-        path = Path(sheet.get("local_path") or "")
-        if not path.is_file():  # a rerun elsewhere or after the cache was cleared
-            path = cache_dir(context.instance, feed.name, source.file_id, source.revision) / \
-                local_name({"name": sheet["name"], "mimeType": sheet["mime_type"]})
-            arrived = fetch_content(drive, sheet, path)
-            if arrived is not None and arrived != source.revision:
-                raise dg.Failure(f"{label}: Drive now serves revision {arrived}; this revision's "
-                                 "content is gone (the newer one is its own partition)")
-        try:
-            reader = SheetReader(path, sheet["kind"], feed.date_formats)
-            report = ingest_file(
-                tables_db.get_engine(), plan, reader, source,
-                chunk_rows=drive_feed_settings.chunk_rows, run_id=context.run.run_id,
-                sample_size=drive_feed_settings.metadata_sample_rows, log=context.log.info,
-            )
-        except HeaderMismatch as error:
-            yield checks.header_failure(plan, source, error.problem, error.header)
-            raise dg.Failure(
-                f"{label}: headers do not match {feed.schema_name}: {error}; nothing written",
-                metadata={"missing_columns": error.problem.missing,
-                          "unexpected_columns": error.problem.unexpected},
-            ) from None
-        except SheetError as error:
-            yield checks.unreadable_file(plan, source, str(error))
-            raise dg.Failure(f"{label}: {error}; nothing written") from None
+        instance, run_id = context.instance, context.run.run_id
+        try:  # whatever happens, the download goes when this step is done with it
+            path = Path(sheet.get("local_path") or "")
+            if not is_run_download(instance, run_id, path):
+                # This step run without the inbound one (a re-execution from failure, or the
+                # records asset alone): the run downloads its own copy.
+                path = run_download_dir(instance, run_id) / \
+                    local_name({"name": sheet["name"], "mimeType": sheet["mime_type"]})
+                arrived = fetch_content(drive, sheet, path)
+                if arrived is not None and arrived != source.revision:
+                    raise dg.Failure(f"{label}: Drive now serves revision {arrived}; this "
+                                     "revision's content is gone (the newer one is its own "
+                                     "partition)")
+            try:
+                reader = SheetReader(path, sheet["kind"], feed.date_formats)
+                report = ingest_file(
+                    tables_db.get_engine(), plan, reader, source,
+                    chunk_rows=drive_feed_settings.chunk_rows, run_id=run_id,
+                    sample_size=drive_feed_settings.metadata_sample_rows, log=context.log.info,
+                )
+            except HeaderMismatch as error:
+                yield checks.header_failure(plan, source, error.problem, error.header)
+                raise dg.Failure(
+                    f"{label}: headers do not match {feed.schema_name}: {error}; nothing written",
+                    metadata={"missing_columns": error.problem.missing,
+                              "unexpected_columns": error.problem.unexpected},
+                ) from None
+            except SheetError as error:
+                yield checks.unreadable_file(plan, source, str(error))
+                raise dg.Failure(f"{label}: {error}; nothing written") from None
+            except dg.Failure:
+                raise
+            except Exception as error:  # noqa: BLE001 - told without its message, see there
+                raise _internal_failure(context.log, label, error) from None
+        finally:
+            remove_run_download(instance, run_id)
+        for note in report.notes:
+            context.log.info(f"{label}: {note}")
         context.log.info(
             f"{label}: {report.rows_read:,} row(s): {report.inserted:,} inserted, "
             f"{report.updated:,} updated, {report.unchanged:,} unchanged, "
@@ -247,6 +298,7 @@ def build_records_asset(plan: FeedPlan) -> dg.AssetsDefinition:
             "rejections_by_reason": dg.MetadataValue.json(report.reasons),
             "rejected_rows_sample": dg.MetadataValue.md(
                 checks.rejection_table(report.rejection_sample)),
+            "notes": dg.MetadataValue.json(report.notes),
         })
         yield checks.rows_result(plan, source, report)
 
@@ -288,12 +340,11 @@ def build_summary_asset(feed: FeedConfig):
                 summary, action = publish_summary(drive, feed, record, path)
         label = _file_label(feed_name, record["file_name"], file_id, revision)
         context.log.info(f"{label}: summary {action} in the outbound folder ({summary['id']})")
-        shutil.rmtree(cache_dir(context.instance, feed_name, file_id, revision),
-                      ignore_errors=True)
         metadata = {
             "summary_file_id": summary["id"], "summary_name": summary["name"],
             "action": action, "outbound_folder_id": feed.outbound_folder_id,
-            **{key: record[key] for key in ("inserted", "updated", "unchanged", "rejected")},
+            **{key: record.get(key) or 0
+               for key in ("inserted", "updated", "unchanged", "kept_newer", "rejected")},
         }
         if summary.get("webViewLink"):
             metadata["summary_link"] = dg.MetadataValue.url(summary["webViewLink"])

@@ -60,7 +60,9 @@ def header_failure(plan: FeedPlan, source: SourceFile, problem: HeaderProblem,
             "missing_columns": dg.MetadataValue.json(problem.missing),
             "unexpected_columns": dg.MetadataValue.json(problem.unexpected),
             "repeated_columns": dg.MetadataValue.json(problem.duplicated),
-            "file_columns": dg.MetadataValue.json(header),
+            # Row 1 holding none of the feed's columns may be a row of data: not shown.
+            "file_columns": dg.MetadataValue.json(
+                [] if problem.not_a_header else header),
             "expected_columns": dg.MetadataValue.json(plan.column_names),
         },
     )

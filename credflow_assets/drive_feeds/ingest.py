@@ -80,6 +80,8 @@ class IngestReport:
     # (row number, column, reason): no values, safe for logs and metadata
     rejection_sample: list[tuple[int, str, str]] = field(default_factory=list)
     reasons: dict[str, int] = field(default_factory=dict)  # "column: reason" → rows
+    # What of the file was not read as rows, and how it was read (`SheetReader.notes`)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def accepted(self) -> int:
@@ -110,6 +112,7 @@ def ingest_file(
         try:
             staging.open(connection)
             _stage(connection, plan, reader, names, staging, report, chunk_rows, log)
+            report.notes = reader.notes
             staging.seal(connection)
             with connection.begin():
                 _apply(connection, plan, tables, staging, source, report, run_id, sample_size)
@@ -301,7 +304,9 @@ def _apply(connection, plan, tables: FeedTables, staging: Staging, source: Sourc
         "modified_time": source.modified_time, "rows_read": report.rows_read,
         "blank_rows": report.blank_rows, "inserted": report.inserted, "updated": report.updated,
         "unchanged": report.unchanged, "rejected": report.rejected,
+        "kept_newer": report.kept_newer,
         "history_rows": report.history_rows, "processed_at": now, "run_id": run_id,
+        "notes": "\n".join(report.notes) or None,
     }
     connection.execute(
         insert(files_table)

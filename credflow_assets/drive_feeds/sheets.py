@@ -1,23 +1,33 @@
 """Inbound sheets on Drive and on disk: what kind a file is, which revision it is, and its rows
 read in chunks of text cells, numbered as a spreadsheet numbers them (the header is row 1).
 
-CSV (UTF-8 with or without a byte-order mark, else Windows-1252, as Excel writes it), XLSX (first
-worksheet, openpyxl read-only mode: rows stream, memory stays flat) and Google Sheets (exported
-by Drive as CSV) all become the same thing: a header and an iterator of DataFrames of strings.
+CSV (which text: csv_text.py), XLSX (which sheet: workbook.py) and Google Sheets (exported by
+Drive as CSV) all become the same thing: a header and an iterator of DataFrames of strings.
+Nothing in a file is dropped without a word: a part not read as rows (an empty sheet, an empty
+column without a header) is named in `SheetReader.notes`, blank rows are counted, and anything
+else that would vanish (a value under no header, a second sheet of rows) refuses the file.
 """
 
 from __future__ import annotations
 
-import codecs
 import csv
 import datetime as dt
 import io
 import itertools
 import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from credflow_assets.drive_feeds.csv_text import detect_text
+from credflow_assets.drive_feeds.sheet_errors import (
+    SheetError,
+    column_letter,
+    column_ranges,
+)
+from credflow_assets.drive_feeds.workbook import choose_sheet, open_workbook, sheet_rows
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,10 +45,11 @@ FIRST_DATA_ROW = 2  # the header is row 1, as in a spreadsheet
 # pyarrow's default pool, which keeps freed memory). A cell may not be larger than a block
 # (the csv module's limit was 128 KiB).
 CSV_BLOCK_BYTES = 256 << 10
-
-
-class SheetError(ValueError):
-    """The file cannot be read as a sheet at all (type, encoding, malformed rows)."""
+# Row 1 may be data (a file without its header) or junk: its cells are quoted in a message only
+# when it is a header, and then at most this many of them.
+SHOWN_COLUMNS = 10
+# Separators people's tools use instead of commas (Excel in much of Europe writes ';').
+OTHER_SEPARATORS = {";": "semicolons (;)", "\t": "tabs", "|": "bars (|)"}
 
 
 def file_kind(name: str, mime_type: str) -> str:
@@ -83,18 +94,55 @@ def normalize_header(text: object) -> str:
 @dataclass(frozen=True)
 class HeaderProblem:
     missing: list[str]
-    unexpected: list[str]  # as written in the file
+    unexpected: list[str]  # as written in the file; empty when row 1 is not a header
     duplicated: list[str]
+    # Row 1 is not a header: it holds none of the feed's columns, or far more cells than the
+    # feed has columns (lines run together). It may then be data: its cells are never quoted.
+    not_a_header: bool = False
+    cells: int = 0  # row 1's cells that are not empty
+    columns: int = 0  # the feed's
+    # Row 1 splits into the feed's columns on another separator: a ';'-separated file, say.
+    separator: str | None = None
+    row_text: str = ""  # row 1 as one line, shown (shortened) when `separator` is set
 
     def describe(self) -> str:
+        if self.separator:
+            shown = self.row_text if len(self.row_text) <= 80 else self.row_text[:79] + "…"
+            return (f"row 1 reads as {_count(self.cells, 'column')}, {shown!r}: the file "
+                    f"separates its columns with {OTHER_SEPARATORS[self.separator]}, not "
+                    "commas; save it as 'CSV UTF-8 (comma delimited)' and upload it again")
+        if self.not_a_header and self.cells > _most_header_cells(self.columns):
+            return (f"row 1 is not the header: it has {_count(self.cells, 'cell')} for the "
+                    f"feed's {self.columns} columns (are the file's line breaks missing?); put "
+                    "the column names alone in row 1, and each row on a line of its own")
+        if self.not_a_header:
+            return (f"row 1 is not the header: none of its {_count(self.cells, 'cell')} is one "
+                    f"of the feed's columns ({_listed(self.missing)}); put the column names in "
+                    "row 1, or check that the file belongs to this feed")
         parts = []
         if self.missing:
-            parts.append(f"missing column(s) {', '.join(self.missing)}")
+            parts.append(f"missing column(s) {_listed(self.missing)}")
         if self.unexpected:
-            parts.append(f"unexpected column(s) {', '.join(repr(c) for c in self.unexpected)}")
+            parts.append(f"unexpected column(s) {_listed([repr(c) for c in self.unexpected])}")
         if self.duplicated:
-            parts.append(f"repeated column(s) {', '.join(self.duplicated)}")
+            parts.append(f"repeated column(s) {_listed(self.duplicated)}")
         return "; ".join(parts)
+
+
+def _listed(items: list[str]) -> str:
+    shown = ", ".join(items[:SHOWN_COLUMNS])
+    return shown + (f" and {len(items) - SHOWN_COLUMNS:,} more" if len(items) > SHOWN_COLUMNS
+                    else "")
+
+
+def _count(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+def _most_header_cells(columns: int) -> int:
+    """More cells than this in row 1 is not a header with a few extra columns: it is lines run
+    together (a file whose line breaks were lost), whose cells are data."""
+    return 2 * columns + 10
 
 
 def check_header(header: list[str], expected: list[str]) -> tuple[list[str | None], HeaderProblem | None]:
@@ -106,30 +154,35 @@ def check_header(header: list[str], expected: list[str]) -> tuple[list[str | Non
     """
     names = [normalize_header(column) or None for column in header]
     wanted = set(expected)
-    missing = [column for column in expected if column not in names]
+    found = Counter(name for name in names if name is not None)
+    missing = [column for column in expected if column not in found]
+    cells = sum(found.values())
+    if len(missing) == len(expected):  # none of the feed's columns: is row 1 a header at all?
+        return names, _not_a_header(header, wanted, missing, cells)
+    if cells > _most_header_cells(len(expected)):
+        return names, HeaderProblem(missing, [], [], not_a_header=True, cells=cells,
+                                    columns=len(expected))
     unexpected = [raw for raw, name in zip(header, names) if name is not None and name not in wanted]
-    duplicated = sorted({name for name in names if name is not None and names.count(name) > 1})
+    duplicated = sorted(name for name, count in found.items() if count > 1)
     if missing or unexpected or duplicated:
         return names, HeaderProblem(missing, unexpected, duplicated)
     return names, None
 
 
+def _not_a_header(header: list[str], wanted: set[str], missing: list[str],
+                  cells: int) -> HeaderProblem:
+    """Row 1 holds none of the feed's columns: a header written with another separator (then
+    it is column names, safe to show), or not a header (perhaps a row of data: not shown)."""
+    text = ",".join(header).rstrip(",")  # the line as written, give or take quoting
+    for separator in OTHER_SEPARATORS:
+        if separator in text and wanted & {normalize_header(part)
+                                          for part in text.split(separator)}:
+            return HeaderProblem(missing, [], [], cells=cells, separator=separator,
+                                 row_text=text)
+    return HeaderProblem(missing, [], [], not_a_header=True, cells=cells, columns=len(wanted))
+
+
 # -- reading ---------------------------------------------------------------------------------------
-
-def detect_encoding(path: Path, block_size: int = 1 << 20) -> str:
-    """utf-8-sig when the whole file decodes as UTF-8, else cp1252 (Excel's "CSV" on Windows)."""
-    for encoding in ("utf-8-sig", "cp1252"):
-        decoder = codecs.getincrementaldecoder(encoding)()
-        try:
-            with open(path, "rb") as handle:
-                while block := handle.read(block_size):
-                    decoder.decode(block)
-                decoder.decode(b"", final=True)
-            return encoding
-        except UnicodeDecodeError:
-            continue
-    raise SheetError("the file is neither UTF-8 nor Windows-1252 text: save it as 'CSV UTF-8'")
-
 
 class SheetReader:
     """A sheet on disk: `header` first (cheap), then `chunks()` of text cells.
@@ -137,25 +190,49 @@ class SheetReader:
     Each chunk is a DataFrame whose columns are the normalised header names (unnamed columns
     dropped) and whose index is the spreadsheet row number; cells are stripped strings or
     missing (pandas `string` dtype: Arrow-backed for CSV, so later checks run in C++).
+    What was not read as rows, or was read in a way worth knowing, is in `notes` once the
+    chunks have all been read.
     """
 
     def __init__(self, path: Path, kind: str, date_formats: dict[str, str] | None = None):
         self.path, self.kind = Path(path), kind
         self.date_formats = date_formats or {}
-        self.encoding = detect_encoding(self.path) if kind in (CSV, GOOGLE_SHEET) else None
-        self.header = self._read_header()
-
-    def _read_header(self) -> list[str]:
-        if self.kind == XLSX:
-            with _open_workbook(self.path) as sheet:
-                first = next(sheet.iter_rows(values_only=True), None)
-            header = [("" if cell is None else str(cell)) for cell in (first or ())]
+        if self.path.stat().st_size == 0:
+            raise SheetError("the file is empty (0 bytes): upload the sheet again, with its "
+                             "header in row 1")
+        self._notes: list[str] = []
+        self.encoding = self.sheet_name = None
+        if kind == XLSX:
+            choice = choose_sheet(self.path)
+            self.sheet_name, self.header = choice.name, choice.header
+            self._notes.append(choice.note())
         else:
-            with open(self.path, newline="", encoding=self.encoding) as handle:
-                header = next(csv.reader(handle), [])
-        if not any(column.strip() for column in header):
-            raise SheetError("the file has no header row")
-        return header
+            text = detect_text(self.path)
+            self.encoding = text.encoding
+            self._notes.append(text.note())
+            self.header = self._read_csv_header()
+        if not any(column.strip() for column in self.header):
+            raise SheetError("the file has no header row: row 1 is empty; put the feed's column "
+                             "names in row 1")
+
+    def _read_csv_header(self) -> list[str]:
+        with open(self.path, newline="", encoding=self.encoding) as handle:
+            try:
+                return next(csv.reader(handle), [])
+            except csv.Error:  # a cell over the csv module's 128 KiB: not a header
+                raise SheetError("the file has no header row: row 1 holds a cell of more than "
+                                 "128 KiB; put the feed's column names in row 1") from None
+
+    @property
+    def notes(self) -> list[str]:
+        """Parts of the file not read as rows (empty sheets, empty columns without a header)
+        and how it was read (its encoding): for the summary and the run's metadata. Blank
+        rows are counted apart. Complete once every chunk has been read."""
+        unnamed = [position for position, cell in enumerate(self.header)
+                   if not normalize_header(cell)]
+        unnamed_note = (f"{_count(len(unnamed), 'column')} without a header and without "
+                        f"values not read: {column_ranges(unnamed)}") if unnamed else None
+        return [note for note in (*self._notes, unnamed_note) if note]
 
     def chunks(self, names: list[str | None], chunk_rows: int) -> Iterator[pd.DataFrame]:
         if self.kind == XLSX:
@@ -225,8 +302,12 @@ class SheetReader:
                 return
             if problems:
                 raise SheetError(f"malformed CSV: {problems[0]}") from None
+            if "straddles two block boundaries" in str(error):
+                raise SheetError(_oversized_row(self.path, self.encoding, rows.next_number)) \
+                    from None
             raise SheetError(f"malformed CSV, at row {rows.next_number} or after: "
-                             f"{_arrow_error(error)}") from None
+                             f"{_arrow_error(error)}; save the sheet as CSV again and upload "
+                             "it again") from None
 
     def _xlsx_chunks(self, names, chunk_rows):
         import pandas as pd
@@ -234,17 +315,17 @@ class SheetReader:
         width = len(names)
         columns = [name or f"__unnamed_{i}" for i, name in enumerate(names)]
         rows, numbers = [], []
-        with _open_workbook(self.path) as sheet:
-            for number, cells in enumerate(sheet.iter_rows(values_only=True), start=1):
+        with open_workbook(self.path) as workbook:
+            for number, cells in enumerate(sheet_rows(workbook, self.sheet_name), start=1):
                 if number == 1:
                     continue
                 values = [self._cell_text(cell, names[i] if i < width else None)
                           for i, cell in enumerate(cells[:width])]
-                extra = [cell for cell in cells[width:] if cell not in (None, "")]
-                if extra:
-                    raise SheetError(
-                        f"row {number} has values beyond the last named column ({width} columns)"
-                    )
+                extra = next((width + i for i, cell in enumerate(cells[width:])
+                              if cell is not None and (not isinstance(cell, str)
+                                                       or cell.strip())), None)
+                if extra is not None:
+                    raise SheetError(_value_without_header(number, extra))
                 values += [None] * (width - len(values))
                 rows.append(values)
                 numbers.append(number)
@@ -275,25 +356,6 @@ class SheetReader:
                 return cell.date().isoformat()
             return cell.isoformat()
         return str(cell)
-
-
-class _open_workbook:
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self):
-        import openpyxl
-
-        try:
-            self.workbook = openpyxl.load_workbook(self.path, read_only=True, data_only=True)
-        except Exception as error:  # zipfile.BadZipFile, KeyError, InvalidFileException, …
-            raise SheetError(f"not a readable XLSX workbook ({type(error).__name__})") from None
-        sheet = self.workbook.worksheets[0]
-        sheet.reset_dimensions()  # some writers record wrong dimensions; read what is there
-        return sheet
-
-    def __exit__(self, *exc):
-        self.workbook.close()
 
 
 def _clean(frame: pd.DataFrame, names: list[str | None]) -> pd.DataFrame:
@@ -446,26 +508,32 @@ def _short_row_fields(number: int, text: str, width: int) -> list[str]:
 
 def _value_without_header(row: int, position: int) -> str:
     """A cell under an empty header cell: refused rather than dropped without a word."""
-    return (f"row {row} has a value in column {_column_letter(position)}, which has no "
+    return (f"row {row} has a value in column {column_letter(position)}, which has no "
             "header: name the column or clear it")
 
 
-def _column_letter(position: int) -> str:
-    """0 → A, 25 → Z, 26 → AA: the column as a spreadsheet shows it."""
-    letters = ""
-    position += 1
-    while position:
-        position, remainder = divmod(position - 1, 26)
-        letters = chr(ord("A") + remainder) + letters
-    return letters
+def _oversized_row(path: Path, encoding: str, from_row: int) -> str:
+    """The message for a row longer than Arrow's block, naming the row (found again by the csv
+    module, from `from_row`, where Arrow had got to): no feed's row is that long, so it is a
+    giant cell or a quote that swallowed the rows after it."""
+    limit = CSV_BLOCK_BYTES >> 10
+    problem = (f"is more than {limit} KiB long: a cell that long is no feed's value, or a quote "
+               "left open took in the rows after it; check the file and upload it again")
+    with open(path, newline="", encoding=encoding) as handle:
+        records = csv.reader(handle)
+        row = 0
+        try:
+            for row, fields in enumerate(records, start=1):
+                if row >= from_row and sum(map(len, fields)) + len(fields) > CSV_BLOCK_BYTES:
+                    return f"malformed CSV: row {row} {problem}"
+        except csv.Error:  # a cell over the csv module's own 128 KiB
+            return f"malformed CSV: row {row + 1} {problem}"
+    return f"malformed CSV: a row from row {from_row} on {problem}"
 
 
 def _arrow_error(error: Exception) -> str:
     """What went wrong, from Arrow's message, without the row text Arrow quotes after it."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    if "straddles two block boundaries" in text:
-        return (f"a quoted cell that never closes, or a cell of more than "
-                f"{CSV_BLOCK_BYTES >> 10} KiB")
+    text = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable"
     text = re.sub(r"^CSV (parse|conversion) error[^:]*: ", "", text)
     text = re.sub(r"^Row #\d+: ", "", text)
     return text.split(": ", 1)[0]

@@ -41,7 +41,9 @@ def feed_status_lines(config: CredflowConfig, engine: Engine, drive: DriveResour
                 f"  {file['file_name']} ({file['file_id']}, revision {file['revision'][:12]}): "
                 f"{file['rows_read']:,} read, {file['inserted']:,} inserted, "
                 f"{file['updated']:,} updated, {file['unchanged']:,} unchanged, "
-                f"{file['rejected']:,} rejected")
+                + (f"{file['kept_newer']:,} kept (a later file wrote them), "
+                   if file.get("kept_newer") else "")
+                + f"{file['rejected']:,} rejected")
         summaries = [f for f in drive.list_files(
             f"'{feed.outbound_folder_id}' in parents and trashed = false", order_by="createdTime")
             if (f.get("appProperties") or {}).get(SUMMARY_FEED) == feed.name]

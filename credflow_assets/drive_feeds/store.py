@@ -3,8 +3,8 @@
 Per feed: `{table}` (one row per id, typed from the model, plus where each row last came from)
 and `{table}_history` (one row per real change of tracked columns: what changed, from which
 file and revision, in which run, when). For every feed: `drive_feed_files` (each processed file
-revision and its counts) and `drive_feed_rejections` (its rejected rows, with reasons and the
-offending value, for the outbound summary).
+revision, its counts and notes) and `drive_feed_rejections` (its rejected rows, with reasons
+and the offending value, for the outbound summary).
 """
 
 from __future__ import annotations
@@ -45,9 +45,14 @@ files_table = sa.Table(
     sa.Column("updated", sa.BigInteger, nullable=False),
     sa.Column("unchanged", sa.BigInteger, nullable=False),
     sa.Column("rejected", sa.BigInteger, nullable=False),
+    # Rows a later-modified file of the feed wrote, left as they are (nullable: added later).
+    sa.Column("kept_newer", sa.BigInteger),
     sa.Column("history_rows", sa.BigInteger, nullable=False),
     sa.Column("processed_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("run_id", sa.Text),
+    # What of the file was not read as rows (empty sheets, empty unnamed columns) and how it
+    # was read (its encoding), one note a line: nothing is left out without a word.
+    sa.Column("notes", sa.Text),
 )
 
 rejections_table = sa.Table(
@@ -112,21 +117,28 @@ class FeedTables:
             except sa.exc.ProgrammingError:
                 if attempt:
                     raise
-        existing = {column["name"] for column in sa.inspect(engine).get_columns(self.records.name)}
-        missing = [column for column in self.records.columns if column.name not in existing]
-        if missing:
-            with engine.begin() as connection:
-                for column in missing:
-                    type_sql = column.type.compile(dialect=engine.dialect)
-                    preparer = engine.dialect.identifier_preparer
-                    connection.execute(sa.text(
-                        f"ALTER TABLE {preparer.format_table(self.records)} "
-                        f"ADD COLUMN {preparer.format_column(column)} {type_sql}"
-                    ))
+        _add_missing_columns(engine, self.records)
+        _add_missing_columns(engine, files_table)
+
+
+def _add_missing_columns(engine: Engine, table: sa.Table) -> None:
+    """Columns the code gained since the table was made (nullable ones: no backfill)."""
+    existing = {column["name"] for column in sa.inspect(engine).get_columns(table.name)}
+    missing = [column for column in table.columns if column.name not in existing]
+    if missing:
+        with engine.begin() as connection:
+            for column in missing:
+                type_sql = column.type.compile(dialect=engine.dialect)
+                preparer = engine.dialect.identifier_preparer
+                connection.execute(sa.text(
+                    f"ALTER TABLE {preparer.format_table(table)} "
+                    f"ADD COLUMN {preparer.format_column(column)} {type_sql}"
+                ))
 
 
 def ensure_bookkeeping(engine: Engine) -> None:
     bookkeeping.create_all(engine, checkfirst=True)
+    _add_missing_columns(engine, files_table)
 
 
 def processed_file(connection: Connection, feed: str, file_id: str, revision: str) -> dict | None:

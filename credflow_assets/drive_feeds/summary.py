@@ -21,9 +21,13 @@ if TYPE_CHECKING:
     from credflow_assets.resources.drive import DriveResource
 
 SUMMARY_MIME = "text/plain"
+# Every row read is in one of inserted, updated, unchanged, kept or rejected.
 COUNTS = (("rows read", "rows_read"), ("inserted", "inserted"), ("updated", "updated"),
-          ("unchanged", "unchanged"), ("rejected", "rejected"),
+          ("unchanged", "unchanged"),
+          ("kept as a later-modified file wrote them", "kept_newer"),
+          ("rejected", "rejected"),
           ("blank rows skipped", "blank_rows"), ("change-history rows", "history_rows"))
+NOTES_HEADING = "notes:"
 REJECTED_HEADING = "rejected rows (row numbers count the header as row 1, as a spreadsheet does):"
 
 
@@ -45,8 +49,9 @@ def write_summary(path: Path, feed: FeedConfig, record: dict, rejections) -> Pat
         f"modified: {record.get('modified_time') or ''}",
         f"processed: {processed:%Y-%m-%d %H:%M:%S} UTC (run {record.get('run_id') or '-'})",
         "",
-        *(f"{label}: {record[key]}" for label, key in COUNTS),
+        *(f"{label}: {record.get(key) or 0}" for label, key in COUNTS),
         "",
+        *_notes(record),
     ]
     with open(path, "w", encoding="utf-8", newline="") as handle:
         handle.write("\n".join(lines) + "\n")
@@ -62,16 +67,27 @@ def write_summary(path: Path, feed: FeedConfig, record: dict, rejections) -> Pat
     return path
 
 
+def _notes(record: dict) -> list[str]:
+    """What of the file was not read as rows, and how it was read: said, not skipped silently."""
+    notes = (record.get("notes") or "").splitlines()
+    if not notes:
+        return []
+    return [NOTES_HEADING, *(f"- {note}" for note in notes), ""]
+
+
 def parse_summary(text: str) -> dict:
-    """The counts and rejected rows of a summary file (for tests and tools)."""
+    """The counts, notes and rejected rows of a summary file (for tests and tools)."""
     head, _, rejected = text.partition(REJECTED_HEADING)
-    counts = {}
+    counts, notes = {}, []
     for line in head.splitlines():
+        if line.startswith("- "):
+            notes.append(line[2:])
+            continue
         label, sep, value = line.partition(": ")
         if sep and value.strip().isdigit():
             counts[label] = int(value)
     rows = list(csv.DictReader(io.StringIO(rejected.lstrip("\n")))) if rejected else []
-    return {"counts": counts, "rejected_rows": rows}
+    return {"counts": counts, "notes": notes, "rejected_rows": rows}
 
 
 def find_summary(drive: DriveResource, feed: FeedConfig, file_id: str, revision: str) -> list[dict]:
