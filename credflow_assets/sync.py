@@ -280,6 +280,10 @@ def _drain_sensor(defs, instance, sensor, report: SyncReport, progress, verbose:
             # Ticks that launch nothing go on: what the pass has not listed yet may differ.
             if ReconcileCursor.from_json(tick.cursor or cursor).covers_a_pass_since(pass_start):
                 return
+        elif isinstance(sensor, dg.RunStatusSensorDefinition):
+            # It handles a few finished runs a tick (Dagster's limit): on, until it has seen all.
+            if tick.cursor is None or tick.cursor == cursor:
+                return
         elif not launched:
             return
     progress(f"sensor {sensor.name}: stopped after {MAX_TICKS_PER_SENSOR} ticks with work "

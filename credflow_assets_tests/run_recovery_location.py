@@ -58,8 +58,15 @@ def inbox_sensor(context: dg.SensorEvaluationContext, folders: Folders) -> dg.Se
     )
 
 
+@dg.run_failure_sensor(default_status=dg.DefaultSensorStatus.RUNNING)
+def told_failures(context: dg.RunFailureSensorContext, folders: Folders) -> None:
+    """Notes each failed run it sees, as the failure notifications tell each one."""
+    partition = context.dagster_run.tags.get("dagster/partition", "?")
+    (Path(folders.outbox) / f"{partition}.told").write_text(context.dagster_run.run_id)
+
+
 def definitions(inbox: str, outbox: str) -> dg.Definitions:
-    return dg.Definitions(assets=[copied], jobs=[copy_job], sensors=[inbox_sensor],
+    return dg.Definitions(assets=[copied], jobs=[copy_job], sensors=[inbox_sensor, told_failures],
                           resources={"folders": Folders(inbox=inbox, outbox=outbox)})
 
 

@@ -119,6 +119,19 @@ def test_a_transient_failure_is_retried_a_bounded_number_of_times(home, folders)
     assert [run.status for run in runs_of("down.csv")] == [dg.DagsterRunStatus.FAILURE] * 3
 
 
+def test_every_failure_of_a_sync_is_told_not_only_the_first_few(home, folders):
+    inbox, outbox = folders
+    names = [f"broken-{number}.csv" for number in range(8)]  # Dagster hands a failure
+    for name in names:                                        # sensor 5 runs a tick
+        (inbox / name).write_text("broken")
+
+    report = run_sync(folders)
+
+    assert sorted(run.partition for run in report.failed) == sorted(names)
+    assert sorted(path.name for path in outbox.glob("*.told")) == sorted(
+        f"{name}.told" for name in names)
+
+
 def test_two_syncs_at_once_run_each_file_once(home, folders):
     inbox, outbox = folders
     run_sync(folders)  # the instance exists before two processes race to create it
