@@ -42,6 +42,7 @@ from credflow_assets.drive_feeds.validation import (
 from credflow_assets.parse_logs import logged_events
 from credflow_assets.resources.drive import DriveResource
 from credflow_assets.resources.sql import SqlResource
+from credflow_assets.run_recovery import mark_transient_failures
 
 
 def _file_label(feed: str, name: str, file_id: str, revision: str) -> str:
@@ -359,6 +360,8 @@ def build_feed_job(feed: FeedConfig):
         selection=dg.AssetSelection.assets(inbound_key(feed.name), records_key(feed.name),
                                            summary_key(feed.name)),
         executor_def=dg.in_process_executor,
+        # An outage is requested again later (Dagster's run_retries); a bad file is not.
+        hooks={mark_transient_failures},
         tags={FEED_TAG: feed.name},
         description=f"One inbound {feed.name} sheet → {feed.table} → its outbound summary.",
     )

@@ -53,6 +53,7 @@ from credflow_assets.resources.s3 import (
     prefix_url,
     transfer_config,
 )
+from credflow_assets.run_recovery import mark_transient_failures
 from credflow_assets.staged_tables.checks import (
     StagedObject,
     check_specs,
@@ -105,6 +106,8 @@ def build_table_job(table: str, database: str, layout: Layout):
         job_name(table),
         selection=dg.AssetSelection.assets(*table_asset_keys(database, table)),
         executor_def=dg.in_process_executor,
+        # An outage is requested again later (Dagster's run_retries); a bad file is not.
+        hooks={mark_transient_failures},
         description=f"One staged CSV of table {table} ({layout.staging_table_prefix(table)}): "
         f"observe and check it, then (only if both checks pass) copy it to "
         f"{layout.prod_table_prefix(table)} and register its partition in the Glue table "
