@@ -18,9 +18,10 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import yaml
 
 from credflow_assets import provider_feeds
-from credflow_assets.config import load_config
+from credflow_assets.config import CredflowConfig
 from credflow_assets.local.seed_provider_feeds import members_csv, minimal_pdf, roster_xml
 from credflow_assets.provider_feeds import handoff
 from credflow_assets.provider_feeds.failures import FileRef, file_failure, is_transient
@@ -388,23 +389,47 @@ def test_only_transient_sftp_and_s3_errors_are_retried():
     assert file_failure(ref, "download", SftpConnectionError("dropped")).allow_retries is True
 
 
-def test_definitions_give_each_provider_a_sensor_and_load_with_the_code_location():
+def test_definitions_give_each_provider_its_assets_job_partitions_and_sensor():
     from credflow_assets.definitions import build_definitions
-    from credflow_assets.provider_feeds.assets import LANDED_KEY, RAW_KEY
+    from credflow_assets.provider_feeds.naming import (
+        job_name,
+        landed_asset_key,
+        provider_partitions,
+        raw_asset_key,
+    )
 
-    config = load_config(DEFAULT_CONFIG)
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    second = {**raw["providers"][0], "name": "beta_care", "folder": "beta_care",
+              "gpg_passphrase": {"env": "BETA_CARE_GPG_PASSPHRASE"}}
+    raw["providers"].append(second)
+    config = CredflowConfig.model_validate(raw)
     defs = build_definitions(config)
     dg.Definitions.validate_loadable(defs)
     repository = defs.get_repository_def()
-    assert {"provider_feed_acme_health_sensor", "failure_notifications"} <= {
-        sensor.name for sensor in repository.sensor_defs}
-    job = repository.get_job("provider_feeds_job")
-    assert job.partitions_def.name == "provider_files"
+    assert {"provider_feed_acme_health_sensor", "provider_feed_beta_care_sensor",
+            "failure_notifications"} <= {sensor.name for sensor in repository.sensor_defs}
     specs = {spec.key: spec for spec in defs.resolve_all_asset_specs()}
-    assert specs[RAW_KEY].group_name == specs[LANDED_KEY].group_name == "provider_feeds"
-    assert [dep.asset_key for dep in specs[LANDED_KEY].deps] == [RAW_KEY]
-    for key in (RAW_KEY, LANDED_KEY):
-        assert defs.resolve_assets_def(key).op.retry_policy.max_retries == 3
+    for provider in ("acme_health", "beta_care"):
+        raw_key, landed = raw_asset_key(provider), landed_asset_key(provider)
+        assert raw_key.path == ["s3", "provider_feeds", f"{provider}_raw"]
+        job = repository.get_job(job_name(provider))
+        assert job.partitions_def.name == provider_partitions(provider).name == (
+            f"provider_{provider}_files")
+        assert specs[raw_key].group_name == specs[landed].group_name == "provider_feeds"
+        assert [dep.asset_key for dep in specs[landed].deps] == [raw_key]
+        for key in (raw_key, landed):
+            assets_def = defs.resolve_assets_def(key)
+            assert assets_def.op.retry_policy.max_retries == 3
+            # Only its own provider's resources: another provider's secrets never matter.
+            assert {key for key in assets_def.required_resource_keys
+                    if "acme" in key or "beta" in key} <= {
+                f"provider_feed_{provider}", f"sftp_{provider}"}
+    # Every run of a provider carries its tags, whatever launched it.
+    from credflow_assets.run_tags import flow_run_tags
+    assert flow_run_tags("provider_feed_beta_care_job", None, "beta_care/outbox/a.csv") == {
+        "credflow/provider": "beta_care", "credflow/remote_path": "outbox/a.csv"}
+    assert flow_run_tags("__ASSET_JOB", [landed_asset_key("beta_care")],
+                         "beta_care/outbox/a.csv")["credflow/provider"] == "beta_care"
 
 
 # Eight threads alive at once, each allocating on the C heap, then glibc's own count of arenas.

@@ -1,13 +1,15 @@
 """Provider SFTP feeds → immutable raw copies → verified, decrypted, decompressed files in S3
 (source doc 002).
 
-Reads top to bottom: sensors.py (one sensor per provider lists its SFTP directory) →
-assets.py (`raw`: the file as downloaded; `landed`: verified, decrypted, decompressed, typed) →
+Reads top to bottom: naming.py (every asset key, job, partition set and S3 key, written once)
+→ sensors.py (one sensor per provider lists its SFTP directory) → assets.py (per provider,
+`raw`: the file as downloaded; `landed`: verified, decrypted, decompressed, typed) →
 failures.py (one clear message per failed file; only transient errors retried). unpack.py holds
 the pure file transforms (safe extraction, bomb limits, type detection, CSV row counts),
-naming.py the partition, run and S3 keys, settings.py the resources.
+settings.py the resources.
 
-Adding a provider is a config entry: its sensor, its feed resource and its partitions follow.
+Adding a provider is a config entry: its assets, job, partitions, sensor and feed resource
+follow.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def build_defs(
 
     from credflow_assets.provider_feeds.assets import (
         build_provider_feed_assets,
-        provider_feeds_job,
+        build_provider_job,
     )
     from credflow_assets.provider_feeds.sensors import build_provider_sensor
     from credflow_assets.provider_feeds.settings import (
@@ -61,8 +63,9 @@ def build_defs(
             max_extracted_bytes=provider.max_extracted_bytes,
         )
     return dg.Definitions(
-        assets=build_provider_feed_assets(list(config.providers)),
-        jobs=[provider_feeds_job],
+        assets=[asset for provider in config.providers
+                for asset in build_provider_feed_assets(provider)],
+        jobs=[build_provider_job(provider) for provider in config.providers],
         sensors=[
             *(build_provider_sensor(provider) for provider in config.providers),
         ],

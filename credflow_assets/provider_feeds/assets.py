@@ -1,22 +1,27 @@
 """A provider's file → its immutable raw copy in S3 → verified, decrypted, decompressed, landed.
 
-One partition per file (`{provider}/{remote path}`). Two assets, run together by
-`provider_feeds_job`:
+One partition per file (`{provider}/{remote path}`), in the provider's own partition set. Two
+assets per provider, run together by the provider's job (names: naming.py):
 
-- `["s3","provider_feeds","raw"]` downloads the file (and its `.sig`) from the provider's SFTP
+- `s3/provider_feeds/{provider}_raw` downloads the file (and its `.sig`) from the provider's SFTP
   server into `raw/{provider}/{date of mtime}/{name}`, with size and sha256. Raw copies are never
   overwritten. A rerun whose raw copy exists reuses it without contacting the SFTP server
   (providers delete files).
-- `["s3","provider_feeds","landed"]` reads only the raw copy: verifies the signature, decrypts,
+- `s3/provider_feeds/{provider}_landed` reads only the raw copy: verifies the signature, decrypts,
   decompresses and uploads each resulting file to `data/{csv|pdf|xml|other}/{folder}/{name}`.
+
+Each asset requires only its own provider's resources, so a provider whose SFTP server or
+secret is missing fails its own files and no one else's.
 
 Files stream through a scratch directory: SFTP → disk → S3 raw copy; raw copy → gpg → disk →
 decompress, count CSV records and multipart upload in one pass (`streams.py`; archives are
 extracted to disk first, so that an unsafe member refuses the whole archive before anything
-lands). The raw copy comes from S3, or, right after the raw step of the same run in the same
-process, from that step's local file once it matches the recorded key, size and sha256
-(`handoff.py`). The scratch directory goes away after every file, whether it landed or
-failed. Every failure names the provider, the file and the cause.
+lands). Every layer (gpg's plaintext, each decompression, each archive member) stops past the
+provider's limits (`limits.py`). The raw copy comes from S3, or, right after the raw step of the
+same run in the same process, from that step's local file once it matches the recorded key,
+size and sha256 (`handoff.py`). The scratch directory goes away after every file, whether it
+landed or failed, and a dead run's is removed by the next run (`scratch.py`). Every failure
+names the provider, the file and the cause.
 """
 
 
@@ -35,15 +40,20 @@ import dagster as dg
 from credflow_assets.config import ProviderConfig
 from credflow_assets.materializations import latest_metadata_value
 from credflow_assets.parse_logs import logged_events
-from credflow_assets.partitions import provider_file_partitions
 from credflow_assets.provider_feeds import handoff
 from credflow_assets.provider_feeds.failures import FileRef, file_failure
 from credflow_assets.provider_feeds.memory import limit_malloc_arenas, release_freed_memory
 from credflow_assets.provider_feeds.naming import (
+    GROUP,
     SIGNATURE_SUFFIX,
     RemoteIdentity,
+    job_name,
+    landed_asset_key,
     landed_key,
     mtime_date,
+    parse_partition_key,
+    provider_partitions,
+    raw_asset_key,
     raw_keys,
     signature_keys,
 )
@@ -79,10 +89,6 @@ from credflow_assets.resources.s3 import (
 )
 from credflow_assets.resources.sftp import SftpNoSuchFile
 
-GROUP = "provider_feeds"
-RAW_KEY = dg.AssetKey(["s3", "provider_feeds", "raw"])
-LANDED_KEY = dg.AssetKey(["s3", "provider_feeds", "landed"])
-JOB_NAME = "provider_feeds_job"
 HASH_CHUNK = 1024 * 1024
 PROGRESS_LOG_SECONDS = 15
 
@@ -91,48 +97,52 @@ RETRY_POLICY = dg.RetryPolicy(
     max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
 )
 
-provider_feeds_job = dg.define_asset_job(
-    JOB_NAME,
-    selection=dg.AssetSelection.assets(RAW_KEY, LANDED_KEY),
-    executor_def=dg.in_process_executor,
-    description="One provider file: download the raw copy, then verify, decrypt, decompress "
-    "and land it.",
-)
+
+def build_provider_job(provider: ProviderConfig):
+    """One file of `provider` per run: its raw copy, then its landing."""
+    return dg.define_asset_job(
+        job_name(provider.name),
+        selection=dg.AssetSelection.assets(raw_asset_key(provider.name),
+                                           landed_asset_key(provider.name)),
+        executor_def=dg.in_process_executor,
+        description=f"One file of provider {provider.name}: download the raw copy, then "
+        "verify, decrypt, decompress and land it.",
+    )
 
 
-def build_provider_feed_assets(providers: list[ProviderConfig]) -> list[dg.AssetsDefinition]:
-    """The two assets, partitioned over every provider's files.
-
-    A partition names its provider, so the assets require the feed resource of every
-    configured provider (and the raw asset their SFTP resources) and pick one per run.
-    """
-    sftp_keys = {provider.name: sftp_resource_key(provider) for provider in providers}
-    feed_keys = {provider_feed_resource_key(provider.name) for provider in providers}
+def build_provider_feed_assets(provider: ProviderConfig) -> list[dg.AssetsDefinition]:
+    """The two assets of one provider, over its own files, requiring only its resources."""
+    sftp_key = sftp_resource_key(provider)
+    feed_key = provider_feed_resource_key(provider.name)
+    partitions = provider_partitions(provider.name)
+    raw_key, landed = raw_asset_key(provider.name), landed_asset_key(provider.name)
 
     @dg.asset(
-        key=RAW_KEY,
-        partitions_def=provider_file_partitions,
+        key=raw_key,
+        partitions_def=partitions,
         group_name=GROUP,
         kinds={"s3", "sftp"},
         retry_policy=RETRY_POLICY,
-        required_resource_keys={"s3", SETTINGS_KEY, *feed_keys, *sftp_keys.values()},
-        description="The provider's file exactly as downloaded, stored immutably at "
-        "raw/{provider}/{date}/{name} with its size and sha256 (and its .sig beside it).",
+        required_resource_keys={"s3", SETTINGS_KEY, feed_key, sftp_key},
+        description=f"A file of provider {provider.name} exactly as downloaded, stored "
+        f"immutably at raw/{provider.name}/{{date}}/{{name}} with its size and sha256 (and its "
+        ".sig beside it).",
     )
     def provider_file_raw(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         with _one_file_failure(context, "store the raw copy"):
-            return materialize_raw(context, sftp_keys)
+            return materialize_raw(context, sftp_key)
 
     @dg.asset(
-        key=LANDED_KEY,
-        deps=[RAW_KEY],
-        partitions_def=provider_file_partitions,
+        key=landed,
+        deps=[raw_key],
+        partitions_def=partitions,
         group_name=GROUP,
         kinds={"s3", "csv", "pdf"},
         retry_policy=RETRY_POLICY,
-        required_resource_keys={"s3", SETTINGS_KEY, *feed_keys},
-        description="The raw copy verified, decrypted and decompressed; every resulting file at "
-        "data/{csv|pdf|xml|other}/{provider folder}/{name}.",
+        required_resource_keys={"s3", SETTINGS_KEY, feed_key},
+        description=f"A file of provider {provider.name}: its raw copy verified, decrypted and "
+        f"decompressed; every resulting file at data/{{csv|pdf|xml|other}}/{provider.folder}/"
+        "{name}.",
     )
     def provider_file_landed(context: dg.AssetExecutionContext):
         settings: ProviderFeedsSettings = getattr(context.resources, SETTINGS_KEY)
@@ -149,8 +159,7 @@ def build_provider_feed_assets(providers: list[ProviderConfig]) -> list[dg.Asset
 # ------------------------------------------------------------------------------ raw
 
 
-def materialize_raw(context: dg.AssetExecutionContext,
-                    sftp_keys: dict[str, str]) -> dg.MaterializeResult:
+def materialize_raw(context: dg.AssetExecutionContext, sftp_key: str) -> dg.MaterializeResult:
     ref = FileRef.from_partition_key(context.partition_key)
     _feed(context, ref)  # fails at once for a provider that is not in the config
     settings: ProviderFeedsSettings = getattr(context.resources, SETTINGS_KEY)
@@ -172,7 +181,7 @@ def materialize_raw(context: dg.AssetExecutionContext,
             return _raw_result(client, recorded, reused=True, seconds={})
         context.log.warning(f"{ref}: raw copy incomplete in S3 (missing {missing}); fetching again")
 
-    sftp = getattr(context.resources, sftp_keys[ref.provider])
+    sftp = getattr(context.resources, sftp_key)
     seconds: dict[str, float] = {}
     with settings.scratch(ref.provider) as work:
         try:
@@ -293,7 +302,7 @@ def _store_version(context, session, client, settings: ProviderFeedsSettings, re
 def _keeper(context, settings: ProviderFeedsSettings, ref: FileRef):
     """Hands the downloaded file to this run's landed step, unless the run leaves it out."""
     selection = context.run.asset_selection  # None or empty: the whole job
-    if selection and LANDED_KEY not in selection:
+    if selection and landed_asset_key(ref.provider) not in selection:
         return None
     instance = context.instance
 
@@ -338,7 +347,8 @@ def _raw_result(client, copy: dict[str, Any], *, reused: bool,
 
 def latest_raw_copy(instance: dg.DagsterInstance, partition: str) -> Optional[dict[str, Any]]:
     """The raw copy recorded by the partition's latest raw materialization, if any."""
-    return latest_metadata_value(instance, RAW_KEY, partition, "raw_copy")
+    provider, _ = parse_partition_key(partition)
+    return latest_metadata_value(instance, raw_asset_key(provider), partition, "raw_copy")
 
 
 def identity_of(copy: dict[str, Any]) -> RemoteIdentity:
@@ -364,7 +374,7 @@ def materialize_landed(context: dg.AssetExecutionContext) -> dg.MaterializeResul
     copy = latest_raw_copy(context.instance, context.partition_key)
     if copy is None:
         raise file_failure(ref, "land", "no raw copy is recorded; materialize "
-                           f"{RAW_KEY.to_user_string()} for this partition first", transient=False)
+                           f"{raw_asset_key(ref.provider).to_user_string()} for this partition first", transient=False)
     raw_uri = s3_uri(copy["bucket"], copy["key"])
     name = posixpath.basename(ref.remote_path)
     seconds: dict[str, float] = {}
