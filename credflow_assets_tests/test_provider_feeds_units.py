@@ -34,6 +34,7 @@ from credflow_assets.provider_feeds.naming import (
 from credflow_assets.provider_feeds.rows import CsvRecordCounter
 from credflow_assets.provider_feeds.sensors import FeedCursor
 from credflow_assets.provider_feeds.streams import UploadSource, gunzip_chunks, single_file_name
+from credflow_assets.provider_feeds.limits import ExpansionLimit, human_size
 from credflow_assets.provider_feeds.unpack import (
     CorruptArchive,
     ExtractionLimitExceeded,
@@ -85,14 +86,14 @@ def contents(files) -> dict[str, bytes]:
 def test_gzip_tar_gz_zip_and_plain_files_unpack_to_their_contents(tmp_path):
     csv_bytes = members_csv(20)
     found, files = unpack(write(tmp_path / "a.csv.gz", gzip.compress(csv_bytes)), "a.csv.gz",
-                          tmp_path / "out1", max_bytes=MiB)
+                          tmp_path / "out1", limit=ExpansionLimit(MiB))
     assert found == "gzip" and contents(files) == {"a.csv": csv_bytes}
 
     archive = tar_bytes(("x/one.csv", b"a,b\n1,2\n"), ("./two.pdf", minimal_pdf("t")),
                         special("x", tarfile.DIRTYPE))
     for name in ("bundle.tar.gz", "bundle.tgz", "bundle.bin"):  # content decides, not only names
         found, files = unpack(write(tmp_path / name, archive), name, tmp_path / f"o-{name}",
-                              max_bytes=MiB)
+                              limit=ExpansionLimit(MiB))
         assert found == "tar.gz"
         assert contents(files) == {"x/one.csv": b"a,b\n1,2\n", "two.pdf": minimal_pdf("t")}
 
@@ -101,11 +102,12 @@ def test_gzip_tar_gz_zip_and_plain_files_unpack_to_their_contents(tmp_path):
         archive_zip.writestr("docs/roster.xml", roster_xml())
         archive_zip.writestr("docs/", "")
     found, files = unpack(write(tmp_path / "d.zip", buffer.getvalue()), "d.zip", tmp_path / "o3",
-                          max_bytes=MiB)
+                          limit=ExpansionLimit(MiB))
     assert found == "zip" and contents(files) == {"docs/roster.xml": roster_xml()}
 
     plain = write(tmp_path / "r.xml", roster_xml())
-    found, files = unpack(plain, "r.xml", tmp_path / "o4", max_bytes=10)  # no limit: not expanded
+    # A file that is not compressed is not expanded: no limit applies to it.
+    found, files = unpack(plain, "r.xml", tmp_path / "o4", limit=ExpansionLimit(10))
     assert found == "none" and files[0].path == plain
 
 
@@ -124,7 +126,7 @@ def test_unsafe_tar_members_are_refused_by_name_and_nothing_escapes(tmp_path, me
     target = tmp_path / "work" / "out"
     archive = write(tmp_path / "work" / "a.tar.gz", tar_bytes(("ok.csv", b"a\n1\n"), member))
     with pytest.raises(UnsafeMember) as caught:
-        unpack(archive, "a.tar.gz", target, max_bytes=MiB)
+        unpack(archive, "a.tar.gz", target, limit=ExpansionLimit(MiB))
     assert words in str(caught.value)
     names = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")}
     assert not any("escape" in n or "evil" in n or "passwd" in n for n in names), names
@@ -138,7 +140,7 @@ def test_unsafe_zip_members_are_refused(tmp_path):
             archive.writestr(name, b"x")
         with pytest.raises(UnsafeMember, match=words):
             unpack(write(tmp_path / "z.zip", buffer.getvalue()), "z.zip", tmp_path / "o",
-                   max_bytes=MiB)
+                   limit=ExpansionLimit(MiB))
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         link = zipfile.ZipInfo("link.csv")
@@ -146,47 +148,87 @@ def test_unsafe_zip_members_are_refused(tmp_path):
         archive.writestr(link, "/etc/passwd")
     with pytest.raises(UnsafeMember, match="'link.csv' refused: a symbolic link"):
         unpack(write(tmp_path / "l.zip", buffer.getvalue()), "l.zip", tmp_path / "o2",
-               max_bytes=MiB)
+               limit=ExpansionLimit(MiB))
     assert not (tmp_path.parent / "escape.csv").exists()
 
 
 def test_duplicate_member_names_are_refused(tmp_path):
     archive = write(tmp_path / "d.tar.gz", tar_bytes(("a.csv", b"1"), ("./a.csv", b"2")))
     with pytest.raises(UnsafeMember, match="appears twice"):
-        unpack(archive, "d.tar.gz", tmp_path / "o", max_bytes=MiB)
+        unpack(archive, "d.tar.gz", tmp_path / "o", limit=ExpansionLimit(MiB))
 
 
-def test_decompression_bombs_stop_at_the_limit(tmp_path):
+def test_decompression_bombs_stop_at_the_limit_before_writing_past_it(tmp_path):
     bomb = write(tmp_path / "bomb.csv.gz", gzip.compress(bytes(8 * MiB), compresslevel=9))
     assert bomb.stat().st_size < 64 * 1024
-    with pytest.raises(ExtractionLimitExceeded, match="more than 2,097,152 bytes"):
-        unpack(bomb, "bomb.csv.gz", tmp_path / "o1", max_bytes=2 * MiB)
+    with pytest.raises(ExtractionLimitExceeded) as refused:
+        unpack(bomb, "bomb.csv.gz", tmp_path / "o1", limit=ExpansionLimit(2 * MiB))
+    assert str(refused.value) == (
+        "the decompressed content of bomb.csv.gz passed 2 MB (max_extracted_bytes); refused, "
+        "nothing landed. A decompression bomb, or, if the file is genuine, raise the "
+        "provider's max_extracted_bytes")
     assert sum(p.stat().st_size for p in (tmp_path / "o1").iterdir()) <= 2 * MiB
 
     tar_bomb = write(tmp_path / "t.tar.gz", tar_bytes(("zeros.csv", bytes(8 * MiB))))
-    with pytest.raises(ExtractionLimitExceeded):
-        unpack(tar_bomb, "t.tar.gz", tmp_path / "o2", max_bytes=2 * MiB)
+    with pytest.raises(ExtractionLimitExceeded, match=r"archive member 'zeros.csv' of t.tar.gz "
+                       r"\(8 MB by its header\) takes the extracted content past 2 MB "
+                       r"\(max_extracted_bytes\); refused"):
+        unpack(tar_bomb, "t.tar.gz", tmp_path / "o2", limit=ExpansionLimit(2 * MiB))
+    assert sum(p.stat().st_size for p in (tmp_path / "o2").iterdir()) <= 2 * MiB
 
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for index in range(3):
             archive.writestr(f"z{index}.csv", bytes(MiB))
-    with pytest.raises(ExtractionLimitExceeded, match="'z2.csv'"):
+    with pytest.raises(ExtractionLimitExceeded, match=r"archive member 'z2.csv' of b.zip "
+                       r"\(1 MB by its header\) takes the extracted content past 2.5 MB"):
         unpack(write(tmp_path / "b.zip", buffer.getvalue()), "b.zip", tmp_path / "o3",
-               max_bytes=int(2.5 * MiB))
+               limit=ExpansionLimit(int(2.5 * MiB)))
+    assert sum(p.stat().st_size for p in (tmp_path / "o3").iterdir()) <= 2.5 * MiB
+
+
+def test_the_expansion_ratio_refuses_what_grows_too_many_times_its_size(tmp_path):
+    """8 MiB of zeros gzip to ~8 KB: a thousand times. A CSV of random values (3-10 times
+    as gzip) and any file within the first MiB pass."""
+    bomb = write(tmp_path / "bomb.csv.gz", gzip.compress(bytes(8 * MiB), compresslevel=9))
+    received = bomb.stat().st_size
+    limit = ExpansionLimit(10 * 1024**3, 200, received_bytes=received)
+    assert limit.max_bytes == max(MiB, 200 * received)
+    with pytest.raises(ExtractionLimitExceeded) as refused:
+        list(gunzip_chunks(bomb, "bomb.csv.gz", limit=limit))
+    assert str(refused.value) == (
+        f"the decompressed content of bomb.csv.gz passed {human_size(200 * received)} "
+        f"(max_expansion_ratio: 200 times the {human_size(received)} received); refused, "
+        "nothing landed. A decompression bomb, or, if the file is genuine, raise the "
+        "provider's max_expansion_ratio")
+    tiny_bomb = write(tmp_path / "tiny.gz", gzip.compress(bytes(2 * MiB), compresslevel=9))
+    with pytest.raises(ExtractionLimitExceeded, match=r"passed 1 MB \(max_expansion_ratio: 200 "
+                       r"times the \S+ KB received, at least 1 MB\)"):
+        list(gunzip_chunks(tiny_bomb, "tiny.gz", limit=ExpansionLimit(
+            10 * 1024**3, 200, received_bytes=tiny_bomb.stat().st_size)))
+
+    genuine = members_csv(60000)
+    packed = write(tmp_path / "m.csv.gz", gzip.compress(genuine))
+    assert len(genuine) > 2 * MiB and len(genuine) / packed.stat().st_size < 20
+    assert b"".join(gunzip_chunks(packed, "m.csv.gz", limit=ExpansionLimit(
+        10 * 1024**3, 200, received_bytes=packed.stat().st_size))) == genuine
+    tiny = write(tmp_path / "t.tar.gz", tar_bytes(("a.csv", b"id\n1\n")))  # mostly padding
+    found, files = unpack(tiny, "t.tar.gz", tmp_path / "o", limit=ExpansionLimit(
+        10 * 1024**3, 200, received_bytes=tiny.stat().st_size))
+    assert found == "tar.gz" and contents(files) == {"a.csv": b"id\n1\n"}
 
 
 def test_truncated_and_corrupt_archives_fail_clearly(tmp_path):
     data = gzip.compress(os.urandom(256 * 1024))
     truncated = write(tmp_path / "t.csv.gz", data[: len(data) // 2])
     with pytest.raises(CorruptArchive, match="t.csv.gz: truncated compressed data"):
-        unpack(truncated, "t.csv.gz", tmp_path / "o1", max_bytes=10 * MiB)
+        unpack(truncated, "t.csv.gz", tmp_path / "o1", limit=ExpansionLimit(10 * MiB))
     with pytest.raises(CorruptArchive, match="not.gz"):
         unpack(write(tmp_path / "not.gz", b"plain text"), "not.gz", tmp_path / "o2",
-               max_bytes=MiB)
+               limit=ExpansionLimit(MiB))
     with pytest.raises(CorruptArchive):
         unpack(write(tmp_path / "bad.zip", b"PK\x03\x04 broken"), "bad.zip", tmp_path / "o3",
-               max_bytes=MiB)
+               limit=ExpansionLimit(MiB))
 
 
 # ------------------------------------------------------------------------------ detection
@@ -250,7 +292,7 @@ def test_a_gzip_file_streams_every_member_and_fails_like_unpack(tmp_path):
     body = members_csv(300)
     members = write(tmp_path / "m.csv.gz", gzip.compress(body[:999]) + gzip.compress(body[999:])
                     + bytes(512))  # two members, then zero padding, as gunzip accepts
-    assert b"".join(gunzip_chunks(members, "m.csv.gz", max_bytes=MiB)) == body
+    assert b"".join(gunzip_chunks(members, "m.csv.gz", limit=ExpansionLimit(MiB))) == body
     assert single_file_name(members, "m.csv.gz") == ("gzip", "m.csv")
     assert single_file_name(write(tmp_path / "x.xml", roster_xml()), "x.xml") == ("none", "x.xml")
     archive = write(tmp_path / "b.bin", tar_bytes(("a.csv", b"a\n1\n")))
@@ -260,13 +302,16 @@ def test_a_gzip_file_streams_every_member_and_fails_like_unpack(tmp_path):
     data = gzip.compress(os.urandom(256 * 1024))
     truncated = write(tmp_path / "t.csv.gz", data[: len(data) // 2])
     with pytest.raises(CorruptArchive, match="t.csv.gz: truncated compressed data"):
-        list(gunzip_chunks(truncated, "t.csv.gz", max_bytes=10 * MiB))
+        list(gunzip_chunks(truncated, "t.csv.gz", limit=ExpansionLimit(10 * MiB)))
     with pytest.raises(CorruptArchive, match="not.gz: corrupt compressed data"):
-        list(gunzip_chunks(write(tmp_path / "not.gz", b"plain text"), "not.gz", max_bytes=MiB))
+        list(gunzip_chunks(write(tmp_path / "not.gz", b"plain text"), "not.gz",
+                           limit=ExpansionLimit(MiB)))
     bomb = write(tmp_path / "bomb.csv.gz", gzip.compress(bytes(8 * MiB), compresslevel=9))
-    with pytest.raises(ExtractionLimitExceeded, match="more than 2,097,152 bytes"):
-        for _ in gunzip_chunks(bomb, "bomb.csv.gz", max_bytes=2 * MiB):
-            pass
+    produced = 0
+    with pytest.raises(ExtractionLimitExceeded, match="bomb.csv.gz passed 2 MB"):
+        for chunk in gunzip_chunks(bomb, "bomb.csv.gz", limit=ExpansionLimit(2 * MiB)):
+            produced += len(chunk)
+    assert produced <= 2 * MiB  # nothing past the limit was handed to the upload
 
 
 def test_an_upload_source_hands_out_exact_parts_and_counts_what_it_hands_out(tmp_path):

@@ -43,24 +43,37 @@ def build_defs(
         ProviderFeedsSettings,
         provider_feed_resource_key,
     )
-    from credflow_assets.resources.from_config import setting
+    from credflow_assets.config import EnvRef
 
     resources = {
         SETTINGS_KEY: settings or ProviderFeedsSettings(bucket=config.buckets.provider_data,
                                                         logs_bucket=config.buckets.logs),
     }
     for provider in config.providers:
+        # GPG settings from the environment are read by the resource when the landing uses
+        # them, so that a missing one fails this provider's files with its own sentence.
+        from_env: dict[str, str] = {}
+
+        def lazily(field: str, value):
+            if isinstance(value, EnvRef):
+                from_env[field] = value.env
+                return None
+            return value
+
         resources[provider_feed_resource_key(provider.name)] = ProviderFeed(
             name=provider.name,
             remote_dir=provider.remote_dir,
             pattern=provider.pattern,
             folder=provider.folder,
-            gpg_homedir=setting(config.gpg.homedir),
+            gpg_homedir=lazily("gpg_homedir", config.gpg.homedir),
             # The passphrase of the key this provider encrypts to; credflow's own by default.
-            gpg_passphrase=setting(provider.gpg_passphrase or config.gpg.passphrase),
-            signing_key_file=setting(provider.signing_key_file),
+            gpg_passphrase=lazily("gpg_passphrase",
+                                  provider.gpg_passphrase or config.gpg.passphrase),
+            signing_key_file=lazily("signing_key_file", provider.signing_key_file),
+            from_env=from_env,
             require_signature=provider.require_signature,
             max_extracted_bytes=provider.max_extracted_bytes,
+            max_expansion_ratio=provider.max_expansion_ratio,
         )
     return dg.Definitions(
         assets=[asset for provider in config.providers

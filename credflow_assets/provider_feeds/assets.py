@@ -41,8 +41,11 @@ from credflow_assets.config import ProviderConfig
 from credflow_assets.materializations import latest_metadata_value
 from credflow_assets.parse_logs import logged_events
 from credflow_assets.provider_feeds import handoff
-from credflow_assets.provider_feeds.failures import FileRef, file_failure
+from credflow_assets.provider_feeds.cleanup import clean_up_after_dead_runs
+from credflow_assets.provider_feeds.failures import FileRef, RawCopyDamaged, file_failure
+from credflow_assets.provider_feeds.limits import ExpansionLimit, ExtractionLimitExceeded
 from credflow_assets.provider_feeds.memory import limit_malloc_arenas, release_freed_memory
+from credflow_assets.provider_feeds.open_uploads import RunUploads
 from credflow_assets.provider_feeds.naming import (
     GROUP,
     SIGNATURE_SUFFIX,
@@ -59,6 +62,7 @@ from credflow_assets.provider_feeds.naming import (
 )
 from credflow_assets.provider_feeds.settings import (
     SETTINGS_KEY,
+    MissingVariable,
     ProviderFeed,
     ProviderFeedsSettings,
     provider_feed_resource_key,
@@ -87,6 +91,7 @@ from credflow_assets.resources.s3 import (
     transfer_config,
     upload_stream,
 )
+from credflow_assets.resources.gpg import GpgOutputLimitExceeded
 from credflow_assets.resources.sftp import SftpNoSuchFile
 
 HASH_CHUNK = 1024 * 1024
@@ -147,7 +152,7 @@ def build_provider_feed_assets(provider: ProviderConfig) -> list[dg.AssetsDefini
     def provider_file_landed(context: dg.AssetExecutionContext):
         settings: ProviderFeedsSettings = getattr(context.resources, SETTINGS_KEY)
         yield from logged_events(context, _land(context), flow=GROUP,
-                                 s3_client=_s3_client(context), bucket=settings.logs_bucket)
+                                 s3_client=s3_client_of(context), bucket=settings.logs_bucket)
 
     def _land(context: dg.AssetExecutionContext):
         with _one_file_failure(context, "land"):
@@ -163,7 +168,8 @@ def materialize_raw(context: dg.AssetExecutionContext, sftp_key: str) -> dg.Mate
     ref = FileRef.from_partition_key(context.partition_key)
     _feed(context, ref)  # fails at once for a provider that is not in the config
     settings: ProviderFeedsSettings = getattr(context.resources, SETTINGS_KEY)
-    client = _s3_client(context)
+    client = s3_client_of(context)
+    clean_up_after_dead_runs(context.instance, client, settings.work_dir, context.log)
     wanted = RemoteIdentity.from_tags(context.run.tags)
     recorded = latest_raw_copy(context.instance, context.partition_key)
 
@@ -183,7 +189,7 @@ def materialize_raw(context: dg.AssetExecutionContext, sftp_key: str) -> dg.Mate
 
     sftp = getattr(context.resources, sftp_key)
     seconds: dict[str, float] = {}
-    with settings.scratch(ref.provider) as work:
+    with settings.scratch(ref.provider, run_id=context.run.run_id) as work:
         try:
             with sftp.open_session() as session:
                 copy = _fetch_raw(context, session, client, settings, ref, wanted, work, seconds)
@@ -270,6 +276,7 @@ def _store_version(context, session, client, settings: ProviderFeedsSettings, re
             client, stream, bucket, target,
             max_concurrency=settings.upload_concurrency,
             part_size=settings.part_size(remote.size),
+            **RunUploads(context.instance, context.run.run_id, bucket).callbacks(target),
             extra_args={
                 "ContentType": "application/octet-stream",
                 "Metadata": {
@@ -370,16 +377,24 @@ def materialize_landed(context: dg.AssetExecutionContext) -> dg.MaterializeResul
     ref = FileRef.from_partition_key(context.partition_key)
     feed = _feed(context, ref)
     settings: ProviderFeedsSettings = getattr(context.resources, SETTINGS_KEY)
-    client = _s3_client(context)
+    client = s3_client_of(context)
+    clean_up_after_dead_runs(context.instance, client, settings.work_dir, context.log)
+    try:
+        feed.check_variables()  # its passphrase, GnuPG home, signing key: before any work
+    except MissingVariable as error:
+        raise file_failure(ref, "land", error, transient=False) from None
     copy = latest_raw_copy(context.instance, context.partition_key)
     if copy is None:
         raise file_failure(ref, "land", "no raw copy is recorded; materialize "
-                           f"{raw_asset_key(ref.provider).to_user_string()} for this partition first", transient=False)
+                           f"{raw_asset_key(ref.provider).to_user_string()} for this partition "
+                           "first", transient=False)
     raw_uri = s3_uri(copy["bucket"], copy["key"])
     name = posixpath.basename(ref.remote_path)
+    limit = ExpansionLimit(feed.max_extracted_bytes, feed.max_expansion_ratio, copy["size"])
+    uploads = RunUploads(context.instance, context.run.run_id, settings.bucket)
     seconds: dict[str, float] = {}
     stage = "fetch the raw copy"
-    with settings.scratch(ref.provider) as work:
+    with settings.scratch(ref.provider, run_id=context.run.run_id) as work:
         scrub = {f"{work}/raw/": "", f"{work}/plain/": "", f"{work}/sig/": "",
                  str(work): "(scratch)"}
 
@@ -393,7 +408,11 @@ def materialize_landed(context: dg.AssetExecutionContext) -> dg.MaterializeResul
                 return signer, False, raw_local, name
             plain_name = decrypted_name(name)
             with _timed(seconds, "decrypt"):
-                decrypted = feed.gpg().decrypt_file(raw_local, work / "plain" / plain_name)
+                try:
+                    decrypted = feed.gpg().decrypt_file(raw_local, work / "plain" / plain_name,
+                                                        max_output_bytes=limit.max_bytes)
+                except GpgOutputLimitExceeded:
+                    raise limit.exceeded("the decrypted content") from None
             raw_local.unlink()
             return signer, True, decrypted.dest_path, plain_name
 
@@ -436,13 +455,12 @@ def materialize_landed(context: dg.AssetExecutionContext) -> dg.MaterializeResul
             if single is not None:
                 # One file: decompressed, counted and uploaded in one pass, never on disk.
                 found, inner = single
-                chunks = (gunzip_chunks(plain, plain_name, max_bytes=feed.max_extracted_bytes)
+                chunks = (gunzip_chunks(plain, plain_name, limit=limit)
                           if found == "gzip" else file_chunks(plain))
                 pending = [(inner, chunks, None)]
             else:
                 with _timed(seconds, "decompress"):
-                    found, files = unpack(plain, plain_name, work / "out",
-                                          max_bytes=feed.max_extracted_bytes)
+                    found, files = unpack(plain, plain_name, work / "out", limit=limit)
                 plain.unlink()
                 context.log.info(f"{ref}: {found}: {len(files)} file(s) extracted in "
                                  f"{seconds['decompress']:.1f}s")
@@ -453,7 +471,7 @@ def materialize_landed(context: dg.AssetExecutionContext) -> dg.MaterializeResul
             landed = []
             for file_name, chunks, extracted_path in pending:
                 entry, produced = _land_one(client, settings, feed, ref, copy, file_name, chunks,
-                                            seconds)
+                                            seconds, limit=limit, uploads=uploads)
                 if extracted_path is not None:
                     extracted_path.unlink()  # frees the scratch disk as the archive lands
                 if single is not None:
@@ -470,7 +488,7 @@ def materialize_landed(context: dg.AssetExecutionContext) -> dg.MaterializeResul
         except dg.Failure:
             raise
         except Exception as error:  # noqa: BLE001 - classified in file_failure
-            if isinstance(error, UnpackError):
+            if isinstance(error, (UnpackError, ExtractionLimitExceeded)):
                 stage = "decompress"  # raised by the decompressor while the upload read it
             raise file_failure(ref, stage, error, scrub=scrub,
                                metadata={"raw_uri": dg.MetadataValue.path(raw_uri)},
@@ -487,8 +505,8 @@ def materialize_landed(context: dg.AssetExecutionContext) -> dg.MaterializeResul
 
 
 def _land_one(client, settings: ProviderFeedsSettings, feed: ProviderFeed, ref: FileRef,
-              copy: dict[str, Any], name: str, chunks,
-              seconds: dict[str, float]) -> tuple[dict[str, Any], float]:
+              copy: dict[str, Any], name: str, chunks, seconds: dict[str, float], *,
+              limit: ExpansionLimit, uploads: RunUploads) -> tuple[dict[str, Any], float]:
     """Upload one resulting file from its chunks, typing it by its first bytes and counting
     CSV records on the way; returns its `landed` entry and the seconds spent producing the
     bytes (decompression, when the chunks come from the decompressor)."""
@@ -504,7 +522,8 @@ def _land_one(client, settings: ProviderFeedsSettings, feed: ProviderFeed, ref: 
         upload_stream(
             client, source, settings.bucket, key,
             max_concurrency=settings.upload_concurrency,
-            part_size=settings.part_size(feed.max_extracted_bytes),
+            part_size=settings.part_size(limit.max_bytes),  # no file is bigger
+            **uploads.callbacks(key),
             extra_args={
                 "ContentType": CONTENT_TYPES[category],
                 "Metadata": {"provider": ref.provider,
@@ -542,7 +561,7 @@ def _fetch_copy(client, settings: ProviderFeedsSettings, stored: dict[str, Any],
                          Config=transfer_config(max_concurrency=settings.upload_concurrency))
     digest = sha256_file(local)
     if stored.get("sha256") and digest != stored["sha256"]:
-        raise ValueError(
+        raise RawCopyDamaged(
             f"{s3_uri(stored['bucket'], stored['key'])} has sha256 {digest}, but "
             f"{stored['sha256']} was recorded when it was stored: the raw copy is damaged"
         )
@@ -562,7 +581,8 @@ def _verify(client, settings: ProviderFeedsSettings, feed: ProviderFeed, ref: Fi
                 "with the file; refusing to land unverified data", transient=False,
             )
         return None
-    if not feed.signing_key_file:
+    signing_key_file = feed.setting("signing_key_file")
+    if not signing_key_file:
         raise file_failure(
             ref, "verify the signature",
             f"{name}{SIGNATURE_SUFFIX} came with the file but provider {feed.name} has no "
@@ -570,11 +590,11 @@ def _verify(client, settings: ProviderFeedsSettings, feed: ProviderFeed, ref: Fi
             transient=False,
         )
     try:
-        armored = Path(feed.signing_key_file).read_text()
+        armored = Path(signing_key_file).read_text()
     except OSError as error:
         raise file_failure(
             ref, "verify the signature",
-            f"cannot read the provider's signing key {feed.signing_key_file}: "
+            f"cannot read the provider's signing key {signing_key_file}: "
             f"{error.strerror or error}", transient=False,
         ) from None
     sig_local = _fetch_copy(client, settings, {**signature, "bucket": copy["bucket"]},
@@ -639,7 +659,7 @@ def _one_file_failure(context, stage: str) -> Iterator[None]:
                            error, log=context.log) from None
 
 
-def _s3_client(context):
+def s3_client_of(context):
     # Through `required_resource_keys`, dagster-aws's S3Resource (a resource factory) is
     # the boto3 client itself; as a typed parameter it is the resource with get_client().
     s3 = context.resources.s3

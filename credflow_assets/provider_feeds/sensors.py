@@ -13,7 +13,7 @@ pruned to what the server still lists. Without a cursor (a reset sensor), a file
 already has a raw copy of the same identity is recorded, not requested: the instance's
 partitions and their raw copies are the record, never an S3 listing by name. Run keys are
 `{provider}/{path}@{size}:{mtime}` (plus `+sig@{size}:{mtime}`), so a repeated tick launches
-nothing twice.
+nothing twice. Each tick first cleans up after runs that were killed (cleanup.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from fnmatch import fnmatchcase
 import dagster as dg
 
 from credflow_assets.config import ProviderConfig
-from credflow_assets.provider_feeds.assets import identity_of, latest_raw_copy
+from credflow_assets.provider_feeds.assets import identity_of, latest_raw_copy, s3_client_of
+from credflow_assets.provider_feeds.cleanup import clean_up_after_dead_runs
 from credflow_assets.provider_feeds.naming import (
     PROVIDER_TAG,
     REMOTE_PATH_TAG,
@@ -86,16 +87,21 @@ def build_provider_sensor(provider: ProviderConfig) -> dg.SensorDefinition:
         job_name=job_name(provider.name),
         minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        required_resource_keys={sftp_key, feed_key, SETTINGS_KEY},
+        required_resource_keys={sftp_key, feed_key, SETTINGS_KEY, "s3"},
         description=f"New files in {provider.name}'s SFTP directory {provider.remote_dir!r} "
         f"(pattern {provider.pattern!r}) → one partition and run each.",
     )
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        settings: ProviderFeedsSettings = getattr(context.resources, SETTINGS_KEY)
+        # What a killed run left (scratch files, an unfinished run, open uploads) goes now,
+        # not only when the next file arrives (cleanup.py).
+        clean_up_after_dead_runs(context.instance, s3_client_of(context), settings.work_dir,
+                                 context.log)
         return evaluate_provider_feed(
             context,
             getattr(context.resources, feed_key),
             getattr(context.resources, sftp_key),
-            getattr(context.resources, SETTINGS_KEY),
+            settings,
         )
 
     return _sensor
