@@ -155,8 +155,11 @@ def build_provider_feed_assets(provider: ProviderConfig) -> list[dg.AssetsDefini
                                  s3_client=s3_client_of(context), bucket=settings.logs_bucket)
 
     def _land(context: dg.AssetExecutionContext):
-        with _one_file_failure(context, "land"):
-            yield materialize_landed(context)
+        try:
+            with _one_file_failure(context, "land"):
+                yield materialize_landed(context)
+        finally:  # the raw step's file, if the landing failed before it took it
+            handoff.discard(context.run.run_id, context.partition_key)
 
     return [provider_file_raw, provider_file_landed]
 

@@ -105,6 +105,15 @@ def take(run_id: str, partition: str, copy: dict[str, Any], destination: Path,
             "the raw step's local file (key and size match; sha256 checked before upload)")
 
 
+def discard(run_id: str, partition: str) -> None:
+    """Remove what the raw step kept for this run's landing, if the landing did not take it
+    (it failed first, e.g. on a missing variable)."""
+    with _lock:
+        kept = _kept.pop((run_id, partition), None)
+    if kept is not None:
+        _remove(kept)
+
+
 def _drop_finished_runs(run_is_over: Callable[[str], bool]) -> None:
     with _lock:
         stale = [key for key in _kept if run_is_over(key[0])]
