@@ -4,9 +4,12 @@
 Reads top to bottom: naming.py (every asset key, job, partition set and S3 key, written once)
 → sensors.py (one sensor per provider lists its SFTP directory) → assets.py (per provider,
 `raw`: the file as downloaded; `landed`: verified, decrypted, decompressed, typed) →
-failures.py (one clear message per failed file; only transient errors retried). unpack.py holds
-the pure file transforms (safe extraction, bomb limits, type detection, CSV row counts),
-settings.py the resources.
+failures.py (one clear message per failed file; only transient errors retried). unpack.py and
+streams.py hold the pure file transforms (safe extraction, type detection, CSV row counts),
+limits.py how big a file may become at every stage of unpacking, metadata.py what each
+materialization reports, settings.py the resources. scratch.py, open_uploads.py and cleanup.py
+make sure a killed run leaves nothing behind: no scratch files, no run left "started", no open
+multipart upload.
 
 Adding a provider is a config entry: its assets, job, partitions, sensor and feed resource
 follow.

@@ -43,8 +43,13 @@ from credflow_assets.parse_logs import logged_events
 from credflow_assets.provider_feeds import handoff
 from credflow_assets.provider_feeds.cleanup import clean_up_after_dead_runs
 from credflow_assets.provider_feeds.failures import FileRef, RawCopyDamaged, file_failure
-from credflow_assets.provider_feeds.limits import ExpansionLimit, ExtractionLimitExceeded
+from credflow_assets.provider_feeds.limits import (
+    ExpansionLimit,
+    ExtractionLimitExceeded,
+    human_size,
+)
 from credflow_assets.provider_feeds.memory import limit_malloc_arenas, release_freed_memory
+from credflow_assets.provider_feeds.metadata import landed_metadata, raw_result
 from credflow_assets.provider_feeds.open_uploads import RunUploads
 from credflow_assets.provider_feeds.naming import (
     GROUP,
@@ -53,7 +58,6 @@ from credflow_assets.provider_feeds.naming import (
     job_name,
     landed_asset_key,
     landed_key,
-    mtime_date,
     parse_partition_key,
     provider_partitions,
     raw_asset_key,
@@ -86,7 +90,6 @@ from credflow_assets.provider_feeds.unpack import (
 from credflow_assets.resources.from_config import sftp_resource_key
 from credflow_assets.resources.s3 import (
     head_object_or_none,
-    object_url,
     s3_uri,
     transfer_config,
     upload_stream,
@@ -187,7 +190,7 @@ def materialize_raw(context: dg.AssetExecutionContext, sftp_key: str) -> dg.Mate
                 f"{ref}: raw copy {s3_uri(recorded['bucket'], recorded['key'])} already stored "
                 "(size and mtime match); the SFTP server is not contacted"
             )
-            return _raw_result(client, recorded, reused=True, seconds={})
+            return raw_result(client, recorded, reused=True, seconds={})
         context.log.warning(f"{ref}: raw copy incomplete in S3 (missing {missing}); fetching again")
 
     sftp = getattr(context.resources, sftp_key)
@@ -201,7 +204,7 @@ def materialize_raw(context: dg.AssetExecutionContext, sftp_key: str) -> dg.Mate
         except Exception as error:  # noqa: BLE001 - classified in file_failure
             raise file_failure(ref, "download", error, scrub={f"{work}/": ""},
                                log=context.log) from None
-    return _raw_result(client, copy, reused=False, seconds=seconds)
+    return raw_result(client, copy, reused=False, seconds=seconds)
 
 
 def _fetch_raw(context, session, client, settings: ProviderFeedsSettings, ref: FileRef,
@@ -265,7 +268,7 @@ def _store_version(context, session, client, settings: ProviderFeedsSettings, re
 
     local = work / posixpath.basename(remote_path)
     started = time.monotonic()
-    context.log.info(f"{ref}: downloading {remote_path} ({_size(remote.size)})")
+    context.log.info(f"{ref}: downloading {remote_path} ({human_size(remote.size)})")
     result = session.download(remote_path, local, progress=_progress(context, ref, remote_path))
     seconds["download"] = seconds.get("download", 0.0) + time.monotonic() - started
     if (result.size, result.mtime) != (remote.size, remote.mtime):
@@ -294,7 +297,7 @@ def _store_version(context, session, client, settings: ProviderFeedsSettings, re
     seconds["upload"] = seconds.get("upload", 0.0) + time.monotonic() - started
     release_freed_memory()  # the upload's freed part buffers (see memory.py)
     context.log.info(
-        f"{ref}: downloaded {remote_path} ({_size(result.size)}) in {result.seconds:.1f}s"
+        f"{ref}: downloaded {remote_path} ({human_size(result.size)}) in {result.seconds:.1f}s"
         + (f", resumed at {list(result.resumed_from)}" if result.resumed else "")
         + f"; raw copy stored at {s3_uri(bucket, target)} (sha256 {digest[:16]}…) in "
         f"{time.monotonic() - started:.1f}s")
@@ -326,33 +329,6 @@ def _keeper(context, settings: ProviderFeedsSettings, ref: FileRef):
                      provider=ref.provider, run_is_over=run_is_over)
 
     return keep
-
-
-def _raw_result(client, copy: dict[str, Any], *, reused: bool,
-                seconds: dict[str, float]) -> dg.MaterializeResult:
-    signature = copy.get("signature")
-    links = {"raw_url": dg.MetadataValue.url(object_url(client, copy["bucket"], copy["key"]))}
-    if signature:
-        links["signature_url"] = dg.MetadataValue.url(
-            object_url(client, copy["bucket"], signature["key"]))
-    return dg.MaterializeResult(
-        metadata={
-            "provider": copy["provider"],
-            "remote_path": copy["remote_path"],
-            "raw_uri": dg.MetadataValue.path(s3_uri(copy["bucket"], copy["key"])),
-            "size": copy["size"],
-            "sha256": copy["sha256"],
-            "remote_modified": f"{mtime_date(copy['remote_mtime'])} (mtime {copy['remote_mtime']})",
-            "signature_uri": dg.MetadataValue.path(s3_uri(copy["bucket"], signature["key"]))
-            if signature else "none",
-            **links,
-            "reused_raw_copy": reused,
-            "seconds_download": round(seconds.get("download", 0.0), 3),
-            "seconds_upload": round(seconds.get("upload", 0.0), 3),
-            # Machine-readable: the landed asset and reruns read the raw copy from here.
-            "raw_copy": dg.MetadataValue.json(copy),
-        }
-    )
 
 
 def latest_raw_copy(instance: dg.DagsterInstance, partition: str) -> Optional[dict[str, Any]]:
@@ -447,10 +423,10 @@ def materialize_landed(context: dg.AssetExecutionContext) -> dg.MaterializeResul
                 signer, encrypted, plain, plain_name = verify_and_decrypt(raw_local)
             # One line for the steps before the upload: each log line is an event-log write.
             context.log.info(
-                f"{ref}: raw copy {raw_uri} ({_size(copy['size'])}) from {source}, sha256 "
+                f"{ref}: raw copy {raw_uri} ({human_size(copy['size'])}) from {source}, sha256 "
                 f"verified; signature " + (f"verified, signed by {signer}" if signer
                                            else "none (not required)")
-                + (f"; decrypted to {plain_name} ({_size(plain.stat().st_size)}) in "
+                + (f"; decrypted to {plain_name} ({human_size(plain.stat().st_size)}) in "
                    f"{seconds['decrypt']:.1f}s" if encrypted else "; not encrypted"))
 
             stage = "decompress"
@@ -482,7 +458,7 @@ def materialize_landed(context: dg.AssetExecutionContext) -> dg.MaterializeResul
                 landed.append(entry)
                 context.log.info(
                     f"{ref}: landed {file_name} at {s3_uri(settings.bucket, entry['key'])} "
-                    f"({entry['type']}, {_size(entry['size'])}"
+                    f"({entry['type']}, {human_size(entry['size'])}"
                     + (f", {entry['rows']:,} row(s)" if entry["rows"] is not None else "") + ")"
                     + (f"; {found}, decompressed while uploading in {produced:.1f}s"
                        if single is not None and found != "none" else "")
@@ -500,7 +476,7 @@ def materialize_landed(context: dg.AssetExecutionContext) -> dg.MaterializeResul
     if not landed:
         context.log.warning(f"{ref}: the archive holds no regular files; nothing landed")
     return dg.MaterializeResult(metadata={
-        **_landed_metadata(client, ref, copy, raw_uri, found, encrypted, signer, landed,
+        **landed_metadata(client, ref, copy, raw_uri, found, encrypted, signer, landed,
                            seconds, settings),
         "raw_source": source,
         "decompressed_while_uploading": single is not None and found != "none",
@@ -607,46 +583,6 @@ def _verify(client, settings: ProviderFeedsSettings, feed: ProviderFeed, ref: Fi
     return gpg.verify_detached(sig_local, raw_local, allowed_fingerprints=allowed)
 
 
-def _landed_metadata(client, ref: FileRef, copy: dict[str, Any], raw_uri: str, found: str,
-                     encrypted: bool, signer: Optional[str], landed: list[dict],
-                     seconds: dict[str, float], settings: ProviderFeedsSettings) -> dict:
-    by_type: dict[str, int] = {}
-    for entry in landed:
-        by_type[entry["type"]] = by_type.get(entry["type"], 0) + 1
-    rows = [entry["rows"] for entry in landed if entry["rows"] is not None]
-    total_bytes = sum(entry["size"] for entry in landed)
-    summary = f"{len(landed)} file(s) landed" + (
-        ": " + ", ".join(f"{count} {kind}" for kind, count in sorted(by_type.items()))
-        if landed else "") + (f"; {sum(rows):,} CSV row(s)" if rows else "") + (
-        f"; {_size(total_bytes)}")
-    table = ["| S3 key | type | size | rows |", "|---|---|---|---|"] + [
-        f"| [s3://{settings.bucket}/{entry['key']}]"
-        f"({object_url(client, settings.bucket, entry['key'])}) | {entry['type']} | "
-        f"{entry['size']:,} | "
-        f"{'' if entry['rows'] is None else format(entry['rows'], ',')} |"
-        for entry in landed
-    ]
-    return {
-        "provider": ref.provider,
-        "remote_path": ref.remote_path,
-        "summary": summary,
-        "raw_uri": dg.MetadataValue.path(raw_uri),
-        "raw_url": dg.MetadataValue.url(object_url(client, copy["bucket"], copy["key"])),
-        "raw_sha256": copy["sha256"],
-        "signature": f"verified: {signer}" if signer else "none",
-        "encrypted": encrypted,
-        "compression": found,
-        "landed_files": len(landed),
-        "landed_keys": dg.MetadataValue.json([entry["key"] for entry in landed]),
-        "landed": dg.MetadataValue.json(landed),
-        "files": dg.MetadataValue.md("\n".join(table)),
-        "bytes_landed": total_bytes,
-        "csv_rows": sum(rows),
-        **{f"seconds_{stage}": round(seconds.get(stage, 0.0), 3)
-           for stage in ("fetch_raw", "verify", "decrypt", "decompress", "upload")},
-    }
-
-
 # ------------------------------------------------------------------------------ helpers
 
 
@@ -703,15 +639,6 @@ def _progress(context, ref: FileRef, remote_path: str):
         if now - last[0] >= PROGRESS_LOG_SECONDS and total:
             last[0] = now
             context.log.info(f"{ref}: downloading {remote_path}: {done * 100 // total}% "
-                             f"({_size(done)} of {_size(total)})")
+                             f"({human_size(done)} of {human_size(total)})")
 
     return report
-
-
-def _size(count: int) -> str:
-    value = float(count)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{count} B"

@@ -477,4 +477,4 @@ def _signature_problem(result: Any) -> str:
         return "the signature file holds no OpenPGP signature"
     if status:
         return f"{status} (key {key})"
-    return f"gpg could not verify it: {gpg_messages(stderr)}"
+    return f"gpg could not verify it: {gpg_messages(result.stderr)}"
