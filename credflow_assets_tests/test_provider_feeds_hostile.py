@@ -362,3 +362,19 @@ def test_a_killed_landing_is_cleaned_up_by_the_next_run_and_the_file_lands_once(
     assert len(landed) == 1
     assert instance.fetch_materializations(dg.AssetRecordsFilter(
         asset_key=raw_asset_key("bigfeed"), asset_partitions=[key]), limit=10).records
+
+
+def test_a_sensor_tick_removes_the_scratch_a_killed_process_left(hostile):
+    """No new file needed: the provider's next sensor tick cleans up."""
+    from credflow_assets_tests.test_provider_feeds_units import _MAKE_SCRATCH_AND_DIE
+
+    killed = subprocess.run([sys.executable, "-c", _MAKE_SCRATCH_AND_DIE,
+                             str(hostile["scratch"])], capture_output=True, text=True)
+    left = Path(killed.stdout.strip())
+    assert (left / "plain.csv").read_bytes() == b"personal data"
+
+    report = sync(hostile["defs"], hostile["instance"], progress=lambda line: None,
+                  sensor_names=["provider_feed_ratio_feed_sensor"])
+
+    assert report.sensor_errors == {} and report.runs == []
+    assert not left.exists()

@@ -8,11 +8,13 @@ import csv
 import gzip
 import hashlib
 import io
+import json
 import os
 import platform
 import subprocess
 import sys
 import tarfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -519,3 +521,60 @@ def test_landing_caps_malloc_arenas_unless_the_operator_set_them(operator_settin
     result = subprocess.run([sys.executable, "-c", _COUNT_ARENAS], env=env, capture_output=True,
                             text=True, check=True)
     assert result.stdout.strip() == expected
+
+
+# ------------------------------------------------------------------------------ scratch owners
+
+_MAKE_SCRATCH_AND_DIE = """
+import os, signal, sys
+from credflow_assets.provider_feeds.scratch import make_scratch_dir
+path = make_scratch_dir(sys.argv[1], "acme", run_id="run-1")
+(path / "plain.csv").write_bytes(b"personal data")
+print(path, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_scratch_directory_names_its_process_and_is_dead_only_when_that_process_is(tmp_path):
+    from credflow_assets.provider_feeds.scratch import (
+        OWNER_FILE,
+        dead_scratch_dirs,
+        make_scratch_dir,
+        read_owner,
+    )
+
+    work = tmp_path / "work"
+    mine = make_scratch_dir(str(work), "acme", run_id="run-0")
+    assert mine.name.startswith(f"credflow-provider-acme-p{os.getpid()}-")
+    assert (mine.stat().st_mode & 0o777) == 0o700
+    assert read_owner(mine).run_id == "run-0"
+
+    killed = subprocess.Popen([sys.executable, "-c", _MAKE_SCRATCH_AND_DIE, str(work)],
+                              stdout=subprocess.PIPE, text=True)
+    theirs = Path(killed.stdout.readline().strip())
+    killed.stdout.close()
+    time.sleep(0.2)  # killed, not reaped yet: a zombie runs no code, so it counts as dead
+    assert [(path, owner.run_id) for path, owner in dead_scratch_dirs(str(work))] == [
+        (theirs, "run-1")]
+    killed.wait()
+    assert [path for path, _ in dead_scratch_dirs(str(work))] == [theirs]
+
+    # A live process under the same pid (reused) is not the owner; another host's is never
+    # judged; a directory of an older credflow, with no owner, is left alone.
+    marker = json.loads((theirs / OWNER_FILE).read_text())
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        for name, owner, dead in (
+                ("reused", {**marker, "pid": sleeper.pid, "started": "1"}, True),
+                ("alive", {**marker, "pid": sleeper.pid, "started": None}, False),
+                ("elsewhere", {**marker, "host": "another-machine"}, False)):
+            directory = work / f"credflow-provider-acme-{name}-p{owner['pid']}-x"
+            directory.mkdir()
+            (directory / OWNER_FILE).write_text(json.dumps(owner))
+            assert (directory in [path for path, _ in dead_scratch_dirs(str(work))]) is dead, name
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    (work / "credflow-provider-acme-legacy").mkdir()
+    dead = {path.name for path, _ in dead_scratch_dirs(str(work))}
+    assert mine.name not in dead and "credflow-provider-acme-legacy" not in dead

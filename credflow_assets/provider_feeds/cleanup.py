@@ -18,6 +18,7 @@ the bucket's lifecycle rule (AbortIncompleteMultipartUpload) is the last resort.
 from __future__ import annotations
 
 import shutil
+import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Optional
@@ -36,6 +37,9 @@ FINISHED = [dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED,
             dg.DagsterRunStatus.SUCCESS]
 # Older runs' uploads are the lifecycle rule's (1 day): no need to look further back.
 LOOKBACK = timedelta(days=3)
+# The daemon ticks several providers' sensors in threads of one process: one cleanup at a time,
+# so that a dead run is failed once.
+_one_at_a_time = threading.Lock()
 
 
 def clean_up_after_dead_runs(instance: dg.DagsterInstance, client: Any,
@@ -44,9 +48,10 @@ def clean_up_after_dead_runs(instance: dg.DagsterInstance, client: Any,
     thing done (also logged). Never raises: a cleanup that fails is tried again next time."""
     done: list[str] = []
     try:
-        for path, owner in dead_scratch_dirs(work_dir):
-            done.append(_remove_scratch(instance, path, owner))
-        done += _abort_uploads_of_finished_runs(instance, client)
+        with _one_at_a_time:
+            for path, owner in dead_scratch_dirs(work_dir):
+                done.append(_remove_scratch(instance, path, owner))
+            done += _abort_uploads_of_finished_runs(instance, client)
     except Exception as error:  # noqa: BLE001 - housekeeping must not fail a run or a tick
         log.warning(f"provider feeds: cleaning up after dead runs stopped: {error}; "
                     "it is tried again by the next run or sensor tick")
