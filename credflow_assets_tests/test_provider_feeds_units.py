@@ -435,6 +435,23 @@ def test_only_transient_sftp_and_s3_errors_are_retried():
     assert failure.allow_retries is False
     assert file_failure(ref, "download", SftpConnectionError("dropped")).allow_retries is True
 
+    # Every failure says which kind it is, and reads as a sentence with no exception class.
+    dropped = file_failure(ref, "download", SftpConnectionError("connection dropped"))
+    assert dropped.metadata["failure_kind"].value == "transient"
+    assert dropped.description == ("provider acme: file outbox/x.csv.gpg: download failed: "
+                                   "connection dropped. It is retried automatically; if it "
+                                   "keeps failing, check the server")
+    assert failure.metadata["failure_kind"].value == "permanent"
+    assert failure.description.endswith(". Ask the provider to send the file and its .sig again")
+    bug = file_failure(ref, "land", KeyError("raw_copy"))
+    assert bug.description == ("provider acme: file outbox/x.csv.gpg: land failed: unexpected "
+                               "error: 'raw_copy' (the run's log has the details)")
+    assert "KeyError" not in bug.description
+    throttled = file_failure(ref, "upload", client_error("SlowDown", 503))
+    assert "S3 request failed: " in throttled.description and "ClientError" not in (
+        throttled.description)
+    assert throttled.metadata["failure_kind"].value == "transient"
+
 
 def test_definitions_give_each_provider_its_assets_job_partitions_and_sensor():
     from credflow_assets.definitions import build_definitions

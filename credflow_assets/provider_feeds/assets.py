@@ -609,8 +609,9 @@ def _feed(context, ref: FileRef) -> ProviderFeed:
     try:
         return getattr(context.resources, provider_feed_resource_key(ref.provider))
     except Exception:  # noqa: BLE001 - Dagster raises its own error for an unknown resource
-        raise file_failure(ref, "find the provider", f"provider {ref.provider!r} is not in "
-                           "the config", transient=False) from None
+        raise file_failure(ref, "find the provider", f"provider {ref.provider!r} is not this "
+                           "job's provider, or not in the config; rerun the file from its own "
+                           "provider's job", transient=False) from None
 
 
 

@@ -83,7 +83,8 @@ class FileRef:
         try:
             provider, remote_path = parse_partition_key(key)
         except ValueError as error:
-            raise dg.Failure(description=f"partition {key!r}: {error}",
+            raise dg.Failure(description=f"partition {key!r}: {error}; rerun a partition the "
+                             "provider's sensor made", metadata={"failure_kind": "permanent"},
                              allow_retries=False) from None
         return cls(provider, remote_path)
 
