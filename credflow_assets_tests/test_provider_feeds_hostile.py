@@ -365,16 +365,23 @@ def test_a_killed_landing_is_cleaned_up_by_the_next_run_and_the_file_lands_once(
 
 
 def test_a_sensor_tick_removes_the_scratch_a_killed_process_left(hostile):
-    """No new file needed: the provider's next sensor tick cleans up."""
+    """No new file needed: the provider's next sensor tick cleans up. A directory of a run
+    this Dagster instance does not know (another stack sharing the work dir) loses its files
+    but keeps its marker, for that instance's own cleanup to fail its run."""
+    from credflow_assets.provider_feeds.scratch import OWNER_FILE
     from credflow_assets_tests.test_provider_feeds_units import _MAKE_SCRATCH_AND_DIE
 
-    killed = subprocess.run([sys.executable, "-c", _MAKE_SCRATCH_AND_DIE,
-                             str(hostile["scratch"])], capture_output=True, text=True)
-    left = Path(killed.stdout.strip())
-    assert (left / "plain.csv").read_bytes() == b"personal data"
+    left = {}
+    for run_id in ("", "run-of-another-instance"):
+        killed = subprocess.run([sys.executable, "-c", _MAKE_SCRATCH_AND_DIE,
+                                 str(hostile["scratch"]), *([run_id] if run_id else [])],
+                                capture_output=True, text=True)
+        left[run_id] = Path(killed.stdout.strip())
+        assert (left[run_id] / "plain.csv").read_bytes() == b"personal data"
 
     report = sync(hostile["defs"], hostile["instance"], progress=lambda line: None,
                   sensor_names=["provider_feed_ratio_feed_sensor"])
 
     assert report.sensor_errors == {} and report.runs == []
-    assert not left.exists()
+    assert not left[""].exists()
+    assert [path.name for path in left["run-of-another-instance"].iterdir()] == [OWNER_FILE]

@@ -545,7 +545,7 @@ def test_landing_caps_malloc_arenas_unless_the_operator_set_them(operator_settin
 _MAKE_SCRATCH_AND_DIE = """
 import os, signal, sys
 from credflow_assets.provider_feeds.scratch import make_scratch_dir
-path = make_scratch_dir(sys.argv[1], "acme", run_id="run-1")
+path = make_scratch_dir(sys.argv[1], "acme", run_id=sys.argv[2] if sys.argv[2:] else None)
 (path / "plain.csv").write_bytes(b"personal data")
 print(path, flush=True)
 os.kill(os.getpid(), signal.SIGKILL)
@@ -566,7 +566,7 @@ def test_a_scratch_directory_names_its_process_and_is_dead_only_when_that_proces
     assert (mine.stat().st_mode & 0o777) == 0o700
     assert read_owner(mine).run_id == "run-0"
 
-    killed = subprocess.Popen([sys.executable, "-c", _MAKE_SCRATCH_AND_DIE, str(work)],
+    killed = subprocess.Popen([sys.executable, "-c", _MAKE_SCRATCH_AND_DIE, str(work), "run-1"],
                               stdout=subprocess.PIPE, text=True)
     theirs = Path(killed.stdout.readline().strip())
     killed.stdout.close()

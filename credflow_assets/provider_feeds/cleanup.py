@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Optional
@@ -37,6 +38,8 @@ FINISHED = [dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED,
             dg.DagsterRunStatus.SUCCESS]
 # Older runs' uploads are the lifecycle rule's (1 day): no need to look further back.
 LOOKBACK = timedelta(days=3)
+# A marker of a run this instance does not know is kept this long for the instance that does.
+FOREIGN_MARKER_AGE = timedelta(days=7)
 # The daemon ticks several providers' sensors in threads of one process: one cleanup at a time,
 # so that a dead run is failed once.
 _one_at_a_time = threading.Lock()
@@ -50,7 +53,9 @@ def clean_up_after_dead_runs(instance: dg.DagsterInstance, client: Any,
     try:
         with _one_at_a_time:
             for path, owner in dead_scratch_dirs(work_dir):
-                done.append(_remove_scratch(instance, path, owner))
+                line = _remove_scratch(instance, path, owner)
+                if line is not None:
+                    done.append(line)
             done += _abort_uploads_of_finished_runs(instance, client)
     except Exception as error:  # noqa: BLE001 - housekeeping must not fail a run or a tick
         log.warning(f"provider feeds: cleaning up after dead runs stopped: {error}; "
@@ -60,13 +65,26 @@ def clean_up_after_dead_runs(instance: dg.DagsterInstance, client: Any,
     return done
 
 
-def _remove_scratch(instance: dg.DagsterInstance, path: Path, owner: Owner) -> str:
+def _remove_scratch(instance: dg.DagsterInstance, path: Path, owner: Owner) -> Optional[str]:
+    """Remove a dead process's scratch directory and fail its run; None when there was
+    nothing left to do."""
     files, size = _contents(path)
+    run = instance.get_run_by_id(owner.run_id) if owner.run_id else None
+    if owner.run_id and run is None and not _older_than(path / OWNER_FILE, FOREIGN_MARKER_AGE):
+        # A run of another Dagster instance sharing this work dir (two local stacks, say):
+        # its files go now, but its marker stays until that instance's own cleanup fails the
+        # run and aborts its uploads.
+        _remove_all_but(path, OWNER_FILE)
+        if not files:
+            return None
+        return (f"provider feeds: removed {files} file(s), {size:,} bytes, from {path.name}, "
+                f"the scratch directory of a process that is gone (pid {owner.pid}, run "
+                f"{owner.run_id} of another Dagster instance, whose next provider run removes "
+                "the rest)")
     shutil.rmtree(path, ignore_errors=True)
     line = (f"provider feeds: removed {path.name}, the scratch directory of a process that is "
             f"gone (pid {owner.pid}" + (f", run {owner.run_id}" if owner.run_id else "")
             + f"): {files} file(s), {size:,} bytes")
-    run = instance.get_run_by_id(owner.run_id) if owner.run_id else None
     if run is not None and not run.is_finished:
         instance.report_run_failed(run, message=(
             f"The process running this run (pid {owner.pid}) died while the run was under "
@@ -74,6 +92,23 @@ def _remove_scratch(instance: dg.DagsterInstance, path: Path, owner: Owner) -> s
             "uploads are aborted; nothing it was landing was kept. Rerun the file."))
         line += f"; run {run.run_id} marked failed (its process is gone)"
     return line
+
+
+def _remove_all_but(path: Path, keep: str) -> None:
+    for item in path.iterdir():
+        if item.name == keep:
+            continue
+        if item.is_dir() and not item.is_symlink():
+            shutil.rmtree(item, ignore_errors=True)
+        else:
+            item.unlink(missing_ok=True)
+
+
+def _older_than(path: Path, age: timedelta) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime > age.total_seconds()
+    except OSError:
+        return True
 
 
 def _abort_uploads_of_finished_runs(instance: dg.DagsterInstance, client: Any) -> list[str]:
