@@ -112,7 +112,8 @@ def file_failure(
     transient: Optional[bool] = None,
     log: Any = None,
 ) -> dg.Failure:
-    """A Failure for one file: `provider P: file F: {stage} failed: {cause}`.
+    """A Failure for one file: `provider P: file F: {stage} failed: {cause}. {what to do}`
+    (or one of the two whole-sentence forms of the module docstring), with `failure_kind`.
 
     Raise it `from None`: Dagster (and `credflow sync`) report the innermost cause of a
     failure, which must be this message rather than the library error it rephrases. An error
