@@ -131,7 +131,7 @@ def child_credflow(options: dict) -> None:
 
     from credflow_assets.config import load_config
     from credflow_assets.definitions import build_definitions
-    from credflow_assets.provider_feeds.assets import LANDED_KEY, RAW_KEY
+    from credflow_assets.provider_feeds.naming import landed_asset_key, raw_asset_key
     from credflow_assets.sync import sync
 
     profile = options.get("profile")
@@ -152,9 +152,10 @@ def child_credflow(options: dict) -> None:
             profiler.stop()
             Path(profile).write_text(profiler.output_text(unicode=True, show_all=False))
         stages: dict[str, float] = {}
-        for key, names in ((RAW_KEY, ("download", "upload")),
-                           (LANDED_KEY, ("fetch_raw", "verify", "decrypt", "decompress",
-                                         "upload"))):
+        for stage, key, names in (
+                ("raw", raw_asset_key(PROVIDER), ("download", "upload")),
+                ("landed", landed_asset_key(PROVIDER),
+                 ("fetch_raw", "verify", "decrypt", "decompress", "upload"))):
             records = instance.fetch_materializations(
                 dg.AssetRecordsFilter(asset_key=key), limit=1000).records
             run_ids = {run.run_id for run in report.runs}
@@ -166,7 +167,7 @@ def child_credflow(options: dict) -> None:
                 for name in names:
                     value = metadata.get(f"seconds_{name}")
                     if value is not None:
-                        label = f"{key.path[-1]}.{name}"
+                        label = f"{stage}.{name}"
                         if name == "decompress" and overlapped is not None and overlapped.value:
                             label += " (within upload)"
                         stages[label] = stages.get(label, 0.0) + float(value.value)

@@ -163,8 +163,12 @@ class ProviderConfig(_Model):
     # The provider's public key (armored): detached `.sig` files are verified against it.
     signing_key_file: StrSetting | None = None
     require_signature: bool = False
-    # Decompression stops past this many bytes extracted from one file (zip/gzip bombs).
+    # Unpacking stops past this many bytes from one file, at any stage: gpg's plaintext, each
+    # decompressed layer, an archive's members together (zip/gzip/OpenPGP bombs).
     max_extracted_bytes: int = Field(10 * 1024**3, gt=0)
+    # ... and past this many times the file's size as received (after the first MiB): real
+    # rosters compress 3-10 times, bombs a thousand times and more.
+    max_expansion_ratio: float = Field(200, gt=0)
 
     @field_validator("name")
     @classmethod

@@ -1,14 +1,12 @@
-"""The dynamic partition definitions shared by a whole flow: one partition per therapist or per
-provider file. A drive feed's and a staged table's own sets are named in their flow's
-settings (`feed_partitions`, `table_partitions`): each holds only that feed's or table's files."""
+"""The dynamic partition definition shared by a whole flow: one partition per therapist. A drive
+feed's, a provider's and a staged table's own sets are named in their flow's names module
+(`feed_partitions`, `provider_partitions`, `table_partitions`): each holds only that feed's,
+provider's or table's files."""
 
 import dagster as dg
 
 # Keyed by the therapist id from the signup database (the S3 prefix of their uploads).
 therapist_partitions = dg.DynamicPartitionsDefinition(name="therapists")
-
-# Keyed `{provider}/{remote path}`: one partition per file a provider dropped on SFTP.
-provider_file_partitions = dg.DynamicPartitionsDefinition(name="provider_files")
 
 
 def is_valid_partition_key(key: str) -> bool:

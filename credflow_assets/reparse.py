@@ -75,7 +75,8 @@ def _staged_table(key: str) -> str:
 
 def _flows() -> dict[str, FlowTarget]:
     from credflow_assets.drive_feeds import settings as feeds
-    from credflow_assets.partitions import provider_file_partitions, therapist_partitions
+    from credflow_assets.partitions import therapist_partitions
+    from credflow_assets.provider_feeds import naming as providers
     from credflow_assets.staged_tables import settings as tables
 
     return {
@@ -90,9 +91,9 @@ def _flows() -> dict[str, FlowTarget]:
             _first_segment, feeds.job_name, lane_of=_first_segment),
         "provider_feeds": FlowTarget(
             "provider", lambda config: [provider.name for provider in config.providers],
-            lambda _: provider_file_partitions.name,
-            lambda _: dg.AssetKey(["s3", "provider_feeds", "raw"]),
-            _first_segment, lambda _: "provider_feeds_job", lane_of=_first_segment),
+            lambda provider: providers.provider_partitions(provider).name,
+            providers.raw_asset_key, _first_segment, providers.job_name,
+            lane_of=_first_segment),
         "staged_tables": FlowTarget(
             "table", lambda config: [table.name for table in config.staged_tables.tables],
             lambda table: tables.table_partitions(table).name, tables.staging_file_key,

@@ -661,8 +661,8 @@ def _drop_provider_file(ui: DagsterUI, token: str) -> ProcessedFile:
     finally:
         kill_agent(sender)
         shutil.rmtree(sender, ignore_errors=True)
-    landed_key = flow_name("provider_feeds", "LANDED_KEY", "credflow_assets.provider_feeds.assets",
-                           arg=provider.name)
+    landed_key = flow_name("provider_feeds", "landed_asset_key",
+                           "credflow_assets.provider_feeds.naming", arg=provider.name)
     return ProcessedFile(
         "provider_feeds", name, f"sftp:{provider.remote_dir}/{name}", time.time(),
         {"provider": provider.name, "folder": provider.folder, "remote_name": name,

@@ -95,6 +95,26 @@ def test_start_returns_a_running_server_with_a_log(moto):
     ensure_bucket(moto["endpoint_url"], LOCAL_REGION, BUCKET)  # idempotent
 
 
+def test_every_bucket_aborts_incomplete_uploads_after_a_day_and_keeps_its_policy(moto):
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=moto["endpoint_url"], region_name=LOCAL_REGION,
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    ensure_bucket(moto["endpoint_url"], LOCAL_REGION, BUCKET)
+    expire = {"ID": "someone-elses-rule", "Status": "Enabled", "Filter": {"Prefix": "tmp/"},
+              "Expiration": {"Days": 7}}
+    s3.put_bucket_lifecycle_configuration(Bucket=BUCKET, LifecycleConfiguration={"Rules": [
+        expire, *s3.get_bucket_lifecycle_configuration(Bucket=BUCKET)["Rules"]]})
+    ensure_bucket(moto["endpoint_url"], LOCAL_REGION, BUCKET)  # again: one rule of ours
+    rules = {rule["ID"]: rule for rule in
+             s3.get_bucket_lifecycle_configuration(Bucket=BUCKET)["Rules"]}
+    assert set(rules) == {"someone-elses-rule", "credflow-abort-incomplete-multipart-uploads"}
+    assert rules["credflow-abort-incomplete-multipart-uploads"][
+        "AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
+    assert rules["credflow-abort-incomplete-multipart-uploads"]["Filter"] == {"Prefix": ""}
+    assert "CredflowLocalLinks" in s3.get_bucket_policy(Bucket=BUCKET)["Policy"]
+
+
 # --- S3 -------------------------------------------------------------------------------------
 
 

@@ -6,6 +6,8 @@ import hashlib
 import os
 import shutil
 import tempfile
+import threading
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -26,9 +28,11 @@ from credflow_assets.resources.gpg import (
     GpgCorruptInput,
     GpgError,
     GpgNoSecretKey,
+    GpgOutputLimitExceeded,
     GpgResource,
 )
 
+MiB = 1024 * 1024
 PASSPHRASE = "correct horse battery staple"
 WRONG = "incorrect donkey"
 
@@ -119,6 +123,57 @@ def test_decrypt_streams_file_to_file(keys, tmp_path):
         tracemalloc.stop()
     assert peak < 4 * 1024 * 1024, f"decrypt peaked at {peak / 1e6:.1f} MB of Python memory"
     assert sha256(tmp_path / "out.bin") == sha256(plain)
+
+
+class PeakSize:
+    """The largest total size of the files in a directory while it runs (sampled every ms)."""
+
+    def __init__(self, directory: Path):
+        self.directory, self.peak, self._stop = directory, 0, threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            total = 0
+            for path in self.directory.iterdir():
+                try:
+                    total += path.stat().st_size
+                except FileNotFoundError:
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(0.001)
+
+    def __enter__(self) -> PeakSize:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def test_decryption_stops_at_max_output_bytes_and_keeps_nothing(keys, tmp_path):
+    """A compressed OpenPGP bomb (128 MiB of zeros in about 128 KB): gpg is stopped once the
+    plaintext reaches the limit, nothing past it is written, and the partial file is gone."""
+    zeros = tmp_path / "zeros.csv"
+    with open(zeros, "wb") as sparse:
+        sparse.truncate(128 * MiB)  # read as zeros, costs no disk
+    bomb = encrypt_file(keys["sender"], zeros, tmp_path / "zeros.csv.gpg", [keys["ours_fpr"]],
+                        compress=True)
+    zeros.unlink()
+    assert bomb.stat().st_size < 2 * MiB
+    out = tmp_path / "plain"
+    out.mkdir()
+    started = time.monotonic()
+    with PeakSize(out) as watched, pytest.raises(GpgOutputLimitExceeded) as refused:
+        ours(keys).decrypt_file(bomb, out / "zeros.csv", max_output_bytes=8 * MiB)
+    assert time.monotonic() - started < 5  # stopped, not decrypted whole and then refused
+    assert refused.value.limit == 8 * MiB and "8,388,608 bytes" in str(refused.value)
+    assert list(out.iterdir()) == []
+    assert 0 < watched.peak <= 8 * MiB, watched.peak
+
+    within = ours(keys).decrypt_file(bomb, out / "all.csv", max_output_bytes=128 * MiB)
+    assert within.size == 128 * MiB == (out / "all.csv").stat().st_size
 
 
 # ---------------------------------------------------------------------------- signatures

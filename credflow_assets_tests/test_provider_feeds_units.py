@@ -8,19 +8,22 @@ import csv
 import gzip
 import hashlib
 import io
+import json
 import os
 import platform
 import subprocess
 import sys
 import tarfile
+import time
 import zipfile
 from pathlib import Path
 
 import dagster as dg
 import pytest
+import yaml
 
 from credflow_assets import provider_feeds
-from credflow_assets.config import load_config
+from credflow_assets.config import CredflowConfig
 from credflow_assets.local.seed_provider_feeds import members_csv, minimal_pdf, roster_xml
 from credflow_assets.provider_feeds import handoff
 from credflow_assets.provider_feeds.failures import FileRef, file_failure, is_transient
@@ -33,6 +36,7 @@ from credflow_assets.provider_feeds.naming import (
 from credflow_assets.provider_feeds.rows import CsvRecordCounter
 from credflow_assets.provider_feeds.sensors import FeedCursor
 from credflow_assets.provider_feeds.streams import UploadSource, gunzip_chunks, single_file_name
+from credflow_assets.provider_feeds.limits import ExpansionLimit, human_size
 from credflow_assets.provider_feeds.unpack import (
     CorruptArchive,
     ExtractionLimitExceeded,
@@ -84,14 +88,14 @@ def contents(files) -> dict[str, bytes]:
 def test_gzip_tar_gz_zip_and_plain_files_unpack_to_their_contents(tmp_path):
     csv_bytes = members_csv(20)
     found, files = unpack(write(tmp_path / "a.csv.gz", gzip.compress(csv_bytes)), "a.csv.gz",
-                          tmp_path / "out1", max_bytes=MiB)
+                          tmp_path / "out1", limit=ExpansionLimit(MiB))
     assert found == "gzip" and contents(files) == {"a.csv": csv_bytes}
 
     archive = tar_bytes(("x/one.csv", b"a,b\n1,2\n"), ("./two.pdf", minimal_pdf("t")),
                         special("x", tarfile.DIRTYPE))
     for name in ("bundle.tar.gz", "bundle.tgz", "bundle.bin"):  # content decides, not only names
         found, files = unpack(write(tmp_path / name, archive), name, tmp_path / f"o-{name}",
-                              max_bytes=MiB)
+                              limit=ExpansionLimit(MiB))
         assert found == "tar.gz"
         assert contents(files) == {"x/one.csv": b"a,b\n1,2\n", "two.pdf": minimal_pdf("t")}
 
@@ -100,11 +104,12 @@ def test_gzip_tar_gz_zip_and_plain_files_unpack_to_their_contents(tmp_path):
         archive_zip.writestr("docs/roster.xml", roster_xml())
         archive_zip.writestr("docs/", "")
     found, files = unpack(write(tmp_path / "d.zip", buffer.getvalue()), "d.zip", tmp_path / "o3",
-                          max_bytes=MiB)
+                          limit=ExpansionLimit(MiB))
     assert found == "zip" and contents(files) == {"docs/roster.xml": roster_xml()}
 
     plain = write(tmp_path / "r.xml", roster_xml())
-    found, files = unpack(plain, "r.xml", tmp_path / "o4", max_bytes=10)  # no limit: not expanded
+    # A file that is not compressed is not expanded: no limit applies to it.
+    found, files = unpack(plain, "r.xml", tmp_path / "o4", limit=ExpansionLimit(10))
     assert found == "none" and files[0].path == plain
 
 
@@ -123,7 +128,7 @@ def test_unsafe_tar_members_are_refused_by_name_and_nothing_escapes(tmp_path, me
     target = tmp_path / "work" / "out"
     archive = write(tmp_path / "work" / "a.tar.gz", tar_bytes(("ok.csv", b"a\n1\n"), member))
     with pytest.raises(UnsafeMember) as caught:
-        unpack(archive, "a.tar.gz", target, max_bytes=MiB)
+        unpack(archive, "a.tar.gz", target, limit=ExpansionLimit(MiB))
     assert words in str(caught.value)
     names = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")}
     assert not any("escape" in n or "evil" in n or "passwd" in n for n in names), names
@@ -137,7 +142,7 @@ def test_unsafe_zip_members_are_refused(tmp_path):
             archive.writestr(name, b"x")
         with pytest.raises(UnsafeMember, match=words):
             unpack(write(tmp_path / "z.zip", buffer.getvalue()), "z.zip", tmp_path / "o",
-                   max_bytes=MiB)
+                   limit=ExpansionLimit(MiB))
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         link = zipfile.ZipInfo("link.csv")
@@ -145,47 +150,87 @@ def test_unsafe_zip_members_are_refused(tmp_path):
         archive.writestr(link, "/etc/passwd")
     with pytest.raises(UnsafeMember, match="'link.csv' refused: a symbolic link"):
         unpack(write(tmp_path / "l.zip", buffer.getvalue()), "l.zip", tmp_path / "o2",
-               max_bytes=MiB)
+               limit=ExpansionLimit(MiB))
     assert not (tmp_path.parent / "escape.csv").exists()
 
 
 def test_duplicate_member_names_are_refused(tmp_path):
     archive = write(tmp_path / "d.tar.gz", tar_bytes(("a.csv", b"1"), ("./a.csv", b"2")))
     with pytest.raises(UnsafeMember, match="appears twice"):
-        unpack(archive, "d.tar.gz", tmp_path / "o", max_bytes=MiB)
+        unpack(archive, "d.tar.gz", tmp_path / "o", limit=ExpansionLimit(MiB))
 
 
-def test_decompression_bombs_stop_at_the_limit(tmp_path):
+def test_decompression_bombs_stop_at_the_limit_before_writing_past_it(tmp_path):
     bomb = write(tmp_path / "bomb.csv.gz", gzip.compress(bytes(8 * MiB), compresslevel=9))
     assert bomb.stat().st_size < 64 * 1024
-    with pytest.raises(ExtractionLimitExceeded, match="more than 2,097,152 bytes"):
-        unpack(bomb, "bomb.csv.gz", tmp_path / "o1", max_bytes=2 * MiB)
+    with pytest.raises(ExtractionLimitExceeded) as refused:
+        unpack(bomb, "bomb.csv.gz", tmp_path / "o1", limit=ExpansionLimit(2 * MiB))
+    assert str(refused.value) == (
+        "the decompressed content of bomb.csv.gz passed 2 MB (max_extracted_bytes); refused, "
+        "nothing landed. A decompression bomb, or, if the file is genuine, raise the "
+        "provider's max_extracted_bytes")
     assert sum(p.stat().st_size for p in (tmp_path / "o1").iterdir()) <= 2 * MiB
 
     tar_bomb = write(tmp_path / "t.tar.gz", tar_bytes(("zeros.csv", bytes(8 * MiB))))
-    with pytest.raises(ExtractionLimitExceeded):
-        unpack(tar_bomb, "t.tar.gz", tmp_path / "o2", max_bytes=2 * MiB)
+    with pytest.raises(ExtractionLimitExceeded, match=r"archive member 'zeros.csv' of t.tar.gz "
+                       r"\(8 MB by its header\) takes the extracted content past 2 MB "
+                       r"\(max_extracted_bytes\); refused"):
+        unpack(tar_bomb, "t.tar.gz", tmp_path / "o2", limit=ExpansionLimit(2 * MiB))
+    assert sum(p.stat().st_size for p in (tmp_path / "o2").iterdir()) <= 2 * MiB
 
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for index in range(3):
             archive.writestr(f"z{index}.csv", bytes(MiB))
-    with pytest.raises(ExtractionLimitExceeded, match="'z2.csv'"):
+    with pytest.raises(ExtractionLimitExceeded, match=r"archive member 'z2.csv' of b.zip "
+                       r"\(1 MB by its header\) takes the extracted content past 2.5 MB"):
         unpack(write(tmp_path / "b.zip", buffer.getvalue()), "b.zip", tmp_path / "o3",
-               max_bytes=int(2.5 * MiB))
+               limit=ExpansionLimit(int(2.5 * MiB)))
+    assert sum(p.stat().st_size for p in (tmp_path / "o3").iterdir()) <= 2.5 * MiB
+
+
+def test_the_expansion_ratio_refuses_what_grows_too_many_times_its_size(tmp_path):
+    """8 MiB of zeros gzip to ~8 KB: a thousand times. A CSV of random values (3-10 times
+    as gzip) and any file within the first MiB pass."""
+    bomb = write(tmp_path / "bomb.csv.gz", gzip.compress(bytes(8 * MiB), compresslevel=9))
+    received = bomb.stat().st_size
+    limit = ExpansionLimit(10 * 1024**3, 200, received_bytes=received)
+    assert limit.max_bytes == max(MiB, 200 * received)
+    with pytest.raises(ExtractionLimitExceeded) as refused:
+        list(gunzip_chunks(bomb, "bomb.csv.gz", limit=limit))
+    assert str(refused.value) == (
+        f"the decompressed content of bomb.csv.gz passed {human_size(200 * received)} "
+        f"(max_expansion_ratio: 200 times the {human_size(received)} received); refused, "
+        "nothing landed. A decompression bomb, or, if the file is genuine, raise the "
+        "provider's max_expansion_ratio")
+    tiny_bomb = write(tmp_path / "tiny.gz", gzip.compress(bytes(2 * MiB), compresslevel=9))
+    with pytest.raises(ExtractionLimitExceeded, match=r"passed 1 MB \(max_expansion_ratio: 200 "
+                       r"times the \S+ KB received, at least 1 MB\)"):
+        list(gunzip_chunks(tiny_bomb, "tiny.gz", limit=ExpansionLimit(
+            10 * 1024**3, 200, received_bytes=tiny_bomb.stat().st_size)))
+
+    genuine = members_csv(60000)
+    packed = write(tmp_path / "m.csv.gz", gzip.compress(genuine))
+    assert len(genuine) > 2 * MiB and len(genuine) / packed.stat().st_size < 20
+    assert b"".join(gunzip_chunks(packed, "m.csv.gz", limit=ExpansionLimit(
+        10 * 1024**3, 200, received_bytes=packed.stat().st_size))) == genuine
+    tiny = write(tmp_path / "t.tar.gz", tar_bytes(("a.csv", b"id\n1\n")))  # mostly padding
+    found, files = unpack(tiny, "t.tar.gz", tmp_path / "o", limit=ExpansionLimit(
+        10 * 1024**3, 200, received_bytes=tiny.stat().st_size))
+    assert found == "tar.gz" and contents(files) == {"a.csv": b"id\n1\n"}
 
 
 def test_truncated_and_corrupt_archives_fail_clearly(tmp_path):
     data = gzip.compress(os.urandom(256 * 1024))
     truncated = write(tmp_path / "t.csv.gz", data[: len(data) // 2])
     with pytest.raises(CorruptArchive, match="t.csv.gz: truncated compressed data"):
-        unpack(truncated, "t.csv.gz", tmp_path / "o1", max_bytes=10 * MiB)
+        unpack(truncated, "t.csv.gz", tmp_path / "o1", limit=ExpansionLimit(10 * MiB))
     with pytest.raises(CorruptArchive, match="not.gz"):
         unpack(write(tmp_path / "not.gz", b"plain text"), "not.gz", tmp_path / "o2",
-               max_bytes=MiB)
+               limit=ExpansionLimit(MiB))
     with pytest.raises(CorruptArchive):
         unpack(write(tmp_path / "bad.zip", b"PK\x03\x04 broken"), "bad.zip", tmp_path / "o3",
-               max_bytes=MiB)
+               limit=ExpansionLimit(MiB))
 
 
 # ------------------------------------------------------------------------------ detection
@@ -249,7 +294,7 @@ def test_a_gzip_file_streams_every_member_and_fails_like_unpack(tmp_path):
     body = members_csv(300)
     members = write(tmp_path / "m.csv.gz", gzip.compress(body[:999]) + gzip.compress(body[999:])
                     + bytes(512))  # two members, then zero padding, as gunzip accepts
-    assert b"".join(gunzip_chunks(members, "m.csv.gz", max_bytes=MiB)) == body
+    assert b"".join(gunzip_chunks(members, "m.csv.gz", limit=ExpansionLimit(MiB))) == body
     assert single_file_name(members, "m.csv.gz") == ("gzip", "m.csv")
     assert single_file_name(write(tmp_path / "x.xml", roster_xml()), "x.xml") == ("none", "x.xml")
     archive = write(tmp_path / "b.bin", tar_bytes(("a.csv", b"a\n1\n")))
@@ -259,13 +304,16 @@ def test_a_gzip_file_streams_every_member_and_fails_like_unpack(tmp_path):
     data = gzip.compress(os.urandom(256 * 1024))
     truncated = write(tmp_path / "t.csv.gz", data[: len(data) // 2])
     with pytest.raises(CorruptArchive, match="t.csv.gz: truncated compressed data"):
-        list(gunzip_chunks(truncated, "t.csv.gz", max_bytes=10 * MiB))
+        list(gunzip_chunks(truncated, "t.csv.gz", limit=ExpansionLimit(10 * MiB)))
     with pytest.raises(CorruptArchive, match="not.gz: corrupt compressed data"):
-        list(gunzip_chunks(write(tmp_path / "not.gz", b"plain text"), "not.gz", max_bytes=MiB))
+        list(gunzip_chunks(write(tmp_path / "not.gz", b"plain text"), "not.gz",
+                           limit=ExpansionLimit(MiB)))
     bomb = write(tmp_path / "bomb.csv.gz", gzip.compress(bytes(8 * MiB), compresslevel=9))
-    with pytest.raises(ExtractionLimitExceeded, match="more than 2,097,152 bytes"):
-        for _ in gunzip_chunks(bomb, "bomb.csv.gz", max_bytes=2 * MiB):
-            pass
+    produced = 0
+    with pytest.raises(ExtractionLimitExceeded, match="bomb.csv.gz passed 2 MB"):
+        for chunk in gunzip_chunks(bomb, "bomb.csv.gz", limit=ExpansionLimit(2 * MiB)):
+            produced += len(chunk)
+    assert produced <= 2 * MiB  # nothing past the limit was handed to the upload
 
 
 def test_an_upload_source_hands_out_exact_parts_and_counts_what_it_hands_out(tmp_path):
@@ -387,24 +435,65 @@ def test_only_transient_sftp_and_s3_errors_are_retried():
     assert failure.allow_retries is False
     assert file_failure(ref, "download", SftpConnectionError("dropped")).allow_retries is True
 
+    # Every failure says which kind it is, and reads as a sentence with no exception class.
+    dropped = file_failure(ref, "download", SftpConnectionError("connection dropped"))
+    assert dropped.metadata["failure_kind"].value == "transient"
+    assert dropped.description == ("provider acme: file outbox/x.csv.gpg: download failed: "
+                                   "connection dropped. It is retried automatically; if it "
+                                   "keeps failing, check the server")
+    assert failure.metadata["failure_kind"].value == "permanent"
+    assert failure.description.endswith(". Ask the provider to send the file and its .sig again")
+    bug = file_failure(ref, "land", KeyError("raw_copy"))
+    assert bug.description == ("provider acme: file outbox/x.csv.gpg: land failed: unexpected "
+                               "error: 'raw_copy' (the run's log has the details)")
+    assert "KeyError" not in bug.description
+    throttled = file_failure(ref, "upload", client_error("SlowDown", 503))
+    assert "S3 request failed: " in throttled.description and "ClientError" not in (
+        throttled.description)
+    assert throttled.metadata["failure_kind"].value == "transient"
 
-def test_definitions_give_each_provider_a_sensor_and_load_with_the_code_location():
+
+def test_definitions_give_each_provider_its_assets_job_partitions_and_sensor():
     from credflow_assets.definitions import build_definitions
-    from credflow_assets.provider_feeds.assets import LANDED_KEY, RAW_KEY
+    from credflow_assets.provider_feeds.naming import (
+        job_name,
+        landed_asset_key,
+        provider_partitions,
+        raw_asset_key,
+    )
 
-    config = load_config(DEFAULT_CONFIG)
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    second = {**raw["providers"][0], "name": "beta_care", "folder": "beta_care",
+              "gpg_passphrase": {"env": "BETA_CARE_GPG_PASSPHRASE"}}
+    raw["providers"].append(second)
+    config = CredflowConfig.model_validate(raw)
     defs = build_definitions(config)
     dg.Definitions.validate_loadable(defs)
     repository = defs.get_repository_def()
-    assert {"provider_feed_acme_health_sensor", "failure_notifications"} <= {
-        sensor.name for sensor in repository.sensor_defs}
-    job = repository.get_job("provider_feeds_job")
-    assert job.partitions_def.name == "provider_files"
+    assert {"provider_feed_acme_health_sensor", "provider_feed_beta_care_sensor",
+            "failure_notifications"} <= {sensor.name for sensor in repository.sensor_defs}
     specs = {spec.key: spec for spec in defs.resolve_all_asset_specs()}
-    assert specs[RAW_KEY].group_name == specs[LANDED_KEY].group_name == "provider_feeds"
-    assert [dep.asset_key for dep in specs[LANDED_KEY].deps] == [RAW_KEY]
-    for key in (RAW_KEY, LANDED_KEY):
-        assert defs.resolve_assets_def(key).op.retry_policy.max_retries == 3
+    for provider in ("acme_health", "beta_care"):
+        raw_key, landed = raw_asset_key(provider), landed_asset_key(provider)
+        assert raw_key.path == ["s3", "provider_feeds", f"{provider}_raw"]
+        job = repository.get_job(job_name(provider))
+        assert job.partitions_def.name == provider_partitions(provider).name == (
+            f"provider_{provider}_files")
+        assert specs[raw_key].group_name == specs[landed].group_name == "provider_feeds"
+        assert [dep.asset_key for dep in specs[landed].deps] == [raw_key]
+        for key in (raw_key, landed):
+            assets_def = defs.resolve_assets_def(key)
+            assert assets_def.op.retry_policy.max_retries == 3
+            # Only its own provider's resources: another provider's secrets never matter.
+            assert {key for key in assets_def.required_resource_keys
+                    if "acme" in key or "beta" in key} <= {
+                f"provider_feed_{provider}", f"sftp_{provider}"}
+    # Every run of a provider carries its tags, whatever launched it.
+    from credflow_assets.run_tags import flow_run_tags
+    assert flow_run_tags("provider_feed_beta_care_job", None, "beta_care/outbox/a.csv") == {
+        "credflow/provider": "beta_care", "credflow/remote_path": "outbox/a.csv"}
+    assert flow_run_tags("__ASSET_JOB", [landed_asset_key("beta_care")],
+                         "beta_care/outbox/a.csv")["credflow/provider"] == "beta_care"
 
 
 # Eight threads alive at once, each allocating on the C heap, then glibc's own count of arenas.
@@ -449,3 +538,60 @@ def test_landing_caps_malloc_arenas_unless_the_operator_set_them(operator_settin
     result = subprocess.run([sys.executable, "-c", _COUNT_ARENAS], env=env, capture_output=True,
                             text=True, check=True)
     assert result.stdout.strip() == expected
+
+
+# ------------------------------------------------------------------------------ scratch owners
+
+_MAKE_SCRATCH_AND_DIE = """
+import os, signal, sys
+from credflow_assets.provider_feeds.scratch import make_scratch_dir
+path = make_scratch_dir(sys.argv[1], "acme", run_id=sys.argv[2] if sys.argv[2:] else None)
+(path / "plain.csv").write_bytes(b"personal data")
+print(path, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_scratch_directory_names_its_process_and_is_dead_only_when_that_process_is(tmp_path):
+    from credflow_assets.provider_feeds.scratch import (
+        OWNER_FILE,
+        dead_scratch_dirs,
+        make_scratch_dir,
+        read_owner,
+    )
+
+    work = tmp_path / "work"
+    mine = make_scratch_dir(str(work), "acme", run_id="run-0")
+    assert mine.name.startswith(f"credflow-provider-acme-p{os.getpid()}-")
+    assert (mine.stat().st_mode & 0o777) == 0o700
+    assert read_owner(mine).run_id == "run-0"
+
+    killed = subprocess.Popen([sys.executable, "-c", _MAKE_SCRATCH_AND_DIE, str(work), "run-1"],
+                              stdout=subprocess.PIPE, text=True)
+    theirs = Path(killed.stdout.readline().strip())
+    killed.stdout.close()
+    time.sleep(0.2)  # killed, not reaped yet: a zombie runs no code, so it counts as dead
+    assert [(path, owner.run_id) for path, owner in dead_scratch_dirs(str(work))] == [
+        (theirs, "run-1")]
+    killed.wait()
+    assert [path for path, _ in dead_scratch_dirs(str(work))] == [theirs]
+
+    # A live process under the same pid (reused) is not the owner; another host's is never
+    # judged; a directory of an older credflow, with no owner, is left alone.
+    marker = json.loads((theirs / OWNER_FILE).read_text())
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        for name, owner, dead in (
+                ("reused", {**marker, "pid": sleeper.pid, "started": "1"}, True),
+                ("alive", {**marker, "pid": sleeper.pid, "started": None}, False),
+                ("elsewhere", {**marker, "host": "another-machine"}, False)):
+            directory = work / f"credflow-provider-acme-{name}-p{owner['pid']}-x"
+            directory.mkdir()
+            (directory / OWNER_FILE).write_text(json.dumps(owner))
+            assert (directory in [path for path, _ in dead_scratch_dirs(str(work))]) is dead, name
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    (work / "credflow-provider-acme-legacy").mkdir()
+    dead = {path.name for path, _ in dead_scratch_dirs(str(work))}
+    assert mine.name not in dead and "credflow-provider-acme-legacy" not in dead

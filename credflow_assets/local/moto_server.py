@@ -143,6 +143,35 @@ def ensure_bucket(endpoint_url: str, region: str, bucket: str) -> None:
     # this server, opened by a browser with no credentials; on AWS they are console pages, where
     # the person is signed in. The server listens on 127.0.0.1 only.
     s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(_read_without_credentials(bucket)))
+    _abort_incomplete_uploads(s3, bucket)
+
+
+# A multipart upload whose process died (kill -9, a lost machine) keeps its parts until it is
+# aborted. credflow aborts the ones its runs recorded (provider_feeds/cleanup.py); this rule,
+# set on every bucket as production should (README, "Pointing at real AWS"), removes any other
+# after a day.
+ABORT_INCOMPLETE_UPLOADS_RULE = {
+    "ID": "credflow-abort-incomplete-multipart-uploads",
+    "Status": "Enabled",
+    "Filter": {"Prefix": ""},
+    "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+}
+
+
+def _abort_incomplete_uploads(s3, bucket: str) -> None:
+    """Add `ABORT_INCOMPLETE_UPLOADS_RULE` to the bucket's lifecycle, keeping its other rules
+    (a put replaces the whole configuration)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        rules = s3.get_bucket_lifecycle_configuration(Bucket=bucket).get("Rules", [])
+    except ClientError as error:
+        if error.response["Error"]["Code"] != "NoSuchLifecycleConfiguration":
+            raise
+        rules = []
+    rules = [rule for rule in rules if rule.get("ID") != ABORT_INCOMPLETE_UPLOADS_RULE["ID"]]
+    s3.put_bucket_lifecycle_configuration(
+        Bucket=bucket, LifecycleConfiguration={"Rules": [*rules, ABORT_INCOMPLETE_UPLOADS_RULE]})
 
 
 def _read_without_credentials(bucket: str) -> dict[str, Any]:

@@ -1,13 +1,18 @@
 """Provider SFTP feeds → immutable raw copies → verified, decrypted, decompressed files in S3
 (source doc 002).
 
-Reads top to bottom: sensors.py (one sensor per provider lists its SFTP directory) →
-assets.py (`raw`: the file as downloaded; `landed`: verified, decrypted, decompressed, typed) →
-failures.py (one clear message per failed file; only transient errors retried). unpack.py holds
-the pure file transforms (safe extraction, bomb limits, type detection, CSV row counts),
-naming.py the partition, run and S3 keys, settings.py the resources.
+Reads top to bottom: naming.py (every asset key, job, partition set and S3 key, written once)
+→ sensors.py (one sensor per provider lists its SFTP directory) → assets.py (per provider,
+`raw`: the file as downloaded; `landed`: verified, decrypted, decompressed, typed) →
+failures.py (one clear message per failed file; only transient errors retried). unpack.py and
+streams.py hold the pure file transforms (safe extraction, type detection, CSV row counts),
+limits.py how big a file may become at every stage of unpacking, metadata.py what each
+materialization reports, settings.py the resources. scratch.py, open_uploads.py and cleanup.py
+make sure a killed run leaves nothing behind: no scratch files, no run left "started", no open
+multipart upload.
 
-Adding a provider is a config entry: its sensor, its feed resource and its partitions follow.
+Adding a provider is a config entry: its assets, job, partitions, sensor and feed resource
+follow.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ def build_defs(
 
     from credflow_assets.provider_feeds.assets import (
         build_provider_feed_assets,
-        provider_feeds_job,
+        build_provider_job,
     )
     from credflow_assets.provider_feeds.sensors import build_provider_sensor
     from credflow_assets.provider_feeds.settings import (
@@ -41,28 +46,42 @@ def build_defs(
         ProviderFeedsSettings,
         provider_feed_resource_key,
     )
-    from credflow_assets.resources.from_config import setting
+    from credflow_assets.config import EnvRef
 
     resources = {
         SETTINGS_KEY: settings or ProviderFeedsSettings(bucket=config.buckets.provider_data,
                                                         logs_bucket=config.buckets.logs),
     }
     for provider in config.providers:
+        # GPG settings from the environment are read by the resource when the landing uses
+        # them, so that a missing one fails this provider's files with its own sentence.
+        from_env: dict[str, str] = {}
+
+        def lazily(field: str, value):
+            if isinstance(value, EnvRef):
+                from_env[field] = value.env
+                return None
+            return value
+
         resources[provider_feed_resource_key(provider.name)] = ProviderFeed(
             name=provider.name,
             remote_dir=provider.remote_dir,
             pattern=provider.pattern,
             folder=provider.folder,
-            gpg_homedir=setting(config.gpg.homedir),
+            gpg_homedir=lazily("gpg_homedir", config.gpg.homedir),
             # The passphrase of the key this provider encrypts to; credflow's own by default.
-            gpg_passphrase=setting(provider.gpg_passphrase or config.gpg.passphrase),
-            signing_key_file=setting(provider.signing_key_file),
+            gpg_passphrase=lazily("gpg_passphrase",
+                                  provider.gpg_passphrase or config.gpg.passphrase),
+            signing_key_file=lazily("signing_key_file", provider.signing_key_file),
+            from_env=from_env,
             require_signature=provider.require_signature,
             max_extracted_bytes=provider.max_extracted_bytes,
+            max_expansion_ratio=provider.max_expansion_ratio,
         )
     return dg.Definitions(
-        assets=build_provider_feed_assets(list(config.providers)),
-        jobs=[provider_feeds_job],
+        assets=[asset for provider in config.providers
+                for asset in build_provider_feed_assets(provider)],
+        jobs=[build_provider_job(provider) for provider in config.providers],
         sensors=[
             *(build_provider_sensor(provider) for provider in config.providers),
         ],

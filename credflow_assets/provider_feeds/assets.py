@@ -1,22 +1,27 @@
 """A provider's file → its immutable raw copy in S3 → verified, decrypted, decompressed, landed.
 
-One partition per file (`{provider}/{remote path}`). Two assets, run together by
-`provider_feeds_job`:
+One partition per file (`{provider}/{remote path}`), in the provider's own partition set. Two
+assets per provider, run together by the provider's job (names: naming.py):
 
-- `["s3","provider_feeds","raw"]` downloads the file (and its `.sig`) from the provider's SFTP
+- `s3/provider_feeds/{provider}_raw` downloads the file (and its `.sig`) from the provider's SFTP
   server into `raw/{provider}/{date of mtime}/{name}`, with size and sha256. Raw copies are never
   overwritten. A rerun whose raw copy exists reuses it without contacting the SFTP server
   (providers delete files).
-- `["s3","provider_feeds","landed"]` reads only the raw copy: verifies the signature, decrypts,
+- `s3/provider_feeds/{provider}_landed` reads only the raw copy: verifies the signature, decrypts,
   decompresses and uploads each resulting file to `data/{csv|pdf|xml|other}/{folder}/{name}`.
+
+Each asset requires only its own provider's resources, so a provider whose SFTP server or
+secret is missing fails its own files and no one else's.
 
 Files stream through a scratch directory: SFTP → disk → S3 raw copy; raw copy → gpg → disk →
 decompress, count CSV records and multipart upload in one pass (`streams.py`; archives are
 extracted to disk first, so that an unsafe member refuses the whole archive before anything
-lands). The raw copy comes from S3, or, right after the raw step of the same run in the same
-process, from that step's local file once it matches the recorded key, size and sha256
-(`handoff.py`). The scratch directory goes away after every file, whether it landed or
-failed. Every failure names the provider, the file and the cause.
+lands). Every layer (gpg's plaintext, each decompression, each archive member) stops past the
+provider's limits (`limits.py`). The raw copy comes from S3, or, right after the raw step of the
+same run in the same process, from that step's local file once it matches the recorded key,
+size and sha256 (`handoff.py`). The scratch directory goes away after every file, whether it
+landed or failed, and a dead run's is removed by the next run (`scratch.py`). Every failure
+names the provider, the file and the cause.
 """
 
 
@@ -35,20 +40,33 @@ import dagster as dg
 from credflow_assets.config import ProviderConfig
 from credflow_assets.materializations import latest_metadata_value
 from credflow_assets.parse_logs import logged_events
-from credflow_assets.partitions import provider_file_partitions
 from credflow_assets.provider_feeds import handoff
-from credflow_assets.provider_feeds.failures import FileRef, file_failure
+from credflow_assets.provider_feeds.cleanup import clean_up_after_dead_runs
+from credflow_assets.provider_feeds.failures import FileRef, RawCopyDamaged, file_failure
+from credflow_assets.provider_feeds.limits import (
+    ExpansionLimit,
+    ExtractionLimitExceeded,
+    human_size,
+)
 from credflow_assets.provider_feeds.memory import limit_malloc_arenas, release_freed_memory
+from credflow_assets.provider_feeds.metadata import landed_metadata, raw_result
+from credflow_assets.provider_feeds.open_uploads import RunUploads
 from credflow_assets.provider_feeds.naming import (
+    GROUP,
     SIGNATURE_SUFFIX,
     RemoteIdentity,
+    job_name,
+    landed_asset_key,
     landed_key,
-    mtime_date,
+    parse_partition_key,
+    provider_partitions,
+    raw_asset_key,
     raw_keys,
     signature_keys,
 )
 from credflow_assets.provider_feeds.settings import (
     SETTINGS_KEY,
+    MissingVariable,
     ProviderFeed,
     ProviderFeedsSettings,
     provider_feed_resource_key,
@@ -72,17 +90,13 @@ from credflow_assets.provider_feeds.unpack import (
 from credflow_assets.resources.from_config import sftp_resource_key
 from credflow_assets.resources.s3 import (
     head_object_or_none,
-    object_url,
     s3_uri,
     transfer_config,
     upload_stream,
 )
+from credflow_assets.resources.gpg import GpgOutputLimitExceeded
 from credflow_assets.resources.sftp import SftpNoSuchFile
 
-GROUP = "provider_feeds"
-RAW_KEY = dg.AssetKey(["s3", "provider_feeds", "raw"])
-LANDED_KEY = dg.AssetKey(["s3", "provider_feeds", "landed"])
-JOB_NAME = "provider_feeds_job"
 HASH_CHUNK = 1024 * 1024
 PROGRESS_LOG_SECONDS = 15
 
@@ -91,57 +105,64 @@ RETRY_POLICY = dg.RetryPolicy(
     max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
 )
 
-provider_feeds_job = dg.define_asset_job(
-    JOB_NAME,
-    selection=dg.AssetSelection.assets(RAW_KEY, LANDED_KEY),
-    executor_def=dg.in_process_executor,
-    description="One provider file: download the raw copy, then verify, decrypt, decompress "
-    "and land it.",
-)
+
+def build_provider_job(provider: ProviderConfig):
+    """One file of `provider` per run: its raw copy, then its landing."""
+    return dg.define_asset_job(
+        job_name(provider.name),
+        selection=dg.AssetSelection.assets(raw_asset_key(provider.name),
+                                           landed_asset_key(provider.name)),
+        executor_def=dg.in_process_executor,
+        description=f"One file of provider {provider.name}: download the raw copy, then "
+        "verify, decrypt, decompress and land it.",
+    )
 
 
-def build_provider_feed_assets(providers: list[ProviderConfig]) -> list[dg.AssetsDefinition]:
-    """The two assets, partitioned over every provider's files.
-
-    A partition names its provider, so the assets require the feed resource of every
-    configured provider (and the raw asset their SFTP resources) and pick one per run.
-    """
-    sftp_keys = {provider.name: sftp_resource_key(provider) for provider in providers}
-    feed_keys = {provider_feed_resource_key(provider.name) for provider in providers}
+def build_provider_feed_assets(provider: ProviderConfig) -> list[dg.AssetsDefinition]:
+    """The two assets of one provider, over its own files, requiring only its resources."""
+    sftp_key = sftp_resource_key(provider)
+    feed_key = provider_feed_resource_key(provider.name)
+    partitions = provider_partitions(provider.name)
+    raw_key, landed = raw_asset_key(provider.name), landed_asset_key(provider.name)
 
     @dg.asset(
-        key=RAW_KEY,
-        partitions_def=provider_file_partitions,
+        key=raw_key,
+        partitions_def=partitions,
         group_name=GROUP,
         kinds={"s3", "sftp"},
         retry_policy=RETRY_POLICY,
-        required_resource_keys={"s3", SETTINGS_KEY, *feed_keys, *sftp_keys.values()},
-        description="The provider's file exactly as downloaded, stored immutably at "
-        "raw/{provider}/{date}/{name} with its size and sha256 (and its .sig beside it).",
+        required_resource_keys={"s3", SETTINGS_KEY, feed_key, sftp_key},
+        description=f"A file of provider {provider.name} exactly as downloaded, stored "
+        f"immutably at raw/{provider.name}/{{date}}/{{name}} with its size and sha256 (and its "
+        ".sig beside it).",
     )
     def provider_file_raw(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         with _one_file_failure(context, "store the raw copy"):
-            return materialize_raw(context, sftp_keys)
+            return materialize_raw(context, sftp_key)
 
     @dg.asset(
-        key=LANDED_KEY,
-        deps=[RAW_KEY],
-        partitions_def=provider_file_partitions,
+        key=landed,
+        deps=[raw_key],
+        partitions_def=partitions,
         group_name=GROUP,
         kinds={"s3", "csv", "pdf"},
         retry_policy=RETRY_POLICY,
-        required_resource_keys={"s3", SETTINGS_KEY, *feed_keys},
-        description="The raw copy verified, decrypted and decompressed; every resulting file at "
-        "data/{csv|pdf|xml|other}/{provider folder}/{name}.",
+        required_resource_keys={"s3", SETTINGS_KEY, feed_key},
+        description=f"A file of provider {provider.name}: its raw copy verified, decrypted and "
+        f"decompressed; every resulting file at data/{{csv|pdf|xml|other}}/{provider.folder}/"
+        "{name}.",
     )
     def provider_file_landed(context: dg.AssetExecutionContext):
         settings: ProviderFeedsSettings = getattr(context.resources, SETTINGS_KEY)
         yield from logged_events(context, _land(context), flow=GROUP,
-                                 s3_client=_s3_client(context), bucket=settings.logs_bucket)
+                                 s3_client=s3_client_of(context), bucket=settings.logs_bucket)
 
     def _land(context: dg.AssetExecutionContext):
-        with _one_file_failure(context, "land"):
-            yield materialize_landed(context)
+        try:
+            with _one_file_failure(context, "land"):
+                yield materialize_landed(context)
+        finally:  # the raw step's file, if the landing failed before it took it
+            handoff.discard(context.run.run_id, context.partition_key)
 
     return [provider_file_raw, provider_file_landed]
 
@@ -149,12 +170,12 @@ def build_provider_feed_assets(providers: list[ProviderConfig]) -> list[dg.Asset
 # ------------------------------------------------------------------------------ raw
 
 
-def materialize_raw(context: dg.AssetExecutionContext,
-                    sftp_keys: dict[str, str]) -> dg.MaterializeResult:
+def materialize_raw(context: dg.AssetExecutionContext, sftp_key: str) -> dg.MaterializeResult:
     ref = FileRef.from_partition_key(context.partition_key)
     _feed(context, ref)  # fails at once for a provider that is not in the config
     settings: ProviderFeedsSettings = getattr(context.resources, SETTINGS_KEY)
-    client = _s3_client(context)
+    client = s3_client_of(context)
+    clean_up_after_dead_runs(context.instance, client, settings.work_dir, context.log)
     wanted = RemoteIdentity.from_tags(context.run.tags)
     recorded = latest_raw_copy(context.instance, context.partition_key)
 
@@ -169,12 +190,12 @@ def materialize_raw(context: dg.AssetExecutionContext,
                 f"{ref}: raw copy {s3_uri(recorded['bucket'], recorded['key'])} already stored "
                 "(size and mtime match); the SFTP server is not contacted"
             )
-            return _raw_result(client, recorded, reused=True, seconds={})
+            return raw_result(client, recorded, reused=True, seconds={})
         context.log.warning(f"{ref}: raw copy incomplete in S3 (missing {missing}); fetching again")
 
-    sftp = getattr(context.resources, sftp_keys[ref.provider])
+    sftp = getattr(context.resources, sftp_key)
     seconds: dict[str, float] = {}
-    with settings.scratch(ref.provider) as work:
+    with settings.scratch(ref.provider, run_id=context.run.run_id) as work:
         try:
             with sftp.open_session() as session:
                 copy = _fetch_raw(context, session, client, settings, ref, wanted, work, seconds)
@@ -183,7 +204,7 @@ def materialize_raw(context: dg.AssetExecutionContext,
         except Exception as error:  # noqa: BLE001 - classified in file_failure
             raise file_failure(ref, "download", error, scrub={f"{work}/": ""},
                                log=context.log) from None
-    return _raw_result(client, copy, reused=False, seconds=seconds)
+    return raw_result(client, copy, reused=False, seconds=seconds)
 
 
 def _fetch_raw(context, session, client, settings: ProviderFeedsSettings, ref: FileRef,
@@ -247,7 +268,7 @@ def _store_version(context, session, client, settings: ProviderFeedsSettings, re
 
     local = work / posixpath.basename(remote_path)
     started = time.monotonic()
-    context.log.info(f"{ref}: downloading {remote_path} ({_size(remote.size)})")
+    context.log.info(f"{ref}: downloading {remote_path} ({human_size(remote.size)})")
     result = session.download(remote_path, local, progress=_progress(context, ref, remote_path))
     seconds["download"] = seconds.get("download", 0.0) + time.monotonic() - started
     if (result.size, result.mtime) != (remote.size, remote.mtime):
@@ -261,6 +282,7 @@ def _store_version(context, session, client, settings: ProviderFeedsSettings, re
             client, stream, bucket, target,
             max_concurrency=settings.upload_concurrency,
             part_size=settings.part_size(remote.size),
+            **RunUploads(context.instance, context.run.run_id, bucket).callbacks(target),
             extra_args={
                 "ContentType": "application/octet-stream",
                 "Metadata": {
@@ -275,7 +297,7 @@ def _store_version(context, session, client, settings: ProviderFeedsSettings, re
     seconds["upload"] = seconds.get("upload", 0.0) + time.monotonic() - started
     release_freed_memory()  # the upload's freed part buffers (see memory.py)
     context.log.info(
-        f"{ref}: downloaded {remote_path} ({_size(result.size)}) in {result.seconds:.1f}s"
+        f"{ref}: downloaded {remote_path} ({human_size(result.size)}) in {result.seconds:.1f}s"
         + (f", resumed at {list(result.resumed_from)}" if result.resumed else "")
         + f"; raw copy stored at {s3_uri(bucket, target)} (sha256 {digest[:16]}…) in "
         f"{time.monotonic() - started:.1f}s")
@@ -293,7 +315,7 @@ def _store_version(context, session, client, settings: ProviderFeedsSettings, re
 def _keeper(context, settings: ProviderFeedsSettings, ref: FileRef):
     """Hands the downloaded file to this run's landed step, unless the run leaves it out."""
     selection = context.run.asset_selection  # None or empty: the whole job
-    if selection and LANDED_KEY not in selection:
+    if selection and landed_asset_key(ref.provider) not in selection:
         return None
     instance = context.instance
 
@@ -309,36 +331,10 @@ def _keeper(context, settings: ProviderFeedsSettings, ref: FileRef):
     return keep
 
 
-def _raw_result(client, copy: dict[str, Any], *, reused: bool,
-                seconds: dict[str, float]) -> dg.MaterializeResult:
-    signature = copy.get("signature")
-    links = {"raw_url": dg.MetadataValue.url(object_url(client, copy["bucket"], copy["key"]))}
-    if signature:
-        links["signature_url"] = dg.MetadataValue.url(
-            object_url(client, copy["bucket"], signature["key"]))
-    return dg.MaterializeResult(
-        metadata={
-            "provider": copy["provider"],
-            "remote_path": copy["remote_path"],
-            "raw_uri": dg.MetadataValue.path(s3_uri(copy["bucket"], copy["key"])),
-            "size": copy["size"],
-            "sha256": copy["sha256"],
-            "remote_modified": f"{mtime_date(copy['remote_mtime'])} (mtime {copy['remote_mtime']})",
-            "signature_uri": dg.MetadataValue.path(s3_uri(copy["bucket"], signature["key"]))
-            if signature else "none",
-            **links,
-            "reused_raw_copy": reused,
-            "seconds_download": round(seconds.get("download", 0.0), 3),
-            "seconds_upload": round(seconds.get("upload", 0.0), 3),
-            # Machine-readable: the landed asset and reruns read the raw copy from here.
-            "raw_copy": dg.MetadataValue.json(copy),
-        }
-    )
-
-
 def latest_raw_copy(instance: dg.DagsterInstance, partition: str) -> Optional[dict[str, Any]]:
     """The raw copy recorded by the partition's latest raw materialization, if any."""
-    return latest_metadata_value(instance, RAW_KEY, partition, "raw_copy")
+    provider, _ = parse_partition_key(partition)
+    return latest_metadata_value(instance, raw_asset_key(provider), partition, "raw_copy")
 
 
 def identity_of(copy: dict[str, Any]) -> RemoteIdentity:
@@ -360,16 +356,24 @@ def materialize_landed(context: dg.AssetExecutionContext) -> dg.MaterializeResul
     ref = FileRef.from_partition_key(context.partition_key)
     feed = _feed(context, ref)
     settings: ProviderFeedsSettings = getattr(context.resources, SETTINGS_KEY)
-    client = _s3_client(context)
+    client = s3_client_of(context)
+    clean_up_after_dead_runs(context.instance, client, settings.work_dir, context.log)
+    try:
+        feed.check_variables()  # its passphrase, GnuPG home, signing key: before any work
+    except MissingVariable as error:
+        raise file_failure(ref, "land", error, transient=False) from None
     copy = latest_raw_copy(context.instance, context.partition_key)
     if copy is None:
         raise file_failure(ref, "land", "no raw copy is recorded; materialize "
-                           f"{RAW_KEY.to_user_string()} for this partition first", transient=False)
+                           f"{raw_asset_key(ref.provider).to_user_string()} for this partition "
+                           "first", transient=False)
     raw_uri = s3_uri(copy["bucket"], copy["key"])
     name = posixpath.basename(ref.remote_path)
+    limit = ExpansionLimit(feed.max_extracted_bytes, feed.max_expansion_ratio, copy["size"])
+    uploads = RunUploads(context.instance, context.run.run_id, settings.bucket)
     seconds: dict[str, float] = {}
     stage = "fetch the raw copy"
-    with settings.scratch(ref.provider) as work:
+    with settings.scratch(ref.provider, run_id=context.run.run_id) as work:
         scrub = {f"{work}/raw/": "", f"{work}/plain/": "", f"{work}/sig/": "",
                  str(work): "(scratch)"}
 
@@ -383,7 +387,11 @@ def materialize_landed(context: dg.AssetExecutionContext) -> dg.MaterializeResul
                 return signer, False, raw_local, name
             plain_name = decrypted_name(name)
             with _timed(seconds, "decrypt"):
-                decrypted = feed.gpg().decrypt_file(raw_local, work / "plain" / plain_name)
+                try:
+                    decrypted = feed.gpg().decrypt_file(raw_local, work / "plain" / plain_name,
+                                                        max_output_bytes=limit.max_bytes)
+                except GpgOutputLimitExceeded:
+                    raise limit.exceeded("the decrypted content") from None
             raw_local.unlink()
             return signer, True, decrypted.dest_path, plain_name
 
@@ -415,10 +423,10 @@ def materialize_landed(context: dg.AssetExecutionContext) -> dg.MaterializeResul
                 signer, encrypted, plain, plain_name = verify_and_decrypt(raw_local)
             # One line for the steps before the upload: each log line is an event-log write.
             context.log.info(
-                f"{ref}: raw copy {raw_uri} ({_size(copy['size'])}) from {source}, sha256 "
+                f"{ref}: raw copy {raw_uri} ({human_size(copy['size'])}) from {source}, sha256 "
                 f"verified; signature " + (f"verified, signed by {signer}" if signer
                                            else "none (not required)")
-                + (f"; decrypted to {plain_name} ({_size(plain.stat().st_size)}) in "
+                + (f"; decrypted to {plain_name} ({human_size(plain.stat().st_size)}) in "
                    f"{seconds['decrypt']:.1f}s" if encrypted else "; not encrypted"))
 
             stage = "decompress"
@@ -426,13 +434,12 @@ def materialize_landed(context: dg.AssetExecutionContext) -> dg.MaterializeResul
             if single is not None:
                 # One file: decompressed, counted and uploaded in one pass, never on disk.
                 found, inner = single
-                chunks = (gunzip_chunks(plain, plain_name, max_bytes=feed.max_extracted_bytes)
+                chunks = (gunzip_chunks(plain, plain_name, limit=limit)
                           if found == "gzip" else file_chunks(plain))
                 pending = [(inner, chunks, None)]
             else:
                 with _timed(seconds, "decompress"):
-                    found, files = unpack(plain, plain_name, work / "out",
-                                          max_bytes=feed.max_extracted_bytes)
+                    found, files = unpack(plain, plain_name, work / "out", limit=limit)
                 plain.unlink()
                 context.log.info(f"{ref}: {found}: {len(files)} file(s) extracted in "
                                  f"{seconds['decompress']:.1f}s")
@@ -443,7 +450,7 @@ def materialize_landed(context: dg.AssetExecutionContext) -> dg.MaterializeResul
             landed = []
             for file_name, chunks, extracted_path in pending:
                 entry, produced = _land_one(client, settings, feed, ref, copy, file_name, chunks,
-                                            seconds)
+                                            seconds, limit=limit, uploads=uploads)
                 if extracted_path is not None:
                     extracted_path.unlink()  # frees the scratch disk as the archive lands
                 if single is not None:
@@ -451,7 +458,7 @@ def materialize_landed(context: dg.AssetExecutionContext) -> dg.MaterializeResul
                 landed.append(entry)
                 context.log.info(
                     f"{ref}: landed {file_name} at {s3_uri(settings.bucket, entry['key'])} "
-                    f"({entry['type']}, {_size(entry['size'])}"
+                    f"({entry['type']}, {human_size(entry['size'])}"
                     + (f", {entry['rows']:,} row(s)" if entry["rows"] is not None else "") + ")"
                     + (f"; {found}, decompressed while uploading in {produced:.1f}s"
                        if single is not None and found != "none" else "")
@@ -460,7 +467,7 @@ def materialize_landed(context: dg.AssetExecutionContext) -> dg.MaterializeResul
         except dg.Failure:
             raise
         except Exception as error:  # noqa: BLE001 - classified in file_failure
-            if isinstance(error, UnpackError):
+            if isinstance(error, (UnpackError, ExtractionLimitExceeded)):
                 stage = "decompress"  # raised by the decompressor while the upload read it
             raise file_failure(ref, stage, error, scrub=scrub,
                                metadata={"raw_uri": dg.MetadataValue.path(raw_uri)},
@@ -469,7 +476,7 @@ def materialize_landed(context: dg.AssetExecutionContext) -> dg.MaterializeResul
     if not landed:
         context.log.warning(f"{ref}: the archive holds no regular files; nothing landed")
     return dg.MaterializeResult(metadata={
-        **_landed_metadata(client, ref, copy, raw_uri, found, encrypted, signer, landed,
+        **landed_metadata(client, ref, copy, raw_uri, found, encrypted, signer, landed,
                            seconds, settings),
         "raw_source": source,
         "decompressed_while_uploading": single is not None and found != "none",
@@ -477,8 +484,8 @@ def materialize_landed(context: dg.AssetExecutionContext) -> dg.MaterializeResul
 
 
 def _land_one(client, settings: ProviderFeedsSettings, feed: ProviderFeed, ref: FileRef,
-              copy: dict[str, Any], name: str, chunks,
-              seconds: dict[str, float]) -> tuple[dict[str, Any], float]:
+              copy: dict[str, Any], name: str, chunks, seconds: dict[str, float], *,
+              limit: ExpansionLimit, uploads: RunUploads) -> tuple[dict[str, Any], float]:
     """Upload one resulting file from its chunks, typing it by its first bytes and counting
     CSV records on the way; returns its `landed` entry and the seconds spent producing the
     bytes (decompression, when the chunks come from the decompressor)."""
@@ -494,7 +501,8 @@ def _land_one(client, settings: ProviderFeedsSettings, feed: ProviderFeed, ref: 
         upload_stream(
             client, source, settings.bucket, key,
             max_concurrency=settings.upload_concurrency,
-            part_size=settings.part_size(feed.max_extracted_bytes),
+            part_size=settings.part_size(limit.max_bytes),  # no file is bigger
+            **uploads.callbacks(key),
             extra_args={
                 "ContentType": CONTENT_TYPES[category],
                 "Metadata": {"provider": ref.provider,
@@ -532,7 +540,7 @@ def _fetch_copy(client, settings: ProviderFeedsSettings, stored: dict[str, Any],
                          Config=transfer_config(max_concurrency=settings.upload_concurrency))
     digest = sha256_file(local)
     if stored.get("sha256") and digest != stored["sha256"]:
-        raise ValueError(
+        raise RawCopyDamaged(
             f"{s3_uri(stored['bucket'], stored['key'])} has sha256 {digest}, but "
             f"{stored['sha256']} was recorded when it was stored: the raw copy is damaged"
         )
@@ -552,7 +560,8 @@ def _verify(client, settings: ProviderFeedsSettings, feed: ProviderFeed, ref: Fi
                 "with the file; refusing to land unverified data", transient=False,
             )
         return None
-    if not feed.signing_key_file:
+    signing_key_file = feed.setting("signing_key_file")
+    if not signing_key_file:
         raise file_failure(
             ref, "verify the signature",
             f"{name}{SIGNATURE_SUFFIX} came with the file but provider {feed.name} has no "
@@ -560,11 +569,11 @@ def _verify(client, settings: ProviderFeedsSettings, feed: ProviderFeed, ref: Fi
             transient=False,
         )
     try:
-        armored = Path(feed.signing_key_file).read_text()
+        armored = Path(signing_key_file).read_text()
     except OSError as error:
         raise file_failure(
             ref, "verify the signature",
-            f"cannot read the provider's signing key {feed.signing_key_file}: "
+            f"cannot read the provider's signing key {signing_key_file}: "
             f"{error.strerror or error}", transient=False,
         ) from None
     sig_local = _fetch_copy(client, settings, {**signature, "bucket": copy["bucket"]},
@@ -572,46 +581,6 @@ def _verify(client, settings: ProviderFeedsSettings, feed: ProviderFeed, ref: Fi
     gpg = feed.gpg()
     allowed = gpg.import_keys(armored)
     return gpg.verify_detached(sig_local, raw_local, allowed_fingerprints=allowed)
-
-
-def _landed_metadata(client, ref: FileRef, copy: dict[str, Any], raw_uri: str, found: str,
-                     encrypted: bool, signer: Optional[str], landed: list[dict],
-                     seconds: dict[str, float], settings: ProviderFeedsSettings) -> dict:
-    by_type: dict[str, int] = {}
-    for entry in landed:
-        by_type[entry["type"]] = by_type.get(entry["type"], 0) + 1
-    rows = [entry["rows"] for entry in landed if entry["rows"] is not None]
-    total_bytes = sum(entry["size"] for entry in landed)
-    summary = f"{len(landed)} file(s) landed" + (
-        ": " + ", ".join(f"{count} {kind}" for kind, count in sorted(by_type.items()))
-        if landed else "") + (f"; {sum(rows):,} CSV row(s)" if rows else "") + (
-        f"; {_size(total_bytes)}")
-    table = ["| S3 key | type | size | rows |", "|---|---|---|---|"] + [
-        f"| [s3://{settings.bucket}/{entry['key']}]"
-        f"({object_url(client, settings.bucket, entry['key'])}) | {entry['type']} | "
-        f"{entry['size']:,} | "
-        f"{'' if entry['rows'] is None else format(entry['rows'], ',')} |"
-        for entry in landed
-    ]
-    return {
-        "provider": ref.provider,
-        "remote_path": ref.remote_path,
-        "summary": summary,
-        "raw_uri": dg.MetadataValue.path(raw_uri),
-        "raw_url": dg.MetadataValue.url(object_url(client, copy["bucket"], copy["key"])),
-        "raw_sha256": copy["sha256"],
-        "signature": f"verified: {signer}" if signer else "none",
-        "encrypted": encrypted,
-        "compression": found,
-        "landed_files": len(landed),
-        "landed_keys": dg.MetadataValue.json([entry["key"] for entry in landed]),
-        "landed": dg.MetadataValue.json(landed),
-        "files": dg.MetadataValue.md("\n".join(table)),
-        "bytes_landed": total_bytes,
-        "csv_rows": sum(rows),
-        **{f"seconds_{stage}": round(seconds.get(stage, 0.0), 3)
-           for stage in ("fetch_raw", "verify", "decrypt", "decompress", "upload")},
-    }
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -629,7 +598,7 @@ def _one_file_failure(context, stage: str) -> Iterator[None]:
                            error, log=context.log) from None
 
 
-def _s3_client(context):
+def s3_client_of(context):
     # Through `required_resource_keys`, dagster-aws's S3Resource (a resource factory) is
     # the boto3 client itself; as a typed parameter it is the resource with get_client().
     s3 = context.resources.s3
@@ -640,8 +609,9 @@ def _feed(context, ref: FileRef) -> ProviderFeed:
     try:
         return getattr(context.resources, provider_feed_resource_key(ref.provider))
     except Exception:  # noqa: BLE001 - Dagster raises its own error for an unknown resource
-        raise file_failure(ref, "find the provider", f"provider {ref.provider!r} is not in "
-                           "the config", transient=False) from None
+        raise file_failure(ref, "find the provider", f"provider {ref.provider!r} is not this "
+                           "job's provider, or not in the config; rerun the file from its own "
+                           "provider's job", transient=False) from None
 
 
 
@@ -670,15 +640,6 @@ def _progress(context, ref: FileRef, remote_path: str):
         if now - last[0] >= PROGRESS_LOG_SECONDS and total:
             last[0] = now
             context.log.info(f"{ref}: downloading {remote_path}: {done * 100 // total}% "
-                             f"({_size(done)} of {_size(total)})")
+                             f"({human_size(done)} of {human_size(total)})")
 
     return report
-
-
-def _size(count: int) -> str:
-    value = float(count)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{count} B"

@@ -13,7 +13,8 @@ from S3, so a reparse never needs the SFTP server.
 Nothing is lost or leaked: a kept file sits in its own private directory under the
 provider-feeds work dir; `take` moves it into the landed step's scratch directory, which is
 removed on success and failure alike; a file whose run ended without taking it is removed
-when the next one is kept, and whatever is left is removed when the process exits.
+when the next one is kept, and whatever is left is removed when the process exits, or, if it
+is killed, by the next run (its directory names its process: `scratch.py`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import tempfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from credflow_assets.provider_feeds.settings import WORK_DIR_PREFIX
+from credflow_assets.provider_feeds.scratch import make_scratch_dir
 
 
 @dataclass(frozen=True)
@@ -60,9 +60,7 @@ def keep(run_id: str, partition: str, local: Path, *, key: str, size: int, sha25
          run_is_over: Callable[[str], bool]) -> None:
     """Move `local` (the file just stored as raw copy `key`) aside for this run's landing."""
     _drop_finished_runs(run_is_over)
-    if work_dir:
-        Path(work_dir).mkdir(parents=True, exist_ok=True)
-    directory = Path(tempfile.mkdtemp(prefix=f"{WORK_DIR_PREFIX}{provider}-kept-", dir=work_dir))
+    directory = make_scratch_dir(work_dir, provider, run_id=run_id, purpose="kept")
     target = directory / local.name
     try:
         os.replace(local, target)  # same file system as the scratch directory: a rename
@@ -105,6 +103,15 @@ def take(run_id: str, partition: str, copy: dict[str, Any], destination: Path,
     threading.Thread(target=compute, name="credflow-raw-sha256", daemon=True).start()
     return (TakenRawFile(destination, copy["sha256"], digest),
             "the raw step's local file (key and size match; sha256 checked before upload)")
+
+
+def discard(run_id: str, partition: str) -> None:
+    """Remove what the raw step kept for this run's landing, if the landing did not take it
+    (it failed first, e.g. on a missing variable)."""
+    with _lock:
+        kept = _kept.pop((run_id, partition), None)
+    if kept is not None:
+        _remove(kept)
 
 
 def _drop_finished_runs(run_is_over: Callable[[str], bool]) -> None:

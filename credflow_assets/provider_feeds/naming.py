@@ -1,4 +1,14 @@
-"""Names: partition keys, run keys, raw and landed S3 keys, and a remote file's identity.
+"""The flow's names, written here only: asset keys, jobs, partition sets, partition keys, run
+keys and tags, raw and landed S3 keys, and a remote file's identity.
+
+Each provider has its own assets, job and partition set, so a run needs only its own
+provider's resources (and secrets), and no asset lists another provider's files as missing:
+
+    provider_partitions(P)   provider_{P}_files: one partition per file P dropped
+    raw_asset_key(P)         s3/provider_feeds/{P}_raw: the file as downloaded
+    landed_asset_key(P)      s3/provider_feeds/{P}_landed: verified, decrypted, decompressed
+    job_name(P)              provider_feed_{P}_job: the two, for one file of P per run
+    sensor_name(P)           provider_feed_{P}_sensor: lists P's SFTP directory
 
 A partition is one file a provider dropped: `{provider}/{remote path}`. Dagster refuses `...`
 and control characters in keys and commas break UI backfills, so the path part is
@@ -12,11 +22,54 @@ import posixpath
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import cache
 from typing import Optional
 from urllib.parse import unquote
 
+import dagster as dg
+
 from credflow_assets.partitions import is_valid_partition_key
 from credflow_assets.run_tags import FlowRuns
+
+GROUP = "provider_feeds"
+_ASSET_PREFIX = ("s3", "provider_feeds")
+_RAW_SUFFIX, _LANDED_SUFFIX = "_raw", "_landed"
+_JOB_PREFIX, _JOB_SUFFIX = "provider_feed_", "_job"
+
+
+@cache
+def provider_partitions(provider: str) -> dg.DynamicPartitionsDefinition:
+    """One partition per file `provider` dropped, keyed by `partition_key`."""
+    return dg.DynamicPartitionsDefinition(name=f"provider_{provider}_files")
+
+
+def raw_asset_key(provider: str) -> dg.AssetKey:
+    return dg.AssetKey([*_ASSET_PREFIX, f"{provider}{_RAW_SUFFIX}"])
+
+
+def landed_asset_key(provider: str) -> dg.AssetKey:
+    return dg.AssetKey([*_ASSET_PREFIX, f"{provider}{_LANDED_SUFFIX}"])
+
+
+def job_name(provider: str) -> str:
+    return f"{_JOB_PREFIX}{provider}{_JOB_SUFFIX}"
+
+
+def sensor_name(provider: str) -> str:
+    return f"provider_feed_{provider}_sensor"
+
+
+def provider_of_run(job: str, asset_keys: list[dg.AssetKey]) -> Optional[str]:
+    """The provider a run of the flow is for, from its job or its assets' keys."""
+    if job.startswith(_JOB_PREFIX) and job.endswith(_JOB_SUFFIX):
+        return job[len(_JOB_PREFIX):-len(_JOB_SUFFIX)] or None
+    for key in asset_keys:
+        if tuple(key.path[:-1]) == _ASSET_PREFIX:
+            for suffix in (_RAW_SUFFIX, _LANDED_SUFFIX):
+                if key.path[-1].endswith(suffix):
+                    return key.path[-1][:-len(suffix)]
+    return None
+
 
 SIGNATURE_SUFFIX = ".sig"
 # Run tags carrying what the sensor saw, so a run downloads the version it was asked for.
@@ -124,14 +177,17 @@ def landed_key(category: str, folder: str, name: str) -> str:
     return f"data/{category}/{folder}/{name}"
 
 
-def _run_tags(key: str) -> dict[str, str]:
+def _run_tags(key: str, job: str, asset_keys: list[dg.AssetKey]) -> dict[str, str]:
     provider, remote_path = parse_partition_key(key)
+    expected = provider_of_run(job, asset_keys)
+    if expected is not None and expected != provider:
+        raise ValueError(f"partition {key!r} is not a file of provider {expected}")
     return {PROVIDER_TAG: provider, REMOTE_PATH_TAG: remote_path}
 
 
 # Every run of the flow carries its provider and file, whatever launched it (run_tags.py).
 FLOW_RUNS = FlowRuns(
-    job_names=lambda name: name == "provider_feeds_job",
-    asset_key_prefixes=(("s3", "provider_feeds"),),
-    tags=lambda key, _job, _assets: _run_tags(key),
+    job_names=lambda name: name.startswith(_JOB_PREFIX) and name.endswith(_JOB_SUFFIX),
+    asset_key_prefixes=(_ASSET_PREFIX,),
+    tags=_run_tags,
 )

@@ -13,7 +13,7 @@ pruned to what the server still lists. Without a cursor (a reset sensor), a file
 already has a raw copy of the same identity is recorded, not requested: the instance's
 partitions and their raw copies are the record, never an S3 listing by name. Run keys are
 `{provider}/{path}@{size}:{mtime}` (plus `+sig@{size}:{mtime}`), so a repeated tick launches
-nothing twice.
+nothing twice. Each tick first cleans up after runs that were killed (cleanup.py).
 """
 
 from __future__ import annotations
@@ -27,14 +27,17 @@ from fnmatch import fnmatchcase
 import dagster as dg
 
 from credflow_assets.config import ProviderConfig
-from credflow_assets.partitions import provider_file_partitions
-from credflow_assets.provider_feeds.assets import JOB_NAME, identity_of, latest_raw_copy
+from credflow_assets.provider_feeds.assets import identity_of, latest_raw_copy, s3_client_of
+from credflow_assets.provider_feeds.cleanup import clean_up_after_dead_runs
 from credflow_assets.provider_feeds.naming import (
     PROVIDER_TAG,
     REMOTE_PATH_TAG,
     SIGNATURE_SUFFIX,
     RemoteIdentity,
+    job_name,
     partition_key,
+    provider_partitions,
+    sensor_name,
 )
 from credflow_assets.provider_feeds.settings import (
     SETTINGS_KEY,
@@ -48,10 +51,6 @@ from credflow_assets.resources.sftp import SftpError, SftpResource, SftpSession
 
 class ProviderListingError(Exception):
     """The provider's remote directory could not be listed; names the provider and the cause."""
-
-
-def sensor_name(provider_name: str) -> str:
-    return f"provider_feed_{provider_name}_sensor"
 
 
 @dataclass
@@ -85,19 +84,24 @@ def build_provider_sensor(provider: ProviderConfig) -> dg.SensorDefinition:
 
     @dg.sensor(
         name=sensor_name(provider.name),
-        job_name=JOB_NAME,
+        job_name=job_name(provider.name),
         minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        required_resource_keys={sftp_key, feed_key, SETTINGS_KEY},
+        required_resource_keys={sftp_key, feed_key, SETTINGS_KEY, "s3"},
         description=f"New files in {provider.name}'s SFTP directory {provider.remote_dir!r} "
         f"(pattern {provider.pattern!r}) → one partition and run each.",
     )
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        settings: ProviderFeedsSettings = getattr(context.resources, SETTINGS_KEY)
+        # What a killed run left (scratch files, an unfinished run, open uploads) goes now,
+        # not only when the next file arrives (cleanup.py).
+        clean_up_after_dead_runs(context.instance, s3_client_of(context), settings.work_dir,
+                                 context.log)
         return evaluate_provider_feed(
             context,
             getattr(context.resources, feed_key),
             getattr(context.resources, sftp_key),
-            getattr(context.resources, SETTINGS_KEY),
+            settings,
         )
 
     return _sensor
@@ -160,16 +164,18 @@ def evaluate_provider_feed(
     ready = sorted(settled)
     batch, later = ready[: settings.max_files_per_tick], ready[settings.max_files_per_tick:]
     requested = {path: ident for path, ident in cursor.requested.items() if path in listing}
+    partitions = provider_partitions(feed.name)
     run_requests, new_keys, already = [], [], 0
     for path in batch:
         ident = settled[path]
         key = partition_key(feed.name, path)
         requested[path] = ident
-        if _already_stored(context.instance, key, ident):
+        if _already_stored(context.instance, partitions.name, key, ident):
             already += 1
             continue
         new_keys.append(key)
         run_requests.append(dg.RunRequest(
+            job_name=job_name(feed.name),
             partition_key=key,
             run_key=ident.run_key(key),
             tags={PROVIDER_TAG: feed.name, REMOTE_PATH_TAG: path, **ident.tags()},
@@ -183,15 +189,16 @@ def evaluate_provider_feed(
     return dg.SensorResult(
         run_requests=run_requests,
         dynamic_partitions_requests=(
-            [provider_file_partitions.build_add_request(new_keys)] if new_keys else []
+            [partitions.build_add_request(new_keys)] if new_keys else []
         ),
         cursor=FeedCursor(requested=requested, pending=pending).to_json(),
     )
 
 
-def _already_stored(instance: dg.DagsterInstance, key: str, ident: RemoteIdentity) -> bool:
+def _already_stored(instance: dg.DagsterInstance, partitions_name: str, key: str,
+                    ident: RemoteIdentity) -> bool:
     """The partition exists and its raw copy is of this very version (cursor-less recovery)."""
-    if not instance.has_dynamic_partition(provider_file_partitions.name, key):
+    if not instance.has_dynamic_partition(partitions_name, key):
         return False
     copy = latest_raw_copy(instance, key)
     return copy is not None and identity_of(copy) == ident

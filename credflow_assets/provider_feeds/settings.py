@@ -2,15 +2,21 @@
 
 `ProviderFeedsSettings` holds what is common to every provider (the bucket, the scratch
 directory, per-tick bounds); one `ProviderFeed` resource per provider holds that provider's
-folder, file pattern, signature rules and GPG passphrase (an EnvVar, read when a run needs it).
-The SFTP server of a provider is the foundation's `sftp_{provider}` resource.
+folder, file pattern, signature rules, unpacking limits and GPG settings. The SFTP server of a
+provider is the foundation's `sftp_{provider}` resource.
+
+A provider's GPG settings that come from the environment (`{env: NAME}` in the config: its
+passphrase, the GnuPG home, its signing key) are read when its landing uses them, not through
+Dagster's `EnvVar`: an unset `EnvVar` fails the run before any of credflow's code runs, with
+Dagster's words. Read here, a missing variable fails that provider's files alone, with a
+sentence naming the variable and what to do (`MissingVariable`).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,12 +25,16 @@ from typing import Optional
 import dagster as dg
 from pydantic import Field
 
-from credflow_assets.resources.gpg import GpgResource
+from credflow_assets.provider_feeds.scratch import WORK_DIR_PREFIX, make_scratch_dir
+from credflow_assets.resources.gpg import GpgConfigError, GpgResource
+
+__all__ = ["WORK_DIR_PREFIX"]  # where it has always been imported from
 
 SETTINGS_KEY = "provider_feeds_settings"
 MiB = 1024 * 1024
 MAX_PARTS = 9_000  # S3 allows 10,000 parts per upload; keep a margin
-WORK_DIR_PREFIX = "credflow-provider-"
+DEFAULT_MAX_EXTRACTED_BYTES = 10 * 1024**3
+DEFAULT_MAX_EXPANSION_RATIO = 200
 
 
 def provider_feed_resource_key(provider_name: str) -> str:
@@ -64,15 +74,26 @@ class ProviderFeedsSettings(dg.ConfigurableResource):
         return max(self.upload_part_mib, needed) * MiB
 
     @contextmanager
-    def scratch(self, provider: str) -> Iterator[Path]:
-        """A private (0700) directory for one file's work, removed on success and failure."""
-        if self.work_dir:
-            Path(self.work_dir).mkdir(parents=True, exist_ok=True)
-        path = Path(tempfile.mkdtemp(prefix=f"{WORK_DIR_PREFIX}{provider}-", dir=self.work_dir))
+    def scratch(self, provider: str, run_id: Optional[str] = None) -> Iterator[Path]:
+        """A private (0700) directory for one file's work, removed on success and failure; it
+        names its process and run, so that the next run removes it if this one is killed."""
+        path = make_scratch_dir(self.work_dir, provider, run_id=run_id)
         try:
             yield path
         finally:
             shutil.rmtree(path, ignore_errors=True)
+
+
+class MissingVariable(Exception):
+    """A setting of one provider names an environment variable that is not set."""
+
+    def __init__(self, provider: str, variables: list[str]):
+        self.provider, self.variables = provider, variables
+        names = " and ".join(", ".join(variables).rsplit(", ", 1))
+        plural = "s" if len(variables) > 1 else ""
+        verb = "are" if len(variables) > 1 else "is"
+        super().__init__(f"provider {provider}: environment variable{plural} {names} {verb} "
+                         "not set; its files wait until it is")
 
 
 class ProviderFeed(dg.ConfigurableResource):
@@ -82,16 +103,53 @@ class ProviderFeed(dg.ConfigurableResource):
     remote_dir: str = "."
     pattern: str = "*"
     folder: str = Field(description="The provider's folder under data/{type}/.")
-    gpg_homedir: str = Field(description="credflow's GnuPG home, holding our secret key(s).")
+    gpg_homedir: Optional[str] = Field(
+        default=None, description="credflow's GnuPG home, holding our secret key(s)."
+    )
     gpg_passphrase: Optional[str] = Field(
-        default=None, description="Passphrase of the key this provider encrypts to; an EnvVar."
+        default=None, description="Passphrase of the key this provider encrypts to; in the "
+        "config always {env: NAME}, so it arrives through `from_env`."
     )
     signing_key_file: Optional[str] = Field(
         default=None, description="The provider's armored public key; `.sig` files verify "
         "against it and no other key."
     )
+    from_env: dict[str, str] = Field(
+        default={}, description="Settings read from the environment when the landing uses "
+        "them (setting name → variable name), instead of the literal fields above."
+    )
     require_signature: bool = False
-    max_extracted_bytes: int = Field(default=10 * 1024**3, gt=0)
+    max_extracted_bytes: int = Field(
+        default=DEFAULT_MAX_EXTRACTED_BYTES, gt=0,
+        description="Bytes one file may become at any stage of unpacking: gpg's plaintext, "
+        "each decompressed layer, an archive's members together.",
+    )
+    max_expansion_ratio: float = Field(
+        default=DEFAULT_MAX_EXPANSION_RATIO, gt=0,
+        description="Times its size as received one file may become at any stage of "
+        "unpacking (past the first MiB): a ratio no real roster reaches, and any bomb does.",
+    )
+
+    def setting(self, name: str) -> Optional[str]:
+        """A GPG setting's value: from the environment when the config says `{env: NAME}`;
+        raises `MissingVariable` when that variable is not set."""
+        variable = self.from_env.get(name)
+        if variable is None:
+            return getattr(self, name)
+        value = os.environ.get(variable)
+        if value is None:
+            raise MissingVariable(self.name, [variable])
+        return value
+
+    def check_variables(self) -> None:
+        """Raise `MissingVariable` naming every variable of this provider that is not set."""
+        missing = sorted({variable for variable in self.from_env.values()
+                          if os.environ.get(variable) is None})
+        if missing:
+            raise MissingVariable(self.name, missing)
 
     def gpg(self) -> GpgResource:
-        return GpgResource(homedir=self.gpg_homedir, passphrase=self.gpg_passphrase)
+        homedir = self.setting("gpg_homedir")
+        if not homedir:
+            raise GpgConfigError(f"provider {self.name}: no GnuPG home is configured (gpg.homedir)")
+        return GpgResource(homedir=homedir, passphrase=self.setting("gpg_passphrase"))

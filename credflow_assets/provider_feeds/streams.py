@@ -6,8 +6,8 @@ of part N+1 overlaps the upload of part N, and the CSV record count is taken fro
 bytes. Memory stays bounded: the decompressor yields at most `CHUNK` bytes per step
 (`max_length`, also for a decompression bomb) and the upload holds a few parts.
 
-Any error while reading (corrupt or truncated gzip, the `max_extracted_bytes` limit) is raised
-inside the upload, which then aborts its multipart upload: nothing partial lands.
+Any error while reading (corrupt or truncated gzip, the limits of limits.py) is raised inside
+the upload, which then aborts its multipart upload: nothing partial lands.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Optional
 
+from credflow_assets.provider_feeds.limits import ExpansionLimit
 from credflow_assets.provider_feeds.unpack import (
     CHUNK,
     GZIP_MAGIC,
     CorruptArchive,
-    _Budget,
     _is_tar,
     _strip_gz,
 )
@@ -41,7 +41,7 @@ def single_file_name(path: Path, name: str) -> Optional[tuple[str, str]]:
         inner = _strip_gz(name)
         try:
             # One chunk is at most CHUNK bytes: within any budget of that size.
-            first = next(gunzip_chunks(path, name, max_bytes=CHUNK), b"")
+            first = next(gunzip_chunks(path, name, limit=ExpansionLimit(CHUNK)), b"")
         except CorruptArchive:
             first = b""  # reported by the upload itself, with the stage and the cause
         return None if _is_tar(first, inner.lower()) else ("gzip", inner)
@@ -50,14 +50,14 @@ def single_file_name(path: Path, name: str) -> Optional[tuple[str, str]]:
     return "none", name
 
 
-def gunzip_chunks(path: Path, name: str, *, max_bytes: int) -> Iterator[bytes]:
+def gunzip_chunks(path: Path, name: str, *, limit: ExpansionLimit) -> Iterator[bytes]:
     """The decompressed bytes of a gzip file (every member, as gunzip), `CHUNK` at most each.
 
-    Raises `ExtractionLimitExceeded` past `max_bytes` and `CorruptArchive` for corrupt or
-    truncated data. Zero padding after the
-    last member is ignored, as Python's gzip module does.
+    Raises `ExtractionLimitExceeded` before a chunk passes `limit`, and `CorruptArchive` for
+    corrupt or truncated data. Zero padding after the last member is ignored, as Python's gzip
+    module does.
     """
-    budget = _Budget(max_bytes, name)
+    budget = limit.budget(f"the decompressed content of {name}")
     with open(path, "rb") as source:
         decompressor, started, pending = zlib.decompressobj(GZIP_WBITS), False, b""
         try:
@@ -80,7 +80,7 @@ def gunzip_chunks(path: Path, name: str, *, max_bytes: int) -> Iterator[bytes]:
                 pending = decompressor.unused_data if decompressor.eof \
                     else decompressor.unconsumed_tail
                 if data:
-                    budget.take(len(data), name)
+                    budget.take(len(data))
                     yield data
         except zlib.error as error:
             raise CorruptArchive(

@@ -12,9 +12,10 @@ become S3 keys: an absolute path, a `..` component, a symbolic or hard link, a d
 a FIFO or a duplicate name refuses the whole archive with an error naming the member, before
 anything is uploaded (the caller uploads only after `unpack` returns).
 
-Decompression bombs. `max_bytes` bounds the bytes one source file may expand to: it is
-counted on the decompressed gzip stream and on the bytes written per archive, whatever the
-archive headers claim (a header claiming too much is refused before reading).
+Decompression bombs. `limit` (limits.py) bounds the bytes one source file may expand to: it
+is counted on the decompressed gzip stream and on the bytes written per archive, whatever the
+archive headers claim (a header claiming too much is refused before reading), and a stage
+stops before the bytes that pass it are written.
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Optional
 
+from credflow_assets.provider_feeds.limits import Budget, ExpansionLimit, ExtractionLimitExceeded
 from credflow_assets.provider_feeds.rows import CsvRecordCounter
+
+__all__ = ["ExtractionLimitExceeded"]  # raised here too; limits.py defines it
 
 CHUNK = 1024 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
@@ -53,10 +57,6 @@ class UnpackError(Exception):
 
 class UnsafeMember(UnpackError):
     """An archive member with an absolute path, `..`, a link, a device file or a duplicate."""
-
-
-class ExtractionLimitExceeded(UnpackError):
-    """More bytes would be extracted than `max_extracted_bytes` allows (a decompression bomb)."""
 
 
 class CorruptArchive(UnpackError):
@@ -100,30 +100,10 @@ def decrypted_name(name: str) -> str:
 # ------------------------------------------------------------------------------ unpacking
 
 
-class _Budget:
-    def __init__(self, limit: int, source: str):
-        self.limit, self.used, self.source = limit, 0, source
-
-    def take(self, count: int, what: str) -> None:
-        self.used += count
-        if self.used > self.limit:
-            raise ExtractionLimitExceeded(
-                f"{what}: more than {self.limit:,} bytes would be extracted from {self.source} "
-                "(max_extracted_bytes; a decompression bomb or a limit set too low)"
-            )
-
-    def claim(self, declared: int, what: str) -> None:
-        if self.used + declared > self.limit:
-            raise ExtractionLimitExceeded(
-                f"{what}: declares {declared:,} bytes, past the {self.limit:,}-byte limit "
-                f"(max_extracted_bytes) for {self.source}"
-            )
-
-
 class _LimitedReader(io.RawIOBase):
     """Counts what it hands out and stops past the budget (wraps a decompressing stream)."""
 
-    def __init__(self, stream: IO[bytes], budget: _Budget, what: str):
+    def __init__(self, stream: IO[bytes], budget: Budget, what: str):
         self._stream, self._budget, self._what = stream, budget, what
 
     def readable(self) -> bool:
@@ -136,8 +116,9 @@ class _LimitedReader(io.RawIOBase):
         return len(data)
 
 
-def unpack(src: Path, name: str, out_dir: Path, *, max_bytes: int) -> tuple[str, list[Extracted]]:
-    """Decompress/extract `src` (logically named `name`) into `out_dir`.
+def unpack(src: Path, name: str, out_dir: Path, *,
+           limit: ExpansionLimit) -> tuple[str, list[Extracted]]:
+    """Decompress/extract `src` (logically named `name`) into `out_dir`, within `limit`.
 
     Returns the format found (`none`, `gzip`, `tar`, `tar.gz`, `zip`) and the resulting files.
     A file that is not compressed is returned as is (no copy). Gzip and tar are recognised by
@@ -150,27 +131,33 @@ def unpack(src: Path, name: str, out_dir: Path, *, max_bytes: int) -> tuple[str,
     lowered = name.lower()
     try:
         if head.startswith(GZIP_MAGIC) or lowered.endswith((".gz", ".tgz")):
-            return _gunzip(src, name, out_dir, max_bytes)
+            return _gunzip(src, name, out_dir, limit)
         if lowered.endswith(".zip"):
-            return "zip", _extract_zip(src, name, out_dir, _Budget(max_bytes, name))
+            return "zip", _extract_zip(src, name, out_dir, _members_budget(limit, name))
         if _is_tar(head, lowered):
             with open(src, "rb") as stream:
-                return "tar", _extract_tar(stream, name, out_dir, _Budget(max_bytes, name))
+                return "tar", _extract_tar(stream, name, out_dir, _members_budget(limit, name))
     except (EOFError, zlib.error, gzip.BadGzipFile, tarfile.TarError, zipfile.BadZipFile) as exc:
         raise CorruptArchive(f"{name}: {_corrupt_reason(exc)}") from exc
     return "none", [Extracted(name, src, src.stat().st_size)]
 
 
-def _gunzip(src: Path, name: str, out_dir: Path, max_bytes: int) -> tuple[str, list[Extracted]]:
+def _members_budget(limit: ExpansionLimit, name: str) -> Budget:
+    return limit.budget(f"the extracted content of {name}")
+
+
+def _gunzip(src: Path, name: str, out_dir: Path,
+            limit: ExpansionLimit) -> tuple[str, list[Extracted]]:
     inner = _strip_gz(name)
     with gzip.open(src, "rb") as probe:
         inner_head = probe.read(512)
-    budget = _Budget(max_bytes, name)
+    what = f"the decompressed content of {name}"
+    budget = limit.budget(what)
     with gzip.open(src, "rb") as stream:
-        limited = io.BufferedReader(_LimitedReader(stream, budget, name), buffer_size=CHUNK)
+        limited = io.BufferedReader(_LimitedReader(stream, budget, what), buffer_size=CHUNK)
         if _is_tar(inner_head, inner.lower()):
             # The member budget is separate: tar headers and padding count only on the stream.
-            files = _extract_tar(limited, name, out_dir, _Budget(max_bytes, name))
+            files = _extract_tar(limited, name, out_dir, _members_budget(limit, name))
             return "tar.gz", files
         target = out_dir / "00000"
         size = _copy(limited, target)
@@ -190,8 +177,8 @@ def _is_tar(head: bytes, lowered_name: str) -> bool:
     return head[257:262] == b"ustar" or lowered_name.endswith(".tar")
 
 
-def _copy(stream: IO[bytes], target: Path, budget: Optional[_Budget] = None,
-          what: str = "") -> int:
+def _copy(stream: IO[bytes], target: Path, budget: Optional[Budget] = None,
+          what: Optional[str] = None) -> int:
     written = 0
     with open(target, "wb") as out:
         while True:
@@ -219,7 +206,7 @@ def safe_member_name(raw: str) -> str:
     return "/".join(parts)
 
 
-def _extract_tar(stream: IO[bytes], source: str, out_dir: Path, budget: _Budget) -> list[Extracted]:
+def _extract_tar(stream: IO[bytes], source: str, out_dir: Path, budget: Budget) -> list[Extracted]:
     files: list[Extracted] = []
     seen: set[str] = set()
     # "r|": a stream, read once front to back; nothing seeks, nothing is held in memory.
@@ -240,15 +227,16 @@ def _extract_tar(stream: IO[bytes], source: str, out_dir: Path, budget: _Budget)
             if name in seen:
                 raise UnsafeMember(f"archive member {member.name!r} refused: appears twice")
             seen.add(name)
-            budget.claim(member.size, f"archive member {member.name!r}")
+            budget.claim(member.size, f"archive member {member.name!r} of {source}")
             source_stream = tar.extractfile(member)
             target = out_dir / f"{len(files):05d}"
-            size = _copy(source_stream, target, budget, f"archive member {member.name!r}")
+            size = _copy(source_stream, target, budget,
+                         f"{budget.what} (at archive member {member.name!r})")
             files.append(Extracted(name, target, size))
     return files
 
 
-def _extract_zip(src: Path, source: str, out_dir: Path, budget: _Budget) -> list[Extracted]:
+def _extract_zip(src: Path, source: str, out_dir: Path, budget: Budget) -> list[Extracted]:
     files: list[Extracted] = []
     seen: set[str] = set()
     with zipfile.ZipFile(src) as archive:
@@ -271,10 +259,11 @@ def _extract_zip(src: Path, source: str, out_dir: Path, budget: _Budget) -> list
             if name in seen:
                 raise UnsafeMember(f"archive member {info.filename!r} refused: appears twice")
             seen.add(name)
-            budget.claim(info.file_size, f"archive member {info.filename!r}")
+            budget.claim(info.file_size, f"archive member {info.filename!r} of {source}")
             target = out_dir / f"{len(files):05d}"
             with archive.open(info) as member:
-                size = _copy(member, target, budget, f"archive member {info.filename!r}")
+                size = _copy(member, target, budget,
+                             f"{budget.what} (at archive member {info.filename!r})")
             files.append(Extracted(name, target, size))
     return files
 

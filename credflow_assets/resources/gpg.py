@@ -1,15 +1,19 @@
 """GnuPG: streaming decryption, detached-signature verification and key import.
 
     gpg = GpgResource(homedir=EnvVar("GNUPG_HOME"), passphrase=EnvVar("GPG_PASSPHRASE"))
-    result = gpg.decrypt_file(encrypted_path, plain_path)
+    result = gpg.decrypt_file(encrypted_path, plain_path, max_output_bytes=100 * 2**20)
     signer = gpg.verify_detached(sig_path, data_path)
 
-Decryption streams file to file: gpg reads the encrypted file itself (its path is gpg's
-operand; python-gnupg's stdin carries only the passphrase) and writes `--output`, so no
-data passes through Python. The plaintext goes to a temporary file next to `dest_path` and
-is renamed into place only when gpg reports success: on failure gpg leaves partial, or with
-a failed integrity check even complete but manipulated, plaintext behind, and that must
-never look like a result.
+Decryption streams file to file, with a bound: gpg reads the encrypted file itself (its path
+is gpg's operand; its stdin carries only the passphrase, never argv) and writes the plaintext
+to a pipe, which this resource copies to a temporary file next to `dest_path` in 1 MiB reads,
+counting. OpenPGP compresses inside the encryption, so a 2 MB message can hold 1.5 GB of
+zeros: past `max_output_bytes`, gpg is killed and the partial file removed, and no more than
+the limit was ever written (`GpgOutputLimitExceeded`). python-gnupg's `decrypt_file(output=)`
+cannot stop early (it waits for gpg to finish), hence gpg driven here. The plaintext is
+renamed into place only when gpg reports success: on failure gpg leaves partial, or with a
+failed integrity check even complete but manipulated, plaintext behind, and that must never
+look like a result.
 
 The gpg-agent passphrase cache trap: the agent caches a secret key's passphrase after a
 successful decrypt (default 10 minutes) and then ignores the passphrase credflow passes, so a
@@ -26,11 +30,12 @@ contain the passphrase. python-gnupg is imported on first use.
 
 from __future__ import annotations
 
-import io
+import fcntl
 import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -48,6 +53,8 @@ LONGEST_SOCKET_NAME = "S.gpg-agent.browser"
 AGENT_CONF_SETTINGS = {"default-cache-ttl": "0", "max-cache-ttl": "0"}
 GPG_ERR_BAD_PASSPHRASE = 11
 DECRYPT_ARGS = ["--pinentry-mode", "loopback", "--no-symkey-cache"]
+OUTPUT_CHUNK = 1024 * 1024
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux: a 1 MiB pipe, fewer reads
 
 
 class GpgError(Exception):
@@ -72,6 +79,14 @@ class GpgCorruptInput(GpgError):
 
 class GpgBadSignature(GpgError):
     """A signature does not verify: bad, made by an unknown or unallowed key, or not a signature."""
+
+
+class GpgOutputLimitExceeded(GpgError):
+    """The plaintext would pass `max_output_bytes`; gpg was stopped and nothing kept."""
+
+    def __init__(self, message: str, limit: int):
+        super().__init__(message)
+        self.limit = limit
 
 
 @dataclass(frozen=True)
@@ -99,56 +114,109 @@ class GpgResource(dg.ConfigurableResource):
         self._client()  # fail fast on a bad homedir or a missing gpg, before any work
 
     def decrypt_file(
-        self, src_path: str | os.PathLike, dest_path: str | os.PathLike
+        self,
+        src_path: str | os.PathLike,
+        dest_path: str | os.PathLike,
+        *,
+        max_output_bytes: Optional[int] = None,
     ) -> DecryptResult:
-        """Decrypt `src_path` into `dest_path`, streaming; raise a GpgError subclass on failure."""
+        """Decrypt `src_path` into `dest_path`, streaming; raise a GpgError subclass on failure.
+
+        Past `max_output_bytes` of plaintext gpg is stopped, the partial file removed and
+        `GpgOutputLimitExceeded` raised; at most `max_output_bytes` were written.
+        """
         src, dest = Path(src_path), Path(dest_path)
         if not src.is_file():
             raise GpgError(f"GPG cannot decrypt {src}: no such file")
-        gpg = self._client()
+        self._client()  # a prepared homedir: agent caching off, socket path checked
         passphrase = self.passphrase or None  # "" would make gpg read the passphrase from the data
-        if passphrase is not None and not gpg.is_valid_passphrase(passphrase):
+        if passphrase is not None and any(char in passphrase for char in "\r\n\x00"):
             raise GpgBadPassphrase(
                 f"GPG cannot decrypt {src}: the configured passphrase contains a line break "
                 "or other control character, which gpg cannot receive"
             )
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, partial = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial")
-        os.close(fd)
         started = time.monotonic()
         try:
-            # gpg reads the file itself (the path is its operand) and python-gnupg's stdin
-            # carries only the passphrase. Piping the data through stdin instead loses the
-            # whole result to a BrokenPipeError whenever gpg stops early (no passphrase, no
-            # key), which is exactly when the status lines are needed.
-            try:
-                result = gpg.decrypt_file(
-                    io.BytesIO(b""),
-                    passphrase=passphrase,
-                    output=partial,
-                    extra_args=[*DECRYPT_ARGS, "--", str(src.absolute())],
-                )
-            except BrokenPipeError as exc:
-                raise GpgError(
-                    f"GPG cannot decrypt {src}: gpg exited before reading the passphrase"
-                ) from exc
-            if not result.ok:
-                raise self._decrypt_error(src, result, passphrase_configured=passphrase is not None)
+            with os.fdopen(fd, "wb") as out:
+                returncode, stderr, size = self._run_decrypt(src, out, passphrase,
+                                                             max_output_bytes)
+            statuses = _status_lines(stderr)
+            keywords = {key for key, _ in statuses}
+            # As python-gnupg judges: gpg's status, not its exit code (2 for a good message
+            # whose inline signature is by a key we do not hold).
+            ok = returncode >= 0 and "DECRYPTION_OKAY" in keywords and not keywords & {
+                "DECRYPTION_FAILED", "BADMDC", "BADSIG"}
+            if not ok:
+                raise self._decrypt_error(src, stderr, passphrase_configured=passphrase is not None)
             os.replace(partial, dest)
         except BaseException:
             Path(partial).unlink(missing_ok=True)
             raise
-        statuses = _status_lines(result.stderr)
         return DecryptResult(
             src_path=src,
             dest_path=dest,
-            size=dest.stat().st_size,
+            size=size,
             recipient_key_ids=tuple(value.split()[0] for key, value in statuses if key == "ENC_TO"),
-            signer_fingerprint=(result.pubkey_fingerprint or result.fingerprint)
-            if result.valid
-            else None,
+            signer_fingerprint=_valid_signer(statuses),
             seconds=time.monotonic() - started,
         )
+
+    def _run_decrypt(self, src: Path, out, passphrase: Optional[str],
+                     max_output_bytes: Optional[int]) -> tuple[int, str, int]:
+        """Run `gpg --decrypt` with its plaintext on a pipe copied into `out`, counting;
+        (exit status, stderr with the status lines, bytes written)."""
+        command = [self.gpg_binary, "--homedir", str(Path(self.homedir).expanduser().absolute()),
+                   "--batch", "--no-tty", "--yes", "--status-fd", "2", *DECRYPT_ARGS]
+        if passphrase is not None:
+            command += ["--passphrase-fd", "0"]  # read from stdin: never in argv or logs
+        # gpg reads the file itself (its path is the operand): piping the data through stdin
+        # would lose the status lines to a broken pipe whenever gpg stops early (no key).
+        command += ["--decrypt", "--", str(src.absolute())]
+        try:
+            process = subprocess.Popen(
+                command, stdin=subprocess.PIPE if passphrase is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+        except OSError as exc:
+            raise GpgConfigError(f"GPG: cannot run {self.gpg_binary!r}: {exc}") from exc
+        stderr: list[bytes] = []
+        # stderr is read aside: gpg blocks once a pipe is full, and stdout is read here.
+        reader = threading.Thread(target=lambda: stderr.append(process.stderr.read()),
+                                  name="credflow-gpg-stderr", daemon=True)
+        reader.start()
+        written = 0
+        try:
+            if passphrase is not None:
+                try:
+                    process.stdin.write(passphrase.encode() + b"\n")
+                    process.stdin.close()
+                except BrokenPipeError:
+                    pass  # gpg stopped before reading it; its status lines say why
+            try:
+                fcntl.fcntl(process.stdout.fileno(), F_SETPIPE_SZ, OUTPUT_CHUNK)
+            except OSError:
+                pass  # an optimisation only
+            # gpg writes 4 KiB at a time: one reused buffer, not a new bytes object per read
+            # (that cost twice gpg's own time).
+            buffer = memoryview(bytearray(OUTPUT_CHUNK))
+            while count := process.stdout.readinto(buffer):
+                if max_output_bytes is not None and written + count > max_output_bytes:
+                    raise GpgOutputLimitExceeded(
+                        f"GPG decryption of {src} stopped: its plaintext passes "
+                        f"{max_output_bytes:,} bytes", max_output_bytes)
+                out.write(buffer[:count])
+                written += count
+            returncode = process.wait()
+        except BaseException:
+            process.kill()  # stops gpg mid-stream: nothing more is produced or written
+            process.wait()
+            raise
+        finally:
+            reader.join()
+            process.stdout.close()
+            process.stderr.close()
+        return returncode, b"".join(stderr).decode("utf-8", "replace"), written
 
     def verify_detached(
         self,
@@ -208,8 +276,8 @@ class GpgResource(dg.ConfigurableResource):
             self._gpg = open_gpg(self.homedir, gpg_binary=self.gpg_binary)
         return self._gpg
 
-    def _decrypt_error(self, src: Path, result: Any, *, passphrase_configured: bool) -> GpgError:
-        statuses = _status_lines(result.stderr)
+    def _decrypt_error(self, src: Path, stderr: str, *, passphrase_configured: bool) -> GpgError:
+        statuses = _status_lines(stderr)
         keywords = {key for key, _ in statuses}
         error_codes = {
             int(value.rsplit(" ", 1)[-1]) & 0xFFFF
@@ -223,10 +291,7 @@ class GpgResource(dg.ConfigurableResource):
                 f"GPG cannot decrypt {src}: bad passphrase for the secret key{for_keys} in "
                 f"{self.homedir}"
             )
-        if not passphrase_configured and (
-            keywords & {"NEED_PASSPHRASE", "MISSING_PASSPHRASE"}
-            or "need passphrase" in result.status
-        ):
+        if not passphrase_configured and keywords & {"NEED_PASSPHRASE", "MISSING_PASSPHRASE"}:
             return GpgBadPassphrase(
                 f"GPG cannot decrypt {src}: the secret key{for_keys} is passphrase-protected "
                 "and no passphrase is configured"
@@ -252,17 +317,14 @@ class GpgResource(dg.ConfigurableResource):
         if "NODATA" in keywords or not (recipients or keywords & {"BEGIN_DECRYPTION"}):
             return GpgCorruptInput(
                 f"GPG cannot decrypt {src}: no OpenPGP encrypted data found (empty, garbage or "
-                f"a file that was never encrypted): {gpg_messages(result.stderr)}"
+                f"a file that was never encrypted): {gpg_messages(stderr)}"
             )
         if keywords & {"BADMDC", "DECRYPTION_FAILED"}:
             return GpgCorruptInput(
                 f"GPG cannot decrypt {src}: the encrypted data is corrupt or truncated "
-                f"(integrity check failed){for_keys}: {gpg_messages(result.stderr)}"
+                f"(integrity check failed){for_keys}: {gpg_messages(stderr)}"
             )
-        return GpgError(
-            f"GPG cannot decrypt {src}: {result.status or 'gpg failed'}: "
-            f"{gpg_messages(result.stderr)}"
-        )
+        return GpgError(f"GPG cannot decrypt {src}: gpg failed: {gpg_messages(stderr)}")
 
 
 # ------------------------------------------------------------------------ homedir helpers
@@ -374,6 +436,18 @@ def _status_lines(stderr: str) -> list[tuple[str, str]]:
             keyword, _, value = line[len("[GNUPG:] ") :].partition(" ")
             lines.append((keyword, value.strip()))
     return lines
+
+
+def _valid_signer(statuses: list[tuple[str, str]]) -> Optional[str]:
+    """The primary key fingerprint of a good inline signature (VALIDSIG's last field), if any."""
+    keywords = {key for key, _ in statuses}
+    if keywords & {"BADSIG", "ERRSIG", "EXPKEYSIG", "REVKEYSIG"}:
+        return None
+    for key, value in statuses:
+        if key == "VALIDSIG":
+            fields = value.split()
+            return fields[9] if len(fields) >= 10 else fields[0]
+    return None
 
 
 def gpg_messages(stderr: str) -> str:

@@ -191,20 +191,47 @@ def upload_stream(
     part_size: int = DEFAULT_PART_SIZE,
     max_concurrency: int = 4,
     extra_args: dict[str, Any] | None = None,
+    on_multipart_started: Callable[[str], None] | None = None,
+    on_multipart_ended: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Stream a file-like object to `s3://bucket/key` (multipart above `part_size`).
 
     Memory stays bounded whatever the size (see `transfer_config`); the stream need not be
     seekable. Returns `{"bucket", "key", "size", "etag"}` from a `head_object` afterwards, for
     materialization metadata and run keys.
+
+    `on_multipart_started(upload_id)` is called as soon as S3 has opened the multipart upload,
+    and `on_multipart_ended(upload_id)` once it is completed or aborted: a caller records the
+    id, so that if this process is killed before either, someone else can abort the upload
+    (S3 keeps an open upload's parts until then).
     """
-    client.upload_fileobj(
-        stream,
-        bucket,
-        key,
-        ExtraArgs=extra_args or None,
-        Config=transfer_config(part_size=part_size, max_concurrency=max_concurrency),
-    )
+    opened: list[str] = []
+
+    def started(parsed: Any = None, **_: Any) -> None:
+        # Every CreateMultipartUpload of this (shared) client passes here: keep this key's.
+        if parsed and parsed.get("Bucket") == bucket and parsed.get("Key") == key \
+                and parsed.get("UploadId"):
+            opened.append(parsed["UploadId"])
+            if on_multipart_started is not None:
+                on_multipart_started(parsed["UploadId"])
+
+    handler_id = f"credflow-upload-{id(opened)}"
+    client.meta.events.register("after-call.s3.CreateMultipartUpload", started,
+                                unique_id=handler_id)
+    try:
+        client.upload_fileobj(
+            stream,
+            bucket,
+            key,
+            ExtraArgs=extra_args or None,
+            Config=transfer_config(part_size=part_size, max_concurrency=max_concurrency),
+        )
+    finally:
+        client.meta.events.unregister("after-call.s3.CreateMultipartUpload",
+                                      unique_id=handler_id)
+        if on_multipart_ended is not None:
+            for upload_id in opened:  # completed, or aborted by s3transfer on the error
+                on_multipart_ended(upload_id)
     head = client.head_object(Bucket=bucket, Key=key)
     return {
         "bucket": bucket,
@@ -212,6 +239,33 @@ def upload_stream(
         "size": head["ContentLength"],
         "etag": head["ETag"].strip('"'),
     }
+
+
+def open_multipart_uploads(client: Any, bucket: str, prefix: str = "") -> Iterator[dict[str, Any]]:
+    """Every multipart upload under `prefix` that is neither completed nor aborted
+    (`list_multipart_uploads` entries: `Key`, `UploadId`, `Initiated`, …), paging."""
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+    while True:
+        page = client.list_multipart_uploads(**kwargs)
+        yield from page.get("Uploads", [])
+        if not page.get("IsTruncated"):
+            return
+        kwargs["KeyMarker"] = page.get("NextKeyMarker")
+        kwargs["UploadIdMarker"] = page.get("NextUploadIdMarker")
+
+
+def abort_multipart_upload(client: Any, bucket: str, key: str, upload_id: str) -> bool:
+    """Abort an open multipart upload (its parts are deleted); False when S3 no longer knows
+    it (completed or aborted already). Other errors are raised."""
+    from botocore.exceptions import ClientError
+
+    try:
+        client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in {"NoSuchUpload", "404"}:
+            return False
+        raise
+    return True
 
 
 class AwsClientResource(ConfigurableResource):
