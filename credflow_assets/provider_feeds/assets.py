@@ -96,6 +96,7 @@ from credflow_assets.resources.s3 import (
 )
 from credflow_assets.resources.gpg import GpgOutputLimitExceeded
 from credflow_assets.resources.sftp import SftpNoSuchFile
+from credflow_assets.run_recovery import mark_transient_failures
 
 HASH_CHUNK = 1024 * 1024
 PROGRESS_LOG_SECONDS = 15
@@ -113,6 +114,8 @@ def build_provider_job(provider: ProviderConfig):
         selection=dg.AssetSelection.assets(raw_asset_key(provider.name),
                                            landed_asset_key(provider.name)),
         executor_def=dg.in_process_executor,
+        # An outage is requested again later (Dagster's run_retries); a bad file is not.
+        hooks={mark_transient_failures},
         description=f"One file of provider {provider.name}: download the raw copy, then "
         "verify, decrypt, decompress and land it.",
     )
