@@ -226,10 +226,10 @@ def child_sync(options: dict) -> None:
 def child_noop(options: dict) -> None:
     """No-op jobs of the flow's shapes: three steps or one step per run, against one range run."""
     import dagster as dg
-    from dagster._core.storage.tags import (
-        ASSET_PARTITION_RANGE_END_TAG,
-        ASSET_PARTITION_RANGE_START_TAG,
-    )
+
+    # Dagster's run tags for a partition range run (dagster._core.storage.tags).
+    ASSET_PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
+    ASSET_PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
 
     partitions = dg.DynamicPartitionsDefinition(name="bench_noop")
     count = options["partitions"]

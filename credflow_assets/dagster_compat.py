@@ -178,3 +178,36 @@ def sensor_context(instance: dg.DagsterInstance, defs: dg.Definitions, sensor_na
         resources=wrap_resources_for_execution(resources),
         code_location_origin=_repository_origin().code_location_origin,
     )
+
+
+def stop_sensor(instance: dg.DagsterInstance, sensor: dg.SensorDefinition) -> None:
+    """Stop a sensor in the instance, as the UI's toggle does (its cursor stays): the daemon
+    reads the state by its selector. For a deployment test that lets one sensor tick alone;
+    no public API stops a sensor without a webserver."""
+    from dagster._core.scheduler.instigation import (
+        InstigatorState,
+        InstigatorStatus,
+        InstigatorType,
+        SensorInstigatorData,
+    )
+
+    state = _stored_state(instance, sensor.name)
+    if state is None:
+        instance.add_instigator_state(InstigatorState(
+            _instigator_origin(sensor.name), InstigatorType.SENSOR, InstigatorStatus.STOPPED,
+            SensorInstigatorData(sensor_type=sensor.sensor_type,
+                                 min_interval=sensor.minimum_interval_seconds)))
+    else:
+        instance.update_instigator_state(state.with_status(InstigatorStatus.STOPPED))
+
+
+def instance_config_errors(dagster_home: str, section: str, config_class) -> list[str]:
+    """The problems Dagster finds in one section of `DAGSTER_HOME/dagster.yaml` (e.g. a run
+    launcher's config) without building it: the Kubernetes launcher cannot be built without a
+    cluster, and no public API validates a configurable class's config alone."""
+    from dagster._config import process_config
+    from dagster._core.instance.config import dagster_instance_config
+
+    instance_config, _ = dagster_instance_config(dagster_home)
+    processed = process_config(config_class.config_type(), instance_config[section]["config"])
+    return [] if processed.success else [str(error) for error in processed.errors]

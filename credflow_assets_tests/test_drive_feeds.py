@@ -19,7 +19,6 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import sqlalchemy as sa
-from dagster._core.events import DagsterEventType
 
 from credflow_assets import drive_feeds
 from credflow_assets.config import NotificationsConfig, load_config
@@ -176,7 +175,7 @@ def materialization(flow, key: dg.AssetKey, partition: str):
 
 def check_evaluations(flow, run_id: str) -> list:
     return [event.dagster_event.event_specific_data for event in flow["instance"].all_logs(
-        run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION)]
+        run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)]
 
 
 def ids_of(feed_config, rows) -> list[str]:

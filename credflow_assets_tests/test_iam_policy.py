@@ -67,6 +67,8 @@ CALL_TO_ACTIONS: dict[str, set[str]] = {
     "copy_object": {"s3:GetObject", "s3:PutObject"},  # read the source, write the target
     "copy": {"s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"},
     "delete_object": {"s3:DeleteObject"},
+    # A killed run's open uploads (recorded in its tags) are aborted by the next run.
+    "abort_multipart_upload": {"s3:AbortMultipartUpload"},
     "get_queue_url": {"sqs:GetQueueUrl"},
     "receive_message": {"sqs:ReceiveMessage"},
     # SQS has no separate permission for its batch calls: DeleteMessage covers DeleteMessageBatch.

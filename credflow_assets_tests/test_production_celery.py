@@ -43,14 +43,13 @@ import sqlalchemy as sa
 import yaml
 
 from credflow_assets.staged_tables.layout import partition_key_for
-from credflow_assets_tests.conftest import REPO, running_stack
+from credflow_assets_tests.conftest import DEFAULT_CONFIG, REPO, running_stack
 
 BIN = Path(sys.executable).parent
 BROKER_URL = os.environ.get("CREDFLOW_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 # Results go back to the publisher over the broker: nothing else to run or clean up.
 BACKEND_URL = "rpc://"
 
-LOCATION_NAME = "credflow_assets"  # workspace.yaml
 SENSOR = "staging_events_sensor"
 BUCKET = "credflow-adhoc"
 DATABASE = "credflow_adhoc"
@@ -196,25 +195,17 @@ def postgres_variables(postgres_url: str) -> dict[str, str]:
 def stop_every_sensor_but(instance, keep: str) -> list[str]:
     """Stop, in the instance, every sensor of the code location except `keep` (what the UI's
     toggle does); the daemon then ticks `keep` alone. Returns the stopped sensors' names."""
-    from dagster._core.remote_origin import InProcessCodeLocationOrigin
-    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+    from credflow_assets.config import load_config
+    from credflow_assets.dagster_compat import stop_sensor
+    from credflow_assets.definitions import build_definitions
 
-    # The daemon finds a sensor's state by its selector (location, repository, sensor name), so
-    # states written through an in-process copy of the location apply to the daemon's.
-    origin = InProcessCodeLocationOrigin(
-        LoadableTargetOrigin(executable_path=sys.executable,
-                             module_name="credflow_assets.definitions"),
-        location_name=LOCATION_NAME,
-    )
+    sensors = build_definitions(load_config(DEFAULT_CONFIG)).get_repository_def().sensor_defs
+    assert keep in {sensor.name for sensor in sensors}
     stopped = []
-    with origin.create_location(instance) as location:
-        sensors = [sensor for repository in location.get_repositories().values()
-                   for sensor in repository.get_sensors()]
-        assert keep in {sensor.name for sensor in sensors}
-        for sensor in sensors:
-            if sensor.name != keep:
-                instance.stop_sensor(sensor.get_remote_origin_id(), sensor.selector_id, sensor)
-                stopped.append(sensor.name)
+    for sensor in sensors:
+        if sensor.name != keep:
+            stop_sensor(instance, sensor)
+            stopped.append(sensor.name)
     return stopped
 
 

@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 import boto3
 import dagster as dg
 import pytest
-from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
 from credflow_assets.dagster_compat import sensor_cursor, store_sensor_cursor
 from credflow_assets.definitions import build_definitions
@@ -170,7 +169,7 @@ def test_signup_tick_resumes_from_its_stored_cursor_with_the_same_run_keys(stack
 
 
 def test_a_therapist_whose_run_is_under_way_is_left_to_it(stack):
-    stack["instance"].add_run(DagsterRun(job_name=MPF_JOB_NAME, status=DagsterRunStatus.STARTED,
+    stack["instance"].add_run(dg.DagsterRun(job_name=MPF_JOB_NAME, status=dg.DagsterRunStatus.STARTED,
                                          tags={"dagster/partition": CHANGED}))
     ticks, _ = one_pass(stack, "signup_reconciliation_sensor", "therapist_settings",
                         signup_settings(stack))
@@ -205,7 +204,7 @@ def test_staging_pass_finds_lost_uploads_and_leaves_rejected_and_running_files_a
     s3.put_object(Bucket=bucket, Key=replaced, Body=b"a,b\n1,2\n")
     # … and a run for another rejected file's replacement is under way right now.
     s3.put_object(Bucket=bucket, Key=running, Body=b"a,b\n3,4\n")
-    instance.add_run(DagsterRun(job_name=job_name("claims"), status=DagsterRunStatus.STARTED,
+    instance.add_run(dg.DagsterRun(job_name=job_name("claims"), status=dg.DagsterRunStatus.STARTED,
                                 tags={"dagster/partition": partition_key_for(running)}))
 
     ticks, cursor = one_pass(stack, "staging_reconciliation_sensor", "staged_tables_settings",

@@ -13,7 +13,6 @@ import boto3
 import dagster as dg
 import pytest
 from click.testing import CliRunner
-from dagster._core.storage.dagster_run import RunsFilter
 
 from credflow_assets.dagster_compat import sensor_cursor, store_sensor_cursor
 from credflow_assets.definitions import build_definitions
@@ -90,7 +89,7 @@ def checks_of(flow, key: str) -> dict[str, dict]:
     """The check results of the latest run for the staged file at `key`."""
     instance = flow["instance"]
     run = instance.get_runs(
-        filters=RunsFilter(tags={"dagster/partition": partition_key_for(key)}), limit=1)[0]
+        filters=dg.RunsFilter(tags={"dagster/partition": partition_key_for(key)}), limit=1)[0]
     results = {}
     for entry in instance.all_logs(run.run_id,
                                    of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION):
@@ -118,9 +117,7 @@ def step_failures(flow, run_id: str) -> list:
 
 def event_log_text(flow, run_id: str) -> str:
     """Everything the instance stores about a run's events, serialized: what the UI can show."""
-    from dagster._serdes import serialize_value
-
-    return "\n".join(serialize_value(entry) for entry in flow["instance"].all_logs(run_id))
+    return "\n".join(dg.serialize_value(entry) for entry in flow["instance"].all_logs(run_id))
 
 
 def error_report_of(flow, metadata: dict) -> str:

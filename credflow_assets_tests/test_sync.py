@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import dagster as dg
 import pytest
@@ -165,12 +166,11 @@ def test_an_unknown_sensor_name_is_refused(defs, instance):
     ("KeyError\n", "KeyError", "KeyError"),  # no message: the bare class is all there is
 ])
 def test_a_failure_reads_as_its_message_without_the_exception_class(message, cls_name, read):
-    from dagster._utils.error import SerializableErrorInfo
-
     from credflow_assets.sync import innermost_error_message
 
-    wrapped = SerializableErrorInfo(
+    # The shape of Dagster's error info (a step failure's `error`): message, class, cause.
+    wrapped = SimpleNamespace(
         message="dagster._core.errors.DagsterExecutionStepExecutionError: Error occurred while "
         'executing op "x":\n', stack=[], cls_name="DagsterExecutionStepExecutionError",
-        cause=SerializableErrorInfo(message=message, stack=[], cls_name=cls_name))
+        cause=SimpleNamespace(message=message, stack=[], cls_name=cls_name, cause=None))
     assert innermost_error_message(wrapped) == read

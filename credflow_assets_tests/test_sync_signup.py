@@ -211,8 +211,6 @@ def test_a_therapist_whose_run_has_yet_to_start_is_left_to_it(flow):
     """Under the daemon a requested run may wait in the queue past the next tick. That run lists
     the therapist's prefix when it starts, so the next tick's events for them need no run of
     their own; a run that has started may have listed already, so it is no reason to skip."""
-    from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
-
     s3, bucket, instance = flow["s3"], flow["bucket"], flow["instance"]
     queue = flow["config"].events.signup_uploads.queue
     sqs = boto3.client("sqs", endpoint_url=s3.meta.endpoint_url)
@@ -220,9 +218,9 @@ def test_a_therapist_whose_run_has_yet_to_start_is_left_to_it(flow):
     queued, started, idle = "3101", "3102", "3103"
     # NOT_STARTED stands for the three statuses before a run's steps begin (a QUEUED record
     # needs the origin of a code location server, which this in-process test has not).
-    for status, therapist_id in ((DagsterRunStatus.NOT_STARTED, queued),
-                                 (DagsterRunStatus.STARTED, started)):
-        instance.add_run(DagsterRun(job_name="therapist_mpf_job", status=status,
+    for status, therapist_id in ((dg.DagsterRunStatus.NOT_STARTED, queued),
+                                 (dg.DagsterRunStatus.STARTED, started)):
+        instance.add_run(dg.DagsterRun(job_name="therapist_mpf_job", status=status,
                                     tags={"dagster/partition": therapist_id}))
     for therapist_id in (queued, started, idle):
         s3.put_object(Bucket=bucket, Key=f"{therapist_id}/license.pdf", Body=pdf_bytes())

@@ -241,19 +241,6 @@ def upload_stream(
     }
 
 
-def open_multipart_uploads(client: Any, bucket: str, prefix: str = "") -> Iterator[dict[str, Any]]:
-    """Every multipart upload under `prefix` that is neither completed nor aborted
-    (`list_multipart_uploads` entries: `Key`, `UploadId`, `Initiated`, …), paging."""
-    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
-    while True:
-        page = client.list_multipart_uploads(**kwargs)
-        yield from page.get("Uploads", [])
-        if not page.get("IsTruncated"):
-            return
-        kwargs["KeyMarker"] = page.get("NextKeyMarker")
-        kwargs["UploadIdMarker"] = page.get("NextUploadIdMarker")
-
-
 def abort_multipart_upload(client: Any, bucket: str, key: str, upload_id: str) -> bool:
     """Abort an open multipart upload (its parts are deleted); False when S3 no longer knows
     it (completed or aborted already). Other errors are raised."""
