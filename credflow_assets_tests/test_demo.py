@@ -102,12 +102,12 @@ def latest_mpf_verdicts(home: Path) -> dict[str, bool]:
     execution history, as the UI's check pages read it."""
     import dagster as dg
 
-    from credflow_assets.therapists.checks import MPF_FOLDER_KEY
+    from credflow_assets.therapists.names import MPF_AUDIT_CHECK, MPF_FOLDER_KEY
 
     verdicts: dict[str, bool] = {}
     with _instance(home) as instance:
         history = instance.event_log_storage.get_asset_check_execution_history(
-            dg.AssetCheckKey(MPF_FOLDER_KEY, "mpf_audit"), limit=10_000)
+            dg.AssetCheckKey(MPF_FOLDER_KEY, MPF_AUDIT_CHECK), limit=10_000)
         for record in history:  # newest first
             if record.event is not None and record.partition not in verdicts:
                 verdicts[record.partition] = \

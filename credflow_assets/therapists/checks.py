@@ -12,10 +12,12 @@ import warnings
 
 import dagster as dg
 
-from credflow_assets.partitions import therapist_partitions
 from credflow_assets.resources.drive import DriveResource
-
-MPF_FOLDER_KEY = dg.AssetKey(["drive", "mpf", "folder"])
+from credflow_assets.therapists.names import (
+    MPF_AUDIT_CHECK,
+    MPF_FOLDER_KEY,
+    therapist_partitions,
+)
 
 # `partitions_def` records each verdict against the therapist's partition, so the UI shows each
 # therapist's latest verdict. It is a preview in Dagster 1.13; its warning is silenced here,
@@ -23,7 +25,7 @@ MPF_FOLDER_KEY = dg.AssetKey(["drive", "mpf", "folder"])
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", category=dg.PreviewWarning)
     mpf_audit_check_spec = dg.AssetCheckSpec(
-        name="mpf_audit",
+        name=MPF_AUDIT_CHECK,
         asset=MPF_FOLDER_KEY,
         partitions_def=therapist_partitions,
         description="The therapist's MPF folder is unique, at the MPF root, holds only their "

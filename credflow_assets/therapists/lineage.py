@@ -13,9 +13,11 @@ from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
 
 from credflow_assets.materializations import latest_materialization
 from credflow_assets.sync import innermost_error_message
-from credflow_assets.therapists.settings import THERAPIST_TAG
-
-MPF_FOLDER_KEY = dg.AssetKey(["drive", "mpf", "folder"])
+from credflow_assets.therapists.names import (
+    MPF_FOLDER_KEY,
+    PLACED_FILES_METADATA,
+    THERAPIST_TAG,
+)
 
 
 def therapist_lineage(instance: dg.DagsterInstance, therapist_id: str) -> dict:
@@ -31,7 +33,7 @@ def therapist_lineage(instance: dg.DagsterInstance, therapist_id: str) -> dict:
             "url": metadata["folder_url"].value,
             **produced_by,
         }
-        for placed in metadata["files"].value:
+        for placed in metadata[PLACED_FILES_METADATA].value:
             lineage["files"].append({**placed, **produced_by})
     since = folder_record.timestamp if folder_record else 0
     failed_runs = instance.get_runs(
