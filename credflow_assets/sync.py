@@ -42,6 +42,7 @@ from credflow_assets.dagster_compat import (
     sensor_stopped,
     store_sensor_cursor,
 )
+from credflow_assets.messages import error_message as innermost_error_message
 from credflow_assets.reconciliation import ReconcileCursor, is_reconciliation_sensor
 from credflow_assets.run_recovery import (
     AUTO_RETRY_RUN_ID_TAG,
@@ -368,14 +369,3 @@ def failure_reason(result) -> str:
         if event.is_failure and event.message:
             return event.message
     return "run failed"
-
-
-def innermost_error_message(error) -> str:
-    """The first line of the deepest cause of a Dagster SerializableErrorInfo."""
-    # Dagster wraps the asset's own exception ("Error occurred while executing op …"); the
-    # cause at the bottom of the chain is what names the file and the problem.
-    while error.cause is not None:
-        error = error.cause
-    message = error.message.strip().splitlines()[0]
-    # A dg.Failure's description is the message; drop the class path Dagster puts in front.
-    return message.removeprefix("dagster._core.definitions.events.Failure: ")

@@ -9,10 +9,9 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import dagster as dg
-from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
 
 from credflow_assets.materializations import latest_materialization
-from credflow_assets.sync import innermost_error_message
+from credflow_assets.messages import error_message
 from credflow_assets.therapists.names import (
     MPF_FOLDER_KEY,
     PLACED_FILES_METADATA,
@@ -37,8 +36,8 @@ def therapist_lineage(instance: dg.DagsterInstance, therapist_id: str) -> dict:
             lineage["files"].append({**placed, **produced_by})
     since = folder_record.timestamp if folder_record else 0
     failed_runs = instance.get_runs(
-        filters=RunsFilter(tags={THERAPIST_TAG: therapist_id},
-                           statuses=[DagsterRunStatus.FAILURE]),
+        filters=dg.RunsFilter(tags={THERAPIST_TAG: therapist_id},
+                              statuses=[dg.DagsterRunStatus.FAILURE]),
         limit=20,
     )
     for run in failed_runs:
@@ -75,12 +74,11 @@ def format_lineage(lineage: dict) -> list[str]:
     return lines
 
 
-
 def _run_error(instance: dg.DagsterInstance, run_id: str) -> str:
     for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
         error = record.dagster_event.step_failure_data.error
         if error is not None:
-            return innermost_error_message(error)
+            return error_message(error)
     return "run failed"
 
 
