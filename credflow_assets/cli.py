@@ -293,7 +293,7 @@ def mpf_audit(settings: _Settings, as_json: bool) -> None:
     Exits 1 when there is anything to repair.
     """
     settings.adopt_stack_environment()
-    from credflow_assets.therapists.audit import audit_mpf
+    from credflow_assets.therapists.mpf_audit import audit_mpf
 
     config = settings.config()
     with settings.resources("drive", "s3") as resources:
@@ -313,7 +313,7 @@ def mpf_audit(settings: _Settings, as_json: bool) -> None:
 def mpf_repair(settings: _Settings, dry_run: bool) -> None:
     """Fix what `credflow mpf audit` finds: move files, un-nest folders, merge duplicates."""
     settings.adopt_stack_environment()
-    from credflow_assets.therapists.audit import audit_mpf, repair_mpf
+    from credflow_assets.therapists.mpf_audit import audit_mpf, repair_mpf
     from credflow_assets.therapists.directory import UnknownTherapistError, get_therapist
 
     config = settings.config()

@@ -4,7 +4,7 @@ Reads top to bottom: sensors.py (new uploads) → assets.py (uploads, renditions
 materialized by one step) →
 checks.py (the MPF audit as an asset check). mpf.py holds the folder rules, renditions.py the
 conversions, directory.py the therapist directory, uploads.py the signup bucket's layout,
-audit.py the audit and repair, lineage.py what `credflow lineage` shows.
+mpf_audit/ the audit and repair, lineage.py what `credflow lineage` shows.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ with warnings.catch_warnings():
 def mpf_audit_result(
     drive: DriveResource, root_id: str, therapist_id: str, expected_s3_keys: list[str]
 ) -> dg.AssetCheckResult:
-    from credflow_assets.therapists.audit import audit_therapist
+    from credflow_assets.therapists.mpf_audit import audit_therapist
 
     report = audit_therapist(drive, root_id, therapist_id, expected_s3_keys=expected_s3_keys)
     return dg.AssetCheckResult(
@@ -94,7 +94,7 @@ def record_verdicts_after_repair(instance: dg.DagsterInstance, drive: DriveResou
                                  root_id: str, findings, s3_client, signup_bucket: str) -> int:
     """Audit again each therapist the repaired findings named (and the instance knows), and
     record the new verdict on their partition. Returns how many were recorded."""
-    from credflow_assets.therapists.audit import audit_therapist
+    from credflow_assets.therapists.mpf_audit import audit_therapist
     from credflow_assets.therapists.uploads import list_uploads
 
     recorded = 0
