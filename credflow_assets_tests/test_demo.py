@@ -28,7 +28,10 @@ def home(tmp_path_factory):
 
 def credflow(home: Path, *args: str) -> subprocess.CompletedProcess:
     env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"),
-           "CREDFLOW_HOME": str(home), "CREDFLOW_CONFIG": str(DEFAULT_CONFIG)}
+           "CREDFLOW_HOME": str(home), "CREDFLOW_CONFIG": str(DEFAULT_CONFIG),
+           # The command runs the code under test (a worktree's, on PYTHONPATH), not the
+           # checkout the virtualenv's editable install points at.
+           **{name: os.environ[name] for name in ("PYTHONPATH",) if name in os.environ}}
     return subprocess.run([str(BIN / "credflow"), *args], env=env, capture_output=True,
                           text=True, timeout=600)
 

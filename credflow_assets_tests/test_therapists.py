@@ -60,7 +60,10 @@ def flow(tmp_path_factory):
 
 def run_credflow(flow, *args: str) -> subprocess.Popen:
     env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"),
-           "CREDFLOW_HOME": str(flow["home"]), "CREDFLOW_CONFIG": str(DEFAULT_CONFIG)}
+           "CREDFLOW_HOME": str(flow["home"]), "CREDFLOW_CONFIG": str(DEFAULT_CONFIG),
+           # The command runs the code under test (a worktree's, on PYTHONPATH), not the
+           # checkout the virtualenv's editable install points at.
+           **{name: os.environ[name] for name in ("PYTHONPATH",) if name in os.environ}}
     return subprocess.Popen([str(BIN / "credflow"), *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
