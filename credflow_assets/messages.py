@@ -1,4 +1,5 @@
-"""Text people read, for every flow and command: what a failed run says, in one line."""
+"""Text people read, for every flow and command: what a failed run says, in one line, and the
+tables a run's metadata shows in the UI."""
 
 from __future__ import annotations
 
@@ -13,3 +14,10 @@ def error_message(error_info) -> str:
     # A dg.Failure's description is the message; drop the class path Dagster puts in front.
     return message.removeprefix("dagster._core.definitions.events.Failure: ")
 
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A markdown table for `dg.MetadataValue.md`; a `|` in a value is escaped."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(value).replace("|", "\\|") for value in row) + " |"
+              for row in rows]
+    return "\n".join(lines)

@@ -20,6 +20,7 @@ from pathlib import Path
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
+from credflow_assets.messages import markdown_table
 from credflow_assets.parse_logs import parse_log
 from credflow_assets.resources.drive import DOCUMENT_MIME, DriveError, DriveResource
 from credflow_assets.resources.s3 import head_object_or_none, object_url, prefix_url
@@ -114,7 +115,7 @@ def _uploads_metadata(client, bucket: str, uploads: list[dict], prefix: str) -> 
     return {
         "uploads": len(uploads),
         "total_bytes": sum(upload["size"] for upload in uploads),
-        "files": dg.MetadataValue.md(_table(
+        "files": dg.MetadataValue.md(markdown_table(
             ["S3 key", "size", "etag"],
             [[f"[{upload['key']}]({object_url(client, bucket, upload['key'])})", upload["size"],
               upload["etag"]] for upload in uploads],
@@ -131,7 +132,7 @@ def _renditions_metadata(entries: list[dict]) -> dict:
         "pdf_ready": len(entries) - len(missing_pdf),
         "pdf_missing": len(missing_pdf),
         "google_doc_convertible": sum(1 for entry in entries if entry["gdoc_source_type"]),
-        "renditions": dg.MetadataValue.md(_table(
+        "renditions": dg.MetadataValue.md(markdown_table(
             ["S3 key", "PDF", "Google Doc"],
             [[entry["key"], entry["pdf_error"] and f"missing: {entry['pdf_error']}" or "ok",
               entry["gdoc_error"] and f"n/a: {entry['gdoc_error']}" or "ok"]
@@ -295,18 +296,11 @@ def _files_table(files: list[dict]) -> str:
             return f"error: {rendition['error']}"
         return f"[{rendition['name']}]({rendition.get('link')}) ({rendition['action']})"
 
-    return _table(
+    return markdown_table(
         ["S3 key", "original", "PDF", "Google Doc"],
         [[f["s3_key"], *(cell(f["renditions"][r]) for r in ("original", "pdf", "gdoc"))]
          for f in files],
     )
-
-
-def _table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(value).replace("|", "\\|") for value in row) + " |"
-              for row in rows]
-    return "\n".join(lines)
 
 
 therapist_mpf_job = dg.define_asset_job(

@@ -9,6 +9,7 @@ CLI, the reparse, the failure notifications, tests and benches) imports them fro
     MPF_FOLDER_KEY        drive/mpf/folder: their Magically Processed Folder on Drive
     MPF_AUDIT_CHECK       mpf_audit: the audit of that folder, a check on each partition
     JOB_NAME              therapist_mpf_job: the three assets, for one therapist per run
+    REPAIR_JOB_NAME       mpf_repair_job: the MPF repair, over the whole MPF
     THERAPIST_TAG         credflow/therapist_id: one run per therapist at a time
 """
 
@@ -38,6 +39,8 @@ PLACED_FILES_METADATA = "files"
 SOURCE_FINGERPRINT_METADATA = "source_fingerprint"
 
 JOB_NAME = "therapist_mpf_job"
+REPAIR_JOB_NAME = "mpf_repair_job"
+REPAIR_OP_NAME = "mpf_repair"
 
 UPLOAD_SENSOR_NAME = "signup_upload_sensor"
 RECONCILIATION_SENSOR_NAME = "signup_reconciliation_sensor"
@@ -48,7 +51,7 @@ RECONCILIATION_SENSOR_NAME = "signup_reconciliation_sensor"
 THERAPIST_TAG = "credflow/therapist_id"
 
 FLOW_RUNS = FlowRuns(
-    job_names=lambda name: name == JOB_NAME,
+    job_names=lambda name: name in (JOB_NAME, REPAIR_JOB_NAME),
     asset_key_prefixes=tuple(dict.fromkeys(tuple(key.path[:-1]) for key in ASSET_KEYS)),
     tags=lambda therapist_id, _job, _assets: {THERAPIST_TAG: therapist_id},
 )

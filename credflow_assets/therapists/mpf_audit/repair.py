@@ -49,6 +49,11 @@ class RepairAction:
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "changes_drive": self.changes_drive}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RepairAction:
+        """The action `to_dict` gave (e.g. read back from a repair run's metadata)."""
+        return cls(**{name: value for name, value in data.items() if name != "changes_drive"})
+
     def __str__(self) -> str:
         return self.sentence if self.status in ("planned", "done") else (
             f"{self.sentence} [{self.status}]"
