@@ -194,7 +194,6 @@ def mark_handled(instance, client, config, *, therapists_limit: int,
     Returns (seconds, therapists marked, staged files marked)."""
     import dagster as dg
 
-    from credflow_assets.partitions import therapist_partitions
     from credflow_assets.resources.s3 import iter_objects
     from credflow_assets.staged_tables.layout import partition_key_for
     from credflow_assets.staged_tables.settings import (
@@ -202,7 +201,11 @@ def mark_handled(instance, client, config, *, therapists_limit: int,
         staging_file_key,
         table_partitions,
     )
-    from credflow_assets.therapists.sensors import MPF_FOLDER_KEY
+    from credflow_assets.therapists.names import (
+        MPF_FOLDER_KEY,
+        SOURCE_FINGERPRINT_METADATA,
+        therapist_partitions,
+    )
 
     started = time.monotonic()
     uploads: dict[str, list[tuple[str, str]]] = defaultdict(list)
@@ -217,7 +220,7 @@ def mark_handled(instance, client, config, *, therapists_limit: int,
     for tid in new:
         instance.report_runless_asset_event(dg.AssetMaterialization(
             asset_key=MPF_FOLDER_KEY, partition=tid,
-            metadata={"source_fingerprint": fingerprint(uploads[tid])}))
+            metadata={SOURCE_FINGERPRINT_METADATA: fingerprint(uploads[tid])}))
     staged = []
     for item in iter_objects(client, config.buckets.adhoc, prefix="staging/"):
         if len(staged) >= staged_limit:

@@ -307,7 +307,7 @@ def mpf_audit(settings: _Settings, as_json: bool) -> None:
     Exits 1 when there is anything to repair.
     """
     settings.adopt_stack_environment()
-    from credflow_assets.therapists.audit import audit_mpf
+    from credflow_assets.therapists.mpf_audit import audit_mpf
 
     config = settings.config()
     with settings.resources("drive", "s3") as resources:
@@ -325,42 +325,49 @@ def mpf_audit(settings: _Settings, as_json: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Say what would be done; change nothing.")
 @click.pass_obj
 def mpf_repair(settings: _Settings, dry_run: bool) -> None:
-    """Fix what `credflow mpf audit` finds: move files, un-nest folders, merge duplicates."""
+    """Fix what `credflow mpf audit` finds: move files, un-nest folders, merge duplicates.
+
+    Runs the `mpf_repair_job` here, in-process: the UI lists the run under the job, with its
+    actions. After a repair, each repaired therapist's `mpf_audit` verdict is recorded anew.
+    """
     settings.adopt_stack_environment()
-    from credflow_assets.therapists.audit import audit_mpf, repair_mpf
-    from credflow_assets.therapists.directory import UnknownTherapistError, get_therapist
+    if not os.environ.get("DAGSTER_HOME"):
+        raise click.ClickException(
+            "DAGSTER_HOME is not set: start the local stack (`credflow local up`) or set it"
+        )
+    import dagster as dg
 
-    config = settings.config()
-    with settings.resources("drive", "s3", "directory_db") as resources:
-        engine = resources.directory_db.get_engine()
+    from credflow_assets.dagster_compat import execute_run_in_process
+    from credflow_assets.definitions import build_definitions
+    from credflow_assets.run_recovery import process_tags
+    from credflow_assets.sync import execution_run_config, failure_reason
+    from credflow_assets.therapists.names import (
+        MPF_AUDIT_CHECK,
+        REPAIR_JOB_NAME,
+        REPAIR_OP_NAME,
+    )
+    from credflow_assets.therapists.repair_job import repair_outcome
 
-        def resolve_therapist(therapist_id: str):
-            try:
-                return get_therapist(engine, therapist_id)
-            except UnknownTherapistError:
-                return None
-
-        report = audit_mpf(resources.drive, config.drive.mpf_root_folder_id,
-                           s3_client=resources.s3,
-                           signup_bucket=config.buckets.signup)
-        actions = repair_mpf(resources.drive, config.drive.mpf_root_folder_id, report,
-                             resolve_therapist=resolve_therapist, dry_run=dry_run)
-        prefix = "would: " if dry_run else ""
-        for action in actions:
-            click.echo(f"{prefix}{action}")
-        click.echo(f"{len(actions)} action(s){' planned' if dry_run else ''}")
-        if actions and not dry_run:
-            # Each repaired therapist's partition shows the audit's verdict after the repair,
-            # not the one their last run recorded.
-            import dagster as dg
-
-            from credflow_assets.therapists.checks import record_verdicts_after_repair
-
-            with dg.DagsterInstance.get() as instance:
-                recorded = record_verdicts_after_repair(
-                    instance, resources.drive, config.drive.mpf_root_folder_id,
-                    report.findings, resources.s3, config.buckets.signup)
-            click.echo(f"mpf_audit verdicts recorded for {recorded} therapist(s)")
+    defs = build_definitions(settings.config())
+    with dg.DagsterInstance.get() as instance:
+        result = execute_run_in_process(
+            defs, instance, REPAIR_JOB_NAME,
+            run_config=execution_run_config(
+                {"ops": {REPAIR_OP_NAME: {"config": {"dry_run": dry_run}}}}, verbose=False),
+            # A run in this process: should the process die, `fail_stopped_runs` finds it.
+            tags=process_tags(),
+        )
+    outcome = repair_outcome(result.all_events) if result.success else None
+    if outcome is None:
+        raise click.ClickException(
+            f"{REPAIR_JOB_NAME} failed: {failure_reason(result)} (run {result.run_id})")
+    prefix = "would: " if dry_run else ""
+    for action in outcome.actions:
+        click.echo(f"{prefix}{action}")
+    click.echo(f"{len(outcome.actions)} action(s){' planned' if dry_run else ''}")
+    if outcome.verdicts_recorded is not None:
+        click.echo(f"{MPF_AUDIT_CHECK} verdicts recorded for {outcome.verdicts_recorded} "
+                   "therapist(s)")
 
 
 @main.command("reparse")

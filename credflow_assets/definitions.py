@@ -29,10 +29,10 @@ def failure_notifications() -> dg.RunStatusSensorDefinition:
     from credflow_assets.provider_feeds import naming as provider_feeds
     from credflow_assets.staged_tables import settings as staged_tables
     from credflow_assets.staged_tables.sensors import describe_failure
-    from credflow_assets.therapists import settings as therapists
+    from credflow_assets.therapists import names as therapists
 
     return build_failure_notification_sensor([
-        FlowFailures("therapist MPF", therapists.FLOW_RUNS),
+        FlowFailures(therapists.FAILURE_LABEL, therapists.FLOW_RUNS),
         FlowFailures("drive feed", drive_feeds.FLOW_RUNS),
         FlowFailures("provider feed", provider_feeds.FLOW_RUNS),
         FlowFailures("staged file", staged_tables.FLOW_RUNS, describe=describe_failure),

@@ -1,12 +1,7 @@
-"""The dynamic partition definition shared by a whole flow: one partition per therapist. A drive
-feed's, a provider's and a staged table's own sets are named in their flow's names module
-(`feed_partitions`, `provider_partitions`, `table_partitions`): each holds only that feed's,
-provider's or table's files."""
-
-import dagster as dg
-
-# Keyed by the therapist id from the signup database (the S3 prefix of their uploads).
-therapist_partitions = dg.DynamicPartitionsDefinition(name="therapists")
+"""What makes a valid dynamic partition key. Each flow's partition sets are named in its own
+names module (`therapist_partitions`, `feed_partitions`, `provider_partitions`,
+`table_partitions`): each holds only its flow's, feed's, provider's or table's
+keys."""
 
 
 def is_valid_partition_key(key: str) -> bool:

@@ -75,16 +75,16 @@ def _staged_table(key: str) -> str:
 
 def _flows() -> dict[str, FlowTarget]:
     from credflow_assets.drive_feeds import settings as feeds
-    from credflow_assets.partitions import therapist_partitions
     from credflow_assets.provider_feeds import naming as providers
     from credflow_assets.staged_tables import settings as tables
+    from credflow_assets.therapists import names as therapists
 
     return {
         # A therapist is a partition: their files go to their own MPF folder only.
         "therapists": FlowTarget(
-            None, lambda config: [""], lambda _: therapist_partitions.name,
-            lambda _: dg.AssetKey(["drive", "mpf", "folder"]), lambda key: "",
-            lambda _: "therapist_mpf_job", lane_of=lambda key: key),
+            None, lambda config: [""], lambda _: therapists.therapist_partitions.name,
+            lambda _: therapists.MPF_FOLDER_KEY, lambda key: "",
+            lambda _: therapists.JOB_NAME, lane_of=therapists.reparse_lane),
         "drive_feeds": FlowTarget(
             "feed", lambda config: [feed.name for feed in config.feeds],
             lambda feed: feeds.feed_partitions(feed).name, feeds.inbound_key,

@@ -38,7 +38,7 @@ def _flows() -> list[FlowRuns]:
     from credflow_assets.drive_feeds import settings as drive_feeds
     from credflow_assets.provider_feeds import naming as provider_feeds
     from credflow_assets.staged_tables import settings as staged_tables
-    from credflow_assets.therapists import settings as therapists
+    from credflow_assets.therapists import names as therapists
 
     return [module.FLOW_RUNS for module in (therapists, drive_feeds, provider_feeds, staged_tables)]
 

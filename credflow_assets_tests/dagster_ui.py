@@ -626,8 +626,7 @@ def _drop_therapist_upload(ui: DagsterUI, token: str) -> ProcessedFile:
     key = f"{therapist_id}/headshot.png"
     ui.aws("s3").put_object(Bucket=ui.config.buckets.signup, Key=key, Body=png_bytes(),
                             ContentType="image/png")
-    folder_key = flow_name("therapists", "MPF_FOLDER_KEY", "credflow_assets.therapists.checks",
-                           "credflow_assets.therapists.sensors")
+    folder_key = flow_name("therapists", "MPF_FOLDER_KEY")
     return ProcessedFile(
         "therapists", therapist_id, f"s3://{ui.config.buckets.signup}/{key}", time.time(),
         {"therapist_id": therapist_id, "s3_key": key,

@@ -28,7 +28,10 @@ def home(tmp_path_factory):
 
 def credflow(home: Path, *args: str) -> subprocess.CompletedProcess:
     env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"),
-           "CREDFLOW_HOME": str(home), "CREDFLOW_CONFIG": str(DEFAULT_CONFIG)}
+           "CREDFLOW_HOME": str(home), "CREDFLOW_CONFIG": str(DEFAULT_CONFIG),
+           # The command runs the code under test (a worktree's, on PYTHONPATH), not the
+           # checkout the virtualenv's editable install points at.
+           **{name: os.environ[name] for name in ("PYTHONPATH",) if name in os.environ}}
     return subprocess.run([str(BIN / "credflow"), *args], env=env, capture_output=True,
                           text=True, timeout=600)
 
@@ -76,6 +79,10 @@ def test_seed_sync_audit_repair(home):
     # Each therapist's partition shows the audit's verdict after the repair.
     assert "mpf_audit verdicts recorded for" in repaired.stdout
     assert latest_mpf_verdicts(home) and all(latest_mpf_verdicts(home).values())
+    # Each `credflow mpf repair` left a run of the repair job that the UI lists under the job,
+    # its actions in the output's metadata.
+    assert repair_runs(home) == [("SUCCESS", True, True), ("SUCCESS", False, True),
+                                 ("SUCCESS", False, False)]
     # The asset graph shows no failed partition but the staged file that is really rejected.
     assert failed_partitions(home) == {
         "s3/prod/claims_prod_csv": ["staging/claims/2024-04_claims_wrong_columns.csv"],
@@ -102,17 +109,37 @@ def latest_mpf_verdicts(home: Path) -> dict[str, bool]:
     execution history, as the UI's check pages read it."""
     import dagster as dg
 
-    from credflow_assets.therapists.checks import MPF_FOLDER_KEY
+    from credflow_assets.therapists.names import MPF_AUDIT_CHECK, MPF_FOLDER_KEY
 
     verdicts: dict[str, bool] = {}
     with _instance(home) as instance:
         history = instance.event_log_storage.get_asset_check_execution_history(
-            dg.AssetCheckKey(MPF_FOLDER_KEY, "mpf_audit"), limit=10_000)
+            dg.AssetCheckKey(MPF_FOLDER_KEY, MPF_AUDIT_CHECK), limit=10_000)
         for record in history:  # newest first
             if record.event is not None and record.partition not in verdicts:
                 verdicts[record.partition] = \
                     record.event.dagster_event.event_specific_data.passed
     return verdicts
+
+
+def repair_runs(home: Path) -> list[tuple[str, bool, bool]]:
+    """The repair job's runs, oldest first: status, whether it was a dry run, and whether it
+    did anything; each must belong to the code location the UI loads."""
+    import dagster as dg
+
+    from credflow_assets.dagster_compat import LOCATION_NAME
+    from credflow_assets.therapists.names import REPAIR_JOB_NAME
+    from credflow_assets.therapists.repair_job import ACTIONS_METADATA
+
+    found = []
+    with _instance(home) as instance:
+        for run in reversed(instance.get_runs(filters=dg.RunsFilter(job_name=REPAIR_JOB_NAME))):
+            assert run.remote_job_origin.location_name == LOCATION_NAME
+            outputs = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_OUTPUT)
+            metadata = outputs[0].dagster_event.step_output_data.metadata
+            found.append((run.status.value, metadata["dry_run"].value,
+                          bool(metadata[ACTIONS_METADATA].value)))
+    return found
 
 
 def failed_partitions(home: Path) -> dict[str, list[str]]:

@@ -18,15 +18,15 @@ import sqlalchemy as sa
 from credflow_assets.local.moto_server import ensure_bucket
 from credflow_assets.local.seed_mpf import THERAPISTS, UPLOADS, seed_old_system_mpf
 from credflow_assets.resources.drive import FOLDER_MIME, DriveResource
-from credflow_assets.therapists import audit as audit_module
 from credflow_assets.therapists import directory, mpf
-from credflow_assets.therapists.audit import (
+from credflow_assets.therapists.mpf_audit import (
     FINDING_KINDS,
     audit_mpf,
     audit_therapist,
     repair_mpf,
     therapist_resolver,
 )
+from credflow_assets.therapists.mpf_audit import snapshot as snapshot_module
 
 LAMB, LAMBERT = "t-1001", "t-1002"
 ERIN_NESTED, ERIN_AT_ROOT = "t-1003", "t-1004"
@@ -302,8 +302,8 @@ def test_audit_pages_through_listings(drive, root_id, seeded, monkeypatch):
         return list_files(self, q, fields=fields, order_by=order_by, page_size=page_size)
 
     monkeypatch.setattr(DriveResource, "list_files", small_pages)
-    monkeypatch.setattr(audit_module, "LIST_PAGE_SIZE", 2)
-    monkeypatch.setattr(audit_module, "PARENTS_PER_QUERY", 3)
+    monkeypatch.setattr(snapshot_module, "LIST_PAGE_SIZE", 2)
+    monkeypatch.setattr(snapshot_module, "PARENTS_PER_QUERY", 3)
     paged = audit_mpf(drive, root_id)
     assert set(pages) == {2}
     assert paged.to_dict() == normal.to_dict()

@@ -19,7 +19,6 @@ import pytest
 
 from credflow_assets.dagster_compat import sensor_cursor, store_sensor_cursor
 from credflow_assets.definitions import build_definitions
-from credflow_assets.partitions import therapist_partitions
 from credflow_assets.staged_tables.layout import partition_key_for
 from credflow_assets.staged_tables.settings import (
     job_name,
@@ -27,11 +26,13 @@ from credflow_assets.staged_tables.settings import (
     staging_file_key,
     table_partitions,
 )
-from credflow_assets.therapists.sensors import (
+from credflow_assets.therapists.names import (
+    JOB_NAME,
     MPF_FOLDER_KEY,
-    MPF_JOB_NAME,
-    signup_reconciliation_sensor,
+    SOURCE_FINGERPRINT_METADATA,
+    therapist_partitions,
 )
+from credflow_assets.therapists.sensors import signup_reconciliation_sensor
 from credflow_assets.therapists.uploads import uploads_fingerprint
 from credflow_assets_tests.conftest import running_stack
 
@@ -118,7 +119,7 @@ def record_mpf_received(instance, s3, bucket: str, therapist_ids: list[str]) -> 
     for therapist_id in therapist_ids:
         instance.report_runless_asset_event(dg.AssetMaterialization(
             asset_key=MPF_FOLDER_KEY, partition=therapist_id,
-            metadata={"source_fingerprint": uploads_fingerprint(uploads[therapist_id])}))
+            metadata={SOURCE_FINGERPRINT_METADATA: uploads_fingerprint(uploads[therapist_id])}))
 
 
 def test_signup_pass_covers_the_bucket_in_bounded_ticks_and_finds_only_what_differs(stack):
@@ -169,8 +170,8 @@ def test_signup_tick_resumes_from_its_stored_cursor_with_the_same_run_keys(stack
 
 
 def test_a_therapist_whose_run_is_under_way_is_left_to_it(stack):
-    stack["instance"].add_run(dg.DagsterRun(job_name=MPF_JOB_NAME, status=dg.DagsterRunStatus.STARTED,
-                                         tags={"dagster/partition": CHANGED}))
+    stack["instance"].add_run(dg.DagsterRun(job_name=JOB_NAME, status=dg.DagsterRunStatus.STARTED,
+                                            tags={"dagster/partition": CHANGED}))
     ticks, _ = one_pass(stack, "signup_reconciliation_sensor", "therapist_settings",
                         signup_settings(stack))
     assert [r.partition_key for requests in ticks for r in requests] == [LOST]

@@ -18,14 +18,14 @@ from credflow_assets.definitions import build_definitions
 from credflow_assets.reconciliation import ReconcileCursor, is_reconciliation_sensor
 from credflow_assets.resources.drive import DriveResource
 from credflow_assets.sync import sync
-from credflow_assets.therapists import mpf
+from credflow_assets.therapists import mpf, names
 from credflow_assets.therapists.directory import metadata as directory_metadata
 from credflow_assets.therapists.directory import therapists_table
 from credflow_assets_tests.conftest import running_stack
 from credflow_assets_tests.files import pdf_bytes, png_bytes
 from credflow_assets_tests.test_reconciliation import put_all, record_mpf_received
 
-SIGNUP_SENSORS = ["signup_upload_sensor", "signup_reconciliation_sensor"]
+SIGNUP_SENSORS = [names.UPLOAD_SENSOR_NAME, names.RECONCILIATION_SENSOR_NAME]
 # 80 therapists × 20 files and the lost upload: 1,601 keys, two one-page ticks (more would
 # only cost puts). The lost upload's key sorts after 1,200 others, in the second page.
 BULK_THERAPISTS = [f"t-{index:05d}" for index in range(81) if index != 60]
@@ -220,8 +220,8 @@ def test_a_therapist_whose_run_has_yet_to_start_is_left_to_it(flow):
     # needs the origin of a code location server, which this in-process test has not).
     for status, therapist_id in ((dg.DagsterRunStatus.NOT_STARTED, queued),
                                  (dg.DagsterRunStatus.STARTED, started)):
-        instance.add_run(dg.DagsterRun(job_name="therapist_mpf_job", status=status,
-                                    tags={"dagster/partition": therapist_id}))
+        instance.add_run(dg.DagsterRun(job_name=names.JOB_NAME, status=status,
+                                       tags={"dagster/partition": therapist_id}))
     for therapist_id in (queued, started, idle):
         s3.put_object(Bucket=bucket, Key=f"{therapist_id}/license.pdf", Body=pdf_bytes())
 

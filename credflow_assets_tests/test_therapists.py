@@ -19,6 +19,7 @@ from credflow_assets.resources.drive import DriveResource
 from credflow_assets.therapists import mpf
 from credflow_assets.therapists.directory import metadata as directory_metadata
 from credflow_assets.therapists.directory import therapists_table
+from credflow_assets.therapists.names import JOB_NAME
 from credflow_assets.therapists.renditions import RenditionError, render_pdfs
 from credflow_assets_tests.conftest import DEFAULT_CONFIG, running_stack
 from credflow_assets_tests.files import docx_bytes, pdf_bytes, png_bytes
@@ -59,7 +60,10 @@ def flow(tmp_path_factory):
 
 def run_credflow(flow, *args: str) -> subprocess.Popen:
     env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"),
-           "CREDFLOW_HOME": str(flow["home"]), "CREDFLOW_CONFIG": str(DEFAULT_CONFIG)}
+           "CREDFLOW_HOME": str(flow["home"]), "CREDFLOW_CONFIG": str(DEFAULT_CONFIG),
+           # The command runs the code under test (a worktree's, on PYTHONPATH), not the
+           # checkout the virtualenv's editable install points at.
+           **{name: os.environ[name] for name in ("PYTHONPATH",) if name in os.environ}}
     return subprocess.Popen([str(BIN / "credflow"), *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
@@ -162,7 +166,7 @@ def test_an_unknown_therapist_fails_clearly_and_is_retried_once_the_directory_kn
     upload(flow, "1999/license.txt", b"a license")
     code, output = credflow(flow, "sync")
     assert code == 1
-    assert "FAILED therapist_mpf_job partition 1999" in output
+    assert f"FAILED {JOB_NAME} partition 1999" in output
     assert "'1999' is not in the therapist directory" in output
     assert folders_of(flow, "1999") == []
 

@@ -20,8 +20,12 @@ from credflow_assets.drive_feeds.settings import (
     summary_key,
 )
 from credflow_assets.staged_tables.settings import TABLE_TAG, staging_file_key
-from credflow_assets.therapists.checks import MPF_FOLDER_KEY
-from credflow_assets.therapists.settings import THERAPIST_TAG
+from credflow_assets.therapists.names import (
+    ASSET_KEYS,
+    MPF_AUDIT_CHECK,
+    MPF_FOLDER_KEY,
+    THERAPIST_TAG,
+)
 from credflow_assets_tests.dagster_ui import (
     BIN,
     DEFAULT_CONFIG,
@@ -30,8 +34,7 @@ from credflow_assets_tests.dagster_ui import (
     unwrap,
 )
 
-THERAPIST_ASSETS = [["s3", "signup", "uploads"], ["therapists", "renditions"],
-                    list(MPF_FOLDER_KEY.path)]
+THERAPIST_ASSETS = [list(key.path) for key in ASSET_KEYS]
 
 LAUNCH_RUN = """
 mutation UiTestLaunch($params: ExecutionParams!) {
@@ -155,7 +158,7 @@ def test_check_results_belong_to_each_file_and_therapist(dagster_ui, daemon_proc
     feed = daemon_processed_files["drive_feeds"]
 
     audits = dagster_ui.graphql(CHECK_EXECUTIONS, {
-        "asset": {"path": list(MPF_FOLDER_KEY.path)}, "check": "mpf_audit",
+        "asset": {"path": list(MPF_FOLDER_KEY.path)}, "check": MPF_AUDIT_CHECK,
         "partition": therapist.partition_key})["assetCheckExecutions"]
     schema = dagster_ui.graphql(CHECK_EXECUTIONS, {
         "asset": {"path": list(records_key(feed.details["feed"]).path)},
@@ -172,7 +175,7 @@ def test_check_results_belong_to_each_file_and_therapist(dagster_ui, daemon_proc
 def test_the_materialize_button_holds_one_run_per_therapist(dagster_ui, daemon_processed_files):
     ui = dagster_ui
     therapist_id = daemon_processed_files["therapists"].partition_key
-    checks = [(list(MPF_FOLDER_KEY.path), "mpf_audit")]
+    checks = [(list(MPF_FOLDER_KEY.path), MPF_AUDIT_CHECK)]
 
     first = launch(ui, "__ASSET_JOB", therapist_id, THERAPIST_ASSETS, checks)
     second = launch(ui, "__ASSET_JOB", therapist_id, THERAPIST_ASSETS, checks)

@@ -20,23 +20,29 @@ from pathlib import Path
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
+from credflow_assets.messages import markdown_table
 from credflow_assets.parse_logs import parse_log
-from credflow_assets.partitions import therapist_partitions
 from credflow_assets.resources.drive import DOCUMENT_MIME, DriveError, DriveResource
 from credflow_assets.resources.s3 import head_object_or_none, object_url, prefix_url
 from credflow_assets.resources.sql import SqlResource
 from credflow_assets.run_recovery import mark_transient_failures
-from credflow_assets.therapists.checks import (
-    MPF_FOLDER_KEY,
-    mpf_audit_check_spec,
-    mpf_audit_result,
-)
+from credflow_assets.therapists.checks import mpf_audit_check_spec, mpf_audit_result
 from credflow_assets.therapists.directory import (
     Therapist,
     UnknownTherapistError,
     get_therapist,
 )
 from credflow_assets.therapists.mpf import ensure_therapist_folder, place_file
+from credflow_assets.therapists.names import (
+    GROUP,
+    JOB_NAME,
+    MPF_FOLDER_KEY,
+    PLACED_FILES_METADATA,
+    RENDITIONS_KEY,
+    SOURCE_FINGERPRINT_METADATA,
+    UPLOADS_KEY,
+    therapist_partitions,
+)
 from credflow_assets.therapists.renditions import (
     RenditionError,
     google_doc_source_type,
@@ -45,10 +51,6 @@ from credflow_assets.therapists.renditions import (
 )
 from credflow_assets.therapists.settings import TherapistFlowSettings
 from credflow_assets.therapists.uploads import list_uploads, uploads_fingerprint
-
-GROUP = "therapists"
-UPLOADS_KEY = dg.AssetKey(["s3", "signup", "uploads"])
-RENDITIONS_KEY = dg.AssetKey(["therapists", "renditions"])
 
 
 @dg.multi_asset(
@@ -113,7 +115,7 @@ def _uploads_metadata(client, bucket: str, uploads: list[dict], prefix: str) -> 
     return {
         "uploads": len(uploads),
         "total_bytes": sum(upload["size"] for upload in uploads),
-        "files": dg.MetadataValue.md(_table(
+        "files": dg.MetadataValue.md(markdown_table(
             ["S3 key", "size", "etag"],
             [[f"[{upload['key']}]({object_url(client, bucket, upload['key'])})", upload["size"],
               upload["etag"]] for upload in uploads],
@@ -130,7 +132,7 @@ def _renditions_metadata(entries: list[dict]) -> dict:
         "pdf_ready": len(entries) - len(missing_pdf),
         "pdf_missing": len(missing_pdf),
         "google_doc_convertible": sum(1 for entry in entries if entry["gdoc_source_type"]),
-        "renditions": dg.MetadataValue.md(_table(
+        "renditions": dg.MetadataValue.md(markdown_table(
             ["S3 key", "PDF", "Google Doc"],
             [[entry["key"], entry["pdf_error"] and f"missing: {entry['pdf_error']}" or "ok",
               entry["gdoc_error"] and f"n/a: {entry['gdoc_error']}" or "ok"]
@@ -226,8 +228,9 @@ def _fill_folder(context, client, drive: DriveResource, settings: TherapistFlowS
         "folder_created": resolution.created,
         "renamed_from": resolution.renamed_from or "",
         "merged_folder_ids": dg.MetadataValue.json(resolution.merged_folder_ids),
-        "source_fingerprint": uploads_fingerprint([(u["key"], u["etag"]) for u in uploads]),
-        "files": dg.MetadataValue.json(files),
+        SOURCE_FINGERPRINT_METADATA: uploads_fingerprint([(u["key"], u["etag"])
+                                                          for u in uploads]),
+        PLACED_FILES_METADATA: dg.MetadataValue.json(files),
         "files_table": dg.MetadataValue.md(_files_table(files)),
     }
     if failures:
@@ -236,7 +239,8 @@ def _fill_folder(context, client, drive: DriveResource, settings: TherapistFlowS
         raise dg.Failure(
             description=f"therapist {therapist_id}: {len(failures)} upload(s) not placed in "
             f"the MPF: " + "; ".join(failures),
-            metadata={key: value for key, value in metadata.items() if key != "source_fingerprint"},
+            metadata={key: value for key, value in metadata.items()
+                      if key != SOURCE_FINGERPRINT_METADATA},
         )
     yield dg.MaterializeResult(asset_key=MPF_FOLDER_KEY, metadata=metadata)
     yield mpf_audit_result(drive, root_id, therapist_id, [upload["key"] for upload in uploads])
@@ -292,22 +296,15 @@ def _files_table(files: list[dict]) -> str:
             return f"error: {rendition['error']}"
         return f"[{rendition['name']}]({rendition.get('link')}) ({rendition['action']})"
 
-    return _table(
+    return markdown_table(
         ["S3 key", "original", "PDF", "Google Doc"],
         [[f["s3_key"], *(cell(f["renditions"][r]) for r in ("original", "pdf", "gdoc"))]
          for f in files],
     )
 
 
-def _table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(value).replace("|", "\\|") for value in row) + " |"
-              for row in rows]
-    return "\n".join(lines)
-
-
 therapist_mpf_job = dg.define_asset_job(
-    "therapist_mpf_job",
+    JOB_NAME,
     selection=dg.AssetSelection.groups(GROUP),
     executor_def=dg.in_process_executor,
     hooks={mark_transient_failures},

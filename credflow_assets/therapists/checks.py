@@ -12,10 +12,12 @@ import warnings
 
 import dagster as dg
 
-from credflow_assets.partitions import therapist_partitions
 from credflow_assets.resources.drive import DriveResource
-
-MPF_FOLDER_KEY = dg.AssetKey(["drive", "mpf", "folder"])
+from credflow_assets.therapists.names import (
+    MPF_AUDIT_CHECK,
+    MPF_FOLDER_KEY,
+    therapist_partitions,
+)
 
 # `partitions_def` records each verdict against the therapist's partition, so the UI shows each
 # therapist's latest verdict. It is a preview in Dagster 1.13; its warning is silenced here,
@@ -23,7 +25,7 @@ MPF_FOLDER_KEY = dg.AssetKey(["drive", "mpf", "folder"])
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", category=dg.PreviewWarning)
     mpf_audit_check_spec = dg.AssetCheckSpec(
-        name="mpf_audit",
+        name=MPF_AUDIT_CHECK,
         asset=MPF_FOLDER_KEY,
         partitions_def=therapist_partitions,
         description="The therapist's MPF folder is unique, at the MPF root, holds only their "
@@ -34,7 +36,7 @@ with warnings.catch_warnings():
 def mpf_audit_result(
     drive: DriveResource, root_id: str, therapist_id: str, expected_s3_keys: list[str]
 ) -> dg.AssetCheckResult:
-    from credflow_assets.therapists.audit import audit_therapist
+    from credflow_assets.therapists.mpf_audit import audit_therapist
 
     report = audit_therapist(drive, root_id, therapist_id, expected_s3_keys=expected_s3_keys)
     return dg.AssetCheckResult(
@@ -92,7 +94,7 @@ def record_verdicts_after_repair(instance: dg.DagsterInstance, drive: DriveResou
                                  root_id: str, findings, s3_client, signup_bucket: str) -> int:
     """Audit again each therapist the repaired findings named (and the instance knows), and
     record the new verdict on their partition. Returns how many were recorded."""
-    from credflow_assets.therapists.audit import audit_therapist
+    from credflow_assets.therapists.mpf_audit import audit_therapist
     from credflow_assets.therapists.uploads import list_uploads
 
     recorded = 0

@@ -9,13 +9,14 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import dagster as dg
-from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
 
 from credflow_assets.materializations import latest_materialization
-from credflow_assets.sync import innermost_error_message
-from credflow_assets.therapists.settings import THERAPIST_TAG
-
-MPF_FOLDER_KEY = dg.AssetKey(["drive", "mpf", "folder"])
+from credflow_assets.messages import error_message
+from credflow_assets.therapists.names import (
+    MPF_FOLDER_KEY,
+    PLACED_FILES_METADATA,
+    THERAPIST_TAG,
+)
 
 
 def therapist_lineage(instance: dg.DagsterInstance, therapist_id: str) -> dict:
@@ -31,12 +32,12 @@ def therapist_lineage(instance: dg.DagsterInstance, therapist_id: str) -> dict:
             "url": metadata["folder_url"].value,
             **produced_by,
         }
-        for placed in metadata["files"].value:
+        for placed in metadata[PLACED_FILES_METADATA].value:
             lineage["files"].append({**placed, **produced_by})
     since = folder_record.timestamp if folder_record else 0
     failed_runs = instance.get_runs(
-        filters=RunsFilter(tags={THERAPIST_TAG: therapist_id},
-                           statuses=[DagsterRunStatus.FAILURE]),
+        filters=dg.RunsFilter(tags={THERAPIST_TAG: therapist_id},
+                              statuses=[dg.DagsterRunStatus.FAILURE]),
         limit=20,
     )
     for run in failed_runs:
@@ -73,12 +74,11 @@ def format_lineage(lineage: dict) -> list[str]:
     return lines
 
 
-
 def _run_error(instance: dg.DagsterInstance, run_id: str) -> str:
     for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
         error = record.dagster_event.step_failure_data.error
         if error is not None:
-            return innermost_error_message(error)
+            return error_message(error)
     return "run failed"
 
 

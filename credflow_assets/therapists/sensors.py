@@ -23,7 +23,6 @@ from collections import defaultdict
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from credflow_assets.partitions import therapist_partitions
 from credflow_assets.reconciliation import (
     NOT_STARTED_STATUSES,
     RECONCILE_INTERVAL_SECONDS,
@@ -34,18 +33,21 @@ from credflow_assets.reconciliation import (
     partitions_with_active_runs,
 )
 from credflow_assets.resources.sqs import S3EventCursor, SqsResource
-from credflow_assets.therapists.settings import THERAPIST_TAG, TherapistFlowSettings
+from credflow_assets.therapists.names import (
+    JOB_NAME,
+    MPF_FOLDER_KEY,
+    PLACED_FILES_METADATA,
+    RECONCILIATION_SENSOR_NAME,
+    SOURCE_FINGERPRINT_METADATA,
+    THERAPIST_TAG,
+    UPLOAD_SENSOR_NAME,
+    therapist_partitions,
+)
+from credflow_assets.therapists.settings import TherapistFlowSettings
 from credflow_assets.therapists.uploads import therapist_id_of, uploads_fingerprint
 
-MPF_JOB_NAME = "therapist_mpf_job"
-MPF_FOLDER_KEY = dg.AssetKey(["drive", "mpf", "folder"])
-# The MPF folder materialization's list of the uploads it placed, one {"s3_key", "etag", …} each
-# (`therapist_mpf`; `credflow lineage` reads it too). A run fails without materializing when an
-# original cannot be placed, so every upload listed here is in the folder.
-MPF_PLACED_FILES_METADATA = "files"
 
-
-@dg.sensor(job_name=MPF_JOB_NAME, minimum_interval_seconds=30,
+@dg.sensor(name=UPLOAD_SENSOR_NAME, job_name=JOB_NAME, minimum_interval_seconds=30,
            default_status=dg.DefaultSensorStatus.RUNNING,
            description="Therapist uploads to the signup bucket, from its S3 event queue (up to "
            "100 events a tick): one run per therapist with new uploads, which puts them in the "
@@ -76,7 +78,7 @@ def signup_upload_sensor(
     # run that has started may have listed the prefix before these uploads: no reason to skip.
     therapist_ids = list(uploads_by_therapist)
     placed = latest_metadata_by_partition(context.instance, MPF_FOLDER_KEY, therapist_ids)
-    waiting = partitions_with_active_runs(context.instance, MPF_JOB_NAME, therapist_ids,
+    waiting = partitions_with_active_runs(context.instance, JOB_NAME, therapist_ids,
                                           statuses=NOT_STARTED_STATUSES)
     run_keys = {
         therapist_id: f"{therapist_id}:{uploads_fingerprint(uploads)}"
@@ -93,11 +95,12 @@ def signup_upload_sensor(
 
 def _placed_uploads(mpf_metadata: dict | None) -> set[tuple[str, str]]:
     """The (key, etag) of every upload the therapist's latest MPF materialization placed."""
-    files = (mpf_metadata or {}).get(MPF_PLACED_FILES_METADATA) or []
+    files = (mpf_metadata or {}).get(PLACED_FILES_METADATA) or []
     return {(placed["s3_key"], placed["etag"]) for placed in files}
 
 
-@dg.sensor(job_name=MPF_JOB_NAME, minimum_interval_seconds=RECONCILE_INTERVAL_SECONDS,
+@dg.sensor(name=RECONCILIATION_SENSOR_NAME, job_name=JOB_NAME,
+           minimum_interval_seconds=RECONCILE_INTERVAL_SECONDS,
            default_status=dg.DefaultSensorStatus.RUNNING, tags=RECONCILIATION_SENSOR_TAGS,
            description="A slow pass over the signup bucket, 1,000 keys a tick: a run for any "
            "therapist whose uploads differ from what their MPF folder last received (a lost S3 "
@@ -117,9 +120,9 @@ def signup_reconciliation_sensor(
                     for therapist_id, objects in uploads.items()}
     received = latest_metadata_by_partition(context.instance, MPF_FOLDER_KEY, list(fingerprints))
     differ = [therapist_id for therapist_id, fingerprint in fingerprints.items()
-              if received.get(therapist_id, {}).get("source_fingerprint") != fingerprint]
+              if received.get(therapist_id, {}).get(SOURCE_FINGERPRINT_METADATA) != fingerprint]
     # A therapist whose run is under way (e.g. launched from their upload's event) is left to it.
-    running = partitions_with_active_runs(context.instance, MPF_JOB_NAME, differ)
+    running = partitions_with_active_runs(context.instance, JOB_NAME, differ)
     run_keys = {
         # The pass number makes a failed therapist eligible again once per pass.
         therapist_id:

@@ -1,21 +1,6 @@
-"""Where the therapist flow reads and writes, from the config file."""
+"""Where the therapist flow reads and writes, from the config file (its names: names.py)."""
 
 import dagster as dg
-
-from credflow_assets.run_tags import FlowRuns
-
-JOB_NAME = "therapist_mpf_job"
-
-# Runs carry this tag; a tag concurrency limit of 1 per value keeps two runs for one
-# therapist from ever running at once (DAGSTER_HOME/dagster.yaml, run_coordinator), whatever
-# launched them (run_tags.py).
-THERAPIST_TAG = "credflow/therapist_id"
-
-FLOW_RUNS = FlowRuns(
-    job_names=lambda name: name == JOB_NAME,
-    asset_key_prefixes=(("s3", "signup"), ("therapists",), ("drive", "mpf")),
-    tags=lambda therapist_id, _job, _assets: {THERAPIST_TAG: therapist_id},
-)
 
 
 class TherapistFlowSettings(dg.ConfigurableResource):

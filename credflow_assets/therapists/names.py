@@ -1,0 +1,66 @@
+"""The therapist flow's names, written here only: its partition set, asset keys, check, jobs,
+sensors, run tags, reparse lane and failure label. Everything else (the flow's modules, the
+CLI, the reparse, the failure notifications, tests and benches) imports them from here.
+
+    therapist_partitions  therapists: one partition per therapist id (the S3 prefix of
+                          their uploads)
+    UPLOADS_KEY           s3/signup/uploads: the therapist's uploads in the signup bucket
+    RENDITIONS_KEY        therapists/renditions: a PDF of every upload
+    MPF_FOLDER_KEY        drive/mpf/folder: their Magically Processed Folder on Drive
+    MPF_AUDIT_CHECK       mpf_audit: the audit of that folder, a check on each partition
+    JOB_NAME              therapist_mpf_job: the three assets, for one therapist per run
+    REPAIR_JOB_NAME       mpf_repair_job: the MPF repair, over the whole MPF
+    THERAPIST_TAG         credflow/therapist_id: one run per therapist at a time
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from credflow_assets.run_tags import FlowRuns
+
+GROUP = "therapists"
+
+# Keyed by the therapist id from the signup database (the S3 prefix of their uploads).
+therapist_partitions = dg.DynamicPartitionsDefinition(name="therapists")
+
+UPLOADS_KEY = dg.AssetKey(["s3", "signup", "uploads"])
+RENDITIONS_KEY = dg.AssetKey(["therapists", "renditions"])
+MPF_FOLDER_KEY = dg.AssetKey(["drive", "mpf", "folder"])
+ASSET_KEYS = (UPLOADS_KEY, RENDITIONS_KEY, MPF_FOLDER_KEY)  # upstream first
+
+MPF_AUDIT_CHECK = "mpf_audit"
+
+# The MPF folder materialization's metadata that the sensors and `credflow lineage` read: the
+# uploads it placed, one {"s3_key", "etag", "renditions"} each (a run fails without
+# materializing when an original cannot be placed, so every upload listed is in the folder),
+# and the digest of the (key, etag) pairs the run listed (`uploads.uploads_fingerprint`).
+PLACED_FILES_METADATA = "files"
+SOURCE_FINGERPRINT_METADATA = "source_fingerprint"
+
+JOB_NAME = "therapist_mpf_job"
+REPAIR_JOB_NAME = "mpf_repair_job"
+REPAIR_OP_NAME = "mpf_repair"
+
+UPLOAD_SENSOR_NAME = "signup_upload_sensor"
+RECONCILIATION_SENSOR_NAME = "signup_reconciliation_sensor"
+
+# Runs carry this tag; a tag concurrency limit of 1 per value keeps two runs for one
+# therapist from ever running at once (DAGSTER_HOME/dagster.yaml, run_coordinator), whatever
+# launched them (run_tags.py).
+THERAPIST_TAG = "credflow/therapist_id"
+
+FLOW_RUNS = FlowRuns(
+    job_names=lambda name: name in (JOB_NAME, REPAIR_JOB_NAME),
+    asset_key_prefixes=tuple(dict.fromkeys(tuple(key.path[:-1]) for key in ASSET_KEYS)),
+    tags=lambda therapist_id, _job, _assets: {THERAPIST_TAG: therapist_id},
+)
+
+# How the failure notifications call the flow: "credflow: therapist MPF failed".
+FAILURE_LABEL = "therapist MPF"
+
+
+def reparse_lane(partition_key: str) -> str:
+    """A reparse runs each therapist in a lane of their own: their files go to their own MPF
+    folder only, so no two therapists' runs need an order."""
+    return partition_key
