@@ -10,8 +10,10 @@ Dagster's own primitives do most of it (`dagster.yaml`):
 - `run_monitoring` fails a run whose worker the launcher reports dead (Celery, Kubernetes) or
   that never started.
 
-What Dagster leaves open: the default launcher cannot tell whether its run worker is alive, and
-a run `credflow sync` executes in its own process has no worker at all. Such a run stays
+What Dagster leaves open: the default launcher cannot tell the run monitor whether its run
+worker is alive (only the code server that started it notices its death, and not if the code
+server went with it), and a run `credflow sync` executes in its own process has no worker at
+all. Such a run stays
 STARTED forever when its process is killed. `fail_stopped_runs` finds them by the process that
 ran them (`credflow/run_pid` and `credflow/run_host`, which sync puts on its runs, or the run
 worker's own "Started process for run" event) and marks them failed with a sentence that says
