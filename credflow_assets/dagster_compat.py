@@ -134,25 +134,30 @@ def sensor_stopped(instance: dg.DagsterInstance, sensor_name: str) -> bool:
 def store_sensor_cursor(instance: dg.DagsterInstance, sensor: dg.SensorDefinition,
                         cursor: str | None) -> None:
     """Store a sensor's cursor where the daemon reads it on its next tick."""
-    from dagster._core.scheduler.instigation import (
-        InstigatorState,
-        InstigatorStatus,
-        InstigatorType,
-        SensorInstigatorData,
-    )
+    from dagster._core.scheduler.instigation import InstigatorStatus, SensorInstigatorData
 
     state = _stored_state(instance, sensor.name)
     if state is None:
         # The status the daemon itself records for a sensor whose status is set in code.
-        instance.add_instigator_state(InstigatorState(
-            _instigator_origin(sensor.name), InstigatorType.SENSOR,
-            InstigatorStatus.DECLARED_IN_CODE,
-            SensorInstigatorData(cursor=cursor, sensor_type=sensor.sensor_type,
-                                 min_interval=sensor.minimum_interval_seconds),
-        ))
+        _add_sensor_state(instance, sensor, InstigatorStatus.DECLARED_IN_CODE, cursor)
         return
     data = state.instigator_data or SensorInstigatorData(sensor_type=sensor.sensor_type)
     instance.update_instigator_state(state.with_data(data._replace(cursor=cursor)))
+
+
+def _add_sensor_state(instance: dg.DagsterInstance, sensor: dg.SensorDefinition, status,
+                      cursor: str | None = None) -> None:
+    from dagster._core.scheduler.instigation import (
+        InstigatorState,
+        InstigatorType,
+        SensorInstigatorData,
+    )
+
+    instance.add_instigator_state(InstigatorState(
+        _instigator_origin(sensor.name), InstigatorType.SENSOR, status,
+        SensorInstigatorData(cursor=cursor, sensor_type=sensor.sensor_type,
+                             min_interval=sensor.minimum_interval_seconds),
+    ))
 
 
 def sensor_context(instance: dg.DagsterInstance, defs: dg.Definitions, sensor_name: str,
@@ -184,19 +189,11 @@ def stop_sensor(instance: dg.DagsterInstance, sensor: dg.SensorDefinition) -> No
     """Stop a sensor in the instance, as the UI's toggle does (its cursor stays): the daemon
     reads the state by its selector. For a deployment test that lets one sensor tick alone;
     no public API stops a sensor without a webserver."""
-    from dagster._core.scheduler.instigation import (
-        InstigatorState,
-        InstigatorStatus,
-        InstigatorType,
-        SensorInstigatorData,
-    )
+    from dagster._core.scheduler.instigation import InstigatorStatus
 
     state = _stored_state(instance, sensor.name)
     if state is None:
-        instance.add_instigator_state(InstigatorState(
-            _instigator_origin(sensor.name), InstigatorType.SENSOR, InstigatorStatus.STOPPED,
-            SensorInstigatorData(sensor_type=sensor.sensor_type,
-                                 min_interval=sensor.minimum_interval_seconds)))
+        _add_sensor_state(instance, sensor, InstigatorStatus.STOPPED)
     else:
         instance.update_instigator_state(state.with_status(InstigatorStatus.STOPPED))
 

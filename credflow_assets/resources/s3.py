@@ -99,23 +99,30 @@ def object_url(client, bucket: str, key: str) -> str:
     gzip-encoded text, so the browser shows it as text); on another endpoint (the local moto
     server), the object's own path-style URL. Presigned URLs expire, so they are not used.
     """
-    endpoint = (client.meta.endpoint_url or "").rstrip("/")
-    if not endpoint or urlsplit(endpoint).hostname.endswith(".amazonaws.com"):
-        region = client.meta.region_name or "us-east-1"
-        return (f"https://console.aws.amazon.com/s3/object/{quote(bucket, safe='')}"
-                f"?region={region}&bucketType=general&prefix={quote(key, safe='')}")
-    return f"{endpoint}/{quote(bucket, safe='')}/{quote(key, safe='/')}"
+    console = _console(client, "object", bucket, key)
+    return console or f"{_endpoint(client)}/{quote(bucket, safe='')}/{quote(key, safe='/')}"
 
 
 def prefix_url(client, bucket: str, prefix: str) -> str:
     """A link to the objects under `prefix`: the console's folder view on AWS, the bucket's
     listing (S3's XML) on another endpoint."""
-    endpoint = (client.meta.endpoint_url or "").rstrip("/")
-    if not endpoint or urlsplit(endpoint).hostname.endswith(".amazonaws.com"):
-        region = client.meta.region_name or "us-east-1"
-        return (f"https://console.aws.amazon.com/s3/buckets/{quote(bucket, safe='')}"
-                f"?region={region}&bucketType=general&prefix={quote(prefix, safe='')}")
-    return f"{endpoint}/{quote(bucket, safe='')}?prefix={quote(prefix, safe='')}"
+    console = _console(client, "buckets", bucket, prefix)
+    listing = f"{_endpoint(client)}/{quote(bucket, safe='')}?prefix={quote(prefix, safe='')}"
+    return console or listing
+
+
+def _endpoint(client) -> str:
+    return (client.meta.endpoint_url or "").rstrip("/")
+
+
+def _console(client, page: str, bucket: str, prefix: str) -> str | None:
+    """The S3 console's `page` (`object` or `buckets`) for a client of AWS; None elsewhere."""
+    endpoint = _endpoint(client)
+    if endpoint and not urlsplit(endpoint).hostname.endswith(".amazonaws.com"):
+        return None
+    region = client.meta.region_name or "us-east-1"
+    return (f"https://console.aws.amazon.com/s3/{page}/{quote(bucket, safe='')}"
+            f"?region={region}&bucketType=general&prefix={quote(prefix, safe='')}")
 
 
 def head_object_or_none(client, bucket: str, key: str) -> dict[str, Any] | None:
