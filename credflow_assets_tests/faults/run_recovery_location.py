@@ -5,7 +5,7 @@ that copies each file, which a test can make hang (to kill its process) or fail.
 - `flaky`: raises ConnectionError (transient) until `{outbox}/up` exists;
 - `broken`: raises a permanent `dg.Failure`.
 
-`python -m credflow_assets_tests.run_recovery_location INBOX OUTBOX` runs one `credflow sync`
+`python -m credflow_assets_tests.faults.run_recovery_location INBOX OUTBOX` runs one `credflow sync`
 over it against $DAGSTER_HOME, as `credflow sync` does.
 """
 

@@ -19,7 +19,7 @@ import yaml
 from credflow_assets.local.process import stop_pid
 from credflow_assets.run_recovery import FAILURE_KIND_TAG
 from credflow_assets.sync import sync
-from credflow_assets_tests.run_recovery_location import definitions
+from credflow_assets_tests.faults.run_recovery_location import definitions
 
 # What credflow's dagster.yaml says (local/dagster.yaml and deploy/).
 RUN_RETRIES = {"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False}
@@ -66,7 +66,7 @@ def test_a_killed_sync_leaves_no_file_behind(home, folders):
     inbox, outbox = folders
     (inbox / "a.csv").write_text("hang")
     killed = subprocess.Popen(
-        [sys.executable, "-m", "credflow_assets_tests.run_recovery_location", *map(str, folders)],
+        [sys.executable, "-m", "credflow_assets_tests.faults.run_recovery_location", *map(str, folders)],
         env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: (outbox / "a.csv.started").exists(), 60, "the run to start")
@@ -142,7 +142,7 @@ def test_two_syncs_at_once_run_each_file_once(home, folders):
     with open(home / "credflow-sync.lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         syncs = [subprocess.Popen(
-            [sys.executable, "-m", "credflow_assets_tests.run_recovery_location",
+            [sys.executable, "-m", "credflow_assets_tests.faults.run_recovery_location",
              *map(str, folders)],
             env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for _ in range(2)]
