@@ -15,6 +15,7 @@ from typing import Optional
 
 import dagster as dg
 
+from credflow_assets.messages import error_message
 from credflow_assets.run_tags import FlowRuns
 
 logger = logging.getLogger("credflow.notifications")
@@ -58,11 +59,9 @@ def failure_lines(run: dg.DagsterRun, reason: str) -> list[str]:
 
 def failure_reason(context: dg.RunFailureSensorContext) -> str:
     """The failed step's own message (the cause at the bottom of Dagster's error chain)."""
-    from credflow_assets.sync import innermost_error_message
-
     for event in context.get_step_failure_events():
         if event.step_failure_data.error is not None:
-            return innermost_error_message(event.step_failure_data.error)
+            return error_message(event.step_failure_data.error)
     return context.failure_event.message or "run failed"
 
 
