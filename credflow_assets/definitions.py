@@ -9,12 +9,14 @@ from credflow_assets.config import CredflowConfig, load_config
 
 def build_definitions(config: CredflowConfig) -> dg.Definitions:
     from credflow_assets import drive_feeds, provider_feeds, staged_tables, therapists
+    from credflow_assets.console import one_line_console
     from credflow_assets.resources.from_config import build_resources
     from credflow_assets.run_recovery import stopped_runs_sensor
 
     return dg.Definitions.merge(
         dg.Definitions(resources=build_resources(config),
-                       sensors=[failure_notifications(), stopped_runs_sensor]),
+                       sensors=[failure_notifications(), stopped_runs_sensor],
+                       loggers={"console": one_line_console}),
         therapists.build_defs(config),
         staged_tables.build_defs(config),
         drive_feeds.build_defs(config),

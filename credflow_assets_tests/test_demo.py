@@ -53,6 +53,11 @@ def test_seed_sync_audit_repair(home):
     assert "1 failed" in synced.stdout
     failed = [line for line in synced.stdout.splitlines() if line.strip().startswith("FAILED")]
     assert len(failed) == 1 and "claims_wrong_columns" in failed[0], failed
+    # What a person reads: the file and the problem, no stack trace, no exception class.
+    assert "columns out of order: last_name, first_name" in failed[0]
+    terminal = synced.stdout + synced.stderr
+    assert "Stack Trace" not in terminal and "Traceback" not in terminal
+    assert "dagster._core" not in terminal
 
     audit = credflow(home, "mpf", "audit", "--json")
     assert audit.returncode == 1, audit.stderr
