@@ -34,7 +34,8 @@ import dagster as dg
 
 RUN_PID_TAG = "credflow/run_pid"
 RUN_HOST_TAG = "credflow/run_host"
-FAILURE_KIND_TAG = "credflow/failure_kind"  # on a failed run: transient or process_stopped
+# On a failed run: transient, permanent or process_stopped.
+FAILURE_KIND_TAG = "credflow/failure_kind"
 
 # Dagster's own run tags (dagster._core.storage.tags), written by name: they are the contract
 # between a run and the daemon's `run_retries`.
@@ -100,11 +101,14 @@ def _is_transient_http(error: BaseException) -> bool:
 
 @dg.failure_hook(name="mark_transient_failures")
 def mark_transient_failures(context: dg.HookContext) -> None:
-    """After a step failed (its own retries spent): a transient failure tags the run so that
-    Dagster's `run_retries` requests it again later; a permanent one is left alone."""
+    """After a step failed (its own retries spent), the run says which kind of failure it was
+    (`credflow/failure_kind`): a transient one is also tagged so that Dagster's `run_retries`
+    requests it again later; a permanent one waits for a corrected file."""
     if is_transient(context.op_exception):
         context.instance.add_run_tags(context.run_id, {RETRY_ON_STEP_FAILURE_TAG: "true",
                                                        FAILURE_KIND_TAG: "transient"})
+    else:
+        context.instance.add_run_tags(context.run_id, {FAILURE_KIND_TAG: "permanent"})
 
 
 # -- runs whose process stopped ------------------------------------------------------------------

@@ -106,6 +106,7 @@ def test_a_transient_failure_is_retried_later_and_a_permanent_one_is_not(home, f
     assert runs_of("flaky.csv")[0].tags[FAILURE_KIND_TAG] == "transient"
     # The broken file waits for a corrected upload: no retry, now or later.
     assert [run.status for run in runs_of("broken.csv")] == [dg.DagsterRunStatus.FAILURE]
+    assert runs_of("broken.csv")[0].tags[FAILURE_KIND_TAG] == "permanent"
     assert run_sync(folders).runs == []
 
 
