@@ -466,7 +466,7 @@ def _reparse_as_backfills(url: str, flow: str, partitions: list[str]) -> None:
 @click.option("--port", default=3000, show_default=True)
 @click.pass_obj
 def dev(settings: _Settings, port: int) -> None:
-    """Local stack + `dagster dev` (webserver on 127.0.0.1, daemon on: sensors run by themselves)."""
+    """Local stack + `dg dev` (webserver on 127.0.0.1, daemon on: sensors run by themselves)."""
     from credflow_assets.local import stack
 
     from credflow_assets.dagster_compat import DEFINITIONS_MODULE, LOCATION_NAME
