@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from credflow_assets import processes
+
 RUN_PID_TAG = "credflow/run_pid"
 RUN_HOST_TAG = "credflow/run_host"
 # On a failed run: transient, permanent or process_stopped.
@@ -180,27 +182,15 @@ def _process_of(instance: dg.DagsterInstance, run: dg.DagsterRun) -> tuple[int, 
 
 
 def _process_alive_since(pid: int, since: float) -> bool:
-    """Whether process `pid` runs and was started before `since` (a pid reused by a later
-    process is not the run's)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    """Whether process `pid` runs (a zombie runs no more code) and was started before `since`
+    (a pid reused by a later process is not the run's)."""
+    if not processes.exists(pid):
         return False
-    except PermissionError:
-        pass  # alive, someone else's
-    started = _process_start_time(pid)
+    ticks = processes.start_ticks(pid)
+    if ticks == processes.ZOMBIE:
+        return False
+    started = processes.started_at(ticks) if ticks is not None else None
     return started is None or started <= since + 1.0
-
-
-def _process_start_time(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        with open("/proc/stat") as system:
-            boot = next(float(line.split()[1]) for line in system if line.startswith("btime"))
-    except (OSError, StopIteration, IndexError, ValueError):
-        return None
-    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
 
 
 @dg.sensor(

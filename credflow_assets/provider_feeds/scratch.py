@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from credflow_assets import processes
+
 WORK_DIR_PREFIX = "credflow-provider-"
 OWNER_FILE = ".credflow-owner.json"
 _PID_IN_NAME = re.compile(r"-p(\d+)-[^-]+$")
@@ -51,7 +53,7 @@ def make_scratch_dir(work_dir: Optional[str], provider: str, *, run_id: Optional
     path = Path(tempfile.mkdtemp(prefix=f"{WORK_DIR_PREFIX}{provider}-{kind}p{pid}-",
                                  dir=work_dir))
     _write_owner(path, Owner(pid=pid, host=socket.gethostname(),
-                             started=_process_started(pid), run_id=run_id))
+                             started=processes.start_ticks(pid), run_id=run_id))
     return path
 
 
@@ -94,32 +96,14 @@ def owner_may_be_alive(owner: Owner) -> bool:
         return True  # another machine's process: its pid means nothing here
     if owner.pid == os.getpid():
         return True
-    try:
-        os.kill(owner.pid, 0)
-    except ProcessLookupError:
+    if not processes.exists(owner.pid):
         return False
-    except PermissionError:
-        pass  # another user's process: it exists
-    started = _process_started(owner.pid)
-    if started == "zombie":
+    started = processes.start_ticks(owner.pid)
+    if started == processes.ZOMBIE:
         return False  # killed, not yet reaped by its parent: it runs no more code
     if owner.started is not None and started is not None and started != owner.started:
         return False  # the pid was reused by a later process
     return True
-
-
-def _process_started(pid: int) -> Optional[str]:
-    """The process's start time in clock ticks since boot, "zombie" for a dead process not yet
-    reaped, None where /proc cannot tell (not Linux, or no such process)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) is in parentheses and may hold spaces: split after it.
-    fields = stat.rsplit(")", 1)[-1].split()
-    if fields and fields[0] in ("Z", "X"):
-        return "zombie"
-    return fields[19] if len(fields) > 19 else None
 
 
 def _write_owner(path: Path, owner: Owner) -> None:
