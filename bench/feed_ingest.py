@@ -76,8 +76,8 @@ def child_credflow(options: dict) -> None:
 
     from credflow_assets.config import load_config
     from credflow_assets.definitions import build_definitions
-    from credflow_assets.drive_feeds.settings import records_key
-    from credflow_assets.sync import sync
+    from credflow_assets.drive_feeds.names import records_key
+    from credflow_assets.cli.sync import sync
 
     feed = options["feed"]
     defs = build_definitions(load_config(os.environ["CREDFLOW_CONFIG"]))

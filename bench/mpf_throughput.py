@@ -134,7 +134,7 @@ def child_sync(options: dict) -> None:
 
     from credflow_assets.config import load_config
     from credflow_assets.definitions import build_definitions
-    from credflow_assets.sync import sync
+    from credflow_assets.cli.sync import sync
     from credflow_assets.therapists import renditions
 
     timings: dict[str, list[float]] = defaultdict(list)

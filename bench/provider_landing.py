@@ -131,8 +131,8 @@ def child_credflow(options: dict) -> None:
 
     from credflow_assets.config import load_config
     from credflow_assets.definitions import build_definitions
-    from credflow_assets.provider_feeds.naming import landed_asset_key, raw_asset_key
-    from credflow_assets.sync import sync
+    from credflow_assets.provider_feeds.names import landed_asset_key, raw_asset_key
+    from credflow_assets.cli.sync import sync
 
     profile = options.get("profile")
     started = time.monotonic()

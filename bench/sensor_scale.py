@@ -196,7 +196,7 @@ def mark_handled(instance, client, config, *, therapists_limit: int,
 
     from credflow_assets.resources.s3 import iter_objects
     from credflow_assets.staged_tables.layout import partition_key_for
-    from credflow_assets.staged_tables.settings import (
+    from credflow_assets.staged_tables.names import (
         object_version,
         staging_file_key,
         table_partitions,

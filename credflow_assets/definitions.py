@@ -9,9 +9,9 @@ from credflow_assets.config import CredflowConfig, load_config
 
 def build_definitions(config: CredflowConfig) -> dg.Definitions:
     from credflow_assets import drive_feeds, provider_feeds, staged_tables, therapists
-    from credflow_assets.console import one_line_console
+    from credflow_assets.common.console import one_line_console
     from credflow_assets.resources.from_config import build_resources
-    from credflow_assets.run_recovery import stopped_runs_sensor
+    from credflow_assets.common.run_recovery import stopped_runs_sensor
 
     return dg.Definitions.merge(
         dg.Definitions(resources=build_resources(config),
@@ -26,18 +26,15 @@ def build_definitions(config: CredflowConfig) -> dg.Definitions:
 
 def failure_notifications() -> dg.RunStatusSensorDefinition:
     """One failure sensor for every flow, each failed run told with its flow's message."""
-    from credflow_assets.drive_feeds import settings as drive_feeds
-    from credflow_assets.notifications import FlowFailures, build_failure_notification_sensor
-    from credflow_assets.provider_feeds import naming as provider_feeds
-    from credflow_assets.staged_tables import settings as staged_tables
+    from credflow_assets.common.notifications import FlowFailures, build_failure_notification_sensor
+    from credflow_assets.flows import all_flows
     from credflow_assets.staged_tables.sensors import describe_failure
-    from credflow_assets.therapists import names as therapists
 
+    # A staged file's failure names the columns that differ; every other flow's, the error.
+    describe = {"staged_tables": describe_failure}
     return build_failure_notification_sensor([
-        FlowFailures(therapists.FAILURE_LABEL, therapists.FLOW_RUNS),
-        FlowFailures("drive feed", drive_feeds.FLOW_RUNS),
-        FlowFailures("provider feed", provider_feeds.FLOW_RUNS),
-        FlowFailures("staged file", staged_tables.FLOW_RUNS, describe=describe_failure),
+        FlowFailures(flow.label, flow.runs, describe=describe.get(flow.name))
+        for flow in all_flows()
     ])
 
 

@@ -3,7 +3,7 @@
 Configured in `DAGSTER_HOME/dagster.yaml` (`run_coordinator:`, see `local/dagster.yaml` and
 `deploy/`), so the webserver and the daemon put every run through it: sensor runs, the UI's
 Materialize button, backfills and re-executions alike. Before a run joins the queue it gets
-the tags of its flow (`run_tags.py`), so the tag concurrency limits hold whatever launched it:
+the tags of its flow (`flows.py`), so the tag concurrency limits hold whatever launched it:
 two runs for one therapist never run at once, which is what keeps a file out of another
 therapist's folder.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from credflow_assets.run_tags import tags_for_run
+from credflow_assets.flows import tags_for_run
 
 
 class CredflowRunCoordinator(dg.QueuedRunCoordinator):

@@ -661,7 +661,7 @@ def _drop_provider_file(ui: DagsterUI, token: str) -> ProcessedFile:
         kill_agent(sender)
         shutil.rmtree(sender, ignore_errors=True)
     landed_key = flow_name("provider_feeds", "landed_asset_key",
-                           "credflow_assets.provider_feeds.naming", arg=provider.name)
+                           "credflow_assets.provider_feeds.names", arg=provider.name)
     return ProcessedFile(
         "provider_feeds", name, f"sftp:{provider.remote_dir}/{name}", time.time(),
         {"provider": provider.name, "folder": provider.folder, "remote_name": name,
@@ -678,7 +678,7 @@ def _drop_feed_sheet(ui: DagsterUI, token: str, work: Path) -> ProcessedFile:
     path = write_csv(work / f"{feed.name}-{token}.csv", feed, rows)
     name = f"{feed.name} referrals {token}.csv"
     uploaded = ui.drive.upload_file(path, name, feed.inbound_folder_id, mime_type=CSV_MIME)
-    records_key = flow_name("drive_feeds", "records_key", "credflow_assets.drive_feeds.settings",
+    records_key = flow_name("drive_feeds", "records_key", "credflow_assets.drive_feeds.names",
                             arg=feed.name)
     return ProcessedFile(
         "drive_feeds", uploaded["id"], f"Drive {feed.inbound_folder_id}/{name}", time.time(),
@@ -701,7 +701,7 @@ def _drop_staged_csv(ui: DagsterUI, token: str) -> ProcessedFile:
     ui.aws("s3").put_object(Bucket=ui.config.buckets.adhoc, Key=key, Body=text.encode(),
                             ContentType="text/csv", Metadata=metadata)
     prod_key = flow_name("staged_tables", ("prod_file_key", "PROD_FILE_KEY"),
-                         "credflow_assets.staged_tables.settings", arg=table)
+                         "credflow_assets.staged_tables.names", arg=table)
     return ProcessedFile(
         "staged_tables", name, f"s3://{ui.config.buckets.adhoc}/{key}", time.time(),
         {"table": table, "key": key, "name": name, "ingest_date": ingest_date,
@@ -725,7 +725,7 @@ class BothStagingSensors:
     def __init__(self, ui: DagsterUI, token: str, after: ProcessedFile):
         self.ui, self.token, self.after = ui, token, after
         job = flow_name("staged_tables", ("job_name", "JOB_NAME"),
-                        "credflow_assets.staged_tables.settings", arg=after.details["table"])
+                        "credflow_assets.staged_tables.names", arg=after.details["table"])
         sensors = sorted(ui.sensors_of_job(job), key=lambda sensor: sensor["minIntervalSeconds"])
         intervals = [sensor["minIntervalSeconds"] for sensor in sensors]
         assert len(sensors) == 2 and intervals[0] < intervals[1], (

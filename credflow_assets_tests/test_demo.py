@@ -132,7 +132,7 @@ def repair_runs(home: Path) -> list[tuple[str, bool, bool]]:
     did anything; each must belong to the code location the UI loads."""
     import dagster as dg
 
-    from credflow_assets.dagster_compat import LOCATION_NAME
+    from credflow_assets.common.dagster_compat import LOCATION_NAME
     from credflow_assets.therapists.names import REPAIR_JOB_NAME
     from credflow_assets.therapists.repair_job import ACTIONS_METADATA
 

@@ -54,7 +54,7 @@ def _dagster_home_with(tmp_path, name: str, postgres_url: str, monkeypatch):
 def test_k8s_deploy_config_is_valid_for_the_launcher(tmp_path, postgres_url, monkeypatch):
     from dagster_k8s import K8sRunLauncher
 
-    from credflow_assets.dagster_compat import instance_config_errors
+    from credflow_assets.common.dagster_compat import instance_config_errors
 
     config = yaml.safe_load((REPO / "deploy" / "dagster.k8s.yaml").read_text())
     assert config["run_launcher"]["class"] == "K8sRunLauncher"

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from credflow_assets import drive_feeds
 from credflow_assets.config import NotificationsConfig, load_config
 from credflow_assets.definitions import build_definitions, failure_notifications
-from credflow_assets.drive_feeds.settings import (
+from credflow_assets.drive_feeds.names import (
     SUMMARY_INBOUND_ID,
     SUMMARY_INBOUND_REVISION,
     feed_partitions,
@@ -46,7 +46,7 @@ from credflow_assets.local.seed_drive_feeds import (
 )
 from credflow_assets.resources.drive import DriveResource
 from credflow_assets.resources.from_config import build_resources
-from credflow_assets.sync import sync
+from credflow_assets.cli.sync import sync
 from credflow_assets_tests.conftest import DEFAULT_CONFIG, running_stack
 
 FEEDS = ["contact_tracing", "nsss", "spl"]

@@ -3,7 +3,7 @@
 import boto3
 import pytest
 
-from credflow_assets.error_reports import error_report, list_error_reports, read_error_report
+from credflow_assets.common.error_reports import error_report, list_error_reports, read_error_report
 
 
 @pytest.fixture

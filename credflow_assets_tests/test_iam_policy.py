@@ -173,8 +173,8 @@ def test_the_policy_allows_exactly_the_actions_the_code_needs():
 
 def test_the_policy_prefixes_are_the_codes_own():
     """The literal prefixes in the template are the ones the code writes under."""
-    from credflow_assets.parse_logs import LOG_PREFIX
-    from credflow_assets.provider_feeds.naming import landed_key, raw_keys
+    from credflow_assets.common.parse_logs import LOG_PREFIX
+    from credflow_assets.provider_feeds.names import landed_key, raw_keys
 
     text = RUNS_POLICY.read_text()
     assert f"${{buckets.logs}}/{LOG_PREFIX}/*" in text
@@ -357,7 +357,7 @@ def _keys(s3, bucket: str, prefix: str = "") -> list[str]:
 def test_credflow_sync_does_everything_with_only_the_policy(enforced):
     """Every sensor, and every run they ask for, in-process as `credflow sync` does, with the
     policy's user: the only failure is the file whose header is wrong, for that reason."""
-    from credflow_assets.sync import sync
+    from credflow_assets.cli.sync import sync
 
     _seed(enforced)
     config, s3, glue = enforced["config"], enforced["admin"]["s3"], enforced["admin"]["glue"]

@@ -8,7 +8,7 @@ import boto3
 import dagster as dg
 import pytest
 
-from credflow_assets.parse_logs import diff_logs, list_logs, parse_log, read_log
+from credflow_assets.common.parse_logs import diff_logs, list_logs, parse_log, read_log
 
 logger = logging.getLogger("credflow.tests.parser")
 files = dg.DynamicPartitionsDefinition(name="parse_log_test_files")
@@ -164,7 +164,7 @@ def timed_asset():
 def test_two_identical_parses_diff_to_nothing_changed(logs_bucket, instance):
     from click.testing import CliRunner
 
-    from credflow_assets.cli import main
+    from credflow_assets.cli.main import main
     from credflow_assets_tests.conftest import DEFAULT_CONFIG
 
     partition = "feed/file-4/rev-1"
@@ -190,7 +190,7 @@ def test_two_identical_parses_diff_to_nothing_changed(logs_bucket, instance):
 
 def test_a_diff_ignores_what_differs_per_run_in_logs_written_before(logs_bucket):
     """Logs stored before the prefix was dropped still compare by what they logged."""
-    from credflow_assets.parse_logs import comparable_line
+    from credflow_assets.common.parse_logs import comparable_line
 
     def line(stamp, run_id, seconds):
         return (f"2026-11-22 12:00:{stamp},123 INFO dagster: staged_claims_job - {run_id} - "
@@ -208,7 +208,7 @@ def test_a_diff_ignores_what_differs_per_run_in_logs_written_before(logs_bucket)
 
 
 def test_redaction_keeps_keys_uris_and_the_files_own_name():
-    from credflow_assets.parse_logs import Redactor
+    from credflow_assets.common.parse_logs import Redactor
 
     redact = Redactor()
     redact.add(["Nicholas", "Lambert"])

@@ -196,7 +196,7 @@ def stop_every_sensor_but(instance, keep: str) -> list[str]:
     """Stop, in the instance, every sensor of the code location except `keep` (what the UI's
     toggle does); the daemon then ticks `keep` alone. Returns the stopped sensors' names."""
     from credflow_assets.config import load_config
-    from credflow_assets.dagster_compat import stop_sensor
+    from credflow_assets.common.dagster_compat import stop_sensor
     from credflow_assets.definitions import build_definitions
 
     sensors = build_definitions(load_config(DEFAULT_CONFIG)).get_repository_def().sensor_defs

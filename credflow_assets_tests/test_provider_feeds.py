@@ -31,13 +31,13 @@ import yaml
 
 from credflow_assets import provider_feeds
 from credflow_assets.config import load_config
-from credflow_assets.dagster_compat import sensor_cursor
+from credflow_assets.common.dagster_compat import sensor_cursor
 from credflow_assets.definitions import failure_notifications
 from credflow_assets.local import seed_provider_feeds as seed
 from credflow_assets.local import sshd, stack
 from credflow_assets.local.gpg_keys import encrypt_file, sign_detached
 from credflow_assets.local.process import stop_pid
-from credflow_assets.provider_feeds.naming import (
+from credflow_assets.provider_feeds.names import (
     job_name,
     landed_asset_key,
     partition_key,
@@ -53,7 +53,7 @@ from credflow_assets.provider_feeds.settings import (
 )
 from credflow_assets.resources.from_config import build_resources
 from credflow_assets.resources.sftp import SftpResource
-from credflow_assets.sync import sync
+from credflow_assets.cli.sync import sync
 from credflow_assets_tests.conftest import DEFAULT_CONFIG
 
 WRONG_PASSPHRASE_ENV = "CREDFLOW_TEST_WRONG_GPG_PASSPHRASE"
@@ -436,7 +436,7 @@ MEMORY_SCRIPT = textwrap.dedent("""
     import dagster as dg
     from credflow_assets import provider_feeds
     from credflow_assets.config import load_config
-    from credflow_assets.provider_feeds.naming import job_name, provider_partitions
+    from credflow_assets.provider_feeds.names import job_name, provider_partitions
     from credflow_assets.provider_feeds.settings import ProviderFeedsSettings
     from credflow_assets.resources.from_config import build_resources
 

@@ -27,7 +27,7 @@ from credflow_assets.config import CredflowConfig
 from credflow_assets.local.seed_provider_feeds import members_csv, minimal_pdf, roster_xml
 from credflow_assets.provider_feeds import handoff
 from credflow_assets.provider_feeds.failures import FileRef, file_failure, is_transient
-from credflow_assets.provider_feeds.naming import (
+from credflow_assets.provider_feeds.names import (
     RemoteIdentity,
     parse_partition_key,
     partition_key,
@@ -47,7 +47,7 @@ from credflow_assets.provider_feeds.unpack import (
     looks_encrypted,
     unpack,
 )
-from credflow_assets.partitions import is_valid_partition_key
+from credflow_assets.common.partitions import is_valid_partition_key
 from credflow_assets_tests.conftest import DEFAULT_CONFIG
 
 MiB = 1024 * 1024
@@ -455,7 +455,7 @@ def test_only_transient_sftp_and_s3_errors_are_retried():
 
 def test_definitions_give_each_provider_its_assets_job_partitions_and_sensor():
     from credflow_assets.definitions import build_definitions
-    from credflow_assets.provider_feeds.naming import (
+    from credflow_assets.provider_feeds.names import (
         job_name,
         landed_asset_key,
         provider_partitions,
@@ -489,7 +489,7 @@ def test_definitions_give_each_provider_its_assets_job_partitions_and_sensor():
                     if "acme" in key or "beta" in key} <= {
                 f"provider_feed_{provider}", f"sftp_{provider}"}
     # Every run of a provider carries its tags, whatever launched it.
-    from credflow_assets.run_tags import flow_run_tags
+    from credflow_assets.flows import flow_run_tags
     assert flow_run_tags("provider_feed_beta_care_job", None, "beta_care/outbox/a.csv") == {
         "credflow/provider": "beta_care", "credflow/remote_path": "outbox/a.csv"}
     assert flow_run_tags("__ASSET_JOB", [landed_asset_key("beta_care")],

@@ -17,10 +17,10 @@ import boto3
 import dagster as dg
 import pytest
 
-from credflow_assets.dagster_compat import sensor_cursor, store_sensor_cursor
+from credflow_assets.common.dagster_compat import sensor_cursor, store_sensor_cursor
 from credflow_assets.definitions import build_definitions
 from credflow_assets.staged_tables.layout import partition_key_for
-from credflow_assets.staged_tables.settings import (
+from credflow_assets.staged_tables.names import (
     job_name,
     object_version,
     staging_file_key,

@@ -13,10 +13,10 @@ import sqlalchemy as sa
 from credflow_assets.definitions import build_definitions
 from credflow_assets.local.process import free_port, stop_pid, wait_for_port
 from credflow_assets.local.seed_drive_feeds import CSV_MIME, sample_rows, write_csv
-from credflow_assets.parse_logs import list_logs, read_log
-from credflow_assets.reparse import REPARSE_TAG, ReparseError, reparse, select_partitions
+from credflow_assets.common.parse_logs import list_logs, read_log
+from credflow_assets.cli.reparse import REPARSE_TAG, ReparseError, reparse, select_partitions
 from credflow_assets.resources.drive import DriveResource
-from credflow_assets.sync import sync
+from credflow_assets.cli.sync import sync
 from credflow_assets_tests.conftest import DEFAULT_CONFIG, running_stack
 
 BIN = Path(sys.executable).parent

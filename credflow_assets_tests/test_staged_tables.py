@@ -14,18 +14,18 @@ import dagster as dg
 import pytest
 from click.testing import CliRunner
 
-from credflow_assets.dagster_compat import sensor_cursor, store_sensor_cursor
+from credflow_assets.common.dagster_compat import sensor_cursor, store_sensor_cursor
 from credflow_assets.definitions import build_definitions
 from credflow_assets.resources.glue import table_columns
 from credflow_assets.staged_tables.layout import partition_key_for
-from credflow_assets.staged_tables.settings import (
+from credflow_assets.staged_tables.names import (
     glue_table_key,
     job_name,
     prod_file_key,
     staging_file_key,
     table_partitions,
 )
-from credflow_assets.sync import sync
+from credflow_assets.cli.sync import sync
 from credflow_assets_tests.conftest import DEFAULT_CONFIG, running_stack
 
 BUCKET = "credflow-adhoc"
@@ -171,7 +171,7 @@ def test_the_demo_uploads_found_tables_add_partitions_and_normalize_headers(flow
     assert checks_of(flow, "staging/claims/2024-03_claims_excel_export.csv")[
         "columns_match_table"]["passed"]
     # Each parse leaves its own log beside the data, linked from the observation.
-    from credflow_assets.parse_logs import read_log
+    from credflow_assets.common.parse_logs import read_log
     from credflow_assets.staged_tables.sensors import last_observation
 
     observation = last_observation(flow["instance"], partition_key_for(WRONG))
@@ -319,7 +319,7 @@ def test_bad_files_stay_in_staging_with_results_naming_the_columns(flow, caplog)
     # the run's events (check, materialization and failure metadata), nor in its parse log.
     bad_run = next(run.run_id for run in report.failed
                    if run.partition == partition_key_for(bad_values))
-    from credflow_assets.parse_logs import read_log
+    from credflow_assets.common.parse_logs import read_log
 
     parse_log = read_log(flow["s3"], "credflow-logs", rows["errors_uri"].removeprefix(
         "s3://credflow-logs/").replace(".errors.csv", ".log.gz"))
@@ -337,7 +337,7 @@ def test_bad_files_stay_in_staging_with_results_naming_the_columns(flow, caplog)
         "1,amount_usd,ClaimsRecord: greater_than_or_equal_to(0),-5",  # as uploaded
         "1,status,\"ClaimsRecord: isin(['submitted', 'paid', 'denied'])\",lost"}
     # `credflow logs --errors` prints it.
-    from credflow_assets.cli import main
+    from credflow_assets.cli.main import main
 
     printed = CliRunner().invoke(main, ["--config", str(DEFAULT_CONFIG), "logs", "--errors",
                                         partition_key_for(bad_values)])
@@ -438,7 +438,7 @@ def test_seeding_again_uploads_nothing(flow):
 
 
 def test_a_run_for_an_upload_that_was_replaced_fails_as_superseded(flow):
-    from credflow_assets.staged_tables.settings import VERSION_TAG
+    from credflow_assets.staged_tables.names import VERSION_TAG
 
     result = flow["defs"].resolve_job_def(job_name("claims")).execute_in_process(
         instance=flow["instance"], partition_key=partition_key_for(WRONG),

@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 
 from credflow_assets.config import load_config
-from credflow_assets.partitions import is_valid_partition_key
+from credflow_assets.common.partitions import is_valid_partition_key
 from credflow_assets.staged_tables.checks import requested_ingest_date, uploader_of
 from credflow_assets.staged_tables.columns import compare_columns, normalize_header
 from credflow_assets.staged_tables.layout import (
@@ -18,7 +18,7 @@ from credflow_assets.staged_tables.layout import (
     partition_key_for,
     table_of_partition,
 )
-from credflow_assets.staged_tables.settings import job_name, table_partitions
+from credflow_assets.staged_tables.names import job_name, table_partitions
 from credflow_assets.staged_tables.validation import infer_glue_type, validate_rows
 from credflow_assets_tests.conftest import DEFAULT_CONFIG
 
@@ -199,7 +199,7 @@ def test_a_failed_run_launched_from_the_ui_names_its_table_and_file():
     """A run of Dagster's implicit asset job (the UI's Materialize) may carry only its asset
     selection and partition: the notification still names the table and the file."""
     from credflow_assets.staged_tables.sensors import describe_failed_run
-    from credflow_assets.staged_tables.settings import glue_table_key
+    from credflow_assets.staged_tables.names import glue_table_key
 
     key = "staging/licenses/2024 q1, final.csv"
     run = dg.DagsterRun(job_name="__ASSET_JOB",

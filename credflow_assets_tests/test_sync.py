@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import dagster as dg
 import pytest
 
-from credflow_assets.dagster_compat import LOCATION_NAME, sensor_cursor, store_sensor_cursor
-from credflow_assets.sync import sync
+from credflow_assets.common.dagster_compat import LOCATION_NAME, sensor_cursor, store_sensor_cursor
+from credflow_assets.cli.sync import sync
 
 inbox_files = dg.DynamicPartitionsDefinition(name="inbox_files")
 
@@ -166,7 +166,7 @@ def test_an_unknown_sensor_name_is_refused(defs, instance):
     ("KeyError\n", "KeyError", "KeyError"),  # no message: the bare class is all there is
 ])
 def test_a_failure_reads_as_its_message_without_the_exception_class(message, cls_name, read):
-    from credflow_assets.sync import innermost_error_message
+    from credflow_assets.cli.sync import innermost_error_message
 
     # The shape of Dagster's error info (a step failure's `error`): message, class, cause.
     wrapped = SimpleNamespace(

@@ -15,9 +15,9 @@ import sqlalchemy as sa
 from PIL import Image
 
 from credflow_assets.definitions import build_definitions
-from credflow_assets.reconciliation import ReconcileCursor, is_reconciliation_sensor
+from credflow_assets.common.reconciliation import ReconcileCursor, is_reconciliation_sensor
 from credflow_assets.resources.drive import DriveResource
-from credflow_assets.sync import sync
+from credflow_assets.cli.sync import sync
 from credflow_assets.therapists import mpf, names
 from credflow_assets.therapists.directory import metadata as directory_metadata
 from credflow_assets.therapists.directory import therapists_table

@@ -11,15 +11,15 @@ from __future__ import annotations
 import subprocess
 import time
 
-from credflow_assets.dagster_compat import LOCATION_NAME
-from credflow_assets.drive_feeds.settings import (
+from credflow_assets.common.dagster_compat import LOCATION_NAME
+from credflow_assets.drive_feeds.names import (
     FEED_TAG,
     inbound_key,
     job_name,
     records_key,
     summary_key,
 )
-from credflow_assets.staged_tables.settings import TABLE_TAG, staging_file_key
+from credflow_assets.staged_tables.names import TABLE_TAG, staging_file_key
 from credflow_assets.therapists.names import (
     ASSET_KEYS,
     MPF_AUDIT_CHECK,

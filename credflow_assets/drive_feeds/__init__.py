@@ -1,12 +1,11 @@
 """Drive inbound feeds → parsed tables, change history and outbound summaries (source doc 001).
 
-Reads top to bottom: sensors.py (new inbound file revisions, one partition each) → assets.py
+Reads top to bottom: names.py (its asset keys, jobs, partition sets, run tags) → sensors.py (new inbound file revisions, one partition each) → assets.py
 (the inbound sheet, the feed's table, the outbound summary) → checks.py (the pandera schema as
 a blocking check). schemas.py holds one DataFrameModel per feed; validation.py, sheets.py (with
 csv_text.py, which text a CSV holds, and workbook.py, which sheet of an XLSX), ingest.py and
 store.py the engine; downloads.py how long a run keeps its download; summary.py the outbound
-file; status.py a terminal report; bench.py a 1,000,000-row benchmark
-(`python -m credflow_assets.drive_feeds.bench`).
+file; status.py a terminal report; settings.py how much a step or a tick does at a time.
 
 A feed is a config entry plus a DataFrameModel: `build_defs` makes each feed's table asset, job
 and sensor from the config, and checks every feed against its model when the code location

@@ -24,10 +24,10 @@ from credflow_assets.drive_feeds.downloads import (
     remove_run_download,
     run_download_dir,
 )
-from credflow_assets.drive_feeds.settings import (
+from credflow_assets.drive_feeds.settings import DriveFeedSettings
+from credflow_assets.drive_feeds.names import (
     FEED_TAG,
     GROUP,
-    DriveFeedSettings,
     feed_partitions,
     inbound_key,
     job_name,
@@ -39,10 +39,10 @@ from credflow_assets.drive_feeds.validation import (
     ENGINE_COLUMNS,
     FeedPlan,
 )
-from credflow_assets.parse_logs import logged_events
+from credflow_assets.common.parse_logs import logged_events
 from credflow_assets.resources.drive import DriveResource
 from credflow_assets.resources.sql import SqlResource
-from credflow_assets.run_recovery import mark_transient_failures
+from credflow_assets.common.run_recovery import mark_transient_failures
 
 
 def _file_label(feed: str, name: str, file_id: str, revision: str) -> str:

@@ -14,7 +14,7 @@ import warnings
 import dagster as dg
 
 from credflow_assets.drive_feeds.ingest import IngestReport, SourceFile
-from credflow_assets.drive_feeds.settings import feed_partitions, records_key
+from credflow_assets.drive_feeds.names import feed_partitions, records_key
 from credflow_assets.drive_feeds.sheets import HeaderProblem
 from credflow_assets.drive_feeds.validation import FeedPlan
 

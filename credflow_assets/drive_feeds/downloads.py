@@ -23,7 +23,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from credflow_assets.drive_feeds.settings import job_name
+from credflow_assets.drive_feeds.names import job_name
 
 DOWNLOADS_DIR = "drive_feed_downloads"
 # Before downloads were kept per run: `drive_feeds/{feed}/{file id}/{revision}/source.*`.

@@ -19,14 +19,14 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 
 from credflow_assets.config import FeedConfig
-from credflow_assets.drive_feeds.settings import (
+from credflow_assets.drive_feeds.settings import DriveFeedSettings
+from credflow_assets.drive_feeds.names import (
     FEED_TAG,
     FILE_TAG,
-    DriveFeedSettings,
     feed_partitions,
     partition_key,
 )
-from credflow_assets.partitions import is_valid_partition_key
+from credflow_assets.common.partitions import is_valid_partition_key
 from credflow_assets.resources.drive import DriveResource, escape_query_literal
 
 LIST_FIELDS = "id,name,mimeType,modifiedTime,md5Checksum,size,trashed"

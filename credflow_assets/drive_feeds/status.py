@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 def feed_status_lines(config: CredflowConfig, engine: Engine, drive: DriveResource,
                       latest: int = 5) -> list[str]:
-    from credflow_assets.drive_feeds.settings import SUMMARY_FEED
+    from credflow_assets.drive_feeds.names import SUMMARY_FEED
     from credflow_assets.drive_feeds.store import FeedTables, ensure_bookkeeping, files_table
     from credflow_assets.drive_feeds.validation import build_plan
 

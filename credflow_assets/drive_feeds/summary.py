@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from credflow_assets.drive_feeds.settings import (
+from credflow_assets.drive_feeds.names import (
     SUMMARY_FEED,
     SUMMARY_INBOUND_ID,
     SUMMARY_INBOUND_REVISION,

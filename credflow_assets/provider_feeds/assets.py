@@ -38,8 +38,8 @@ from urllib.parse import quote
 import dagster as dg
 
 from credflow_assets.config import ProviderConfig
-from credflow_assets.materializations import latest_metadata_value
-from credflow_assets.parse_logs import logged_events
+from credflow_assets.common.materializations import latest_metadata_value
+from credflow_assets.common.parse_logs import logged_events
 from credflow_assets.provider_feeds import handoff
 from credflow_assets.provider_feeds.cleanup import clean_up_after_dead_runs
 from credflow_assets.provider_feeds.failures import FileRef, RawCopyDamaged, file_failure
@@ -51,7 +51,8 @@ from credflow_assets.provider_feeds.limits import (
 from credflow_assets.provider_feeds.memory import limit_malloc_arenas, release_freed_memory
 from credflow_assets.provider_feeds.metadata import landed_metadata, raw_result
 from credflow_assets.provider_feeds.open_uploads import RunUploads
-from credflow_assets.provider_feeds.naming import (
+from credflow_assets.resources.sftp import sftp_resource_key
+from credflow_assets.provider_feeds.names import (
     GROUP,
     SIGNATURE_SUFFIX,
     RemoteIdentity,
@@ -87,7 +88,6 @@ from credflow_assets.provider_feeds.unpack import (
     looks_encrypted,
     unpack,
 )
-from credflow_assets.resources.from_config import sftp_resource_key
 from credflow_assets.resources.s3 import (
     head_object_or_none,
     s3_uri,
@@ -96,7 +96,7 @@ from credflow_assets.resources.s3 import (
 )
 from credflow_assets.resources.gpg import GpgOutputLimitExceeded
 from credflow_assets.resources.sftp import SftpNoSuchFile
-from credflow_assets.run_recovery import mark_transient_failures
+from credflow_assets.common.run_recovery import mark_transient_failures
 
 HASH_CHUNK = 1024 * 1024
 PROGRESS_LOG_SECONDS = 15
@@ -123,7 +123,7 @@ def build_provider_job(provider: ProviderConfig):
 
 def build_provider_feed_assets(provider: ProviderConfig) -> list[dg.AssetsDefinition]:
     """The two assets of one provider, over its own files, requiring only its resources."""
-    sftp_key = sftp_resource_key(provider)
+    sftp_key = sftp_resource_key(provider.name)
     feed_key = provider_feed_resource_key(provider.name)
     partitions = provider_partitions(provider.name)
     raw_key, landed = raw_asset_key(provider.name), landed_asset_key(provider.name)

@@ -25,7 +25,7 @@ from typing import Any, Optional
 import dagster as dg
 
 from credflow_assets.provider_feeds.limits import ExtractionLimitExceeded
-from credflow_assets.provider_feeds.naming import parse_partition_key, partition_key
+from credflow_assets.provider_feeds.names import parse_partition_key, partition_key
 from credflow_assets.provider_feeds.settings import MissingVariable
 from credflow_assets.provider_feeds.unpack import CorruptArchive, UnpackError, UnsafeMember
 from credflow_assets.resources.gpg import (

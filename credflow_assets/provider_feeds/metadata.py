@@ -12,7 +12,7 @@ import dagster as dg
 
 from credflow_assets.provider_feeds.failures import FileRef
 from credflow_assets.provider_feeds.limits import human_size
-from credflow_assets.provider_feeds.naming import mtime_date
+from credflow_assets.provider_feeds.names import mtime_date
 from credflow_assets.provider_feeds.settings import ProviderFeedsSettings
 from credflow_assets.resources.s3 import object_url, s3_uri
 

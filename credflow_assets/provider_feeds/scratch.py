@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from credflow_assets import processes
+from credflow_assets.common import processes
 
 WORK_DIR_PREFIX = "credflow-provider-"
 OWNER_FILE = ".credflow-owner.json"

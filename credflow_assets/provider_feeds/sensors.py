@@ -29,7 +29,8 @@ import dagster as dg
 from credflow_assets.config import ProviderConfig
 from credflow_assets.provider_feeds.assets import identity_of, latest_raw_copy, s3_client_of
 from credflow_assets.provider_feeds.cleanup import clean_up_after_dead_runs
-from credflow_assets.provider_feeds.naming import (
+from credflow_assets.resources.sftp import sftp_resource_key
+from credflow_assets.provider_feeds.names import (
     PROVIDER_TAG,
     REMOTE_PATH_TAG,
     SIGNATURE_SUFFIX,
@@ -45,7 +46,6 @@ from credflow_assets.provider_feeds.settings import (
     ProviderFeedsSettings,
     provider_feed_resource_key,
 )
-from credflow_assets.resources.from_config import sftp_resource_key
 from credflow_assets.resources.sftp import SftpError, SftpResource, SftpSession
 
 
@@ -79,7 +79,7 @@ class FeedCursor:
 
 def build_provider_sensor(provider: ProviderConfig) -> dg.SensorDefinition:
     """The sensor of one provider (one per provider: the factory's two-plus real callers)."""
-    sftp_key = sftp_resource_key(provider)
+    sftp_key = sftp_resource_key(provider.name)
     feed_key = provider_feed_resource_key(provider.name)
 
     @dg.sensor(

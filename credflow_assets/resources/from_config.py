@@ -10,13 +10,13 @@ from typing import Any
 
 from dagster import EnvVar
 
-from credflow_assets.config import CredflowConfig, EnvRef, ProviderConfig
-from credflow_assets.notifications import Notifier
+from credflow_assets.config import CredflowConfig, EnvRef
+from credflow_assets.common.notifications import Notifier
 from credflow_assets.resources.drive import DriveResource
 from credflow_assets.resources.glue import GlueResource
 from credflow_assets.resources.gpg import GpgResource
 from credflow_assets.resources.s3 import s3_resource
-from credflow_assets.resources.sftp import SftpResource
+from credflow_assets.resources.sftp import SftpResource, sftp_resource_key
 from credflow_assets.resources.sql import SqlResource
 from credflow_assets.resources.sqs import SqsResource
 
@@ -26,10 +26,6 @@ def setting(value: Any, *, as_int: bool = False) -> Any:
     if isinstance(value, EnvRef):
         return EnvVar.int(value.env) if as_int else EnvVar(value.env)
     return value
-
-
-def sftp_resource_key(provider: ProviderConfig) -> str:
-    return f"sftp_{provider.name}"
 
 
 def build_resources(config: CredflowConfig) -> dict[str, Any]:
@@ -54,7 +50,7 @@ def build_resources(config: CredflowConfig) -> dict[str, Any]:
     }
     for provider in config.providers:
         sftp = provider.sftp
-        resources[sftp_resource_key(provider)] = SftpResource(
+        resources[sftp_resource_key(provider.name)] = SftpResource(
             host=setting(sftp.host),
             port=setting(sftp.port, as_int=True),
             username=setting(sftp.username),

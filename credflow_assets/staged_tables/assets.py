@@ -44,8 +44,8 @@ from urllib.parse import quote
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from credflow_assets.error_reports import ErrorReport, error_report
-from credflow_assets.parse_logs import parse_log
+from credflow_assets.common.error_reports import ErrorReport, error_report
+from credflow_assets.common.parse_logs import parse_log
 from credflow_assets.resources.glue import GlueError, GlueResource, table_columns
 from credflow_assets.resources.s3 import (
     DEFAULT_PART_SIZE,
@@ -53,7 +53,7 @@ from credflow_assets.resources.s3 import (
     prefix_url,
     transfer_config,
 )
-from credflow_assets.run_recovery import mark_transient_failures
+from credflow_assets.common.run_recovery import mark_transient_failures
 from credflow_assets.staged_tables.checks import (
     StagedObject,
     check_specs,
@@ -76,10 +76,10 @@ from credflow_assets.staged_tables.layout import (
     object_key_for,
 )
 from credflow_assets.staged_tables.rejection import rejection_sentence, report_header_problems
-from credflow_assets.staged_tables.settings import (
+from credflow_assets.staged_tables.settings import StagedTablesSettings
+from credflow_assets.staged_tables.names import (
     GROUP,
     VERSION_TAG,
-    StagedTablesSettings,
     glue_table_key,
     job_name,
     object_version,

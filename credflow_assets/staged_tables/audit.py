@@ -42,7 +42,7 @@ from credflow_assets.staged_tables.columns import (
     read_header,
 )
 from credflow_assets.staged_tables.layout import PARTITION_COLUMN, Layout, partition_key_for
-from credflow_assets.staged_tables.settings import object_version
+from credflow_assets.staged_tables.names import object_version
 
 FINDING_KINDS = (
     "column_mismatch", "prod_file_not_in_glue", "dangling_partition", "no_glue_table",
@@ -430,7 +430,8 @@ class AuditConfig(dg.Config):
 def build_audit_job() -> dg.JobDefinition:
     from dagster_aws.s3 import S3Resource
 
-    from credflow_assets.staged_tables.settings import AUDIT_JOB_NAME, StagedTablesSettings
+    from credflow_assets.staged_tables.names import AUDIT_JOB_NAME
+    from credflow_assets.staged_tables.settings import StagedTablesSettings
 
     @dg.op(out=dg.Out(dg.Nothing))
     def audit_staged_tables_op(context: dg.OpExecutionContext, config: AuditConfig,

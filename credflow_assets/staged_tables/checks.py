@@ -28,7 +28,7 @@ from typing import Any
 import dagster as dg
 
 from credflow_assets.staged_tables.columns import ColumnComparison, TableColumns
-from credflow_assets.staged_tables.settings import staging_file_key, table_partitions
+from credflow_assets.staged_tables.names import staging_file_key, table_partitions
 from credflow_assets.staged_tables.validation import RowsReport
 
 COLUMNS_CHECK = "columns_match_table"

@@ -8,14 +8,14 @@
       Upload a corrected file to the same key.
 
   Columns, rules and row numbers only: a cell's value is personal data, kept in the file's error
-  report (`credflow_assets.error_reports`).
+  report (`credflow_assets.common.error_reports`).
 - `report_header_problems`: the header's problems as lines of that error report, beside the
   rows' (which `validation.validate_rows` reports).
 """
 
 from __future__ import annotations
 
-from credflow_assets.error_reports import ErrorReport
+from credflow_assets.common.error_reports import ErrorReport
 from credflow_assets.staged_tables.columns import ColumnComparison
 from credflow_assets.staged_tables.layout import PARTITION_COLUMN
 from credflow_assets.staged_tables.validation import EXTRA_FIELDS_COLUMN, RowsReport

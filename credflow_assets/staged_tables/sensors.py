@@ -40,8 +40,8 @@ from typing import Any
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from credflow_assets.notifications import failure_reason
-from credflow_assets.reconciliation import (
+from credflow_assets.common.notifications import failure_reason
+from credflow_assets.common.reconciliation import (
     RECONCILE_INTERVAL_SECONDS,
     RECONCILE_PAGE_KEYS,
     RECONCILIATION_SENSOR_TAGS,
@@ -52,11 +52,11 @@ from credflow_assets.reconciliation import (
 from credflow_assets.resources.s3 import head_object_or_none
 from credflow_assets.resources.sqs import S3EventCursor, SqsResource
 from credflow_assets.staged_tables.layout import Layout, object_key_for, table_of_partition
-from credflow_assets.staged_tables.settings import (
+from credflow_assets.staged_tables.settings import StagedTablesSettings
+from credflow_assets.staged_tables.names import (
     STAGED_KEY_TAG,
     TABLE_TAG,
     VERSION_TAG,
-    StagedTablesSettings,
     job_name,
     object_version,
     staging_file_key,

@@ -19,7 +19,7 @@ is picky about date formats, and a string column never fails a query.
 Failures are aggregated (counts per column and check), with a bounded sample of where they are
 (row, column, check) for the check's metadata. The values themselves are personal data (names,
 dates of birth): they never go into the report, only to `report_problem`, which the asset points
-at the file's error report (`credflow_assets.error_reports`). Row numbers count data rows: row 1
+at the file's error report (`credflow_assets.common.error_reports`). Row numbers count data rows: row 1
 is the first line after the header.
 """
 

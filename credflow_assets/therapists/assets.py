@@ -20,12 +20,12 @@ from pathlib import Path
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from credflow_assets.messages import markdown_table
-from credflow_assets.parse_logs import parse_log
+from credflow_assets.common.messages import markdown_table
+from credflow_assets.common.parse_logs import parse_log
 from credflow_assets.resources.drive import DOCUMENT_MIME, DriveError, DriveResource
 from credflow_assets.resources.s3 import head_object_or_none, object_url, prefix_url
 from credflow_assets.resources.sql import SqlResource
-from credflow_assets.run_recovery import mark_transient_failures
+from credflow_assets.common.run_recovery import mark_transient_failures
 from credflow_assets.therapists.checks import mpf_audit_check_spec, mpf_audit_result
 from credflow_assets.therapists.directory import (
     Therapist,

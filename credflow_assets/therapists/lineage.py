@@ -10,8 +10,8 @@ from datetime import datetime, timezone
 
 import dagster as dg
 
-from credflow_assets.materializations import latest_materialization
-from credflow_assets.messages import error_message
+from credflow_assets.common.materializations import latest_materialization
+from credflow_assets.common.messages import error_message
 from credflow_assets.therapists.names import (
     MPF_FOLDER_KEY,
     PLACED_FILES_METADATA,

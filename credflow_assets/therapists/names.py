@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from credflow_assets.run_tags import FlowRuns
+from credflow_assets.common.flow import Flow, FlowPartitions, FlowRuns
 
 GROUP = "therapists"
 
@@ -47,7 +47,7 @@ RECONCILIATION_SENSOR_NAME = "signup_reconciliation_sensor"
 
 # Runs carry this tag; a tag concurrency limit of 1 per value keeps two runs for one
 # therapist from ever running at once (DAGSTER_HOME/dagster.yaml, run_coordinator), whatever
-# launched them (run_tags.py).
+# launched them (common/flow.py).
 THERAPIST_TAG = "credflow/therapist_id"
 
 FLOW_RUNS = FlowRuns(
@@ -56,11 +56,19 @@ FLOW_RUNS = FlowRuns(
     tags=lambda therapist_id, _job, _assets: {THERAPIST_TAG: therapist_id},
 )
 
-# How the failure notifications call the flow: "credflow: therapist MPF failed".
-FAILURE_LABEL = "therapist MPF"
-
-
-def reparse_lane(partition_key: str) -> str:
-    """A reparse runs each therapist in a lane of their own: their files go to their own MPF
-    folder only, so no two therapists' runs need an order."""
-    return partition_key
+# A therapist is a partition: their files go to their own MPF folder only, so a reparse runs
+# each therapist in a lane of their own (no two therapists' runs need an order).
+FLOW = Flow(
+    name="therapists",
+    label="therapist MPF",  # "credflow: therapist MPF failed"
+    runs=FLOW_RUNS,
+    partitions=FlowPartitions(
+        name_option=None,
+        names=lambda config: [""],
+        partitions_of=lambda _: therapist_partitions.name,
+        asset_of=lambda _: MPF_FOLDER_KEY,
+        name_of=lambda key: "",
+        job_for=lambda _: JOB_NAME,
+        lane_of=lambda key: key,
+    ),
+)

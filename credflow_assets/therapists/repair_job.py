@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from credflow_assets.messages import markdown_table
+from credflow_assets.common.messages import markdown_table
 from credflow_assets.resources.drive import DriveResource
 from credflow_assets.resources.sql import SqlResource
-from credflow_assets.run_recovery import mark_transient_failures
+from credflow_assets.common.run_recovery import mark_transient_failures
 from credflow_assets.therapists.checks import record_verdicts_after_repair
 from credflow_assets.therapists.mpf_audit import (
     RepairAction,

@@ -23,7 +23,7 @@ from collections import defaultdict
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from credflow_assets.reconciliation import (
+from credflow_assets.common.reconciliation import (
     NOT_STARTED_STATUSES,
     RECONCILE_INTERVAL_SECONDS,
     RECONCILE_PAGE_KEYS,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from credflow_assets.partitions import is_valid_partition_key
+from credflow_assets.common.partitions import is_valid_partition_key
 from credflow_assets.resources.s3 import iter_objects
 
 

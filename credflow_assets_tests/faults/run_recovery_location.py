@@ -16,7 +16,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from credflow_assets.run_recovery import mark_transient_failures
+from credflow_assets.common.run_recovery import mark_transient_failures
 
 inbox_files = dg.DynamicPartitionsDefinition(name="recovery_inbox_files")
 
@@ -71,7 +71,7 @@ def definitions(inbox: str, outbox: str) -> dg.Definitions:
 
 
 if __name__ == "__main__":
-    from credflow_assets.sync import sync
+    from credflow_assets.cli.sync import sync
 
     with dg.DagsterInstance.get() as instance:
         sync(definitions(sys.argv[1], sys.argv[2]), instance)

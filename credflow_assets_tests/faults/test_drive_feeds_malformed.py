@@ -30,14 +30,14 @@ import openpyxl
 import pytest
 
 from credflow_assets.drive_feeds.downloads import DOWNLOADS_DIR, LEGACY_DIR
-from credflow_assets.drive_feeds.settings import job_name, records_key
+from credflow_assets.drive_feeds.names import job_name, records_key
 from credflow_assets.local.seed_drive_feeds import (
     columns_of,
     header_for,
     sample_rows,
     write_csv,
 )
-from credflow_assets.parse_logs import list_logs, read_log
+from credflow_assets.common.parse_logs import list_logs, read_log
 from credflow_assets.resources.drive import DriveResource
 from credflow_assets_tests import test_drive_feeds as end_to_end
 from credflow_assets_tests.test_drive_feeds import (

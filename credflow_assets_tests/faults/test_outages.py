@@ -9,14 +9,14 @@ import pytest
 import sqlalchemy as sa
 
 from credflow_assets.config import load_config
-from credflow_assets.dagster_compat import execute_run_in_process, sensor_context
+from credflow_assets.common.dagster_compat import execute_run_in_process, sensor_context
 from credflow_assets.definitions import build_definitions
-from credflow_assets.drive_feeds.settings import records_key
+from credflow_assets.drive_feeds.names import records_key
 from credflow_assets.local import drive_server
 from credflow_assets.local.seed_drive_feeds import CSV_MIME, sample_rows, write_csv
 from credflow_assets.resources.drive import DriveResource
-from credflow_assets.run_recovery import FAILURE_KIND_TAG
-from credflow_assets.sync import sync
+from credflow_assets.common.run_recovery import FAILURE_KIND_TAG
+from credflow_assets.cli.sync import sync
 from credflow_assets_tests.conftest import DEFAULT_CONFIG, running_stack
 
 FEED = "spl"

@@ -30,7 +30,7 @@ from credflow_assets.config import load_config
 from credflow_assets.local import seed_provider_feeds as seed
 from credflow_assets.local import stack
 from credflow_assets.local.gpg_keys import encrypt_file
-from credflow_assets.provider_feeds.naming import (
+from credflow_assets.provider_feeds.names import (
     job_name,
     landed_asset_key,
     partition_key,
@@ -39,7 +39,7 @@ from credflow_assets.provider_feeds.naming import (
 )
 from credflow_assets.provider_feeds.open_uploads import OPEN_UPLOADS_TAG
 from credflow_assets.provider_feeds.settings import WORK_DIR_PREFIX, ProviderFeedsSettings
-from credflow_assets.sync import sync
+from credflow_assets.cli.sync import sync
 from credflow_assets_tests.conftest import DEFAULT_CONFIG
 from credflow_assets_tests.test_provider_feeds import flow_definitions, keys_under, read
 
@@ -287,7 +287,7 @@ KILLED_LANDING = textwrap.dedent("""
     import dagster as dg
     from credflow_assets import provider_feeds
     from credflow_assets.config import load_config
-    from credflow_assets.provider_feeds.naming import job_name
+    from credflow_assets.provider_feeds.names import job_name
     from credflow_assets.provider_feeds.settings import ProviderFeedsSettings
     from credflow_assets.resources.from_config import build_resources
 

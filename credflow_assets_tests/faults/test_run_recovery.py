@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from credflow_assets.local.process import stop_pid
-from credflow_assets.run_recovery import FAILURE_KIND_TAG
-from credflow_assets.sync import sync
+from credflow_assets.common.run_recovery import FAILURE_KIND_TAG
+from credflow_assets.cli.sync import sync
 from credflow_assets_tests.faults.run_recovery_location import definitions
 
 # What credflow's dagster.yaml says (local/dagster.yaml and deploy/).
@@ -173,7 +173,7 @@ def test_what_counts_as_transient():
     from paramiko.ssh_exception import SSHException
 
     from credflow_assets.resources.drive import DriveError
-    from credflow_assets.run_recovery import is_transient
+    from credflow_assets.common.run_recovery import is_transient
 
     def caused_by(error: BaseException) -> dg.Failure:
         try:

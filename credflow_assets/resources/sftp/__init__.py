@@ -75,4 +75,10 @@ __all__ = [
     "SftpPermissionDenied",
     "SftpResource",
     "SftpSession",
+    "sftp_resource_key",
 ]
+
+
+def sftp_resource_key(name: str) -> str:
+    """The Definitions resource key of the SFTP server named `name` (a provider's)."""
+    return f"sftp_{name}"

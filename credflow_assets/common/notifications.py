@@ -15,8 +15,8 @@ from typing import Optional
 
 import dagster as dg
 
-from credflow_assets.messages import error_message
-from credflow_assets.run_tags import FlowRuns
+from credflow_assets.common.messages import error_message
+from credflow_assets.common.flow import FlowRuns
 
 logger = logging.getLogger("credflow.notifications")
 
@@ -71,7 +71,7 @@ FAILURE_SENSOR_NAME = "failure_notifications"
 @dataclass(frozen=True)
 class FlowFailures:
     """How one flow's failed runs are told: its label, how to tell its runs (its jobs and
-    assets, `run_tags.FlowRuns`), and optionally its own message (title and lines)."""
+    assets, `common.flow.FlowRuns`), and optionally its own message (title and lines)."""
 
     label: str
     runs: FlowRuns

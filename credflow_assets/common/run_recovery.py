@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from credflow_assets import processes
+from credflow_assets.common import processes
 
 RUN_PID_TAG = "credflow/run_pid"
 RUN_HOST_TAG = "credflow/run_host"

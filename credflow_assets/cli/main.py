@@ -186,7 +186,7 @@ def sync_command(settings: _Settings, sensor_names: tuple[str, ...], verbose: bo
     import dagster as dg
 
     from credflow_assets.definitions import build_definitions
-    from credflow_assets.sync import sync
+    from credflow_assets.cli.sync import sync
 
     defs = build_definitions(settings.config())
     with dg.DagsterInstance.get() as instance:
@@ -239,8 +239,8 @@ def logs(settings: _Settings, words: tuple[str, ...], run_id: str | None,
     parse log and Dagster never show.
     """
     settings.adopt_stack_environment()
-    from credflow_assets.error_reports import list_error_reports, read_error_report
-    from credflow_assets.parse_logs import diff_logs, list_logs, read_log
+    from credflow_assets.common.error_reports import list_error_reports, read_error_report
+    from credflow_assets.common.parse_logs import diff_logs, list_logs, read_log
 
     diff = len(words) == 2 and words[0] == "diff"
     if len(words) != 1 and not diff:
@@ -337,10 +337,10 @@ def mpf_repair(settings: _Settings, dry_run: bool) -> None:
         )
     import dagster as dg
 
-    from credflow_assets.dagster_compat import execute_run_in_process
+    from credflow_assets.common.dagster_compat import execute_run_in_process
     from credflow_assets.definitions import build_definitions
-    from credflow_assets.run_recovery import process_tags
-    from credflow_assets.sync import execution_run_config, failure_reason
+    from credflow_assets.common.run_recovery import process_tags
+    from credflow_assets.cli.sync import execution_run_config, failure_reason
     from credflow_assets.therapists.names import (
         MPF_AUDIT_CHECK,
         REPAIR_JOB_NAME,
@@ -405,7 +405,7 @@ def reparse_command(settings: _Settings, flow: str, feed: str | None, provider: 
     settings.adopt_stack_environment()
     import dagster as dg
 
-    from credflow_assets.reparse import ReparseError, reparse, select_partitions
+    from credflow_assets.cli.reparse import ReparseError, reparse, select_partitions
 
     config = settings.config()
     with dg.DagsterInstance.get() as instance:
@@ -435,7 +435,7 @@ def reparse_command(settings: _Settings, flow: str, feed: str | None, provider: 
 
 
 def _webserver_or_fail(explicit: str | None) -> str | None:
-    from credflow_assets.backfills import BackfillError, find_webserver
+    from credflow_assets.cli.backfills import BackfillError, find_webserver
 
     try:
         return find_webserver(explicit)
@@ -444,8 +444,8 @@ def _webserver_or_fail(explicit: str | None) -> str | None:
 
 
 def _reparse_as_backfills(url: str, flow: str, partitions: list[str]) -> None:
-    from credflow_assets.backfills import BackfillError, launch_backfills
-    from credflow_assets.reparse import REPARSE_TAG, new_reparse_id, partitions_by_job
+    from credflow_assets.cli.backfills import BackfillError, launch_backfills
+    from credflow_assets.cli.reparse import REPARSE_TAG, new_reparse_id, partitions_by_job
 
     reparse_id = new_reparse_id()
     try:
@@ -469,7 +469,7 @@ def dev(settings: _Settings, port: int) -> None:
     """Local stack + `dg dev` (webserver on 127.0.0.1, daemon on: sensors run by themselves)."""
     from credflow_assets.local import stack
 
-    from credflow_assets.dagster_compat import DEFINITIONS_MODULE, LOCATION_NAME
+    from credflow_assets.common.dagster_compat import DEFINITIONS_MODULE, LOCATION_NAME
 
     _require_local_extra()
     stack.up(settings.home, settings.config(), settings.config_path)

@@ -35,23 +35,23 @@ from pathlib import Path
 
 import dagster as dg
 
-from credflow_assets.dagster_compat import (
+from credflow_assets.common.dagster_compat import (
     execute_run_in_process,
     sensor_context,
     sensor_cursor,
     sensor_stopped,
     store_sensor_cursor,
 )
-from credflow_assets.messages import error_message as innermost_error_message
-from credflow_assets.reconciliation import ReconcileCursor, is_reconciliation_sensor
-from credflow_assets.run_recovery import (
+from credflow_assets.common.messages import error_message as innermost_error_message
+from credflow_assets.common.reconciliation import ReconcileCursor, is_reconciliation_sensor
+from credflow_assets.common.run_recovery import (
     AUTO_RETRY_RUN_ID_TAG,
     fail_stopped_runs,
     process_tags,
     retry_tags,
     runs_to_retry,
 )
-from credflow_assets.run_tags import flow_run_tags
+from credflow_assets.flows import flow_run_tags
 
 # The tags the sensor daemon puts on the runs it launches.
 RUN_KEY_TAG = "dagster/run_key"

@@ -1,4 +1,4 @@
-"""`python -m credflow_assets.drive_feeds.bench [ROWS] [FEED]`: ingest a generated sheet of ROWS
+"""`python bench/feed_engine.py [ROWS] [FEED]`: ingest a generated sheet of ROWS
 rows (default 1,000,000) into a throwaway SQLite database, twice (all inserts, then all
 unchanged), and print the time and the peak memory. Shows there is no row cap and that memory
 follows the chunk size, not the file size."""

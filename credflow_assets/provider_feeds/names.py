@@ -28,8 +28,8 @@ from urllib.parse import unquote
 
 import dagster as dg
 
-from credflow_assets.partitions import is_valid_partition_key
-from credflow_assets.run_tags import FlowRuns
+from credflow_assets.common.partitions import is_valid_partition_key
+from credflow_assets.common.flow import Flow, FlowPartitions, FlowRuns, first_segment
 
 GROUP = "provider_feeds"
 _ASSET_PREFIX = ("s3", "provider_feeds")
@@ -185,9 +185,25 @@ def _run_tags(key: str, job: str, asset_keys: list[dg.AssetKey]) -> dict[str, st
     return {PROVIDER_TAG: provider, REMOTE_PATH_TAG: remote_path}
 
 
-# Every run of the flow carries its provider and file, whatever launched it (run_tags.py).
+# Every run of the flow carries its provider and file, whatever launched it (common/flow.py).
 FLOW_RUNS = FlowRuns(
     job_names=lambda name: name.startswith(_JOB_PREFIX) and name.endswith(_JOB_SUFFIX),
     asset_key_prefixes=(_ASSET_PREFIX,),
     tags=_run_tags,
+)
+
+# A provider's files can land on the same keys, so a reparse reruns them in the order they came.
+FLOW = Flow(
+    name="provider_feeds",
+    label="provider feed",
+    runs=FLOW_RUNS,
+    partitions=FlowPartitions(
+        name_option="provider",
+        names=lambda config: [provider.name for provider in config.providers],
+        partitions_of=lambda provider: provider_partitions(provider).name,
+        asset_of=raw_asset_key,
+        name_of=first_segment,
+        job_for=job_name,
+        lane_of=first_segment,
+    ),
 )

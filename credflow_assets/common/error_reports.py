@@ -30,7 +30,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from credflow_assets.parse_logs import LOG_PREFIX, list_logs
+from credflow_assets.common.parse_logs import LOG_PREFIX, list_logs
 from credflow_assets.resources.s3 import object_url
 
 ERRORS_SUFFIX = ".errors.csv"

@@ -36,10 +36,11 @@ from typing import Any
 import dagster as dg
 
 from credflow_assets.config import CredflowConfig
-from credflow_assets.dagster_compat import execute_run_in_process
-from credflow_assets.materializations import latest_materialization
-from credflow_assets.run_tags import flow_run_tags
-from credflow_assets.sync import (
+from credflow_assets.common.dagster_compat import execute_run_in_process
+from credflow_assets.common.materializations import latest_materialization
+from credflow_assets.common.flow import FlowPartitions
+from credflow_assets.flows import all_flows, flow_named, flow_run_tags
+from credflow_assets.cli.sync import (
     RunOutcome,
     execution_run_config,
     failure_reason,
@@ -49,59 +50,6 @@ from credflow_assets.sync import (
 REPARSE_TAG = "credflow/reparse_id"
 
 
-@dataclass(frozen=True)
-class FlowTarget:
-    """Where a flow's partitions live and which job reruns one, by the partition's name part
-    (its feed, provider or table; "" for therapists)."""
-
-    name_option: str | None  # --feed, --provider, --table: what the name part means
-    names: Callable[[CredflowConfig], list[str]]  # every name the config declares
-    partitions_of: Callable[[str], str]  # a name → its DynamicPartitionsDefinition's name
-    asset_of: Callable[[str], dg.AssetKey]  # its materializations date a partition for --since
-    name_of: Callable[[str], str]  # partition key → feed / provider / table
-    job_for: Callable[[str], str]  # the name part → the job that reruns it
-    lane_of: Callable[[str], str]  # partitions of one lane keep their order (module docstring)
-
-
-def _first_segment(key: str) -> str:
-    return key.split("/", 1)[0]
-
-
-def _staged_table(key: str) -> str:
-    from credflow_assets.staged_tables.layout import table_of_partition
-
-    return table_of_partition(key) or ""
-
-
-def _flows() -> dict[str, FlowTarget]:
-    from credflow_assets.drive_feeds import settings as feeds
-    from credflow_assets.provider_feeds import naming as providers
-    from credflow_assets.staged_tables import settings as tables
-    from credflow_assets.therapists import names as therapists
-
-    return {
-        # A therapist is a partition: their files go to their own MPF folder only.
-        "therapists": FlowTarget(
-            None, lambda config: [""], lambda _: therapists.therapist_partitions.name,
-            lambda _: therapists.MPF_FOLDER_KEY, lambda key: "",
-            lambda _: therapists.JOB_NAME, lane_of=therapists.reparse_lane),
-        "drive_feeds": FlowTarget(
-            "feed", lambda config: [feed.name for feed in config.feeds],
-            lambda feed: feeds.feed_partitions(feed).name, feeds.inbound_key,
-            _first_segment, feeds.job_name, lane_of=_first_segment),
-        "provider_feeds": FlowTarget(
-            "provider", lambda config: [provider.name for provider in config.providers],
-            lambda provider: providers.provider_partitions(provider).name,
-            providers.raw_asset_key, _first_segment, providers.job_name,
-            lane_of=_first_segment),
-        "staged_tables": FlowTarget(
-            "table", lambda config: [table.name for table in config.staged_tables.tables],
-            lambda table: tables.table_partitions(table).name, tables.staging_file_key,
-            _staged_table, tables.job_name, lane_of=_staged_table),
-    }
-
-
-FLOW_NAMES = ("therapists", "drive_feeds", "provider_feeds", "staged_tables")
 DEFAULT_WORKERS = 2  # processes; each holds its own loaded definitions
 
 
@@ -263,7 +211,7 @@ def _worker_rerun(flow: str, key: str, reparse_id: str, verbose: bool) -> RunOut
         return _rerun(_worker["defs"], instance, _target(flow), key, reparse_id, verbose)
 
 
-def _rerun(defs: dg.Definitions, instance: dg.DagsterInstance, target: FlowTarget, key: str,
+def _rerun(defs: dg.Definitions, instance: dg.DagsterInstance, target: FlowPartitions, key: str,
            reparse_id: str, verbose: bool) -> RunOutcome:
     job_name = target.job_for(target.name_of(key))
     started = time.monotonic()
@@ -287,13 +235,15 @@ def _progress_line(outcome: RunOutcome, done: int, total: int) -> str:
             f"({outcome.seconds:.1f}s)")
 
 
-def _target(flow: str) -> FlowTarget:
-    if flow not in FLOW_NAMES:
-        raise ReparseError(f"unknown flow {flow!r}; one of {', '.join(FLOW_NAMES)}")
-    return _flows()[flow]
+def _target(flow: str) -> FlowPartitions:
+    found = flow_named(flow)
+    if found is None:
+        names = ", ".join(each.name for each in all_flows())
+        raise ReparseError(f"unknown flow {flow!r}; one of {names}")
+    return found.partitions
 
 
-def _last_materialized(instance: dg.DagsterInstance, target: FlowTarget, key: str) -> datetime:
+def _last_materialized(instance: dg.DagsterInstance, target: FlowPartitions, key: str) -> datetime:
     record = latest_materialization(instance, target.asset_of(target.name_of(key)), key)
     if record is None:
         return datetime.min.replace(tzinfo=timezone.utc)
