@@ -17,7 +17,7 @@ from credflow_assets.local import stack
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "credflow.yaml"
-pytest_plugins = ["credflow_assets_tests.dagster_ui"]
+pytest_plugins = ["credflow_assets_tests.dagster_ui", "credflow_assets_tests.daemon_files"]
 
 
 @contextmanager

@@ -20,7 +20,6 @@ import dagster as dg
 from credflow_assets.common.flow import Flow, FlowPartitions, FlowRuns
 # `table_of_partition` is layout.py's, named here too with the rest of the flow's names.
 from credflow_assets.staged_tables.layout import (  # noqa: F401
-    Layout,
     object_key_for,
     table_of_partition,
 )
