@@ -46,6 +46,15 @@ def test_the_ui_serves_its_own_stacks_instance_with_a_healthy_daemon(dagster_ui)
     assert not unhealthy, f"daemons not healthy: {unhealthy}\n{dagster_ui.log_tail(40)}"
 
 
+def test_credflow_dev_starts_the_ui_with_dagsters_current_tooling_and_no_warning(dagster_ui):
+    """`credflow dev` runs `dg dev`: no "superseded" notice, deprecation or supersession
+    warning reaches its terminal."""
+    log = dagster_ui.log_path.read_text(errors="replace")
+    assert "dg dev" in log or "Serving dagster-webserver" in log, dagster_ui.log_tail(40)
+    for word in ("superseded", "SupersessionWarning", "DeprecationWarning", "deprecated"):
+        assert word not in log, f"{word!r} in `credflow dev`'s output:\n{dagster_ui.log_tail(60)}"
+
+
 # dagster_graphql 1.13.27's client calls gql 4 the deprecated way (its own code, not ours).
 @pytest.mark.filterwarnings("ignore:Using variable_values and operation_name:DeprecationWarning")
 def test_each_file_was_run_by_a_sensor_of_its_job_and_succeeded(dagster_ui,
