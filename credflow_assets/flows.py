@@ -1,4 +1,5 @@
-"""The four flows, each as its `names.py` declares it (`common/flow.py`).
+"""The four flows, each as its `names.py` declares it (`common/flow.py`), with the commands its
+`commands.py` adds to `credflow`.
 
 The code location's definitions, the run coordinator and the `credflow` command iterate this
 list; nothing else lists the flows.
@@ -6,22 +7,39 @@ list; nothing else lists the flows.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from collections.abc import Iterable
-
-import dagster as dg
+from typing import TYPE_CHECKING
 
 from credflow_assets.common.flow import PARTITION_TAG, Flow
 
+if TYPE_CHECKING:
+    import click
+    import dagster as dg
+
+# Each flow's package under credflow_assets/, and its name (`Flow.name`, `credflow reparse
+# --flow`). This module imports no flow at import: the run coordinator loads it inside the
+# webserver and daemon, which need none of a flow's heavier modules, and `credflow --help`
+# reads the names without the Dagster import a flow's names.py costs (a second).
+FLOW_NAMES = ("therapists", "drive_feeds", "provider_feeds", "staged_tables")
+
 
 def all_flows() -> list[Flow]:
-    # Imported here, not at module level: the run coordinator loads this module inside the
-    # webserver and daemon, which need none of a flow's heavier modules.
-    from credflow_assets.drive_feeds import names as drive_feeds
-    from credflow_assets.provider_feeds import names as provider_feeds
-    from credflow_assets.staged_tables import names as staged_tables
-    from credflow_assets.therapists import names as therapists
+    return [importlib.import_module(f"credflow_assets.{name}.names").FLOW
+            for name in FLOW_NAMES]
 
-    return [module.FLOW for module in (therapists, drive_feeds, provider_feeds, staged_tables)]
+
+def flow_commands() -> list[click.Command]:
+    """Every flow's commands for `credflow`: the `COMMANDS` of its `commands.py`, when it has
+    one. Only those modules are imported (they import click; the rest waits until a command
+    runs), so `credflow --help` stays fast."""
+    commands = []
+    for name in FLOW_NAMES:
+        module = f"credflow_assets.{name}.commands"
+        if importlib.util.find_spec(module) is not None:
+            commands.extend(importlib.import_module(module).COMMANDS)
+    return commands
 
 
 def flow_named(name: str) -> Flow | None:

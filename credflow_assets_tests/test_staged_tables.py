@@ -450,7 +450,7 @@ def test_a_run_for_an_upload_that_was_replaced_fails_as_superseded(flow):
 
 
 def test_the_audit_finds_a_planted_bad_prod_file_and_a_dangling_partition(flow, tmp_path):
-    from credflow_assets.staged_tables.commands import tables
+    from credflow_assets.cli import main
 
     s3, glue = flow["s3"], flow["glue"]
     planted = "prod/claims/ingest_date=2024-05-31/planted.csv"
@@ -468,8 +468,11 @@ def test_the_audit_finds_a_planted_bad_prod_file_and_a_dangling_partition(flow, 
     output = tmp_path / "audit.json"
 
     runner = CliRunner()
-    result = runner.invoke(tables, ["--config", str(DEFAULT_CONFIG), "audit", "--json",
-                                    "--output", str(output)])
+
+    def tables(*args: str):
+        return runner.invoke(main, ["--config", str(DEFAULT_CONFIG), "tables", *args])
+
+    result = tables("audit", "--json", "--output", str(output))
     assert result.exit_code == 1, result.output
     report = json.loads(result.output)
     assert json.loads(output.read_text()) == report
@@ -492,7 +495,7 @@ def test_the_audit_finds_a_planted_bad_prod_file_and_a_dangling_partition(flow, 
         for name in ("extra.csv", "bad values.csv", WRONG.rsplit("/", 1)[1])}
     assert "unprocessed_staging_file" not in by_kind
 
-    text = runner.invoke(tables, ["--config", str(DEFAULT_CONFIG), "audit"]).output
+    text = tables("audit").output
     assert "dangling_partition" in text and planted in text
 
     # The same audit as a job in the UI, reporting through its metadata.
@@ -505,12 +508,11 @@ def test_the_audit_finds_a_planted_bad_prod_file_and_a_dangling_partition(flow, 
     assert output_metadata["dangling_partition"].value == 1
     assert keys(flow, "") == before
 
-    fixed = runner.invoke(tables, ["--config", str(DEFAULT_CONFIG), "audit", "--fix"])
+    fixed = tables("audit", "--fix")
     assert fixed.exit_code == 1  # the bad files are a person's to fix
     assert set(partitions(flow, "claims")) == registered - {"2023-12-31"} | {"2024-06-30"}
     assert keys(flow, "") == before  # --fix touches the catalog only
-    after = json.loads(runner.invoke(tables, ["--config", str(DEFAULT_CONFIG), "audit",
-                                              "--json"]).output)
+    after = json.loads(tables("audit", "--json").output)
     kinds = {f["kind"] for t in after["tables"] for f in t["findings"]}
     assert "dangling_partition" not in kinds
     assert [f["location"] for t in after["tables"] for f in t["findings"]

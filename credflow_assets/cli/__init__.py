@@ -1,5 +1,5 @@
-"""The `credflow` command: the root group, sync, reparse and backfills. It reads each flow's
-names and registers each flow's command group."""
+"""The `credflow` command: the root group, sync, reparse and backfills. It reads the registry
+of flows (`credflow_assets/flows.py`) and registers each flow's commands (its `commands.py`)."""
 
 from credflow_assets.cli.main import main
 

@@ -1,4 +1,5 @@
-"""The `credflow` command: the local stack, the config, and running the sensors in-process."""
+"""The `credflow` command's root group: the local stack, the config, sync, logs, reparse and dev;
+each flow's own commands (its `commands.py`) are added from the registry of flows."""
 
 from __future__ import annotations
 
@@ -9,53 +10,9 @@ from pathlib import Path
 
 import click
 
-from credflow_assets.config import ConfigError, load_config, resolve_config_path, to_public_dict
-
-
-class _Settings:
-    def __init__(self, config_path: str | None, home: str | None):
-        self._config_path = config_path
-        self._home = home
-
-    @property
-    def config_path(self) -> Path:
-        return resolve_config_path(self._config_path)
-
-    @property
-    def home(self) -> Path:
-        from credflow_assets.local.stack import stack_home
-
-        return stack_home(self._home)
-
-    def config(self):
-        try:
-            return load_config(self.config_path)
-        except ConfigError as error:
-            raise click.ClickException(str(error)) from None
-
-    def resources(self, *names: str):
-        """Initialized resources (env settings resolved), as a Dagster run would get them.
-
-        As in any non-asset context, dagster-aws hands out `s3` as the boto3 client itself.
-        """
-        import dagster as dg
-
-        from credflow_assets.resources.from_config import build_resources
-
-        available = build_resources(self.config())
-        return dg.build_resources({name: available[name] for name in names})
-
-    def adopt_stack_environment(self) -> None:
-        """When the local stack is up, point everything at it (explicit variables still win)."""
-        from credflow_assets.local.stack import StackState, environment
-
-        state = StackState.load(self.home)
-        if state is None or not all(state.running(name) for name in state.services):
-            return
-        if not state.services:
-            return
-        for name, value in environment(state, self.config()).items():
-            os.environ.setdefault(name, value)
+from credflow_assets.cli.context import CliContext
+from credflow_assets.config import to_public_dict
+from credflow_assets.flows import FLOW_NAMES, flow_commands
 
 
 @click.group()
@@ -66,7 +23,7 @@ class _Settings:
 @click.pass_context
 def main(context: click.Context, config_path: str | None, home: str | None) -> None:
     """credflow: therapist-credentialing file flows on Dagster."""
-    context.obj = _Settings(config_path, home)
+    context.obj = CliContext(config_path, home)
 
 
 # --- config -------------------------------------------------------------------------------
@@ -79,7 +36,7 @@ def config() -> None:
 @config.command("show")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (secrets masked).")
 @click.pass_obj
-def config_show(settings: _Settings, as_json: bool) -> None:
+def config_show(settings: CliContext, as_json: bool) -> None:
     """Print the effective config, with every secret masked."""
     settings.adopt_stack_environment()
     public = {"config_file": str(settings.config_path), **to_public_dict(settings.config())}
@@ -100,7 +57,7 @@ def local() -> None:
 
 @local.command("up")
 @click.pass_obj
-def local_up(settings: _Settings) -> None:
+def local_up(settings: CliContext) -> None:
     """Start the local services (those not already running) and provision them."""
     _require_local_extra()
     from credflow_assets.local import stack
@@ -113,7 +70,7 @@ def local_up(settings: _Settings) -> None:
 
 @local.command("down")
 @click.pass_obj
-def local_down(settings: _Settings) -> None:
+def local_down(settings: CliContext) -> None:
     """Stop the local services (their data stays for the next `up`)."""
     from credflow_assets.local import stack
 
@@ -124,7 +81,7 @@ def local_down(settings: _Settings) -> None:
 @local.command("status")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def local_status(settings: _Settings, as_json: bool) -> None:
+def local_status(settings: CliContext, as_json: bool) -> None:
     """Show which local services run, with pid and port; exits 1 when any is down."""
     from credflow_assets.local import stack
 
@@ -140,7 +97,7 @@ def local_status(settings: _Settings, as_json: bool) -> None:
 
 @local.command("env")
 @click.pass_obj
-def local_env(settings: _Settings) -> None:
+def local_env(settings: CliContext) -> None:
     """Print `export` lines for the running stack: eval "$(credflow local env)"."""
     from credflow_assets.local import stack
 
@@ -153,7 +110,7 @@ def local_env(settings: _Settings) -> None:
 
 @local.command("seed")
 @click.pass_obj
-def local_seed(settings: _Settings) -> None:
+def local_seed(settings: CliContext) -> None:
     """Load demo data into the running stack for the flows that exist."""
     from credflow_assets.local import seed, stack
 
@@ -173,23 +130,17 @@ def local_seed(settings: _Settings) -> None:
 @click.option("--sensor", "sensor_names", multiple=True, help="Only this sensor (repeatable).")
 @click.option("--verbose", is_flag=True, help="Also print Dagster's own event log lines.")
 @click.pass_obj
-def sync_command(settings: _Settings, sensor_names: tuple[str, ...], verbose: bool) -> None:
+def sync_command(settings: CliContext, sensor_names: tuple[str, ...], verbose: bool) -> None:
     """Evaluate every sensor and run what it requests, in-process, to completion.
 
     Exits 1 when a run failed, naming the failed partitions.
     """
     settings.adopt_stack_environment()
-    if not os.environ.get("DAGSTER_HOME"):
-        raise click.ClickException(
-            "DAGSTER_HOME is not set: start the local stack (`credflow local up`) or set it"
-        )
-    import dagster as dg
-
-    from credflow_assets.definitions import build_definitions
     from credflow_assets.cli.sync import sync
+    from credflow_assets.definitions import build_definitions
 
-    defs = build_definitions(settings.config())
-    with dg.DagsterInstance.get() as instance:
+    with settings.instance() as instance:
+        defs = build_definitions(settings.config())
         report = sync(defs, instance, sensor_names=list(sensor_names) or None,
                       progress=click.echo, verbose=verbose)
     ok_runs = len(report.runs) - len(report.failed)
@@ -205,25 +156,6 @@ def sync_command(settings: _Settings, sensor_names: tuple[str, ...], verbose: bo
     sys.exit(0 if report.ok else 1)
 
 
-@main.command("lineage")
-@click.argument("therapist_id")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_obj
-def lineage(settings: _Settings, therapist_id: str, as_json: bool) -> None:
-    """For every upload of a therapist: S3 key, renditions, Drive ids and links, runs, failures."""
-    settings.adopt_stack_environment()
-    import dagster as dg
-
-    from credflow_assets.therapists.lineage import format_lineage, therapist_lineage
-
-    with dg.DagsterInstance.get() as instance:
-        found = therapist_lineage(instance, therapist_id)
-    if as_json:
-        click.echo(json.dumps(found, indent=2))
-    else:
-        click.echo("\n".join(format_lineage(found)))
-
-
 @main.command("logs")
 @click.argument("words", nargs=-1, required=True, metavar="[diff] PARTITION")
 @click.option("--run", "run_id", help="This run's log instead of the latest.")
@@ -231,7 +163,7 @@ def lineage(settings: _Settings, therapist_id: str, as_json: bool) -> None:
 @click.option("--errors", is_flag=True,
               help="The file's error report instead (row, column, rule, value of each problem).")
 @click.pass_obj
-def logs(settings: _Settings, words: tuple[str, ...], run_id: str | None,
+def logs(settings: CliContext, words: tuple[str, ...], run_id: str | None,
          flow: str | None, errors: bool) -> None:
     """Print a file's latest parse log (or --run's); `logs diff PARTITION` compares the last two.
 
@@ -275,104 +207,9 @@ def logs(settings: _Settings, words: tuple[str, ...], run_id: str | None,
             click.echo(read(client, bucket, latest["key"]), nl=False)
 
 
-@main.group()
-def feeds() -> None:
-    """Drive inbound feeds."""
-
-
-@feeds.command("status")
-@click.pass_obj
-def feeds_status(settings: _Settings) -> None:
-    """Each feed's table, latest processed files and outbound summaries."""
-    settings.adopt_stack_environment()
-    from credflow_assets.drive_feeds.status import feed_status_lines
-
-    with settings.resources("drive", "tables_db") as resources:
-        for line in feed_status_lines(settings.config(), resources.tables_db.get_engine(),
-                                      resources.drive):
-            click.echo(line)
-
-
-@main.group()
-def mpf() -> None:
-    """Magically Processed Folders: audit and repair."""
-
-
-@mpf.command("audit")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_obj
-def mpf_audit(settings: _Settings, as_json: bool) -> None:
-    """List misplaced files, nested, duplicate and id-less folders, and missing uploads.
-
-    Exits 1 when there is anything to repair.
-    """
-    settings.adopt_stack_environment()
-    from credflow_assets.therapists.mpf_audit import audit_mpf
-
-    config = settings.config()
-    with settings.resources("drive", "s3") as resources:
-        report = audit_mpf(resources.drive, config.drive.mpf_root_folder_id,
-                           s3_client=resources.s3,
-                           signup_bucket=config.buckets.signup)
-    if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
-    else:
-        click.echo("\n".join(report.summary_lines()) or "the MPF is clean")
-    sys.exit(0 if report.is_clean else 1)
-
-
-@mpf.command("repair")
-@click.option("--dry-run", is_flag=True, help="Say what would be done; change nothing.")
-@click.pass_obj
-def mpf_repair(settings: _Settings, dry_run: bool) -> None:
-    """Fix what `credflow mpf audit` finds: move files, un-nest folders, merge duplicates.
-
-    Runs the `mpf_repair_job` here, in-process: the UI lists the run under the job, with its
-    actions. After a repair, each repaired therapist's `mpf_audit` verdict is recorded anew.
-    """
-    settings.adopt_stack_environment()
-    if not os.environ.get("DAGSTER_HOME"):
-        raise click.ClickException(
-            "DAGSTER_HOME is not set: start the local stack (`credflow local up`) or set it"
-        )
-    import dagster as dg
-
-    from credflow_assets.common.dagster_compat import execute_run_in_process
-    from credflow_assets.definitions import build_definitions
-    from credflow_assets.common.run_recovery import process_tags
-    from credflow_assets.cli.sync import execution_run_config, failure_reason
-    from credflow_assets.therapists.names import (
-        MPF_AUDIT_CHECK,
-        REPAIR_JOB_NAME,
-        REPAIR_OP_NAME,
-    )
-    from credflow_assets.therapists.repair_job import repair_outcome
-
-    defs = build_definitions(settings.config())
-    with dg.DagsterInstance.get() as instance:
-        result = execute_run_in_process(
-            defs, instance, REPAIR_JOB_NAME,
-            run_config=execution_run_config(
-                {"ops": {REPAIR_OP_NAME: {"config": {"dry_run": dry_run}}}}, verbose=False),
-            # A run in this process: should the process die, `fail_stopped_runs` finds it.
-            tags=process_tags(),
-        )
-    outcome = repair_outcome(result.all_events) if result.success else None
-    if outcome is None:
-        raise click.ClickException(
-            f"{REPAIR_JOB_NAME} failed: {failure_reason(result)} (run {result.run_id})")
-    prefix = "would: " if dry_run else ""
-    for action in outcome.actions:
-        click.echo(f"{prefix}{action}")
-    click.echo(f"{len(outcome.actions)} action(s){' planned' if dry_run else ''}")
-    if outcome.verdicts_recorded is not None:
-        click.echo(f"{MPF_AUDIT_CHECK} verdicts recorded for {outcome.verdicts_recorded} "
-                   "therapist(s)")
-
-
 @main.command("reparse")
 @click.option("--flow", required=True,
-              type=click.Choice(["therapists", "drive_feeds", "provider_feeds", "staged_tables"]))
+              type=click.Choice(FLOW_NAMES))
 @click.option("--feed", help="drive_feeds: only this feed.")
 @click.option("--provider", help="provider_feeds: only this provider.")
 @click.option("--table", help="staged_tables: only this table.")
@@ -387,7 +224,7 @@ def mpf_repair(settings: _Settings, dry_run: bool) -> None:
               "provider's or table's files) still run one after another.")
 @click.option("--verbose", is_flag=True, help="Also print Dagster's own event log lines.")
 @click.pass_obj
-def reparse_command(settings: _Settings, flow: str, feed: str | None, provider: str | None,
+def reparse_command(settings: CliContext, flow: str, feed: str | None, provider: str | None,
                     table: str | None, since, partition_keys: tuple[str, ...],
                     webserver: str | None, in_process: bool, workers: int,
                     verbose: bool) -> None:
@@ -403,12 +240,10 @@ def reparse_command(settings: _Settings, flow: str, feed: str | None, provider: 
     if len(names) > 1:
         raise click.UsageError("give at most one of --feed, --provider, --table")
     settings.adopt_stack_environment()
-    import dagster as dg
-
     from credflow_assets.cli.reparse import ReparseError, reparse, select_partitions
 
     config = settings.config()
-    with dg.DagsterInstance.get() as instance:
+    with settings.instance() as instance:
         try:
             chosen = select_partitions(
                 instance, config, flow, name=names[0] if names else None,
@@ -465,7 +300,7 @@ def _reparse_as_backfills(url: str, flow: str, partitions: list[str]) -> None:
 @main.command("dev")
 @click.option("--port", default=3000, show_default=True)
 @click.pass_obj
-def dev(settings: _Settings, port: int) -> None:
+def dev(settings: CliContext, port: int) -> None:
     """Local stack + `dg dev` (webserver on 127.0.0.1, daemon on: sensors run by themselves)."""
     from credflow_assets.local import stack
 
@@ -497,9 +332,8 @@ def _require_local_extra() -> None:
 
 
 def _register_flow_commands() -> None:
-    from credflow_assets.staged_tables.commands import tables
-
-    main.add_command(tables)
+    for command in flow_commands():
+        main.add_command(command)
 
 
 _register_flow_commands()

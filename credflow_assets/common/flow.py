@@ -16,8 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import dagster as dg
+if TYPE_CHECKING:  # annotations only: `credflow --help` reads the registry without Dagster
+    import dagster as dg
 
 PARTITION_TAG = "dagster/partition"
 

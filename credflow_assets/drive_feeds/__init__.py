@@ -5,7 +5,8 @@ Reads top to bottom: names.py (its asset keys, jobs, partition sets, run tags) â
 a blocking check). schemas.py holds one DataFrameModel per feed; validation.py, sheets.py (with
 csv_text.py, which text a CSV holds, and workbook.py, which sheet of an XLSX), ingest.py and
 store.py the engine; downloads.py how long a run keeps its download; summary.py the outbound
-file; status.py a terminal report; settings.py how much a step or a tick does at a time.
+file; status.py a terminal report, which commands.py prints (`credflow feeds status`);
+settings.py how much a step or a tick does at a time.
 
 A feed is a config entry plus a DataFrameModel: `build_defs` makes each feed's table asset, job
 and sensor from the config, and checks every feed against its model when the code location

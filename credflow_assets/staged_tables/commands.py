@@ -1,29 +1,26 @@
-"""`credflow tables …`: the staged-tables audit from the command line.
+"""The staged-tables flow's commands: `credflow tables audit`.
 
-Registered on the `credflow` command by `main.add_command(tables)`; it uses the CLI's context
-object (config file, local stack) when there is one, and `--config` / `$CREDFLOW_CONFIG`
-otherwise, so the group also runs on its own.
+The `credflow` command registers `COMMANDS` (`credflow_assets/flows.py`) and hands each command
+its context object (`common.command_context.CommandContext`). Heavy imports wait for the command
+to run: `credflow --help` imports this module.
 """
 
+from __future__ import annotations
+
 import json
-import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
+if TYPE_CHECKING:
+    from credflow_assets.common.command_context import CommandContext
+
 
 @click.group("tables")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="The config file (when run outside `credflow`) [default: $CREDFLOW_CONFIG, "
-              "else ./credflow.yaml].")
-@click.pass_context
-def tables(context: click.Context, config_path: str | None) -> None:
+def tables() -> None:
     """Staged tables: analysts' CSVs in staging/ → prod/ → Glue."""
-    if config_path is not None or not hasattr(context.obj, "config"):
-        context.obj = _StandaloneSettings(config_path)
 
 
 @tables.command("audit")
@@ -34,7 +31,7 @@ def tables(context: click.Context, config_path: str | None) -> None:
               help="Register missing Glue partitions and remove dangling ones (nothing else; "
               "files are never touched).")
 @click.pass_obj
-def audit(settings, as_json: bool, output: str | None, fix: bool) -> None:
+def audit(context: CommandContext, as_json: bool, output: str | None, fix: bool) -> None:
     """Report, per table: files whose columns disagree with the table, prod files missing from
     Glue partitions, partitions pointing at missing objects, staged files never processed.
 
@@ -43,11 +40,11 @@ def audit(settings, as_json: bool, output: str | None, fix: bool) -> None:
     from credflow_assets.staged_tables.audit import audit_staged_tables, fix_staged_tables
     from credflow_assets.staged_tables.settings import settings_from_config
 
-    if hasattr(settings, "adopt_stack_environment"):
-        settings.adopt_stack_environment()
-    config = settings.config()
-    flow = settings_from_config(config)
-    with settings.resources("s3", "glue") as resources, _instance() as instance:
+    context.adopt_stack_environment()
+    flow = settings_from_config(context.config())
+    # The instance, when DAGSTER_HOME is set, tells uploads a run has processed.
+    with (context.resources("s3", "glue") as resources,
+          context.instance(required=False) as instance):
         report = audit_staged_tables(resources.s3, resources.glue, flow.layout,
                                      flow.glue_database, instance=instance)
         if fix:
@@ -62,36 +59,4 @@ def audit(settings, as_json: bool, output: str | None, fix: bool) -> None:
     sys.exit(0 if report.is_clean else 1)
 
 
-class _StandaloneSettings:
-    """What the `credflow` context object offers, for the group run on its own."""
-
-    def __init__(self, config_path: str | None):
-        self._config_path = config_path
-
-    def config(self):
-        from credflow_assets.config import ConfigError, load_config
-
-        try:
-            return load_config(self._config_path)
-        except ConfigError as error:
-            raise click.ClickException(str(error)) from None
-
-    def resources(self, *names: str):
-        import dagster as dg
-
-        from credflow_assets.resources.from_config import build_resources
-
-        available = build_resources(self.config())
-        return dg.build_resources({name: available[name] for name in names})
-
-
-@contextmanager
-def _instance() -> Iterator:
-    """The Dagster instance when DAGSTER_HOME is set (to tell processed uploads), else None."""
-    if not os.environ.get("DAGSTER_HOME"):
-        yield None
-        return
-    import dagster as dg
-
-    with dg.DagsterInstance.get() as instance:
-        yield instance
+COMMANDS = [tables]

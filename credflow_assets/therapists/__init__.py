@@ -10,6 +10,7 @@ Read it top to bottom:
     assets.py       uploads → renditions → MPF folder, materialized by one step
     checks.py       the MPF audit as an asset check on each therapist's folder
     repair_job.py   the MPF repair as a job (`credflow mpf repair`, or the UI)
+    commands.py     `credflow mpf audit`, `credflow mpf repair`, `credflow lineage`
 
 then the engine:
 
