@@ -1,12 +1,16 @@
 """Drive inbound feeds → parsed tables, change history and outbound summaries (source doc 001).
 
-Reads top to bottom: names.py (its asset keys, jobs, partition sets, run tags) → sensors.py (new inbound file revisions, one partition each) → assets.py
-(the inbound sheet, the feed's table, the outbound summary) → checks.py (the pandera schema as
-a blocking check). schemas.py holds one DataFrameModel per feed; validation.py, sheets.py (with
-csv_text.py, which text a CSV holds, and workbook.py, which sheet of an XLSX), ingest.py and
-store.py the engine; downloads.py how long a run keeps its download; summary.py the outbound
-file; status.py a terminal report, which commands.py prints (`credflow feeds status`);
-settings.py how much a step or a tick does at a time.
+Reads top to bottom: names.py (its asset keys, jobs, partition sets, run tags) → sensors.py
+(new inbound file revisions, one partition each) → assets.py (the inbound sheet, the feed's
+table, the outbound summary) → checks.py (the pandera schema as a blocking check) →
+records_metadata.py (what the UI shows of a feed's table and of each file ingested into it).
+Then the engine: schemas.py (one DataFrameModel per feed) and validation.py (a feed's plan, a
+chunk validated); sheets.py (a file read in chunks), with csv_text.py (which text a CSV holds),
+workbook.py (which sheet of an XLSX), dates.py (date cells read with a feed's format) and
+sheet_errors.py (what the readers share); ingest.py (one file into the table), staging.py (where
+its rows wait) and store.py (the tables); downloads.py (how long a run keeps its download);
+summary.py (the outbound file); status.py (a terminal report, which commands.py prints:
+`credflow feeds status`); settings.py (how much a step or a tick does at a time).
 
 A feed is a config entry plus a DataFrameModel: `build_defs` makes each feed's table asset, job
 and sensor from the config, and checks every feed against its model when the code location

@@ -12,6 +12,7 @@ import hashlib
 import tempfile
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
@@ -35,14 +36,18 @@ from credflow_assets.drive_feeds.names import (
     records_key,
     summary_key,
 )
-from credflow_assets.drive_feeds.validation import (
-    ENGINE_COLUMNS,
-    FeedPlan,
+from credflow_assets.drive_feeds.records_metadata import (
+    ingested_file_metadata,
+    static_records_metadata,
 )
+from credflow_assets.drive_feeds.validation import FeedPlan
 from credflow_assets.common.parse_logs import logged_events
 from credflow_assets.resources.drive import DriveResource
 from credflow_assets.resources.sql import SqlResource
 from credflow_assets.common.run_recovery import mark_transient_failures
+
+if TYPE_CHECKING:
+    from credflow_assets.drive_feeds.ingest import IngestReport, SourceFile
 
 
 def _file_label(feed: str, name: str, file_id: str, revision: str) -> str:
@@ -76,73 +81,220 @@ def build_inbound_asset(feed: FeedConfig) -> dg.AssetsDefinition:
         "revision, `{feed}/{drive file id}/{revision}/{file name}`.",
     )
     def inbound_sheet(context: dg.AssetExecutionContext, drive: DriveResource) -> dg.Output[dict]:
-        from credflow_assets.drive_feeds.sheets import SheetError, file_kind, local_name, revision_of
-
-        instance, run_id = context.instance, context.run.run_id
-        removed = remove_leftovers(instance, run_id)
-        if removed:
-            context.log.info(f"removed {removed} download(s) left behind by runs that are over")
-        feed_name, file_id, revision = parse_partition_key(context.partition_key)
-        if feed_name != feed.name:
-            raise dg.Failure(f"partition {context.partition_key} belongs to feed "
-                             f"{feed_name!r}, not {feed.name!r}")
-        file = drive.find_file(file_id)
-        if file is None or file.get("trashed"):
-            raise dg.Failure(f"feed {feed_name}: Drive file {file_id} (revision {revision}) was "
-                             "deleted before it was processed")
-        label = _file_label(feed_name, file["name"], file_id, revision)
-        try:
-            kind = file_kind(file["name"], file["mimeType"])
-        except SheetError as error:
-            raise dg.Failure(f"{label}: {error}") from None
-        sheet = {
-            "feed": feed_name, "file_id": file_id, "revision": revision, "name": file["name"],
-            "mime_type": file["mimeType"], "modified_time": file.get("modifiedTime"),
-            "md5": file.get("md5Checksum"), "size": int(file["size"]) if file.get("size") else None,
-            "kind": kind, "link": file.get("webViewLink"), "superseded_by": None,
-        }
-        current = revision_of(file)
-        if current == revision:
-            dest = run_download_dir(instance, run_id) / local_name(file)
-            try:
-                arrived = fetch_content(drive, sheet, dest)
-            except BaseException:
-                remove_run_download(instance, run_id)
-                raise
-            if arrived is not None and arrived != revision:
-                current = arrived  # the content changed between listing and download
-            sheet["local_path"] = str(dest)
-            sheet["size"] = dest.stat().st_size
-        if current != revision:
-            # Drive serves only the newest content; that revision has a partition of its own.
-            remove_run_download(instance, run_id)  # the newer content, if it had arrived
-            sheet["superseded_by"], sheet["local_path"] = current, None
-            context.log.warning(f"{label}: superseded by revision {current} before it was "
-                                "processed; nothing to do for this revision")
-        elif not _ingested_in(context.run, feed_name):
-            remove_run_download(instance, run_id)
-            sheet["local_path"] = None
-            context.log.info(f"{label}: {sheet['size']:,} bytes ({kind}) checked, not kept: "
-                             "this run does not ingest it")
-        else:
-            context.log.info(f"{label}: downloaded {sheet['size']:,} bytes ({kind})")
-        metadata = {
-            "feed": feed_name, "file": file["name"], "drive_file_id": file_id,
-            "revision": revision, "mime_type": file["mimeType"], "kind": kind,
-            "modified_time": file.get("modifiedTime") or "", "md5": file.get("md5Checksum") or "",
-            "size_bytes": sheet["size"] or 0,
-            "superseded_by": sheet["superseded_by"] or "",
-        }
-        if file.get("webViewLink"):
-            metadata["drive_link"] = dg.MetadataValue.url(file["webViewLink"])
-        return dg.Output(sheet, metadata=metadata)
+        return _inbound_sheet(context, drive, feed)
 
     return inbound_sheet
+
+
+def _inbound_sheet(context: dg.AssetExecutionContext, drive: DriveResource,
+                   feed: FeedConfig) -> dg.Output[dict]:
+    """The partition's file revision, described, and downloaded if the run goes on to read it."""
+    from credflow_assets.drive_feeds.sheets import SheetError, file_kind, revision_of
+
+    removed = remove_leftovers(context.instance, context.run.run_id)
+    if removed:
+        context.log.info(f"removed {removed} download(s) left behind by runs that are over")
+    feed_name, file_id, revision = parse_partition_key(context.partition_key)
+    if feed_name != feed.name:
+        raise dg.Failure(f"partition {context.partition_key} belongs to feed "
+                         f"{feed_name!r}, not {feed.name!r}")
+    file = drive.find_file(file_id)
+    if file is None or file.get("trashed"):
+        raise dg.Failure(f"feed {feed_name}: Drive file {file_id} (revision {revision}) was "
+                         "deleted before it was processed")
+    label = _file_label(feed_name, file["name"], file_id, revision)
+    try:
+        kind = file_kind(file["name"], file["mimeType"])
+    except SheetError as error:
+        raise dg.Failure(f"{label}: {error}") from None
+    sheet = _sheet_of(feed_name, file_id, revision, file, kind)
+    current = revision_of(file)
+    if current == revision:
+        current = _download_revision(context, drive, file, sheet)
+    _keep_download_only_to_ingest(context, sheet, current, label)
+    return dg.Output(sheet, metadata=_inbound_metadata(file, sheet))
+
+
+def _sheet_of(feed_name: str, file_id: str, revision: str, file: dict, kind: str) -> dict:
+    """What the records step is handed (the inbound asset's value), before any download."""
+    return {
+        "feed": feed_name, "file_id": file_id, "revision": revision, "name": file["name"],
+        "mime_type": file["mimeType"], "modified_time": file.get("modifiedTime"),
+        "md5": file.get("md5Checksum"), "size": int(file["size"]) if file.get("size") else None,
+        "kind": kind, "link": file.get("webViewLink"), "superseded_by": None,
+    }
+
+
+def _download_revision(context: dg.AssetExecutionContext, drive: DriveResource, file: dict,
+                       sheet: dict) -> str:
+    """Download the file into the run's directory; returns the revision that arrived."""
+    from credflow_assets.drive_feeds.sheets import local_name
+
+    instance, run_id = context.instance, context.run.run_id
+    dest = run_download_dir(instance, run_id) / local_name(file)
+    try:
+        arrived = fetch_content(drive, sheet, dest)
+    except BaseException:
+        remove_run_download(instance, run_id)
+        raise
+    current = sheet["revision"]
+    if arrived is not None and arrived != current:
+        current = arrived  # the content changed between listing and download
+    sheet["local_path"] = str(dest)
+    sheet["size"] = dest.stat().st_size
+    return current
+
+
+def _keep_download_only_to_ingest(context: dg.AssetExecutionContext, sheet: dict, current: str,
+                                  label: str) -> None:
+    """A download holds every row of the file: it stays only when this run reads it next."""
+    instance, run_id = context.instance, context.run.run_id
+    if current != sheet["revision"]:
+        # Drive serves only the newest content; that revision has a partition of its own.
+        remove_run_download(instance, run_id)  # the newer content, if it had arrived
+        sheet["superseded_by"], sheet["local_path"] = current, None
+        context.log.warning(f"{label}: superseded by revision {current} before it was "
+                            "processed; nothing to do for this revision")
+    elif not _ingested_in(context.run, sheet["feed"]):
+        remove_run_download(instance, run_id)
+        sheet["local_path"] = None
+        context.log.info(f"{label}: {sheet['size']:,} bytes ({sheet['kind']}) checked, not "
+                         "kept: this run does not ingest it")
+    else:
+        context.log.info(f"{label}: downloaded {sheet['size']:,} bytes ({sheet['kind']})")
+
+
+def _inbound_metadata(file: dict, sheet: dict) -> dict:
+    metadata = {
+        "feed": sheet["feed"], "file": file["name"], "drive_file_id": sheet["file_id"],
+        "revision": sheet["revision"], "mime_type": file["mimeType"], "kind": sheet["kind"],
+        "modified_time": file.get("modifiedTime") or "", "md5": file.get("md5Checksum") or "",
+        "size_bytes": sheet["size"] or 0,
+        "superseded_by": sheet["superseded_by"] or "",
+    }
+    if file.get("webViewLink"):
+        metadata["drive_link"] = dg.MetadataValue.url(file["webViewLink"])
+    return metadata
 
 
 def _ingested_in(run: dg.DagsterRun, feed_name: str) -> bool:
     """Whether the run goes on to read the download (a run of the inbound asset alone does not)."""
     return run.asset_selection is None or records_key(feed_name) in run.asset_selection
+
+
+def build_records_asset(plan: FeedPlan) -> dg.AssetsDefinition:
+    feed = plan.feed
+
+    @dg.asset(
+        key=records_key(feed.name),
+        ins={"sheet": dg.AssetIn(key=inbound_key(feed.name))},
+        partitions_def=feed_partitions(feed.name),
+        group_name=GROUP,
+        kinds={"pandas", "sql"},
+        check_specs=[checks.schema_check_spec(plan)],
+        metadata=static_records_metadata(plan),
+        description=f"The {feed.name} feed's rows, validated by {feed.schema_name} and upserted "
+        f"into `{feed.table}` by {feed.id_column}; changes of tracked columns are kept in "
+        f"`{feed.table}_history`.",
+    )
+    def records(
+        context: dg.AssetExecutionContext,
+        sheet: dict,
+        drive: DriveResource,
+        tables_db: SqlResource,
+        s3: S3Resource,
+        drive_feed_settings: DriveFeedSettings,
+    ):
+        yield from logged_events(
+            context, _ingest(context, plan, sheet, drive, tables_db, drive_feed_settings),
+            flow=GROUP, s3_client=s3.get_client(), bucket=drive_feed_settings.logs_bucket,
+        )
+
+    return records
+
+
+def _ingest(context: dg.AssetExecutionContext, plan: FeedPlan, sheet: dict,
+            drive: DriveResource, tables_db: SqlResource, settings: DriveFeedSettings):
+    """The records step: the sheet's rows into the feed's table; yields the materialization
+    and the schema check's result."""
+    from credflow_assets.drive_feeds.ingest import SourceFile
+
+    feed = plan.feed
+    if sheet["feed"] != feed.name:
+        raise dg.Failure(f"partition {context.partition_key} belongs to feed "
+                         f"{sheet['feed']}, not {feed.name}")
+    source = SourceFile(feed=feed.name, file_id=sheet["file_id"], revision=sheet["revision"],
+                        name=sheet["name"], mime_type=sheet["mime_type"],
+                        modified_time=sheet["modified_time"])
+    label = _file_label(feed.name, source.name, source.file_id, source.revision)
+    if sheet["superseded_by"]:
+        yield dg.MaterializeResult(metadata={
+            "skipped": f"superseded by revision {sheet['superseded_by']}; nothing written"})
+        yield dg.AssetCheckResult(check_name=checks.CHECK_NAME, passed=True,
+                                  description="not checked: revision superseded")
+        return
+    instance, run_id = context.instance, context.run.run_id
+    try:  # whatever happens, the download goes when this step is done with it
+        path = _run_download(drive, sheet, label, instance, run_id)
+        report = yield from _ingest_download(context, plan, path, sheet["kind"], source, label,
+                                             tables_db, settings)
+    finally:
+        remove_run_download(instance, run_id)
+    _log_report(context.log, label, report)
+    yield dg.MaterializeResult(metadata=ingested_file_metadata(
+        plan, source, report, storage_kind=tables_db.get_engine().dialect.name))
+    yield checks.rows_result(plan, source, report)
+
+
+def _run_download(drive: DriveResource, sheet: dict, label: str,
+                  instance: dg.DagsterInstance, run_id: str) -> Path:
+    """The run's download of the sheet: the inbound step's, or one of its own."""
+    from credflow_assets.drive_feeds.sheets import local_name
+
+    path = Path(sheet.get("local_path") or "")
+    if is_run_download(instance, run_id, path):
+        return path
+    # This step run without the inbound one (a re-execution from failure, or the records
+    # asset alone): the run downloads its own copy.
+    path = run_download_dir(instance, run_id) / \
+        local_name({"name": sheet["name"], "mimeType": sheet["mime_type"]})
+    arrived = fetch_content(drive, sheet, path)
+    if arrived is not None and arrived != sheet["revision"]:
+        raise dg.Failure(f"{label}: Drive now serves revision {arrived}; this "
+                         "revision's content is gone (the newer one is its own "
+                         "partition)")
+    return path
+
+
+def _ingest_download(context: dg.AssetExecutionContext, plan: FeedPlan, path: Path, kind: str,
+                     source: "SourceFile", label: str, tables_db: SqlResource, settings: DriveFeedSettings):
+    """Validate and upsert the download; returns the ingest's report. A file it cannot take
+    (wrong headers, not a readable sheet) yields the failed check first, then fails the step."""
+    from credflow_assets.drive_feeds.ingest import HeaderMismatch, ingest_file
+    from credflow_assets.drive_feeds.sheets import SheetError, SheetReader
+
+    feed = plan.feed
+    try:
+        reader = SheetReader(path, kind, feed.date_formats)
+        return ingest_file(
+            tables_db.get_engine(), plan, reader, source,
+            chunk_rows=settings.chunk_rows, run_id=context.run.run_id,
+            sample_size=settings.metadata_sample_rows, log=context.log.info,
+        )
+    except HeaderMismatch as error:
+        yield checks.header_failure(plan, source, error.problem, error.header)
+        raise dg.Failure(
+            f"{label}: headers do not match {feed.schema_name}: {error}; nothing written",
+            metadata={"missing_columns": error.problem.missing,
+                      "unexpected_columns": error.problem.unexpected},
+        ) from None
+    except SheetError as error:
+        yield checks.unreadable_file(plan, source, str(error))
+        raise dg.Failure(f"{label}: {error}; nothing written") from None
+    except dg.Failure:
+        raise
+    except Exception as error:  # noqa: BLE001 - told without its message, see there
+        raise _internal_failure(context.log, label, error) from None
 
 
 def _internal_failure(log, label: str, error: Exception) -> dg.Failure:
@@ -162,148 +314,20 @@ def _internal_failure(log, label: str, error: Exception) -> dg.Failure:
                       "the run's log shows the maintainers where it stopped")
 
 
-def table_schema(plan: FeedPlan) -> dg.TableSchema:
-    columns = [
-        dg.TableColumn(
-            name=column.name,
-            type=column.kind if not column.date_format or column.date_format == "ISO8601"
-            else f"{column.kind} (read as {column.date_format})",
-            description=column.description,
-            constraints=dg.TableColumnConstraints(
-                nullable=column.name != plan.id_column and column.nullable,
-                unique=column.name == plan.id_column,
-            ),
-        )
-        for column in plan.columns
-    ]
-    columns += [dg.TableColumn(name=name, type="datetime" if name.endswith("_at") else "text",
-                               description="set by credflow")
-                for name in ENGINE_COLUMNS]
-    return dg.TableSchema(columns=columns)
-
-
-def table_metadata(**values) -> dict:
-    """Dagster's table metadata keys (what `TableMetadataSet` writes; it is not exported by
-    dagster 1.13): `dagster/column_schema`, `dagster/row_count`, `dagster/table_name`, …"""
-    return {f"dagster/{key}": value for key, value in values.items() if value is not None}
-
-
-def build_records_asset(plan: FeedPlan) -> dg.AssetsDefinition:
-    feed = plan.feed
-    static_metadata = table_metadata(column_schema=table_schema(plan), table_name=feed.table)
-
-    @dg.asset(
-        key=records_key(feed.name),
-        ins={"sheet": dg.AssetIn(key=inbound_key(feed.name))},
-        partitions_def=feed_partitions(feed.name),
-        group_name=GROUP,
-        kinds={"pandas", "sql"},
-        check_specs=[checks.schema_check_spec(plan)],
-        metadata={**static_metadata, "feed": feed.name, "schema": feed.schema_name},
-        description=f"The {feed.name} feed's rows, validated by {feed.schema_name} and upserted "
-        f"into `{feed.table}` by {feed.id_column}; changes of tracked columns are kept in "
-        f"`{feed.table}_history`.",
+def _log_report(log, label: str, report: "IngestReport") -> None:
+    for note in report.notes:
+        log.info(f"{label}: {note}")
+    log.info(
+        f"{label}: {report.rows_read:,} row(s): {report.inserted:,} inserted, "
+        f"{report.updated:,} updated, {report.unchanged:,} unchanged, "
+        f"{report.rejected:,} rejected, {report.history_rows:,} change-history row(s) "
+        f"in {report.seconds:.1f}s"
     )
-    def records(
-        context: dg.AssetExecutionContext,
-        sheet: dict,
-        drive: DriveResource,
-        tables_db: SqlResource,
-        s3: S3Resource,
-        drive_feed_settings: DriveFeedSettings,
-    ):
-        yield from logged_events(
-            context, _ingest(context, sheet, drive, tables_db, drive_feed_settings),
-            flow=GROUP, s3_client=s3.get_client(), bucket=drive_feed_settings.logs_bucket,
-        )
-
-    def _ingest(context, sheet: dict, drive: DriveResource, tables_db: SqlResource,
-                drive_feed_settings: DriveFeedSettings):
-        from credflow_assets.drive_feeds.ingest import HeaderMismatch, SourceFile, ingest_file
-        from credflow_assets.drive_feeds.sheets import SheetError, SheetReader, local_name
-
-        if sheet["feed"] != feed.name:
-            raise dg.Failure(f"partition {context.partition_key} belongs to feed "
-                             f"{sheet['feed']}, not {feed.name}")
-        source = SourceFile(feed=feed.name, file_id=sheet["file_id"], revision=sheet["revision"],
-                            name=sheet["name"], mime_type=sheet["mime_type"],
-                            modified_time=sheet["modified_time"])
-        label = _file_label(feed.name, source.name, source.file_id, source.revision)
-        if sheet["superseded_by"]:
-            yield dg.MaterializeResult(metadata={
-                "skipped": f"superseded by revision {sheet['superseded_by']}; nothing written"})
-            yield dg.AssetCheckResult(check_name=checks.CHECK_NAME, passed=True,
-                                      description="not checked: revision superseded")
-            return
-        instance, run_id = context.instance, context.run.run_id
-        try:  # whatever happens, the download goes when this step is done with it
-            path = Path(sheet.get("local_path") or "")
-            if not is_run_download(instance, run_id, path):
-                # This step run without the inbound one (a re-execution from failure, or the
-                # records asset alone): the run downloads its own copy.
-                path = run_download_dir(instance, run_id) / \
-                    local_name({"name": sheet["name"], "mimeType": sheet["mime_type"]})
-                arrived = fetch_content(drive, sheet, path)
-                if arrived is not None and arrived != source.revision:
-                    raise dg.Failure(f"{label}: Drive now serves revision {arrived}; this "
-                                     "revision's content is gone (the newer one is its own "
-                                     "partition)")
-            try:
-                reader = SheetReader(path, sheet["kind"], feed.date_formats)
-                report = ingest_file(
-                    tables_db.get_engine(), plan, reader, source,
-                    chunk_rows=drive_feed_settings.chunk_rows, run_id=run_id,
-                    sample_size=drive_feed_settings.metadata_sample_rows, log=context.log.info,
-                )
-            except HeaderMismatch as error:
-                yield checks.header_failure(plan, source, error.problem, error.header)
-                raise dg.Failure(
-                    f"{label}: headers do not match {feed.schema_name}: {error}; nothing written",
-                    metadata={"missing_columns": error.problem.missing,
-                              "unexpected_columns": error.problem.unexpected},
-                ) from None
-            except SheetError as error:
-                yield checks.unreadable_file(plan, source, str(error))
-                raise dg.Failure(f"{label}: {error}; nothing written") from None
-            except dg.Failure:
-                raise
-            except Exception as error:  # noqa: BLE001 - told without its message, see there
-                raise _internal_failure(context.log, label, error) from None
-        finally:
-            remove_run_download(instance, run_id)
-        for note in report.notes:
-            context.log.info(f"{label}: {note}")
-        context.log.info(
-            f"{label}: {report.rows_read:,} row(s): {report.inserted:,} inserted, "
-            f"{report.updated:,} updated, {report.unchanged:,} unchanged, "
-            f"{report.rejected:,} rejected, {report.history_rows:,} change-history row(s) "
-            f"in {report.seconds:.1f}s"
-        )
-        if report.kept_newer:
-            context.log.info(f"{label}: {report.kept_newer:,} row(s) left as a later-modified "
-                             "file of the feed wrote them")
-        if report.rejected:
-            context.log.warning(f"{label}: rejected rows by reason: {report.reasons}")
-        yield dg.MaterializeResult(metadata={
-            **table_metadata(column_schema=table_schema(plan), table_name=feed.table,
-                             row_count=report.table_rows, partition_row_count=report.accepted,
-                             storage_kind=tables_db.get_engine().dialect.name),
-            "file": source.name, "drive_file_id": source.file_id, "revision": source.revision,
-            "rows_read": report.rows_read, "inserted": report.inserted,
-            "updated": report.updated, "unchanged": report.unchanged,
-            "kept_newer": report.kept_newer,
-            "rejected": report.rejected, "blank_rows": report.blank_rows,
-            "history_rows": report.history_rows,
-            "seconds": round(report.seconds, 2),
-            "rows_per_second": round(report.rows_read / report.seconds) if report.seconds else 0,
-            "rejections_by_reason": dg.MetadataValue.json(report.reasons),
-            "rejected_rows_sample": dg.MetadataValue.md(
-                checks.rejection_table(report.rejection_sample)),
-            "notes": dg.MetadataValue.json(report.notes),
-        })
-        yield checks.rows_result(plan, source, report)
-
-    return records
+    if report.kept_newer:
+        log.info(f"{label}: {report.kept_newer:,} row(s) left as a later-modified "
+                 "file of the feed wrote them")
+    if report.rejected:
+        log.warning(f"{label}: rejected rows by reason: {report.reasons}")
 
 
 def build_summary_asset(feed: FeedConfig):

@@ -215,33 +215,53 @@ def _insert(engine_dialect: str):
 
 def _apply(connection, plan, tables: FeedTables, staging: Staging, source: SourceFile,
            report: IngestReport, run_id, sample_size) -> None:
-    dialect = connection.dialect.name
-    insert = _insert(dialect)
+    """Phase 2, in the caller's transaction: the staged rows into the feed's table, then the
+    file's rejections and counts into the bookkeeping tables."""
+    insert = _insert(connection.dialect.name)
     now = datetime.now(timezone.utc)
-    stage, records, id_column = staging.rows, tables.records, plan.id_column
+    _become_the_feeds_writer(connection, plan, source)
+    _unstage_rows_not_to_write(connection, plan, tables, staging, source, report)
+    _upsert_staged_rows(connection, plan, tables, staging.rows, source, report, run_id, now)
+    _record_rejections(connection, staging.rejections, source, report, sample_size)
+    _record_file(connection, insert, source, report, run_id, now)
+
+
+def _become_the_feeds_writer(connection, plan: FeedPlan, source: SourceFile) -> None:
+    """Take the feed's write lock, and clear the file's rejections from an earlier run."""
     key = (rejections_table.c.feed == source.feed) & (rejections_table.c.file_id == source.file_id) \
         & (rejections_table.c.revision == source.revision)
     # One writer per feed from here on: PostgreSQL by an advisory lock on the feed, SQLite by
     # this first write (the database's write lock, held to the end of the transaction).
-    if dialect == "postgresql":
+    if connection.dialect.name == "postgresql":
         connection.execute(sa.select(sa.func.pg_advisory_xact_lock(
             sa.func.hashtext(f"credflow.drive_feed.{plan.name}"))))
     connection.execute(rejections_table.delete().where(key))
 
+
+def _unstage_rows_not_to_write(connection, plan: FeedPlan, tables: FeedTables, staging: Staging,
+                               source: SourceFile, report: IngestReport) -> None:
+    """Rejected rows, and rows a newer file of the feed already wrote, leave the stage."""
+    stage = staging.rows
     if not staging.ids_unique:
         _reject_duplicate_ids(connection, plan, staging)
     if staging.rejected_rows_with_id:
         connection.execute(stage.delete().where(stage.c[OK].is_(False)))
     report.kept_newer = _drop_rows_a_newer_file_wrote(connection, plan, tables, stage, source)
 
+
+def _upsert_staged_rows(connection, plan: FeedPlan, tables: FeedTables, stage,
+                        source: SourceFile, report: IngestReport, run_id, now) -> None:
+    """History for the changed rows, then the changed rows updated and the new ones inserted;
+    counts what was inserted, updated and left unchanged."""
+    records = tables.records
     # New rows are counted as the table's growth (this transaction is the feed's only writer):
     # cheaper than a second join of the staged rows against the table.
     count_records = sa.select(sa.func.count()).select_from(records)
     rows_before = connection.execute(count_records).scalar_one()
     staged = connection.execute(sa.select(sa.func.count()).select_from(stage)).scalar_one()
 
-    value_columns = plan.value_columns
-    same = sa.and_(sa.true(), *(records.c[c].is_not_distinct_from(stage.c[c]) for c in value_columns))
+    same = sa.and_(sa.true(), *(records.c[c].is_not_distinct_from(stage.c[c])
+                                for c in plan.value_columns))
     report.updated, report.history_rows = _write_history(
         connection, plan, tables, stage, same, source, run_id, now)
 
@@ -251,12 +271,28 @@ def _apply(connection, plan, tables: FeedTables, staging: Staging, source: Sourc
     # every unchanged row (2.8 s per 1M against 0.9 s). No row can appear between the two
     # statements: this transaction is the feed's only writer.
     if report.updated:
-        connection.execute(
-            records.update()
-            .where(records.c[id_column] == stage.c[id_column], ~same)
-            .values({**{c: stage.c[c] for c in value_columns},
-                     SOURCE_FILE_ID: source.file_id, SOURCE_REVISION: source.revision,
-                     LAST_CHANGED_AT: now}))
+        _update_changed_rows(connection, plan, records, stage, same, source, now)
+    _insert_new_rows(connection, plan, records, stage, source, now,
+                     table_was_empty=not rows_before)
+    report.table_rows = connection.execute(count_records).scalar_one()
+    report.inserted = report.table_rows - rows_before
+    report.unchanged = staged - report.inserted - report.updated
+
+
+def _update_changed_rows(connection, plan: FeedPlan, records, stage, same, source: SourceFile,
+                         now) -> None:
+    id_column = plan.id_column
+    connection.execute(
+        records.update()
+        .where(records.c[id_column] == stage.c[id_column], ~same)
+        .values({**{c: stage.c[c] for c in plan.value_columns},
+                 SOURCE_FILE_ID: source.file_id, SOURCE_REVISION: source.revision,
+                 LAST_CHANGED_AT: now}))
+
+
+def _insert_new_rows(connection, plan: FeedPlan, records, stage, source: SourceFile, now, *,
+                     table_was_empty: bool) -> None:
+    id_column = plan.id_column
     new_rows = (
         sa.select(*(stage.c[c] for c in plan.column_names),
                   sa.literal(source.file_id, sa.Text), sa.literal(source.revision, sa.Text),
@@ -266,18 +302,20 @@ def _apply(connection, plan, tables: FeedTables, staging: Staging, source: Sourc
         # 1.6 times as fast for a file in random id order, 7 % slower for one already sorted.
         .order_by(stage.c[id_column])
     )
-    if rows_before:  # into an empty table (a first load), every staged row is new
+    if not table_was_empty:  # into an empty table (a first load), every staged row is new
         in_table = sa.select(records.c[id_column]).where(
             records.c[id_column] == stage.c[id_column])
         new_rows = new_rows.where(~in_table.exists())
     connection.execute(records.insert().from_select(
         [*plan.column_names, SOURCE_FILE_ID, SOURCE_REVISION, FIRST_INGESTED_AT, LAST_CHANGED_AT],
         new_rows))
-    report.table_rows = connection.execute(count_records).scalar_one()
-    report.inserted = report.table_rows - rows_before
-    report.unchanged = staged - report.inserted - report.updated
 
-    rejects = staging.rejections
+
+def _record_rejections(connection, rejects, source: SourceFile, report: IngestReport,
+                       sample_size) -> None:
+    """The file's rejected rows into the feed's rejections (for the outbound summary), and
+    their count, a sample and the reasons into the report (no values: those may be personal
+    data)."""
     connection.execute(rejections_table.insert().from_select(
         ["feed", "file_id", "revision", "row_number", "column_name", "reason", "value"],
         sa.select(sa.literal(source.feed, sa.Text), sa.literal(source.file_id, sa.Text),
@@ -299,6 +337,11 @@ def _apply(connection, plan, tables: FeedTables, staging: Staging, source: Sourc
         kind = f"{column}: {reason.split(' (also row')[0]}"  # duplicates name their rows
         reasons[kind] = reasons.get(kind, 0) + count
     report.reasons = dict(sorted(reasons.items(), key=lambda item: -item[1]))
+
+
+def _record_file(connection, insert, source: SourceFile, report: IngestReport, run_id,
+                 now) -> None:
+    """The file revision and its counts, replacing those of an earlier run of it."""
     values = {
         "file_name": source.name, "mime_type": source.mime_type,
         "modified_time": source.modified_time, "rows_read": report.rows_read,

@@ -23,6 +23,7 @@ import os
 import pwd
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from credflow_assets.local.process import (
@@ -37,6 +38,31 @@ SSHD_BINARY = "/usr/sbin/sshd"  # absolute: sshd refuses to re-exec itself other
 PRIVSEP_DIR = Path("/run/sshd")
 
 
+@dataclass(frozen=True)
+class _SshdFiles:
+    """Where one home keeps its sshd (keys, config, pid file, log) and the root it serves."""
+
+    sshd_dir: Path
+    sftp_root: Path
+    log_path: Path
+    host_key: Path
+    client_key: Path
+    authorized_keys: Path
+    known_hosts: Path
+    pid_file: Path
+    config: Path
+
+    @classmethod
+    def of(cls, home: Path) -> _SshdFiles:
+        sshd_dir = home / "sshd"
+        return cls(
+            sshd_dir=sshd_dir, sftp_root=home / "sftp-root", log_path=home / "logs" / "sshd.log",
+            host_key=sshd_dir / "ssh_host_ed25519_key", client_key=sshd_dir / "client_ed25519",
+            authorized_keys=sshd_dir / "authorized_keys", known_hosts=sshd_dir / "known_hosts",
+            pid_file=sshd_dir / "sshd.pid", config=sshd_dir / "sshd_config",
+        )
+
+
 def start(home: Path, *, port: int | None = None) -> dict:
     """Start sshd serving `home/sftp-root` on loopback; return how to connect to it.
 
@@ -44,6 +70,31 @@ def start(home: Path, *, port: int | None = None) -> dict:
     key stays valid across restarts; `known_hosts` is rewritten for the port in use.
     """
     home = Path(home).resolve()
+    _check_can_start(home)
+    files = _SshdFiles.of(home)
+    _make_directories(files)
+    _write_keys(files)
+    port = port or free_port()
+    host_type, host_blob = _public_key_line(files.host_key).split()[:2]
+    files.known_hosts.write_text(f"[{LOOPBACK}]:{port} {host_type} {host_blob}\n")
+    running = _running_pid(files.pid_file, files.config)
+    if running is not None:
+        raise ServiceStartError(
+            f"sshd for {home} is already running (pid {running}); stop it before starting "
+            "another, or use the recorded one"
+        )
+    files.config.write_text(_sshd_config(files))
+    if os.geteuid() == 0:
+        PRIVSEP_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
+    process = spawn_detached(
+        "sshd", [SSHD_BINARY, "-D", "-e", "-f", str(files.config), "-p", str(port)],
+        files.log_path,
+    )
+    wait_for_port("sshd", port, process=process, log_path=files.log_path)
+    return _connection(files, process.pid, port)
+
+
+def _check_can_start(home: Path) -> None:
     if any(ch.isspace() for ch in str(home)):
         # sshd_config and the internal-sftp command line split on whitespace.
         raise ServiceStartError(f"sshd: the home path must not contain whitespace: {home}")
@@ -52,77 +103,59 @@ def start(home: Path, *, port: int | None = None) -> dict:
             f"sshd: {SSHD_BINARY} not found; install OpenSSH server "
             "(apt-get install -y openssh-server)"
         )
-    sshd_dir = home / "sshd"
-    sftp_root = home / "sftp-root"
-    log_path = home / "logs" / "sshd.log"
-    for directory in (sshd_dir, sftp_root, log_path.parent):
+
+
+def _make_directories(files: _SshdFiles) -> None:
+    for directory in (files.sshd_dir, files.sftp_root, files.log_path.parent):
         directory.mkdir(parents=True, exist_ok=True)
-    os.chmod(sshd_dir, 0o700)
+    os.chmod(files.sshd_dir, 0o700)
 
-    host_key = sshd_dir / "ssh_host_ed25519_key"
-    client_key = sshd_dir / "client_ed25519"
-    _ensure_key(host_key, comment="credflow-local-sshd-host")
-    _ensure_key(client_key, comment="credflow-local-sftp-client")
 
-    authorized_keys = sshd_dir / "authorized_keys"
-    authorized_keys.write_text(_public_key_line(client_key) + "\n")
+def _write_keys(files: _SshdFiles) -> None:
+    """The host and client keys (made once, then kept), and the client key authorized."""
+    _ensure_key(files.host_key, comment="credflow-local-sshd-host")
+    _ensure_key(files.client_key, comment="credflow-local-sftp-client")
+    files.authorized_keys.write_text(_public_key_line(files.client_key) + "\n")
 
-    port = port or free_port()
-    host_type, host_blob = _public_key_line(host_key).split()[:2]
-    known_hosts = sshd_dir / "known_hosts"
-    known_hosts.write_text(f"[{LOOPBACK}]:{port} {host_type} {host_blob}\n")
 
-    pid_file = sshd_dir / "sshd.pid"
-    config = sshd_dir / "sshd_config"
-    running = _running_pid(pid_file, config)
-    if running is not None:
-        raise ServiceStartError(
-            f"sshd for {home} is already running (pid {running}); stop it before starting "
-            "another, or use the recorded one"
-        )
-    config.write_text(
-        "\n".join(
-            [
-                "# Written by credflow_assets.local.sshd; rewritten on every start.",
-                f"ListenAddress {LOOPBACK}",
-                f"HostKey {host_key}",
-                f"PidFile {pid_file}",
-                f"AuthorizedKeysFile {authorized_keys}",
-                "PubkeyAuthentication yes",
-                "PasswordAuthentication no",
-                "KbdInteractiveAuthentication no",
-                "UsePAM no",
-                "StrictModes no",
-                "PermitRootLogin prohibit-password",
-                "AllowTcpForwarding no",
-                "AllowAgentForwarding no",
-                "AllowStreamLocalForwarding no",
-                "X11Forwarding no",
-                "PermitTunnel no",
-                "PrintMotd no",
-                "LogLevel INFO",
-                f"Subsystem sftp internal-sftp -d {sftp_root}",
-                "",
-            ]
-        )
+def _sshd_config(files: _SshdFiles) -> str:
+    return "\n".join(
+        [
+            "# Written by credflow_assets.local.sshd; rewritten on every start.",
+            f"ListenAddress {LOOPBACK}",
+            f"HostKey {files.host_key}",
+            f"PidFile {files.pid_file}",
+            f"AuthorizedKeysFile {files.authorized_keys}",
+            "PubkeyAuthentication yes",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "UsePAM no",
+            "StrictModes no",
+            "PermitRootLogin prohibit-password",
+            "AllowTcpForwarding no",
+            "AllowAgentForwarding no",
+            "AllowStreamLocalForwarding no",
+            "X11Forwarding no",
+            "PermitTunnel no",
+            "PrintMotd no",
+            "LogLevel INFO",
+            f"Subsystem sftp internal-sftp -d {files.sftp_root}",
+            "",
+        ]
     )
 
-    if os.geteuid() == 0:
-        PRIVSEP_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
 
-    process = spawn_detached(
-        "sshd", [SSHD_BINARY, "-D", "-e", "-f", str(config), "-p", str(port)], log_path
-    )
-    wait_for_port("sshd", port, process=process, log_path=log_path)
-
+def _connection(files: _SshdFiles, pid: int, port: int) -> dict:
+    """How to connect: what `start` returns."""
+    host_key = files.host_key
     return {
-        "pid": process.pid,
+        "pid": pid,
         "port": port,
         "host": LOOPBACK,
         "user": pwd.getpwuid(os.geteuid()).pw_name,
-        "key_file": str(client_key),
-        "known_hosts": str(known_hosts),
-        "root": str(sftp_root),
+        "key_file": str(files.client_key),
+        "known_hosts": str(files.known_hosts),
+        "root": str(files.sftp_root),
         "host_key_fingerprint": fingerprint_of(host_key.with_name(host_key.name + ".pub")),
     }
 
