@@ -44,6 +44,7 @@ from urllib.parse import quote
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
+from credflow_assets.common.csv_columns import normalize_headers
 from credflow_assets.common.error_reports import ErrorReport, error_report
 from credflow_assets.common.parse_logs import parse_log
 from credflow_assets.resources.glue import GlueError, GlueResource, table_columns
@@ -65,7 +66,6 @@ from credflow_assets.staged_tables.checks import (
 from credflow_assets.staged_tables.columns import (
     HeaderError,
     compare_columns,
-    normalize_header,
     read_header,
     resolve_table_columns,
 )
@@ -180,7 +180,7 @@ def observe_and_check(context: dg.AssetExecutionContext, table: str, s3: S3Resou
                 raw_header = read_header(client, layout.bucket, staged.key, etag=staged.etag)
             except HeaderError as error:
                 header_error = str(error)
-            comparison = (compare_columns(normalize_header(raw_header), reference.columns)
+            comparison = (compare_columns(normalize_headers(raw_header), reference.columns)
                           if raw_header is not None else None)
             report_header_problems(errors, comparison, header_error)
             if comparison is not None:

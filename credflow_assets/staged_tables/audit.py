@@ -33,12 +33,12 @@ from typing import Any
 
 import dagster as dg
 
+from credflow_assets.common.csv_columns import normalize_headers
 from credflow_assets.resources.glue import GlueResource, table_columns
 from credflow_assets.resources.s3 import iter_objects
 from credflow_assets.staged_tables.columns import (
     HeaderError,
     compare_columns,
-    normalize_header,
     read_header,
 )
 from credflow_assets.staged_tables.layout import PARTITION_COLUMN, Layout, partition_key_for
@@ -223,7 +223,7 @@ def _audit_table(client, glue: GlueResource, layout: Layout, database: str, tabl
         if dated:
             reference_key = min(dated)[1]
             try:
-                audit.columns = normalize_header(read_header(client, layout.bucket,
+                audit.columns = normalize_headers(read_header(client, layout.bucket,
                                                              reference_key))
                 audit.columns_from = f"the oldest prod file {layout.uri(reference_key)}"
             except HeaderError:
@@ -331,7 +331,7 @@ def _column_finding(client, layout: Layout, table: str, key: str,
     if columns is None:
         return None
     try:
-        actual = normalize_header(read_header(client, layout.bucket, key))
+        actual = normalize_headers(read_header(client, layout.bucket, key))
     except HeaderError as error:
         return Finding("column_mismatch", table, layout.uri(key),
                        f"{layout.uri(key)}: {error}", {"key": key, "problem": str(error)})
