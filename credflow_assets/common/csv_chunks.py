@@ -17,12 +17,13 @@ flow turns into its own sentence.
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,6 +36,8 @@ CSV_BLOCK_BYTES = 256 << 10
 # Appended to a stream whose end must not be inside a quoted cell (see `_EndMarked`): a quote
 # and characters no CSV cell holds.
 _END_MARK = "\x1ecredflow-end-of-file\x1e"
+GC_EVERY_CHUNKS = 5
+T = TypeVar("T")
 
 
 class CsvChunkError(ValueError):
@@ -135,6 +138,24 @@ def _chunks(source, shape: CsvShape, chunk_rows: int) -> Iterator[pd.DataFrame]:
         if irregular.error is not None:
             raise irregular.error from None
         raise _arrow_problem(error, rows.next_number) from None
+
+
+def collecting_cycles(chunks: Iterable[T], every: int = GC_EVERY_CHUNKS) -> Iterator[T]:
+    """`chunks`, with a full garbage collection after every `every` of them.
+
+    pandas and pandera leave each chunk in reference cycles, which only a full collection
+    frees: without it, memory grows with the file until the collector gets round to it
+    (staged tables, 1M rows: 276 MB, 3M rows: 386 MB; with it, 236 MB at both). What is alive
+    when the first chunk is asked for (in a run: Dagster, its modules, the event log) stays
+    alive: frozen, it is left out of the collections, which then cost what the chunks left."""
+    gc.freeze()
+    try:
+        for number, chunk in enumerate(chunks, 1):
+            yield chunk
+            if number % every == 0:
+                gc.collect()
+    finally:
+        gc.unfreeze()
 
 
 class _EndMarked(io.RawIOBase):
