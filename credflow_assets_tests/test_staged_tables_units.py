@@ -11,7 +11,8 @@ import pytest
 from credflow_assets.config import load_config
 from credflow_assets.common.partitions import is_valid_partition_key
 from credflow_assets.staged_tables.checks import requested_ingest_date, uploader_of
-from credflow_assets.staged_tables.columns import compare_columns, normalize_header
+from credflow_assets.common.csv_columns import normalize_headers
+from credflow_assets.staged_tables.columns import compare_columns
 from credflow_assets.staged_tables.layout import (
     Layout,
     object_key_for,
@@ -60,7 +61,7 @@ def test_which_objects_are_staged_files():
 
 
 def test_normalization_and_column_comparison():
-    assert normalize_header(["\ufeffClaim ID", " First  Name ", "STATUS"]) == \
+    assert normalize_headers(["\ufeffClaim ID", " First  Name ", "STATUS"]) == \
         ["claim_id", "first_name", "status"]
     assert compare_columns(list(CLAIMS), CLAIMS).passed
     swapped = compare_columns(

@@ -4,8 +4,9 @@ model plus a config entry, no other code.
 
 How the engine reads a model (see `validation.FeedPlan`):
 
-- The columns are the sheet's headers, after normalisation: `Date of Birth` and `date_of_birth`
-  are the same header. The model is strict: a missing or unexpected header fails the whole file
+- The columns are the sheet's headers, after normalisation (`common/csv_columns.py`, the rule
+  staged tables use too): `Date of Birth`, `DATE-OF-BIRTH` and `date_of_birth` are the same
+  header. The model is strict: a missing or unexpected header fails the whole file
   before anything is written.
 - Every cell arrives as text (stripped; empty is null). `pa.DateTime` columns are parsed with the
   feed's `date_formats` (ISO 8601 when the feed names no format); a cell that does not parse

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import io
 import itertools
 import re
 from collections import Counter
@@ -21,6 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from credflow_assets.common.csv_chunks import (
+    CSV_BLOCK_BYTES,
+    CsvChunkError,
+    CsvShape,
+    csv_chunks,
+)
+from credflow_assets.common.csv_columns import normalize_header
 from credflow_assets.drive_feeds.csv_text import detect_text
 from credflow_assets.drive_feeds.sheet_errors import (
     SheetError,
@@ -40,11 +46,6 @@ FOLDER_MIME = "application/vnd.google-apps.folder"
 
 CSV, XLSX, GOOGLE_SHEET = "csv", "xlsx", "google_sheet"
 FIRST_DATA_ROW = 2  # the header is row 1, as in a spreadsheet
-# Arrow reads a CSV a block at a time and parses several blocks ahead: memory follows the block
-# size (measured at 1M rows: +30 MB at 256 KiB with jemalloc, +120 MB at 1 MiB with mimalloc,
-# pyarrow's default pool, which keeps freed memory). A cell may not be larger than a block
-# (the csv module's limit was 128 KiB).
-CSV_BLOCK_BYTES = 256 << 10
 # Row 1 may be data (a file without its header) or junk: its cells are quoted in a message only
 # when it is a header, and then at most this many of them.
 SHOWN_COLUMNS = 10
@@ -85,11 +86,6 @@ def local_name(file: dict) -> str:
 
 
 # -- headers --------------------------------------------------------------------------------------
-
-def normalize_header(text: object) -> str:
-    """`Date of Birth`, ` date_of_birth ` and `DATE-OF-BIRTH` all become `date_of_birth`."""
-    return re.sub(r"[^0-9a-z]+", "_", str(text if text is not None else "").strip().lower()).strip("_")
-
 
 @dataclass(frozen=True)
 class HeaderProblem:
@@ -241,73 +237,30 @@ class SheetReader:
             yield from self._csv_chunks(names, chunk_rows)
 
     def _csv_chunks(self, names, chunk_rows):
-        """pyarrow's streaming CSV reader (C++, outside the GIL): cells stay Arrow strings, so
-        stripping, the empty check and pandera's regex checks (RE2) never build Python strings.
-
-        A row with fewer fields than the header is read as if the missing ones were empty, as
-        spreadsheet tools do; Arrow hands such rows to `invalid_row_handler`, so they are parsed
-        here and put back in their place. A row with more fields fails the file, naming it."""
-        import pyarrow as pa
-        import pyarrow.csv as pacsv
-
+        """The shared CSV engine (`common.csv_chunks`: Arrow, streamed), cells trimmed, blank
+        lines kept as rows (they are counted), a row with more fields than the header refused;
+        its problems become sentences for the person who uploaded the sheet."""
         _check_quotes_close(self.path, self.encoding)
-        width = len(names)
-        short_rows: dict[int, list[str]] = {}  # spreadsheet row number → fields, padded
-        problems: list[str] = []
-
-        def on_invalid_row(row) -> str:
-            if row.actual_columns > row.expected_columns:
-                problems.append(_too_many_fields(row.number, row.actual_columns, width))
-                return "error"
-            try:
-                short_rows[row.number] = _short_row_fields(row.number, row.text, width)
-            except SheetError as error:
-                problems.append(str(error))
-                return "error"
-            return "skip"
-
-        columns = [f"c{i}" for i in range(width)]
-        rows = _CsvRowNumbers(short_rows)
-        pool = _arrow_memory_pool()
+        shape = CsvShape(names=tuple(names), first_row=FIRST_DATA_ROW,
+                         encoding="utf8" if self.encoding == "utf-8-sig" else self.encoding)
         try:
-            batches = pacsv.open_csv(
-                self.path, memory_pool=pool,
-                read_options=pacsv.ReadOptions(
-                    column_names=columns, skip_rows=1, block_size=CSV_BLOCK_BYTES,
-                    # `InvalidRow.number` (the row a spreadsheet shows) needs one thread.
-                    use_threads=False,
-                    encoding="utf8" if self.encoding == "utf-8-sig" else self.encoding),
-                parse_options=pacsv.ParseOptions(
-                    newlines_in_values=True, ignore_empty_lines=False,
-                    invalid_row_handler=on_invalid_row),
-                convert_options=pacsv.ConvertOptions(
-                    column_types={column: pa.string() for column in columns},
-                    strings_can_be_null=False, quoted_strings_can_be_null=False),
-            )
-            pending: list = []
-            pending_rows = 0
-            for batch in batches:
-                pending.append(batch)
-                pending_rows += batch.num_rows
-                while pending_rows >= chunk_rows:
-                    table = pa.Table.from_batches(pending)
-                    yield _arrow_frame(table.slice(0, chunk_rows), names, rows, pool)
-                    rest = table.slice(chunk_rows)
-                    pending, pending_rows = rest.to_batches(), rest.num_rows
-            if pending_rows or rows.has_short_rows_left():
-                table = pa.Table.from_batches(pending, schema=batches.schema)
-                yield _arrow_frame(table, names, rows, pool, last=True)
-        except pa.ArrowInvalid as error:
-            if "Could not skip initial" in str(error):  # a header with no line end, no rows
-                return
-            if problems:
-                raise SheetError(f"malformed CSV: {problems[0]}") from None
-            if "straddles two block boundaries" in str(error):
-                raise SheetError(_oversized_row(self.path, self.encoding, rows.next_number)) \
-                    from None
-            raise SheetError(f"malformed CSV, at row {rows.next_number} or after: "
-                             f"{_arrow_error(error)}; save the sheet as CSV again and upload "
-                             "it again") from None
+            yield from csv_chunks(self.path, shape, chunk_rows)
+        except CsvChunkError as error:
+            raise SheetError(self._problem(error, len(names))) from None
+
+    def _problem(self, error: CsvChunkError, width: int) -> str:
+        if error.kind == "too_many_fields":
+            return (f"malformed CSV: row {error.row} has {error.fields} fields, the header has "
+                    f"{width} (an unquoted comma?)")
+        if error.kind == "unclosed_quote":
+            return (f"malformed CSV: row {error.row} opens a quoted cell that never closes "
+                    "(EOF inside string)")
+        if error.kind == "value_without_header":
+            return _value_without_header(error.row, error.position)
+        if error.kind == "row_too_long":
+            return _oversized_row(self.path, self.encoding, error.row)
+        return (f"malformed CSV, at row {error.row} or after: {error.detail}; save the sheet as "
+                "CSV again and upload it again")
 
     def _xlsx_chunks(self, names, chunk_rows):
         import pandas as pd
@@ -378,84 +331,6 @@ def _clean(frame: pd.DataFrame, names: list[str | None]) -> pd.DataFrame:
     return pd.DataFrame(cleaned, index=frame.index)
 
 
-class _CsvRowNumbers:
-    """The spreadsheet row number of each row Arrow yields: consecutive from row 2, except
-    around the short rows Arrow skipped (read here instead), which keep their own numbers."""
-
-    def __init__(self, short_rows: dict[int, list[str]]):
-        self.short_rows = short_rows  # filled by the reader as it parses, consumed here
-        self.next_number = FIRST_DATA_ROW
-
-    def take(self, count: int, last: bool = False):
-        """(the numbers of the next `count` Arrow rows, the short rows that go among them)."""
-        import numpy as np
-        import pandas as pd
-
-        start = self.next_number
-        waiting = [number for number in sorted(self.short_rows) if number >= start]
-        if not waiting:
-            self.next_number = start + count
-            return pd.RangeIndex(start, start + count), []
-        # The Arrow rows take the first `count` numbers that no short row holds.
-        numbers = np.setdiff1d(np.arange(start, start + count + len(waiting)), waiting,
-                               assume_unique=True)[:count]
-        end = int(numbers[-1]) if count else start - 1
-        taken = [number for number in waiting if last or number < end]
-        self.next_number = max([end, *taken]) + 1
-        return pd.Index(numbers), [(number, self.short_rows.pop(number)) for number in taken]
-
-    def has_short_rows_left(self) -> bool:
-        return bool(self.short_rows)
-
-
-def _arrow_memory_pool():
-    """jemalloc where pyarrow has it: it hands memory back as chunks come and go, where the
-    default (mimalloc) kept about 50 MB more reading 1M rows."""
-    import pyarrow as pa
-
-    try:
-        return pa.jemalloc_memory_pool()
-    except NotImplementedError:  # a pyarrow built without it
-        return pa.default_memory_pool()
-
-
-def _arrow_frame(table, names: list[str | None], rows: _CsvRowNumbers, pool,
-                 last: bool = False):
-    """One chunk of Arrow cells → the reader's DataFrame: cells stripped, empty ones missing,
-    unnamed columns dropped (once checked to be empty), indexed by spreadsheet row number."""
-    import pandas as pd
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    index, short = rows.take(table.num_rows, last)
-    missing = pa.scalar(None, pa.string())
-    cleaned = {}
-    for position, (name, cells) in enumerate(zip(names, table.columns)):
-        cells = pc.utf8_trim_whitespace(cells, memory_pool=pool)
-        cells = pc.if_else(pc.equal(pc.binary_length(cells, memory_pool=pool), 0,
-                                    memory_pool=pool), missing, cells, memory_pool=pool)
-        if name is None:
-            filled = pc.is_valid(cells)
-            if pc.any(filled).as_py():
-                raise SheetError(_value_without_header(
-                    int(index[pc.index(filled, True).as_py()]), position))
-            continue
-        cleaned[name] = pd.arrays.ArrowStringArray(cells)
-    frame = pd.DataFrame(cleaned, index=index)
-    if short:
-        for number, fields in short:
-            for position, name in enumerate(names):
-                if name is None and fields[position].strip():
-                    raise SheetError(_value_without_header(number, position))
-        extra = pd.DataFrame(
-            {name: pd.array([fields[position].strip() or None for _, fields in short],
-                            dtype="string[pyarrow]")
-             for position, name in enumerate(names) if name is not None},
-            index=[number for number, _ in short])
-        frame = pd.concat([frame, extra]).sort_index() if len(frame) else extra
-    return frame
-
-
 def _check_quotes_close(path: Path, encoding: str, block_size: int = 1 << 20) -> None:
     """SheetError when the file ends inside a quoted cell.
 
@@ -490,22 +365,6 @@ def _check_quotes_close(path: Path, encoding: str, block_size: int = 1 << 20) ->
                                  "closes (EOF inside string)") from None
 
 
-def _short_row_fields(number: int, text: str, width: int) -> list[str]:
-    """The fields of a row with fewer than `width` (Arrow's raw text of it), padded with empty
-    ones; SheetError when the row opens a quote that never closes (it then runs to the end of
-    the file, so Arrow sees it as one short row)."""
-    try:
-        list(csv.reader(io.StringIO(text), strict=True))
-    except csv.Error as error:
-        if "unexpected end of data" in str(error):
-            raise SheetError(
-                f"row {number} opens a quoted cell that never closes (EOF inside string)"
-            ) from None
-    records = list(csv.reader(io.StringIO(text)))  # as leniently as Arrow read the others
-    fields = records[0] if records else []
-    return fields + [""] * (width - len(fields))
-
-
 def _value_without_header(row: int, position: int) -> str:
     """A cell under an empty header cell: refused rather than dropped without a word."""
     return (f"row {row} has a value in column {column_letter(position)}, which has no "
@@ -529,15 +388,3 @@ def _oversized_row(path: Path, encoding: str, from_row: int) -> str:
         except csv.Error:  # a cell over the csv module's own 128 KiB
             return f"malformed CSV: row {row + 1} {problem}"
     return f"malformed CSV: a row from row {from_row} on {problem}"
-
-
-def _arrow_error(error: Exception) -> str:
-    """What went wrong, from Arrow's message, without the row text Arrow quotes after it."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable"
-    text = re.sub(r"^CSV (parse|conversion) error[^:]*: ", "", text)
-    text = re.sub(r"^Row #\d+: ", "", text)
-    return text.split(": ", 1)[0]
-
-
-def _too_many_fields(row: int, fields: int, width: int) -> str:
-    return f"row {row} has {fields} fields, the header has {width} (an unquoted comma?)"

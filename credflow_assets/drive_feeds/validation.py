@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from credflow_assets.common.csv_chunks import is_missing, run_schema
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -219,24 +221,16 @@ def validate_chunk(plan: FeedPlan, chunk: pd.DataFrame) -> ChunkResult:
 
 def _run_schema(plan: FeedPlan, checked: pd.DataFrame, unparseable: set[tuple[int, str]]):
     """(validated frame or None, rejections): pandera's failure cases, one per row and column."""
-    import pandas as pd
-    import pandera.errors
-
-    try:
-        return plan.row_schema.validate(checked, lazy=True), []
-    except pandera.errors.SchemaErrors as errors:
-        rejections = []
-        for case in errors.failure_cases.itertuples(index=False):
-            if case.index is None or pd.isna(case.index):
-                raise ValueError(
-                    f"column {case.column}: {case.check} (not a per-row problem)"
-                ) from None
-            row_number = int(case.index)
-            if (row_number, case.column) in unparseable and case.check == "not_nullable":
-                continue  # already reported as an unparseable date
-            rejections.append(Rejection(row_number, str(case.column), _reason(case.check),
-                                        _value(case.failure_case)))
-        return None, rejections
+    validated, failures = run_schema(plan.row_schema, checked)
+    rejections = []
+    for failure in failures:
+        if failure.row is None:
+            raise ValueError(f"column {failure.column}: {failure.check} (not a per-row problem)")
+        if (failure.row, failure.column) in unparseable and failure.check == "not_nullable":
+            continue  # already reported as an unparseable date
+        rejections.append(Rejection(failure.row, failure.column, _reason(failure.check),
+                                    _value(failure.value)))
+    return validated, rejections
 
 
 def _reason(check: Any) -> str:
@@ -257,9 +251,7 @@ def _reason(check: Any) -> str:
 
 
 def _value(value: Any) -> str | None:
-    import pandas as pd
-
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
+    if is_missing(value):
         return None
     if hasattr(value, "strftime"):
         value = value.strftime("%Y-%m-%d")

@@ -4,7 +4,7 @@ Each configured table T (Glue database D) has its own three assets, partition se
 here from the config (`build_table_assets`, `build_table_job`; names in settings.py):
 
     s3/staging/{T}_staged_csv     the upload, observed (key, size, etag, header), and its two
-                                  blocking checks (checks.py)
+                                  blocking checks (observation.py, checks.py)
     s3/prod/{T}_prod_csv          the promoted copy: prod/{T}/ingest_date=D/{file}
     glue/D/T                      the table (created from its first good file) and the file's
                                   ingest_date partition
@@ -36,16 +36,13 @@ the same name for the same date replaces that prod file (Glue then reads the new
 
 
 import time
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
 from typing import Any
 from urllib.parse import quote
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from credflow_assets.common.error_reports import ErrorReport, error_report
-from credflow_assets.common.parse_logs import parse_log
+from credflow_assets.common.run_recovery import mark_transient_failures
 from credflow_assets.resources.glue import GlueError, GlueResource, table_columns
 from credflow_assets.resources.s3 import (
     DEFAULT_PART_SIZE,
@@ -53,42 +50,19 @@ from credflow_assets.resources.s3 import (
     prefix_url,
     transfer_config,
 )
-from credflow_assets.common.run_recovery import mark_transient_failures
-from credflow_assets.staged_tables.checks import (
-    StagedObject,
-    check_specs,
-    columns_check_result,
-    requested_ingest_date,
-    rows_check_result,
-    uploader_of,
-)
-from credflow_assets.staged_tables.columns import (
-    HeaderError,
-    compare_columns,
-    normalize_header,
-    read_header,
-    resolve_table_columns,
-)
-from credflow_assets.staged_tables.layout import (
-    PARTITION_COLUMN,
-    Layout,
-    StagedFile,
-    object_key_for,
-)
-from credflow_assets.staged_tables.rejection import rejection_sentence, report_header_problems
-from credflow_assets.staged_tables.settings import StagedTablesSettings
+from credflow_assets.staged_tables.checks import check_specs
+from credflow_assets.staged_tables.layout import PARTITION_COLUMN, Layout
 from credflow_assets.staged_tables.names import (
     GROUP,
-    VERSION_TAG,
     glue_table_key,
     job_name,
-    object_version,
     prod_file_key,
     staging_file_key,
     table_asset_keys,
     table_partitions,
 )
-from credflow_assets.staged_tables.validation import RowsReport, validate_rows
+from credflow_assets.staged_tables.observation import observe_and_check
+from credflow_assets.staged_tables.settings import StagedTablesSettings
 
 PROD_METADATA_SOURCE_KEY = "credflow-staged-key"
 PROD_METADATA_SOURCE_ETAG = "credflow-staged-etag"
@@ -135,124 +109,6 @@ def build_staged_file_asset(table: str, layout: Layout) -> dg.AssetsDefinition:
         yield from observe_and_check(context, table, s3, glue, staged_tables_settings)
 
     return staged_file
-
-
-def observe_and_check(context: dg.AssetExecutionContext, table: str, s3: S3Resource,
-                      glue: GlueResource, settings: StagedTablesSettings):
-    """The staged-file asset of `table`: its materialization, then its two check results; for a
-    rejected file, then a `dg.Failure` whose description is the rejection sentence.
-
-    Failing the step ourselves, rather than leaving it to Dagster's blocking-check error
-    ("2 blocking asset checks failed with ERROR severity"), makes the run's failure read as the
-    file's problem, in `credflow sync`, the UI and the notification alike. The checks stay
-    blocking: the failed step still stops the prod and Glue steps of the run.
-    """
-    layout = settings.layout
-    client = s3.get_client()
-    target = _target(layout, context.partition_key, table)
-    staged = head_staged(client, layout.bucket, target, log=context.log)
-    requested = context.run.tags.get(VERSION_TAG)
-    if requested and requested != staged.version:
-        raise dg.Failure(
-            description=f"{staged.uri}: superseded — this run was for upload {requested}, the "
-            f"object is now {staged.version}; the newer upload is checked by its own run",
-            metadata={"uploader_key": staged.key, "requested_version": requested,
-                      "current_version": staged.version},
-        )
-
-    model = _model_for(settings, staged.table)
-    raw_header: list[str] | None = None
-    header_error: str | None = None
-    comparison = report = None
-    # The parse's own log (doc 004), beside the data in the logs bucket, linked below. It holds
-    # counts, columns and checks, never cell values: those go to the file's error report, in
-    # the same place.
-    with parse_log(context, flow=GROUP, s3_client=client, bucket=settings.logs_bucket) as log:
-        log.keep_as_is([staged.uri, staged.key, staged.name])
-        with error_report(flow=GROUP, partition=context.partition_key,
-                          run_id=context.run.run_id, s3_client=client,
-                          bucket=settings.logs_bucket) as errors, _unless_replaced(staged):
-            reference = resolve_table_columns(glue, client, layout, settings.glue_database,
-                                              staged.table)
-            context.log.info(f"{staged.uri} ({staged.size} bytes, etag {staged.etag}): table "
-                             f"{staged.table}, columns from {reference.description}")
-            try:
-                raw_header = read_header(client, layout.bucket, staged.key, etag=staged.etag)
-            except HeaderError as error:
-                header_error = str(error)
-            comparison = (compare_columns(normalize_header(raw_header), reference.columns)
-                          if raw_header is not None else None)
-            report_header_problems(errors, comparison, header_error)
-            if comparison is not None:
-                report = _validate(client, layout, staged, comparison, reference, model,
-                                   settings, errors, context.log)
-        # The error report is stored now: the checks and the sentence can point at it.
-        columns_result = columns_check_result(staged, comparison, reference, raw_header,
-                                              header_error, error_report=errors.metadata())
-        rows_result = rows_check_result(staged, report,
-                                        not_run_reason=header_error or "the header is unreadable",
-                                        error_report=errors.metadata())
-        checks_passed = columns_result.passed and rows_result.passed
-        rejection = None
-        if checks_passed:
-            context.log.info(f"{staged.uri}: both checks passed; promoting")
-        else:
-            rejection = rejection_sentence(staged.key, comparison, header_error, report,
-                                           error_report_stored=errors.uri is not None)
-            context.log.warning(f"{rejection} The file stays in staging.")
-
-    metadata: dict[str, Any] = {
-        "file": dg.MetadataValue.path(staged.uri),
-        "file_url": dg.MetadataValue.url(object_url(client, layout.bucket, staged.key)),
-        "uploader_key": staged.key,
-        "uploader": staged.uploader or "",
-        "table": staged.table,
-        "name": staged.name,
-        "size": staged.size,
-        "etag": staged.etag,
-        "last_modified": staged.last_modified.isoformat(),
-        "version": staged.version,
-        "ingest_date": staged.ingest_date,
-        "header": dg.MetadataValue.json(raw_header or []),
-        "columns": dg.MetadataValue.json(comparison.actual if comparison else []),
-        "table_columns_from": reference.description,
-        "rows": report.rows if report else 0,
-        "checks_passed": checks_passed,
-        **log.metadata(),
-        **errors.metadata(),
-    }
-    if report is not None and report.inferred_types is not None:
-        metadata["inferred_types"] = dg.MetadataValue.json(report.inferred_types)
-    yield dg.MaterializeResult(metadata=metadata)
-    yield columns_result
-    yield rows_result
-    if rejection is not None:
-        # Dagster has recorded the observation and both (blocking) check results above; the
-        # step now fails with the file's own sentence, so the prod and Glue steps do not run.
-        raise dg.Failure(description=rejection, metadata={
-            "file": dg.MetadataValue.path(staged.uri),
-            "uploader_key": staged.key,
-            "table": staged.table,
-            **log.metadata(),
-            **errors.metadata(),
-        })
-
-
-def _validate(client, layout: Layout, staged: StagedObject, comparison, reference, model,
-              settings: StagedTablesSettings, errors: ErrorReport, log) -> RowsReport:
-    """Stream the file's rows (this version only) through validation; each problem, value
-    included, goes to the error report."""
-    started = time.monotonic()
-    body = client.get_object(Bucket=layout.bucket, Key=staged.key,
-                             IfMatch=f'"{staged.etag}"')["Body"]
-    with closing(body):
-        report = validate_rows(
-            body, comparison.actual, model=model, glue_types=reference.glue_types,
-            infer_types=reference.source != "glue", chunk_rows=settings.chunk_rows,
-            sample_size=settings.failure_sample_size, report_problem=errors.add,
-        )
-    log.info(f"{staged.uri}: {report.summary()} in {time.monotonic() - started:.1f}s")
-    return report
 
 
 def build_prod_file_asset(table: str, layout: Layout) -> dg.AssetsDefinition:
@@ -409,69 +265,6 @@ def register_partition(context, table: str, client, glue: GlueResource,
 
 
 # --- helpers --------------------------------------------------------------------------------
-
-
-def _target(layout, partition_key: str, table: str) -> StagedFile:
-    key = object_key_for(partition_key)
-    target = layout.staged_file(key)
-    if target is None:
-        raise dg.Failure(f"{layout.uri(key)} is not a staged file: {layout.why_ignored(key)}")
-    if target.table != table:
-        raise dg.Failure(f"{layout.uri(key)} is a file of table {target.table}, not {table}: "
-                         f"its own job is {job_name(target.table)}")
-    return target
-
-
-@contextmanager
-def _unless_replaced(staged: StagedObject) -> Iterator[None]:
-    """Reads are conditional on the etag: a 412 means a newer upload replaced the file."""
-    from botocore.exceptions import ClientError
-
-    try:
-        yield
-    except ClientError as error:
-        if error.response.get("Error", {}).get("Code") not in {"412", "PreconditionFailed"}:
-            raise
-        raise dg.Failure(f"{staged.uri}: superseded — replaced by a newer upload while it was "
-                         "being checked; the newer upload is checked by its own run") from None
-
-
-def head_staged(client: Any, bucket: str, target: StagedFile, log=None) -> StagedObject:
-    """The staged object as it is now; a Failure naming it when it is gone."""
-    from botocore.exceptions import ClientError
-
-    try:
-        head = client.head_object(Bucket=bucket, Key=target.key)
-    except ClientError as error:
-        if error.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
-            raise dg.Failure(
-                f"s3://{bucket}/{target.key} is no longer in staging (promoted by an earlier "
-                "run, or deleted)"
-            ) from None
-        raise
-    etag = head["ETag"].strip('"')
-    ingest_date, warning = requested_ingest_date(head.get("Metadata", {}))
-    if warning and log is not None:
-        log.warning(f"s3://{bucket}/{target.key}: {warning}")
-    return StagedObject(
-        bucket=bucket, key=target.key, table=target.table, name=target.name,
-        size=head["ContentLength"], etag=etag, last_modified=head["LastModified"],
-        version=object_version(etag, head["LastModified"]),
-        uploader=uploader_of(head.get("Metadata", {})),
-        requested_ingest_date=ingest_date,
-    )
-
-
-def _model_for(settings: StagedTablesSettings, table: str):
-    name = settings.table_models.get(table)
-    if not name:
-        return None
-    from credflow_assets.staged_tables.schemas import resolve_model
-
-    try:
-        return resolve_model(name)
-    except KeyError as error:
-        raise dg.Failure(f"table {table}: {error.args[0]}") from None
 
 
 def _require_database(glue: GlueResource, database: str, file: str) -> None:

@@ -33,12 +33,12 @@ from typing import Any
 
 import dagster as dg
 
+from credflow_assets.common.csv_columns import normalize_headers
 from credflow_assets.resources.glue import GlueResource, table_columns
 from credflow_assets.resources.s3 import iter_objects
 from credflow_assets.staged_tables.columns import (
     HeaderError,
     compare_columns,
-    normalize_header,
     read_header,
 )
 from credflow_assets.staged_tables.layout import PARTITION_COLUMN, Layout, partition_key_for
@@ -201,95 +201,144 @@ def fix_staged_tables(glue: GlueResource, layout: Layout, database: str,
 
 def _audit_table(client, glue: GlueResource, layout: Layout, database: str, table: str,
                  instance) -> TableAudit:
-    configured = table in layout.tables
-    audit = TableAudit(table=table, configured=configured)
-    staging = [item for item in iter_objects(client, layout.bucket,
-                                             prefix=layout.staging_table_prefix(table))
-               if not item["Key"].endswith("/")]
-    prod = [item for item in iter_objects(client, layout.bucket,
-                                          prefix=layout.prod_table_prefix(table))
-            if not item["Key"].endswith("/")]
+    """One table's findings: its staging files, its prod files, then its Glue partitions."""
+    audit = TableAudit(table=table, configured=table in layout.tables)
+    staging = _objects(client, layout.bucket, layout.staging_table_prefix(table))
+    prod = _objects(client, layout.bucket, layout.prod_table_prefix(table))
     audit.staging_files, audit.prod_files = len(staging), len(prod)
     found = glue.get_table(database, table)
     audit.glue_table = found is not None
-
     prod_files = [(item, layout.prod_file(item["Key"])) for item in prod]
-    reference_key = None
+    reference_key = _find_table_columns(client, layout, database, table, found, prod_files, audit)
+    if not audit.configured:
+        audit.findings += _unconfigured_folder_findings(layout, table, staging, prod)
+    audit.findings += _staging_findings(client, layout, table, staging, audit, instance)
+    prod_findings, files_by_date, bad_dates = _prod_findings(client, layout, table, prod_files,
+                                                             reference_key, audit)
+    audit.findings += prod_findings
+    if found is None:
+        audit.findings += _no_glue_table_findings(database, table, files_by_date)
+        return audit
+    partitions = glue.get_partitions(database, table)
+    audit.partitions = len(partitions)
+    dangling, registered = _partition_findings(client, layout, database, table, found,
+                                               partitions, prod)
+    audit.findings += dangling
+    audit.findings += _unregistered_prod_file_findings(layout, table, files_by_date, registered,
+                                                       bad_dates)
+    return audit
+
+
+def _objects(client, bucket: str, prefix: str) -> list[dict]:
+    """The objects under `prefix`, folder markers left out."""
+    return [item for item in iter_objects(client, bucket, prefix=prefix)
+            if not item["Key"].endswith("/")]
+
+
+def _find_table_columns(client, layout: Layout, database: str, table: str, found,
+                        prod_files: list, audit: TableAudit) -> str | None:
+    """Set the audit's table columns (and where they come from) as the flow finds them: the
+    Glue table's, else the oldest prod file's header. Returns that prod file's key, if any: it
+    defines the columns, so it is not compared with them."""
     if found is not None:
         audit.columns = [name for name, _ in table_columns(found)]
         audit.columns_from = f"Glue table {database}.{table}"
-    else:
-        dated = [(item["LastModified"], item["Key"]) for item, pf in prod_files if pf]
-        if dated:
-            reference_key = min(dated)[1]
-            try:
-                audit.columns = normalize_header(read_header(client, layout.bucket,
-                                                             reference_key))
-                audit.columns_from = f"the oldest prod file {layout.uri(reference_key)}"
-            except HeaderError:
-                audit.columns_from = ""
+        return None
+    dated = [(item["LastModified"], item["Key"]) for item, prod_file in prod_files if prod_file]
+    if not dated:
+        return None
+    reference_key = min(dated)[1]
+    try:
+        audit.columns = normalize_headers(read_header(client, layout.bucket, reference_key))
+        audit.columns_from = f"the oldest prod file {layout.uri(reference_key)}"
+    except HeaderError:
+        audit.columns_from = ""
+    return reference_key
 
-    if not configured:
-        for prefix, count in ((layout.staging_table_prefix(table), len(staging)),
-                              (layout.prod_table_prefix(table), len(prod))):
-            if count:
-                audit.findings.append(Finding(
-                    "unexpected_object", table, layout.uri(prefix),
-                    f"{layout.uri(prefix)} holds {count} object(s) but {table} is not a "
-                    "configured table: they are never checked or promoted",
-                    {"objects": count},
-                ))
 
-    # staging
+def _unconfigured_folder_findings(layout: Layout, table: str, staging: list[dict],
+                                  prod: list[dict]) -> list[Finding]:
+    """A table folder the config does not name: its objects are never checked or promoted."""
+    findings = []
+    for prefix, count in ((layout.staging_table_prefix(table), len(staging)),
+                          (layout.prod_table_prefix(table), len(prod))):
+        if count:
+            findings.append(Finding(
+                "unexpected_object", table, layout.uri(prefix),
+                f"{layout.uri(prefix)} holds {count} object(s) but {table} is not a "
+                "configured table: they are never checked or promoted",
+                {"objects": count},
+            ))
+    return findings
+
+
+def _staging_findings(client, layout: Layout, table: str, staging: list[dict],
+                      audit: TableAudit, instance) -> list[Finding]:
+    """Per staged upload: never processed as a file, columns not the table's, and (with a
+    Dagster instance) not checked, rejected or not promoted."""
+    findings = []
     for item in staging:
         key = item["Key"]
         why = layout.why_ignored(key)
         if why:
-            if configured:
-                audit.findings.append(Finding(
+            if audit.configured:
+                findings.append(Finding(
                     "unexpected_object", table, layout.uri(key),
                     f"{layout.uri(key)} is never processed: {why}", {"key": key}))
             continue
         mismatch = _column_finding(client, layout, table, key, audit.columns, audit.columns_from)
         if mismatch:
-            audit.findings.append(mismatch)
+            findings.append(mismatch)
         if instance is not None:
             status = _processing_finding(instance, layout, table, item)
             if status:
-                audit.findings.append(status)
+                findings.append(status)
+    return findings
 
-    # prod
+
+def _prod_findings(client, layout: Layout, table: str, prod_files: list,
+                   reference_key: str | None, audit: TableAudit):
+    """(the prod files' findings: outside a partition folder, columns not the table's; the
+    files of each ingest date; the dates holding a file whose columns are not the table's)."""
+    findings = []
     bad_dates: set[str] = set()
     files_by_date: dict[str, list[str]] = defaultdict(list)
-    for item, pf in prod_files:
+    for item, prod_file in prod_files:
         key = item["Key"]
-        if pf is None:
-            audit.findings.append(Finding(
+        if prod_file is None:
+            findings.append(Finding(
                 "unexpected_object", table, layout.uri(key),
                 f"{layout.uri(key)} is not prod/{table}/{PARTITION_COLUMN}=YYYY-MM-DD/{{file}}: "
                 "no partition can hold it", {"key": key}))
             continue
-        files_by_date[pf.ingest_date].append(key)
+        files_by_date[prod_file.ingest_date].append(key)
         if key == reference_key:
             continue
         mismatch = _column_finding(client, layout, table, key, audit.columns, audit.columns_from)
         if mismatch:
-            audit.findings.append(mismatch)
-            bad_dates.add(pf.ingest_date)
+            findings.append(mismatch)
+            bad_dates.add(prod_file.ingest_date)
+    return findings, files_by_date, bad_dates
 
-    if found is None:
-        if files_by_date:
-            count = sum(len(keys) for keys in files_by_date.values())
-            audit.findings.append(Finding(
-                "no_glue_table", table, f"glue:{database}.{table}",
-                f"prod/{table}/ has {count} file(s) in {len(files_by_date)} "
-                f"{PARTITION_COLUMN} folder(s) but Glue has no table {database}.{table}: Athena "
-                "cannot see them (the next promoted file creates it)",
-                {"files": count}))
-        return audit
 
-    partitions = glue.get_partitions(database, table)
-    audit.partitions = len(partitions)
+def _no_glue_table_findings(database: str, table: str,
+                            files_by_date: dict[str, list[str]]) -> list[Finding]:
+    if not files_by_date:
+        return []
+    count = sum(len(keys) for keys in files_by_date.values())
+    return [Finding(
+        "no_glue_table", table, f"glue:{database}.{table}",
+        f"prod/{table}/ has {count} file(s) in {len(files_by_date)} "
+        f"{PARTITION_COLUMN} folder(s) but Glue has no table {database}.{table}: Athena "
+        "cannot see them (the next promoted file creates it)",
+        {"files": count})]
+
+
+def _partition_findings(client, layout: Layout, database: str, table: str, found,
+                        partitions: list[dict], prod: list[dict]):
+    """(a finding per Glue partition whose location holds no object: dangling; where each
+    ingest date's partition is registered)."""
+    findings = []
     partition_names = [k["Name"] for k in found.get("PartitionKeys", [])]
     by_date: dict[str, str] = {}
     for partition in partitions:
@@ -298,16 +347,26 @@ def _audit_table(client, glue: GlueResource, layout: Layout, database: str, tabl
         if partition_names == [PARTITION_COLUMN] and values:
             by_date[values[0]] = location
         if not _location_has_objects(client, layout, location, table, prod):
-            audit.findings.append(Finding(
+            findings.append(Finding(
                 "dangling_partition", table,
                 f"glue:{database}.{table}/" + "/".join(
                     f"{n}={v}" for n, v in zip(partition_names, values)),
                 f"Glue partition {values} of {database}.{table} points at {location}, which "
                 "holds no object", {"values": values, "partition_location": location},
                 fixable=True))
+    return findings, by_date
+
+
+def _unregistered_prod_file_findings(layout: Layout, table: str,
+                                     files_by_date: dict[str, list[str]],
+                                     registered_at: dict[str, str],
+                                     bad_dates: set[str]) -> list[Finding]:
+    """Prod files Athena does not see: their date's partition is missing or elsewhere. Fixable
+    (by registering it) unless a file of that date has the wrong columns."""
+    findings = []
     for date, file_keys in sorted(files_by_date.items()):
         expected = layout.partition_location(table, date)
-        registered = by_date.get(date)
+        registered = registered_at.get(date)
         if registered == expected:
             continue
         fixable = date not in bad_dates
@@ -316,14 +375,14 @@ def _audit_table(client, glue: GlueResource, layout: Layout, database: str, tabl
                    "disagree with the table")
         state = "is not registered" if registered is None else f"points at {registered}"
         for key in file_keys:
-            audit.findings.append(Finding(
+            findings.append(Finding(
                 "prod_file_not_in_glue", table, layout.uri(key),
                 f"{layout.uri(key)} is invisible to Athena: partition {PARTITION_COLUMN}={date} "
                 f"{state}{why_not}",
                 {"ingest_date": date, "registered_location": registered,
                  "expected_location": expected},
                 fixable=fixable))
-    return audit
+    return findings
 
 
 def _column_finding(client, layout: Layout, table: str, key: str,
@@ -331,7 +390,7 @@ def _column_finding(client, layout: Layout, table: str, key: str,
     if columns is None:
         return None
     try:
-        actual = normalize_header(read_header(client, layout.bucket, key))
+        actual = normalize_headers(read_header(client, layout.bucket, key))
     except HeaderError as error:
         return Finding("column_mismatch", table, layout.uri(key),
                        f"{layout.uri(key)}: {error}", {"key": key, "problem": str(error)})

@@ -1,8 +1,11 @@
 """A staged file's columns against its table's: normalization, the header, the table's schema.
 
 Glue reads a CSV by position, so a file belongs to a table only if its normalized columns are the
-table's columns *in order*. Normalization is the source system's (spaces → underscores) plus
-lower case, trimming and dropping a UTF-8 byte-order mark: `First Name` → `first_name`.
+table's columns *in order*. Normalization is every flow's (`credflow_assets.common.csv_columns`):
+byte-order mark dropped, trimmed, lower case, every run of characters other than a-z and 0-9 one
+`_`, none at either end: `First Name` → `first_name`, `amount ($)` → `amount`, as in the Drive
+feeds. `compare_columns` still checks names Athena accepts, as a guard for names that did not
+come through that rule.
 
 The table's columns come from, in order of authority:
 1. the Glue table, when it exists;
@@ -21,6 +24,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from credflow_assets.common.csv_columns import normalize_headers
 from credflow_assets.resources.glue import GlueResource, table_columns
 from credflow_assets.resources.s3 import iter_objects
 from credflow_assets.staged_tables.layout import PARTITION_COLUMN, Layout
@@ -33,15 +37,6 @@ _ATHENA_NAME = re.compile(r"^[a-z0-9_]+$")
 
 class HeaderError(ValueError):
     """The file's first line cannot be read as a CSV header."""
-
-
-def normalize_column(name: str) -> str:
-    """`' First Name '` → `first_name`: trimmed, whitespace runs → `_`, lower case."""
-    return re.sub(r"\s+", "_", name.replace("\ufeff", "").strip()).lower()
-
-
-def normalize_header(names: list[str]) -> list[str]:
-    return [normalize_column(name) for name in names]
 
 
 def read_header(client: Any, bucket: str, key: str, *, etag: str | None = None) -> list[str]:
@@ -132,7 +127,7 @@ def resolve_table_columns(
         )
     for key in prod_files_oldest_first(client, layout, table):
         try:
-            columns = normalize_header(read_header(client, layout.bucket, key))
+            columns = normalize_headers(read_header(client, layout.bucket, key))
         except HeaderError:
             continue  # an unreadable prod file cannot define the table (the audit names it)
         return TableColumns(

@@ -1,15 +1,24 @@
 """A staged file's rows, validated in one streaming pass: memory does not grow with the file.
 
-The file is read with `pandas.read_csv(chunksize=…)`, every cell as text (an empty cell is a
-null, nothing else is: `NA` and `null` stay text), under the normalized header plus one extra
-column that catches rows with more fields than the header (pandas would otherwise drop them
-silently, and Glue, reading by position, would shift them). Each chunk is validated, with
+The file is read by the flows' one CSV engine (`credflow_assets.common.csv_chunks`: pyarrow's
+streaming reader), every cell as text, as uploaded (not trimmed: Athena reads it as it is; an
+empty cell is a null, nothing else is: `NA` and `null` stay text; blank lines are skipped),
+under the normalized header plus one extra column that keeps what a row has beyond the header's
+fields (Glue, reading by position, would shift such a row). Each chunk is validated, with
 `lazy=True`, by:
 
 - the table's pandera model, when the config names one (`schemas.py`);
 - the Glue table's typed columns: a `bigint` column must hold integers in every row, and so on
   (an empty cell in a typed column makes Athena's CSV reader fail the whole query);
 - the field count (no row may have more fields than the header).
+
+A file that is not UTF-8, ends inside a quoted cell, or has a row longer than the engine's block
+(256 KiB) cannot be read to the end: that is the report's `file_error`.
+
+Measured on 1M rows of the claims table (50,000-row chunks, CPU seconds on a loaded 2-core
+machine): with ClaimsRecord and Glue types, pandas `read_csv` chunks took 5.0-5.8 s, the Arrow
+engine 3.7-4.6 s; with Glue types only, 2.2-2.5 s against 0.85-1.1 s. Peak memory: 209 MB
+against 236 MB, the same at 3M rows (`collecting_cycles`).
 
 When the Glue table does not exist yet, the same pass infers each column's type for it,
 conservatively (`infer_glue_type`): a column is `bigint`, `double` or `boolean` only when every
@@ -31,10 +40,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from credflow_assets.common.csv_chunks import (
+    CSV_BLOCK_BYTES,
+    CsvChunkError,
+    CsvShape,
+    collecting_cycles,
+    csv_chunks,
+    is_missing,
+    run_schema,
+)
+
 # (row or None, column, rule, value or None): one problem, value included (error_reports).
 ProblemSink = Callable[[int | None, str, str, Any], None]
 
-EXTRA_FIELDS = "__credflow_extra_fields__"
+EXTRA_FIELDS = "__credflow_extra_fields__"  # the engine's column for a row's extra fields
 # How the failures of a row with more fields than the header are reported: as this column.
 EXTRA_FIELDS_COLUMN = "(extra fields)"
 DEFAULT_CHUNK_ROWS = 50_000
@@ -163,8 +182,6 @@ def validate_rows(
     `infer_types`: also infer Glue types (for a table that does not exist yet);
     `report_problem`: told every problem with its value (the report keeps no values).
     """
-    import pandas as pd
-
     report = RowsReport()
     record = _Recorder(report, sample_size, report_problem)
     names = _unique_names(columns)
@@ -180,12 +197,7 @@ def validate_rows(
     reported_schema_level: set[tuple[str, str, str]] = set()
 
     try:
-        chunks = pd.read_csv(
-            stream, header=None, skiprows=1, names=[*names, EXTRA_FIELDS], dtype=str,
-            keep_default_na=False, na_values=[""], index_col=False, chunksize=chunk_rows,
-            encoding="utf-8-sig", encoding_errors="strict",
-        )
-        for chunk in chunks:
+        for chunk in collecting_cycles(csv_chunks(stream, _shape(names), chunk_rows)):
             report.rows += len(chunk)
             _count_extra_fields(record, chunk)
             frame = chunk.drop(columns=[EXTRA_FIELDS])
@@ -194,18 +206,34 @@ def validate_rows(
             record.end_of_chunk()
             if inference is not None:
                 inference.update(frame)
-    except UnicodeDecodeError as error:
-        report.file_error = (f"not UTF-8 text ({error.reason} at byte {error.start} of a "
-                             "block): save the file as CSV UTF-8")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        report.file_error = f"not valid CSV: {str(error).strip().splitlines()[0]}"
+    except CsvChunkError as error:
+        report.file_error = _file_error(error)
     if inference is not None and report.file_error is None:
         report.inferred_types = dict(zip(columns, inference.result().values()))
     return report
 
 
+def _shape(names: list[str]) -> CsvShape:
+    """A staged file as Athena reads it: cells as uploaded, data rows numbered from 1."""
+    return CsvShape(names=tuple(names), first_row=1, strip=False, blank_lines_are_rows=False,
+                    extra_fields_column=EXTRA_FIELDS, refuse_quote_open_at_end=True)
+
+
+def _file_error(error: CsvChunkError) -> str:
+    if error.kind == "not_utf8":
+        return (f"not UTF-8 text (at row {error.row} or after): save the file as CSV UTF-8")
+    if error.kind == "unclosed_quote":
+        return (f"not valid CSV: row {error.row} opens a quoted cell that never closes "
+                "(EOF inside string)")
+    if error.kind == "row_too_long":
+        return (f"not valid CSV: a row from row {error.row} on is more than "
+                f"{CSV_BLOCK_BYTES >> 10} KiB long (a quote left open?)")
+    return f"not valid CSV, at row {error.row} or after: {error.detail or error.kind}"
+
+
 def _unique_names(columns: list[str]) -> list[str]:
-    """pandas needs unique, non-empty names; a bad header is the columns check's to report."""
+    """A DataFrame needs unique, non-empty column names; a bad header is the columns check's to
+    report."""
     names, seen = [], Counter()
     for position, column in enumerate(columns, 1):
         name = column or f"column_{position}"
@@ -218,39 +246,33 @@ def _count_extra_fields(record: _Recorder, chunk: Any) -> None:
     extra = chunk[EXTRA_FIELDS].notna()
     if not extra.any():
         return
-    for index in chunk.index[extra]:
-        record("field count", EXTRA_FIELDS_COLUMN, "more fields than the header", int(index) + 1,
-               chunk.at[index, EXTRA_FIELDS])
+    for row in chunk.index[extra]:
+        record("field count", EXTRA_FIELDS_COLUMN, "more fields than the header", int(row),
+               chunk.at[row, EXTRA_FIELDS])
 
 
 def _validate_chunk(record: _Recorder, schema_name, schema, frame, reported) -> None:
-    import pandera.pandas as pa
-
-    try:
-        schema.validate(frame, lazy=True)
-    except pa.errors.SchemaErrors as errors:
-        for case in errors.failure_cases.itertuples(index=False):
-            column = str(case.column) if case.column is not None else ""
-            check = str(case.check)
-            value = None if _is_missing(case.failure_case) else str(case.failure_case)
-            if _is_missing(case.index):
-                # Column-level (missing, extra, out-of-order column): once per file, not per chunk.
-                identity = (schema_name, column, f"{check}: {value}")
-                if identity in reported:
-                    continue
-                reported.add(identity)
-                # pandera names the schema as the "column" of a column-set failure and the
-                # offending column as its failure case: report the column itself.
-                schema_names = {"", schema_name, str(getattr(schema, "name", "") or ""),
-                                getattr(schema, "__name__", "")}
-                named = value if value and column in schema_names else column
-                record(schema_name, named or "(columns)", check, None, value)
-            else:
-                index = int(case.index)
-                # The cell as uploaded: pandera reports a coerced value (`-5` as `-5.0`).
-                if column in frame.columns and index in frame.index:
-                    value = frame.at[index, column]
-                record(schema_name, column, check, index + 1, value)
+    _, failures = run_schema(schema, frame)
+    for failure in failures:
+        column, check = failure.column, failure.check
+        value = None if is_missing(failure.value) else str(failure.value)
+        if failure.row is None:
+            # Column-level (missing, extra, out-of-order column): once per file, not per chunk.
+            identity = (schema_name, column, f"{check}: {value}")
+            if identity in reported:
+                continue
+            reported.add(identity)
+            # pandera names the schema as the "column" of a column-set failure and the
+            # offending column as its failure case: report the column itself.
+            schema_names = {"", schema_name, str(getattr(schema, "name", "") or ""),
+                            getattr(schema, "__name__", "")}
+            named = value if value and column in schema_names else column
+            record(schema_name, named or "(columns)", check, None, value)
+        else:
+            # The cell as uploaded: pandera reports a coerced value (`-5` as `-5.0`).
+            if column in frame.columns and failure.row in frame.index:
+                value = frame.at[failure.row, column]
+            record(schema_name, column, check, failure.row, value)
 
 
 class _Recorder:
@@ -276,7 +298,7 @@ class _Recorder:
             self._chunk_rows.add(row)
         if self.report_problem is not None:
             self.report_problem(row, column, f"{schema}: {check}",
-                                None if _is_missing(value) else str(value))
+                                None if is_missing(value) else str(value))
 
     def end_of_chunk(self) -> None:
         report = self.report
@@ -285,12 +307,3 @@ class _Recorder:
         report.failing_row_numbers = heapq.nsmallest(
             self.sample_size, [*report.failing_row_numbers, *self._chunk_rows])
         self._chunk_rows.clear()
-
-
-def _is_missing(value: Any) -> bool:
-    if value is None:
-        return True
-    try:
-        return value != value  # NaN
-    except Exception:  # noqa: BLE001 - odd objects are simply present
-        return False
