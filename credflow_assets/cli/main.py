@@ -115,7 +115,7 @@ def local_seed(settings: CliContext) -> None:
     from credflow_assets.local import seed, stack
 
     try:
-        state = stack.require_running(settings.home)
+        stack.require_running(settings.home)
     except RuntimeError as error:
         raise click.ClickException(str(error)) from None
     settings.adopt_stack_environment()

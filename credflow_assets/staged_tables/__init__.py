@@ -1,10 +1,11 @@
 """Analysts' staged CSVs → prod → Glue partitions, guarded by blocking schema checks (doc 003).
 
-Reads top to bottom: sensors.py (new uploads, lost events; `describe_failure`, a failed run's
+Reads top to bottom: names.py (each table's asset keys, partition set, job, run tags and reparse
+lanes) → sensors.py (new uploads, lost events; `describe_failure`, a failed run's
 message) → assets.py (per table: staged file, prod copy, Glue table and partition) →
 observation.py (the staged file's step: observe the upload, check it) → checks.py (the two
 blocking checks) → rejection.py (the sentence a rejected file fails with, and its error report's
-header lines). settings.py names each table's assets, partition set and job, layout.py says
+header lines). settings.py is the flow's resource (from the config file), layout.py says
 where files live and how object keys become partition keys, columns.py compares a file's header
 with its table, validation.py streams the rows through pandera (with the flows' one CSV engine,
 common/csv_chunks.py), schemas.py holds the tables' pandera models, audit.py crawls staging,
