@@ -132,6 +132,9 @@ class MailResource(dg.ConfigurableResource):
             offer = {"starting TLS": "STARTTLS", "signing in": "sign-in (AUTH)",
                      "sending": "non-ASCII addresses (SMTPUTF8)"}.get(step, step)
             return f"the server at {where} does not offer {offer}"
+        if isinstance(error, TimeoutError) or isinstance(error.__context__, TimeoutError):
+            # smtplib reports a reply that never came as a disconnection caused by a timeout.
+            return f"no answer from {where} within {self.timeout_seconds:g}s while {step}"
         if isinstance(error, smtplib.SMTPServerDisconnected):
             return f"the server at {where} closed the connection while {step}"
         if isinstance(error, smtplib.SMTPResponseException):
@@ -141,8 +144,6 @@ class MailResource(dg.ConfigurableResource):
             return f"nothing accepts connections at {where} (connection refused)"
         if isinstance(error, socket.gaierror):
             return f"the SMTP host {self.host} cannot be resolved ({error.strerror})"
-        if isinstance(error, TimeoutError):
-            return f"no answer from {where} within {self.timeout_seconds:g}s while {step}"
         if isinstance(error, ssl.SSLCertVerificationError):
             return f"the TLS certificate of {where} is not trusted ({error.verify_message})"
         if isinstance(error, ssl.SSLError):
