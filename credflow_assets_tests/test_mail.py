@@ -288,3 +288,18 @@ def test_without_a_mail_section_the_resource_is_disabled(caplog):
     assert mail.send("ann@example.org", "s", "the body of the message") is False
     [record] = mail_log_lines(caplog)
     assert "not sent: no mail server is configured" in record.getMessage()
+
+
+def test_a_stack_started_before_the_smtp_server_still_gives_its_environment(tmp_path):
+    """`credflow sync` against a stack from before this server: no SMTP variables, no crash;
+    the next `credflow local up` starts the server."""
+    from credflow_assets.local.stack import StackState, environment
+
+    state = StackState(home=tmp_path, config_path=DEFAULT_CONFIG, drive_token="t", services={
+        "moto": {"pid": 1, "port": 1, "endpoint_url": "http://127.0.0.1:1"},
+        "drive": {"pid": 2, "port": 2, "url": "http://127.0.0.1:2/"},
+        "sshd": {"pid": 3, "port": 3, "host": LOOPBACK, "user": "u", "key_file": "k",
+                 "known_hosts": "h", "root": "r"},
+    })
+    variables = environment(state, load_config(DEFAULT_CONFIG))
+    assert variables["CREDFLOW_SFTP_PORT"] == "3" and "CREDFLOW_SMTP_PORT" not in variables

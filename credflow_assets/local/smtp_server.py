@@ -50,7 +50,12 @@ def start(home: Path, *, port: int | None = None) -> dict:
     command = [sys.executable, "-m", "credflow_assets.local.smtp_server",
                "--state-dir", str(mail_dir(home)), "--port", str(port)]
     process = spawn_detached("smtp", command, log_path)
-    wait_for_port("smtp", port, process=process, log_path=log_path)
+    try:
+        wait_for_port("smtp", port, process=process, log_path=log_path)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
     return {"pid": process.pid, "port": port, "host": LOOPBACK}
 
 

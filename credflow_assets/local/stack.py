@@ -176,7 +176,9 @@ def environment(state: StackState, config: CredflowConfig) -> dict[str, str]:
     """The variables any tool needs to reach this stack (and the config's {env: …} settings)."""
     from credflow_assets.local.moto_server import LOCAL_AWS_ENV
 
-    moto, drive, sshd, smtp = (state.services[name] for name in SERVICES)
+    moto, drive, sshd = (state.services[name] for name in ("moto", "drive", "sshd"))
+    # A stack started before the SMTP server existed has none until its next `local up`.
+    smtp = state.services.get("smtp")
     return {
         **LOCAL_AWS_ENV,
         "AWS_ENDPOINT_URL": moto["endpoint_url"],
@@ -194,8 +196,8 @@ def environment(state: StackState, config: CredflowConfig) -> dict[str, str]:
         "CREDFLOW_SFTP_ROOT": sshd["root"],
         "CREDFLOW_DIRECTORY_DB_URL": state.directory_db_url,
         "CREDFLOW_TABLES_DB_URL": state.tables_db_url,
-        "CREDFLOW_SMTP_HOST": smtp["host"],
-        "CREDFLOW_SMTP_PORT": str(smtp["port"]),
+        **({"CREDFLOW_SMTP_HOST": smtp["host"], "CREDFLOW_SMTP_PORT": str(smtp["port"])}
+           if smtp else {}),
         "CREDFLOW_GPG_HOME": str(state.gpg_home),
         "CREDFLOW_GPG_PASSPHRASE": LOCAL_GPG_PASSPHRASE,
         # The demo provider's public signing key (its private half signs the demo files).

@@ -64,25 +64,29 @@ class MailResource(dg.ConfigurableResource):
             logger.warning(f"mail to {who} not sent: no mail server is configured "
                            "(the config has no `mail:` section)")
             return False
-        if not recipients:
-            logger.error("mail not sent: it names no recipient")
+        envelope_to = _bare(recipients)
+        if not envelope_to:
+            logger.error(f"mail to {who} not sent: no e-mail address in it")
             return False
         message = self.build_message(recipients, subject, text, reply_to=reply_to,
                                      headers=headers)
-        step = "connecting"
+        step, smtp = "connecting", None
         try:
-            with smtplib.SMTP(self.host, self.port, timeout=self.timeout_seconds) as smtp:
-                if self.starttls:
-                    step = "starting TLS"
-                    smtp.starttls(context=ssl.create_default_context())
-                if self.username:
-                    step = "signing in"
-                    smtp.login(self.username, self.password or "")
-                step = "sending"
-                refused = smtp.send_message(message, to_addrs=_bare(recipients))
+            smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout_seconds)
+            if self.starttls:
+                step = "starting TLS"
+                smtp.starttls(context=ssl.create_default_context())
+            if self.username:
+                step = "signing in"
+                smtp.login(self.username, self.password or "")
+            step = "sending"
+            refused = smtp.send_message(message, to_addrs=envelope_to)
         except (smtplib.SMTPException, OSError) as error:
             self._log_failure(who, self._problem(error, step))
             return False
+        finally:
+            if smtp is not None:
+                _quit(smtp)
         if refused:
             self._log_failure(_one_line(", ".join(refused)), "the server refused the recipient ("
                               + "; ".join(_reply(*reply) for reply in refused.values()) + ")")
@@ -106,7 +110,7 @@ class MailResource(dg.ConfigurableResource):
         message["To"] = ", ".join(_one_line(address) for address in recipients)
         message["Subject"] = _one_line(subject)
         message["Date"] = formatdate(usegmt=True)
-        domain = _bare([self.sender or ""])[0].rpartition("@")[2] or None
+        domain = next(iter(_bare([self.sender or ""])), "").rpartition("@")[2] or None
         message["Message-ID"] = make_msgid(domain=domain)
         if reply_to:
             message["Reply-To"] = _one_line(reply_to)
@@ -159,9 +163,17 @@ class MailResource(dg.ConfigurableResource):
         logger.error(line)
 
 
+def _quit(smtp: smtplib.SMTP) -> None:
+    """Say goodbye; the message's fate was settled before, so a failed QUIT changes nothing."""
+    try:
+        smtp.quit()
+    except (smtplib.SMTPException, OSError):
+        smtp.close()
+
+
 def _bare(addresses: Sequence[str]) -> list[str]:
-    """`Name <local@domain>` → `local@domain`, for the envelope."""
-    return [getaddresses([address])[0][1] or address for address in addresses]
+    """`Name <local@domain>` → `local@domain`, for the envelope (a string may hold several)."""
+    return [address for _, address in getaddresses(list(addresses)) if address]
 
 
 def _one_line(value: str) -> str:
