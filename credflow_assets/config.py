@@ -179,6 +179,57 @@ class ProviderConfig(_Model):
 class NotificationsConfig(_Model):
     # A Slack-compatible incoming webhook; without one, failures are written to the log.
     webhook_url: Secret | None = None
+    # Who hears, by e-mail, about therapist uploads that fail.
+    success_team: str | None = None
+    # S3 principal (the upload event's `userIdentity.principalId`) → the uploader's e-mail
+    # address, for files uploaded to staging/.
+    staged_uploaders: dict[str, str] = {}
+
+    @field_validator("success_team")
+    @classmethod
+    def _team_address(cls, value: str | None) -> str | None:
+        return None if value is None else _check_address(value)
+
+    @field_validator("staged_uploaders")
+    @classmethod
+    def _uploader_addresses(cls, value: dict[str, str]) -> dict[str, str]:
+        for principal, address in value.items():
+            if not principal.strip():
+                raise ValueError("an S3 principal (a key of the map) must not be empty")
+            try:
+                _check_address(address)
+            except ValueError as error:
+                raise ValueError(f"{principal}: {error}") from None
+        return value
+
+
+class MailConfig(_Model):
+    """E-mail through an SMTP server: the local stack's, or a relay (port 587, STARTTLS)."""
+
+    smtp_host: StrSetting
+    smtp_port: IntSetting = 587
+    sender: str = Field(description="the From address, e.g. `credflow <credflow@example.org>`")
+    username: Secret | None = None
+    password: Secret | None = None
+    # Upgrade the connection to TLS before anything else is sent; only the local server,
+    # which listens on 127.0.0.1, goes without.
+    starttls: bool = True
+    timeout_seconds: float = Field(30, gt=0, le=600)
+
+    @field_validator("sender")
+    @classmethod
+    def _sender_address(cls, value: str) -> str:
+        return _check_address(value)
+
+    @model_validator(mode="after")
+    def _credentials(self) -> MailConfig:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("set both username and password, or neither")
+        if self.username is not None and not self.starttls:
+            raise ValueError(
+                "a username and password are only sent over TLS: set starttls: true"
+            )
+        return self
 
 
 class StagedTableConfig(_Model):
@@ -209,6 +260,8 @@ class CredflowConfig(_Model):
     providers: list[ProviderConfig] = []
     staged_tables: StagedTablesConfig
     notifications: NotificationsConfig = NotificationsConfig()
+    # None: no e-mail is sent (the `mail` resource is there, disabled).
+    mail: MailConfig | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> CredflowConfig:
@@ -236,6 +289,19 @@ def _check_identifier(value: str) -> str:
         raise ValueError(
             f"{value!r} must be lower case letters, digits and underscores, starting with a letter"
         )
+    return value
+
+
+def _check_address(value: str) -> str:
+    """An e-mail address, bare or with a display name (`Name <local@domain>`)."""
+    from email.utils import getaddresses
+
+    parsed = getaddresses([value])
+    address = parsed[0][1] if len(parsed) == 1 else ""
+    local, at, domain = address.rpartition("@")
+    if (not at or not local or not domain or any(c.isspace() for c in address)
+            or "\n" in value or "\r" in value):
+        raise ValueError(f"{value!r} is not an e-mail address (expected local@domain)")
     return value
 
 

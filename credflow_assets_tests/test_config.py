@@ -1,6 +1,7 @@
 """The config loader: the shipped files load, bad files are refused naming the file and field."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -115,7 +116,10 @@ def test_public_view_masks_secrets_and_shows_env_settings(monkeypatch):
 
 def test_config_show_json_masks_secrets(tmp_path):
     env = {"PATH": str(Path(sys.executable).parent), "CREDFLOW_HOME": str(tmp_path / "home"),
-           "CREDFLOW_DRIVE_TOKEN": "tok-very-secret", "CREDFLOW_GPG_PASSPHRASE": "pass-secret"}
+           "CREDFLOW_DRIVE_TOKEN": "tok-very-secret", "CREDFLOW_GPG_PASSPHRASE": "pass-secret",
+           # The command runs the code under test (a worktree's, on PYTHONPATH), not the
+           # checkout the virtualenv's editable install points at.
+           **{name: os.environ[name] for name in ("PYTHONPATH",) if name in os.environ}}
     shown = subprocess.run(
         [str(Path(sys.executable).with_name("credflow")), "--config", str(REPO / "credflow.yaml"),
          "config", "show", "--json"],
@@ -135,3 +139,93 @@ def test_config_show_names_the_bad_file(tmp_path):
     )
     assert shown.returncode != 0
     assert str(path) in shown.stderr and "buckets" in shown.stderr
+
+
+MAIL = """
+mail:
+  smtp_host: {env: SMTP_HOST}
+  smtp_port: {env: SMTP_PORT}
+  sender: "credflow <credflow@example.org>"
+  username: {env: SMTP_USER}
+  password: {env: SMTP_PASSWORD}
+"""
+
+
+def test_without_a_mail_section_the_config_loads_and_mail_is_disabled(tmp_path):
+    from credflow_assets.resources.from_config import build_resources
+
+    config = load_config(write(tmp_path, GOOD_MINIMAL))
+    assert config.mail is None
+    assert config.notifications.success_team is None
+    assert config.notifications.staged_uploaders == {}
+    assert not build_resources(config)["mail"].enabled
+
+
+def test_the_mail_section_and_the_notification_addresses_load(tmp_path, monkeypatch):
+    config = load_config(write(tmp_path, GOOD_MINIMAL + MAIL + """
+notifications:
+  success_team: "Success team <success@example.org>"
+  staged_uploaders:
+    "AWS:AIDAEXAMPLE1": analyst@example.org
+    "arn:aws:iam::123456789012:user/jo": jo@example.org
+"""))
+    assert config.mail.starttls is True  # the production default
+    assert config.mail.smtp_port.env == "SMTP_PORT" and config.mail.timeout_seconds == 30
+    assert config.notifications.success_team == "Success team <success@example.org>"
+    assert config.notifications.staged_uploaders["AWS:AIDAEXAMPLE1"] == "analyst@example.org"
+
+    monkeypatch.setenv("SMTP_PASSWORD", "smtp-pass-very-secret")
+    public = to_public_dict(config)
+    assert public["mail"]["password"] == {"env": "SMTP_PASSWORD", "set": True, "value": "****"}
+    assert "very-secret" not in json.dumps(public)
+
+
+def test_the_local_config_points_at_the_local_smtp_server():
+    config = load_config(REPO / "credflow.yaml")
+    assert (config.mail.smtp_host.env, config.mail.smtp_port.env) == (
+        "CREDFLOW_SMTP_HOST", "CREDFLOW_SMTP_PORT")
+    assert config.mail.starttls is False and config.mail.username is None
+    assert config.notifications.success_team
+
+
+@pytest.mark.parametrize("change, location, says", [
+    (("password: {env: SMTP_PASSWORD}", "password: hunter2-very-secret"),
+     "mail.password", "{env: VARIABLE_NAME}"),
+    (("credflow <credflow@example.org>", "credflow at example.org"),
+     "mail.sender", "'credflow at example.org' is not an e-mail address"),
+    (("smtp_port: {env: SMTP_PORT}", "smtp_port: submission"),
+     "mail.smtp_port", "valid integer"),
+    (("  username: {env: SMTP_USER}\n", ""),
+     "mail", "set both username and password, or neither"),
+    (("  username:", "  starttls: false\n  username:"),
+     "mail", "only sent over TLS: set starttls: true"),
+    (("  sender:", "  smtp_server: x\n  sender:"),
+     "mail.smtp_server", "Extra inputs are not permitted"),
+])
+def test_a_bad_mail_section_is_refused_naming_file_and_field(tmp_path, change, location, says):
+    path = write(tmp_path, GOOD_MINIMAL + MAIL.replace(*change))
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert str(path) in message
+    assert f"  {location}: " in message and says in message, message
+    assert "hunter2" not in message
+
+
+@pytest.mark.parametrize("notifications, location, says", [
+    ("{success_team: success-team}", "notifications.success_team",
+     "'success-team' is not an e-mail address"),
+    ("{success_team: 'a@example.org, b@example.org'}", "notifications.success_team",
+     "is not an e-mail address"),
+    ("{staged_uploaders: {'AWS:AIDA1': not-an-address}}", "notifications.staged_uploaders",
+     "AWS:AIDA1: 'not-an-address' is not an e-mail address"),
+    ("{staged_uploaders: [a@example.org]}", "notifications.staged_uploaders",
+     "valid dictionary"),
+])
+def test_bad_notification_addresses_are_refused(tmp_path, notifications, location, says):
+    path = write(tmp_path, GOOD_MINIMAL + f"notifications: {notifications}\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert str(path) in message
+    assert f"  {location}: " in message and says in message, message

@@ -18,13 +18,16 @@ EXPECTED_VARIABLES = {
     "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
     "CREDFLOW_DRIVE_URL", "CREDFLOW_SFTP_HOST", "CREDFLOW_SFTP_PORT", "CREDFLOW_SFTP_USER",
     "CREDFLOW_SFTP_KEY_FILE", "CREDFLOW_SFTP_KNOWN_HOSTS", "CREDFLOW_DRIVE_TOKEN", "DAGSTER_HOME",
-    "CREDFLOW_CONFIG",
+    "CREDFLOW_CONFIG", "CREDFLOW_SMTP_HOST", "CREDFLOW_SMTP_PORT",
 }
 
 
 def credflow(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = {"PATH": f"{BIN}:/usr/bin:/bin:/usr/sbin", "HOME": os.environ.get("HOME", "/root"),
-           "CREDFLOW_HOME": str(home), "CREDFLOW_CONFIG": str(DEFAULT_CONFIG)}
+           "CREDFLOW_HOME": str(home), "CREDFLOW_CONFIG": str(DEFAULT_CONFIG),
+           # The command runs the code under test (a worktree's, on PYTHONPATH), not the
+           # checkout the virtualenv's editable install points at.
+           **{name: os.environ[name] for name in ("PYTHONPATH",) if name in os.environ}}
     return subprocess.run([str(BIN / "credflow"), *args], env=env, capture_output=True,
                           text=True, check=check, cwd=home.parent)
 
@@ -62,6 +65,8 @@ def test_env_exports_every_documented_variable(second_stack):
     assert EXPECTED_VARIABLES <= set(variables)
     assert variables["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")
     assert variables["CREDFLOW_DRIVE_URL"].startswith("http://127.0.0.1:")
+    assert variables["CREDFLOW_SMTP_HOST"] == "127.0.0.1"
+    assert int(variables["CREDFLOW_SMTP_PORT"]) > 0
 
 
 def test_two_stacks_run_at_once_on_different_ports(second_stack, local_stack):

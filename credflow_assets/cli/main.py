@@ -52,7 +52,7 @@ def config_show(settings: CliContext, as_json: bool) -> None:
 
 @main.group()
 def local() -> None:
-    """The embedded local stack: moto (S3, SQS, Glue), sshd (SFTP), the Drive server, SQLite."""
+    """The embedded local stack: moto (S3, SQS, Glue), sshd (SFTP), Drive, SMTP, SQLite."""
 
 
 @local.command("up")
@@ -106,6 +106,20 @@ def local_env(settings: CliContext) -> None:
     except RuntimeError as error:
         raise click.ClickException(str(error)) from None
     click.echo(stack.export_lines(stack.environment(state, settings.config())))
+
+
+@local.command("mail")
+@click.option("--to", "recipient", metavar="ADDRESS", help="Only messages to this recipient.")
+@click.option("--json", "as_json", is_flag=True, help="Every field, the whole text body too.")
+@click.pass_obj
+def local_mail(settings: _Settings, recipient: str | None, as_json: bool) -> None:
+    """List the messages the local SMTP server received, newest last."""
+    from credflow_assets.local.mailbox import MailboxError, listing
+
+    try:
+        click.echo(listing(settings.home, to=recipient, as_json=as_json))
+    except MailboxError as error:
+        raise click.ClickException(str(error)) from None
 
 
 @local.command("seed")

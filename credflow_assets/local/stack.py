@@ -1,8 +1,9 @@
 """The embedded local stack: start, stop, describe and provision the services under $CREDFLOW_HOME.
 
 Each service is a real server on 127.0.0.1 (moto for S3/SQS/Glue, OpenSSH sshd for SFTP, the
-local Drive server), started detached so it outlives `credflow local up`, on a port chosen free at
-start and recorded in `$CREDFLOW_HOME/stack.json`. Two homes give two independent stacks.
+local Drive server, an SMTP server keeping what it receives), started detached so it outlives
+`credflow local up`, on a port chosen free at start and recorded in `$CREDFLOW_HOME/stack.json`.
+Two homes give two independent stacks.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from credflow_assets.local.process import LOOPBACK, pid_is_running, stop_pid
 HOME_ENV_VAR = "CREDFLOW_HOME"
 DEFAULT_HOME_NAME = ".credflow"
 STATE_FILE = "stack.json"
-SERVICES = ("moto", "drive", "sshd")
+SERVICES = ("moto", "drive", "sshd", "smtp")
 # The local GPG key's passphrase is not a secret worth keeping: it protects throwaway demo keys.
 LOCAL_GPG_PASSPHRASE = "credflow-local"
 # gpg-agent's socket lives in the homedir; a Unix socket path may not exceed 108 bytes.
@@ -106,7 +107,7 @@ def up(home: Path, config: CredflowConfig, config_path: Path) -> StackState:
 
     Idempotent: running services are kept, provisioning only creates what is missing.
     """
-    from credflow_assets.local import drive_server, moto_server, sshd
+    from credflow_assets.local import drive_server, moto_server, smtp_server, sshd
 
     with _locked(home):
         state = StackState.load(home) or StackState(
@@ -118,6 +119,7 @@ def up(home: Path, config: CredflowConfig, config_path: Path) -> StackState:
             "moto": lambda port: moto_server.start(home, port=port),
             "drive": lambda port: drive_server.start(home, port=port, token=state.drive_token),
             "sshd": lambda port: sshd.start(home, port=port),
+            "smtp": lambda port: smtp_server.start(home, port=port),
         }
         for name, start in starters.items():
             if not state.running(name):
@@ -174,7 +176,9 @@ def environment(state: StackState, config: CredflowConfig) -> dict[str, str]:
     """The variables any tool needs to reach this stack (and the config's {env: …} settings)."""
     from credflow_assets.local.moto_server import LOCAL_AWS_ENV
 
-    moto, drive, sshd = (state.services[name] for name in SERVICES)
+    moto, drive, sshd = (state.services[name] for name in ("moto", "drive", "sshd"))
+    # A stack started before the SMTP server existed has none until its next `local up`.
+    smtp = state.services.get("smtp")
     return {
         **LOCAL_AWS_ENV,
         "AWS_ENDPOINT_URL": moto["endpoint_url"],
@@ -192,6 +196,8 @@ def environment(state: StackState, config: CredflowConfig) -> dict[str, str]:
         "CREDFLOW_SFTP_ROOT": sshd["root"],
         "CREDFLOW_DIRECTORY_DB_URL": state.directory_db_url,
         "CREDFLOW_TABLES_DB_URL": state.tables_db_url,
+        **({"CREDFLOW_SMTP_HOST": smtp["host"], "CREDFLOW_SMTP_PORT": str(smtp["port"])}
+           if smtp else {}),
         "CREDFLOW_GPG_HOME": str(state.gpg_home),
         "CREDFLOW_GPG_PASSPHRASE": LOCAL_GPG_PASSPHRASE,
         # The demo provider's public signing key (its private half signs the demo files).

@@ -15,6 +15,7 @@ from credflow_assets.common.notifications import Notifier
 from credflow_assets.resources.drive import DriveResource
 from credflow_assets.resources.glue import GlueResource
 from credflow_assets.resources.gpg import GpgResource
+from credflow_assets.resources.mail import MailResource
 from credflow_assets.resources.s3 import s3_resource
 from credflow_assets.resources.sftp import SftpResource, sftp_resource_key
 from credflow_assets.resources.sql import SqlResource
@@ -26,6 +27,22 @@ def setting(value: Any, *, as_int: bool = False) -> Any:
     if isinstance(value, EnvRef):
         return EnvVar.int(value.env) if as_int else EnvVar(value.env)
     return value
+
+
+def mail_resource(config: CredflowConfig) -> MailResource:
+    """The `mail` resource; without a `mail:` section it is there, disabled (sends nothing)."""
+    mail = config.mail
+    if mail is None:
+        return MailResource()
+    return MailResource(
+        host=setting(mail.smtp_host),
+        port=setting(mail.smtp_port, as_int=True),
+        sender=mail.sender,
+        username=setting(mail.username),
+        password=setting(mail.password),
+        starttls=mail.starttls,
+        timeout_seconds=mail.timeout_seconds,
+    )
 
 
 def build_resources(config: CredflowConfig) -> dict[str, Any]:
@@ -47,6 +64,7 @@ def build_resources(config: CredflowConfig) -> dict[str, Any]:
             homedir=setting(config.gpg.homedir), passphrase=setting(config.gpg.passphrase)
         ),
         "notifier": Notifier(webhook_url=setting(config.notifications.webhook_url)),
+        "mail": mail_resource(config),
     }
     for provider in config.providers:
         sftp = provider.sftp
