@@ -344,8 +344,8 @@ def test_sync_lands_every_good_file_and_fails_each_bad_one_alone(flow):
     assert meta["compression"] == "gzip" and meta["encrypted"] is True
     assert all(f"seconds_{stage}" in meta for stage in ("fetch_raw", "verify", "decrypt",
                                                         "decompress", "upload"))
-    # In the same run, the landing used the raw step's file instead of fetching it back.
-    assert meta["raw_source"].startswith("the raw step's local file"), meta["raw_source"]
+    # In the same step, the landing used the file just downloaded instead of fetching it back.
+    assert meta["raw_source"].startswith("this step's download"), meta["raw_source"]
     assert meta["decompressed_while_uploading"] is True
     bundle = latest_metadata(flow, LANDED_KEY,
                              f"acme_health/acme_health/outbox/{seed.BUNDLE_FILE}")
