@@ -22,6 +22,7 @@ is missing fails its own files and no one else's.
 """
 
 from collections.abc import Iterator
+from contextlib import ExitStack
 from typing import Optional
 
 import dagster as dg
@@ -118,18 +119,25 @@ def one_provider_file(context: dg.AssetExecutionContext, sftp_key: str, *,
     """The step: the raw copy's materialization, then the landing's (each only when its asset
     key is given: selected)."""
     ref = FileRef.from_partition_key(context.partition_key)
-    feed = _feed(context, ref)  # fails at once for a provider that is not in the config
-    settings: ProviderFeedsSettings = getattr(context.resources, SETTINGS_KEY)
-    client = s3_client_of(context)
-    clean_up_after_dead_runs(context.instance, client, settings.work_dir, context.log)
-    with settings.scratch(ref.provider, run_id=context.run.run_id) as work:
+    with ExitStack() as scratch:
+        with one_file_failure(ref, "store the raw copy" if raw is not None else "land",
+                              context.log):
+            feed = _feed(context, ref)  # fails at once for a provider not in the config
+            settings: ProviderFeedsSettings = getattr(context.resources, SETTINGS_KEY)
+            client = s3_client_of(context)
+            clean_up_after_dead_runs(context.instance, client, settings.work_dir, context.log)
+            # One scratch directory for the whole step: the download is landed from it.
+            work = scratch.enter_context(settings.scratch(ref.provider,
+                                                          run_id=context.run.run_id))
         stored: Optional[StoredRaw] = None
-        if raw:
+        if raw is not None:
             with one_file_failure(ref, "store the raw copy", context.log):
                 stored = store_raw_copy(context, getattr(context.resources, sftp_key), client,
                                         settings, ref, work, keep_download=landed is not None)
-            yield raw_result(client, stored.copy, reused=stored.reused, seconds=stored.seconds,
-                             asset_key=raw)
+                result = raw_result(client, stored.copy, reused=stored.reused,
+                                    seconds=stored.seconds, asset_key=raw)
+            # Recorded before the landing starts: a file that fails to land keeps its raw copy.
+            yield result
         if landed is not None:
             yield from logged_events(
                 context, _landing(context, feed, settings, client, ref, work, stored, landed),
