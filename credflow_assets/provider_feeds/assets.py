@@ -101,6 +101,7 @@ def build_provider_feed_assets(provider: ProviderConfig) -> list[dg.AssetsDefini
         # alone keeps a file without landing it; the landing alone lands again from the
         # recorded raw copy (after a fixed secret or a raised limit) and never re-records or
         # re-fetches it. The step does only what is selected (`context.selected_asset_keys`).
+        # (It declares the SFTP resource either way; a landing alone never opens a session.)
         can_subset=True,
         description=f"One file of provider {provider.name}: store its raw copy, then land it.",
     )

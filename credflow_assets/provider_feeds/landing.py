@@ -84,7 +84,7 @@ class Landing:
 
     def __init__(self, context, feed: ProviderFeed, settings: ProviderFeedsSettings, client,
                  ref: FileRef, copy: dict[str, Any], work: Path):
-        self.context, self.log, self.feed, self.settings = context, context.log, feed, settings
+        self.log, self.feed, self.settings = context.log, feed, settings
         self.client, self.ref, self.copy, self.work = client, ref, copy, work
         self.name = posixpath.basename(ref.remote_path)
         self.raw_uri = s3_uri(copy["bucket"], copy["key"])
