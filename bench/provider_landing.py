@@ -9,9 +9,9 @@ a series of identical gzip members of one generated CSV block (valid gzip: `gunz
 read every member); the CSV is random-valued rows that compress about 2.7:1, like real rosters.
 
 credflow: `sync(build_definitions(config), instance, sensor_names=[provider sensor])` in a child
-process: the sensor tick, then per file a run of `raw` (SFTP → S3 raw copy) and `landed` (raw copy
-→ verify → gpg decrypt → gunzip, CSV record count and multipart upload to data/csv/… in one
-pass). The landed step takes the raw step's local file when it is the recorded raw copy, so
+process: the sensor tick, then per file a run of one step materializing `raw` (SFTP → S3 raw
+copy) and `landed` (raw copy → verify → gpg decrypt → gunzip, CSV record count and multipart
+upload to data/csv/… in one pass). The landing reads the file the step just downloaded, so
 `landed.fetch_raw` is a sha256 check rather than a download. `landed.decompress` is the time
 spent decompressing inside the upload (overlapped with it), so it is left out of the stage sum.
 Peak RSS is that child's VmHWM.

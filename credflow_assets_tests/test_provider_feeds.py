@@ -344,8 +344,8 @@ def test_sync_lands_every_good_file_and_fails_each_bad_one_alone(flow):
     assert meta["compression"] == "gzip" and meta["encrypted"] is True
     assert all(f"seconds_{stage}" in meta for stage in ("fetch_raw", "verify", "decrypt",
                                                         "decompress", "upload"))
-    # In the same run, the landing used the raw step's file instead of fetching it back.
-    assert meta["raw_source"].startswith("the raw step's local file"), meta["raw_source"]
+    # In the same step, the landing used the file just downloaded instead of fetching it back.
+    assert meta["raw_source"].startswith("this step's download"), meta["raw_source"]
     assert meta["decompressed_while_uploading"] is True
     bundle = latest_metadata(flow, LANDED_KEY,
                              f"acme_health/acme_health/outbox/{seed.BUNDLE_FILE}")
@@ -393,6 +393,69 @@ def test_a_rerun_after_the_provider_deleted_the_file_uses_the_raw_copy(flow):
     assert landed["signature"].startswith("verified: ")
     assert landed["raw_source"] == "S3"  # nothing downloaded in this run: the raw copy is used
     assert landed["csv_rows"] == seed.MEMBERS_ROWS
+
+
+def materializations(flow, asset_key: dg.AssetKey, partition: str) -> list:
+    return flow["instance"].fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition]),
+        limit=100).records
+
+
+def test_either_asset_may_be_materialized_alone(flow):
+    """One step makes both, but a run of one asset does only that one: the raw copy alone
+    lands nothing; the landing alone lands from the recorded raw copy, without SFTP."""
+    remote_path = "alone/roster.csv"  # outside every provider's remote_dir: no sensor sees it
+    partition = partition_key("acme_health", remote_path)
+    flow["instance"].add_dynamic_partitions(provider_partitions("acme_health").name,
+                                            [partition])
+    (flow["sftp_root"] / "alone").mkdir(exist_ok=True)
+    (flow["sftp_root"] / remote_path).write_bytes(b"id,name\n1,Ann\n2,Bo\n")
+    job = flow["defs"].resolve_job_def(job_name("acme_health"))
+
+    raw_only = job.execute_in_process(instance=flow["instance"], partition_key=partition,
+                                      asset_selection=[RAW_KEY], raise_on_error=False)
+
+    assert raw_only.success
+    assert latest_metadata(flow, RAW_KEY, partition)["reused_raw_copy"] is False
+    assert materializations(flow, LANDED_KEY, partition) == []
+    assert "data/csv/acme_health/roster.csv" not in keys_under(flow, "data/")
+
+    (flow["sftp_root"] / remote_path).unlink()
+    landed_only = job.execute_in_process(instance=flow["instance"], partition_key=partition,
+                                         asset_selection=[LANDED_KEY], raise_on_error=False)
+
+    assert landed_only.success
+    assert len(materializations(flow, RAW_KEY, partition)) == 1  # not recorded again
+    landed = latest_metadata(flow, LANDED_KEY, partition)
+    assert landed["raw_source"] == "S3" and landed["csv_rows"] == 2
+    assert read(flow, "data/csv/acme_health/roster.csv") == b"id,name\n1,Ann\n2,Bo\n"
+    assert not any(flow["scratch"].iterdir())
+
+
+def test_a_file_that_fails_to_land_still_records_its_raw_copy(flow):
+    """The raw copy's materialization is yielded before the landing fails: the run fails with
+    the landing's reason, and the raw copy it kept is recorded for the rerun."""
+    remote_path = "alone/broken.csv.gpg"
+    partition = partition_key("acme_health", remote_path)
+    flow["instance"].add_dynamic_partitions(provider_partitions("acme_health").name,
+                                            [partition])
+    (flow["sftp_root"] / "alone").mkdir(exist_ok=True)
+    (flow["sftp_root"] / remote_path).write_bytes(b"\x85\x01\x0c" + bytes(range(256)) * 8)
+
+    result = flow["defs"].resolve_job_def(job_name("acme_health")).execute_in_process(
+        instance=flow["instance"], partition_key=partition, raise_on_error=False)
+
+    assert not result.success
+    (raw,) = materializations(flow, RAW_KEY, partition)
+    assert raw.run_id == result.run_id
+    copy = raw.asset_materialization.metadata["raw_copy"].value
+    assert read(flow, copy["key"]) == (flow["sftp_root"] / remote_path).read_bytes()
+    assert materializations(flow, LANDED_KEY, partition) == []
+    (failure,) = [event for event in result.all_events if event.is_step_failure]
+    message = failure.step_failure_data.user_failure_data.description
+    assert message.startswith(f"provider acme_health: file {remote_path}: decrypt failed: "), (
+        message)
+    assert not any(flow["scratch"].iterdir())
 
 
 def test_a_file_still_being_written_waits_for_the_next_tick(flow):

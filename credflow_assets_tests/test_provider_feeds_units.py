@@ -1,5 +1,5 @@
 """Provider feeds' pure parts: safe extraction, bomb limits, type detection, streaming
-decompression, CSV record counts, the raw file hand-off, names, retry rules, and the
+decompression, CSV record counts, the check of a step's own download, names, retry rules, and the
 definitions the flow adds for the providers in the config."""
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import yaml
 from credflow_assets import provider_feeds
 from credflow_assets.config import CredflowConfig
 from credflow_assets.local.seed_provider_feeds import members_csv, minimal_pdf, roster_xml
-from credflow_assets.provider_feeds import handoff
 from credflow_assets.provider_feeds.failures import FileRef, file_failure, is_transient
 from credflow_assets.provider_feeds.names import (
     RemoteIdentity,
@@ -33,6 +32,7 @@ from credflow_assets.provider_feeds.names import (
     partition_key,
     raw_keys,
 )
+from credflow_assets.provider_feeds.raw_file import local_raw_file
 from credflow_assets.provider_feeds.rows import CsvRecordCounter
 from credflow_assets.provider_feeds.sensors import FeedCursor
 from credflow_assets.provider_feeds.streams import UploadSource, gunzip_chunks, single_file_name
@@ -329,37 +329,28 @@ def test_an_upload_source_hands_out_exact_parts_and_counts_what_it_hands_out(tmp
     assert source.size == len(body) and counter.data_rows == 5000
 
 
-def test_a_kept_raw_file_is_handed_over_only_as_the_recorded_copy(tmp_path):
-    def kept(run_id: str, data: bytes = b"raw bytes", key: str = "raw/a/x.gpg") -> dict:
-        local = write(tmp_path / "scratch" / "x.gpg", data)
-        handoff.keep(run_id, "p/x.gpg", local, key=key, size=len(data),
-                     sha256=hashlib.sha256(data).hexdigest(), work_dir=str(tmp_path / "work"),
-                     provider="p", run_is_over=lambda run: run == "finished")
-        assert not local.exists()
-        return {"key": key, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+def test_the_steps_download_is_landed_only_as_the_recorded_copy(tmp_path):
+    def stored(data: bytes = b"raw bytes") -> tuple[Path, dict]:
+        local = write(tmp_path / "work" / "raw" / "x.gpg", data)
+        return local, {"key": "raw/a/x.gpg", "size": len(data),
+                       "sha256": hashlib.sha256(data).hexdigest()}
 
-    def sha(path: Path) -> str:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+    local, copy = stored()
+    checked = local_raw_file(local, copy)
+    assert checked.path == local and checked.verified()
+    assert local_raw_file(None, copy) is None  # nothing downloaded: the copy comes from S3
+    assert local_raw_file(local, {**copy, "size": copy["size"] + 1}) is None
+    local.unlink()
+    assert local_raw_file(local, copy) is None
 
-    copy = kept("r1")
-    taken, why = handoff.take("r1", "p/x.gpg", copy, tmp_path / "land" / "x.gpg", sha)
-    assert taken.path.read_bytes() == b"raw bytes" and taken.verified(), why
-    assert handoff.take("r1", "p/x.gpg", copy, tmp_path / "again", sha)[0] is None  # taken once
+    local, copy = stored()  # changed on disk after it was hashed for the upload: the check says so
+    local.write_bytes(b"raw bytez")
+    assert not local_raw_file(local, copy).verified()
 
-    copy = kept("r2")
-    assert handoff.take("r2", "p/x.gpg", {**copy, "key": "raw/a/other.gpg"},
-                        tmp_path / "l2", sha)[0] is None
-    copy = kept("r3")  # changed on disk after the raw step hashed it: the check says so
-    (tmp_path / "work").joinpath(next((tmp_path / "work").iterdir()).name, "x.gpg").write_bytes(
-        b"raw bytez")
-    taken, _why = handoff.take("r3", "p/x.gpg", copy, tmp_path / "l3" / "x.gpg", sha)
-    assert taken is not None and not taken.verified()
-
-    kept("finished")  # a run that ended without landing: dropped when the next file is kept
-    kept("r4")
-    assert handoff.take("finished", "p/x.gpg", copy, tmp_path / "l4", sha)[0] is None
-    assert handoff.take("r4", "p/x.gpg", copy, tmp_path / "l5" / "x.gpg", sha)[0] is not None
-    assert not any((tmp_path / "work").iterdir())  # nothing left behind
+    local, copy = stored(os.urandom(3 * 1024 * 1024))
+    checked = local_raw_file(local, copy)
+    local.unlink()  # the landing removes it once decrypted, maybe before the hash is done
+    assert checked.verified()
 
 
 def test_encrypted_files_are_recognised_by_extension_or_packet(tmp_path):

@@ -1,15 +1,26 @@
 """Provider SFTP feeds → immutable raw copies → verified, decrypted, decompressed files in S3
 (source doc 002).
 
-Reads top to bottom: naming.py (every asset key, job, partition set and S3 key, written once)
-→ sensors.py (one sensor per provider lists its SFTP directory) → assets.py (per provider,
-`raw`: the file as downloaded; `landed`: verified, decrypted, decompressed, typed) →
-failures.py (one clear message per failed file; only transient errors retried). unpack.py and
-streams.py hold the pure file transforms (safe extraction, type detection, CSV row counts),
-limits.py how big a file may become at every stage of unpacking, metadata.py what each
-materialization reports, settings.py the resources. scratch.py, open_uploads.py and cleanup.py
-make sure a killed run leaves nothing behind: no scratch files, no run left "started", no open
-multipart upload.
+Reads top to bottom:
+
+- names.py: every asset key, step, job, partition set, run tag and S3 key, written once;
+- sensors.py: one sensor per provider lists its SFTP directory, one partition per file;
+- assets.py: per provider one step per file (a multi-asset) materializing `raw`, the file as
+  downloaded, then `landed`, verified, decrypted, decompressed, typed; the downloaded file is
+  passed within the step;
+- the engine, in the order the step uses it: raw_copy.py (reuse the recorded raw copy, or
+  download and store it), raw_file.py (the raw copy on local disk for the landing: this step's
+  download re-hashed while gpg works, or a verified fetch from S3), landing.py (verify,
+  decrypt, decompress, upload), signatures.py (the `.sig` against the provider's key),
+  landed_files.py (one resulting file typed, counted and uploaded), failures.py (one clear
+  message per failed file; only transient errors retried), metadata.py (what each
+  materialization reports);
+- the pure file transforms: unpack.py (safe extraction, type detection), streams.py
+  (streaming decompression into uploads), rows.py (CSV record counts), limits.py (how big a
+  file may become at every stage of unpacking), memory.py (malloc arenas around uploads);
+- settings.py: the resources;
+- what a killed run leaves: scratch.py, open_uploads.py and cleanup.py make sure it leaves
+  nothing behind: no scratch files, no run left "started", no open multipart upload.
 
 Adding a provider is a config entry: its assets, job, partitions, sensor and feed resource
 follow.

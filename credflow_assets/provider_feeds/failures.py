@@ -19,7 +19,10 @@ says which (`failure_kind`: `transient` or `permanent`).
 from __future__ import annotations
 
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import dagster as dg
@@ -155,6 +158,23 @@ def file_failure(
         },
         allow_retries=transient,
     )
+
+
+@contextmanager
+def one_file_failure(ref: FileRef, stage: str, log: Any) -> Iterator[None]:
+    """Anything unforeseen still fails as this file's failure (retried only if transient)."""
+    try:
+        yield
+    except dg.Failure:
+        raise
+    except Exception as error:  # noqa: BLE001 - classified in file_failure
+        raise file_failure(ref, stage, error, log=log) from None
+
+
+def scratch_scrub(work: Path) -> dict[str, str]:
+    """`file_failure`'s `scrub` for a file's scratch directory: its files by their names."""
+    return {f"{work}/raw/": "", f"{work}/plain/": "", f"{work}/sig/": "",
+            str(work): "(scratch)"}
 
 
 def describe(error: BaseException) -> str:

@@ -1,11 +1,16 @@
-"""What a provider step's materialization tells a person: sizes, links, counts, seconds.
+"""What each of a provider file's two materializations tells a person: sizes, links, counts,
+seconds (`timed` measures them).
 
-The raw step's metadata also carries the raw copy itself (`raw_copy`, machine-readable): the
-landed step and reruns read the raw copy from there.
+The raw copy's materialization also carries the raw copy itself (`raw_copy`,
+machine-readable): reruns, and a landing materialized alone, read the raw copy from there; the
+sensor reads it to recognise a version already stored.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Optional
 
 import dagster as dg
@@ -17,14 +22,15 @@ from credflow_assets.provider_feeds.settings import ProviderFeedsSettings
 from credflow_assets.resources.s3 import object_url, s3_uri
 
 
-def raw_result(client, copy: dict[str, Any], *, reused: bool,
-                seconds: dict[str, float]) -> dg.MaterializeResult:
+def raw_result(client, copy: dict[str, Any], *, reused: bool, seconds: dict[str, float],
+               asset_key: dg.AssetKey) -> dg.MaterializeResult:
     signature = copy.get("signature")
     links = {"raw_url": dg.MetadataValue.url(object_url(client, copy["bucket"], copy["key"]))}
     if signature:
         links["signature_url"] = dg.MetadataValue.url(
             object_url(client, copy["bucket"], signature["key"]))
     return dg.MaterializeResult(
+        asset_key=asset_key,
         metadata={
             "provider": copy["provider"],
             "remote_path": copy["remote_path"],
@@ -38,7 +44,7 @@ def raw_result(client, copy: dict[str, Any], *, reused: bool,
             "reused_raw_copy": reused,
             "seconds_download": round(seconds.get("download", 0.0), 3),
             "seconds_upload": round(seconds.get("upload", 0.0), 3),
-            # Machine-readable: the landed asset and reruns read the raw copy from here.
+            # Machine-readable: reruns and a landing run alone read the raw copy from here.
             "raw_copy": dg.MetadataValue.json(copy),
         }
     )
@@ -82,3 +88,13 @@ def landed_metadata(client, ref: FileRef, copy: dict[str, Any], raw_uri: str, fo
         **{f"seconds_{stage}": round(seconds.get(stage, 0.0), 3)
            for stage in ("fetch_raw", "verify", "decrypt", "decompress", "upload")},
     }
+
+
+@contextmanager
+def timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
+    """Add the time the block takes to `seconds[stage]` (the `seconds_{stage}` metadata)."""
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        seconds[stage] = seconds.get(stage, 0.0) + time.monotonic() - started

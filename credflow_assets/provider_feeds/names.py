@@ -7,7 +7,9 @@ provider's resources (and secrets), and no asset lists another provider's files 
     provider_partitions(P)   provider_{P}_files: one partition per file P dropped
     raw_asset_key(P)         s3/provider_feeds/{P}_raw: the file as downloaded
     landed_asset_key(P)      s3/provider_feeds/{P}_landed: verified, decrypted, decompressed
-    job_name(P)              provider_feed_{P}_job: the two, for one file of P per run
+    step_name(P)             provider_feed_{P}_file: the one step (a multi-asset) that
+                             materializes the two for one file
+    job_name(P)              provider_feed_{P}_job: that step, for one file of P per run
     sensor_name(P)           provider_feed_{P}_sensor: lists P's SFTP directory
 
 A partition is one file a provider dropped: `{provider}/{remote path}`. Dagster refuses `...`
@@ -49,6 +51,10 @@ def raw_asset_key(provider: str) -> dg.AssetKey:
 
 def landed_asset_key(provider: str) -> dg.AssetKey:
     return dg.AssetKey([*_ASSET_PREFIX, f"{provider}{_LANDED_SUFFIX}"])
+
+
+def step_name(provider: str) -> str:
+    return f"provider_feed_{provider}_file"
 
 
 def job_name(provider: str) -> str:

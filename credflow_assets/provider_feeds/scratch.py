@@ -42,15 +42,14 @@ class Owner:
     run_id: Optional[str] = None
 
 
-def make_scratch_dir(work_dir: Optional[str], provider: str, *, run_id: Optional[str] = None,
-                     purpose: str = "") -> Path:
+def make_scratch_dir(work_dir: Optional[str], provider: str, *,
+                     run_id: Optional[str] = None) -> Path:
     """A new private (0700) directory under `work_dir` (None: the system temp dir) that names
     this process and `run_id` as its owner."""
     if work_dir:
         Path(work_dir).mkdir(parents=True, exist_ok=True)
     pid = os.getpid()
-    kind = f"{purpose}-" if purpose else ""
-    path = Path(tempfile.mkdtemp(prefix=f"{WORK_DIR_PREFIX}{provider}-{kind}p{pid}-",
+    path = Path(tempfile.mkdtemp(prefix=f"{WORK_DIR_PREFIX}{provider}-p{pid}-",
                                  dir=work_dir))
     _write_owner(path, Owner(pid=pid, host=socket.gethostname(),
                              started=processes.start_ticks(pid), run_id=run_id))

@@ -27,7 +27,7 @@ from fnmatch import fnmatchcase
 import dagster as dg
 
 from credflow_assets.config import ProviderConfig
-from credflow_assets.provider_feeds.assets import identity_of, latest_raw_copy, s3_client_of
+from credflow_assets.provider_feeds.raw_copy import identity_of, latest_raw_copy
 from credflow_assets.provider_feeds.cleanup import clean_up_after_dead_runs
 from credflow_assets.resources.sftp import sftp_resource_key
 from credflow_assets.provider_feeds.names import (
@@ -45,6 +45,7 @@ from credflow_assets.provider_feeds.settings import (
     ProviderFeed,
     ProviderFeedsSettings,
     provider_feed_resource_key,
+    s3_client_of,
 )
 from credflow_assets.resources.sftp import SftpError, SftpResource, SftpSession
 

@@ -20,7 +20,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import dagster as dg
 from pydantic import Field
@@ -39,6 +39,14 @@ DEFAULT_MAX_EXPANSION_RATIO = 200
 
 def provider_feed_resource_key(provider_name: str) -> str:
     return f"provider_feed_{provider_name}"
+
+
+def s3_client_of(context) -> Any:
+    """The boto3 S3 client of a step's or a sensor's context."""
+    # Through `required_resource_keys`, dagster-aws's S3Resource (a resource factory) is
+    # the boto3 client itself; as a typed parameter it is the resource with get_client().
+    s3 = context.resources.s3
+    return s3.get_client() if hasattr(type(s3), "get_client") else s3
 
 
 class ProviderFeedsSettings(dg.ConfigurableResource):
