@@ -112,7 +112,7 @@ def local_env(settings: CliContext) -> None:
 @click.option("--to", "recipient", metavar="ADDRESS", help="Only messages to this recipient.")
 @click.option("--json", "as_json", is_flag=True, help="Every field, the whole text body too.")
 @click.pass_obj
-def local_mail(settings: _Settings, recipient: str | None, as_json: bool) -> None:
+def local_mail(settings: CliContext, recipient: str | None, as_json: bool) -> None:
     """List the messages the local SMTP server received, newest last."""
     from credflow_assets.local.mailbox import MailboxError, listing
 
