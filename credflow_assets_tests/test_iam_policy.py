@@ -140,6 +140,8 @@ def aws_calls_in_the_code_location() -> dict[str, list[str]]:
                 continue  # a DataFrame's .copy(): clients are always held in a variable
             elif receiver == "drive":
                 continue  # DriveResource's upload_file/download_file: Google Drive, not S3
+            elif receiver == "smtp" and name == "send_message":
+                continue  # smtplib.SMTP.send_message (resources/mail.py): e-mail, not SQS
             elif receiver in ("glue", "self") and name in glue_wrappers:
                 continue  # GlueResource's own methods, which call self.client (counted)
             else:
