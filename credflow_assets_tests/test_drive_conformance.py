@@ -279,6 +279,9 @@ def _module_name(path: Path) -> str:
     return ".".join(path.relative_to(REPO).with_suffix("").parts)
 
 
+_DRIVE_CALLER = re.compile(r"DriveResource|googleapiclient|\bdrive\.|\.files\(\)")
+
+
 def credflow_field_selectors() -> list[tuple[str, str, str]]:
     """(selector, schema it selects from, where) for every `fields` credflow requests.
 
@@ -295,7 +298,9 @@ def credflow_field_selectors() -> list[tuple[str, str, str]]:
         if "drive_server" in path.parts:
             continue
         source = path.read_text()
-        if "fields" not in source:
+        # Only modules that talk to Drive: `fields=` elsewhere is another API's word (pandera's,
+        # a CSV error's field count).
+        if "fields" not in source or not _DRIVE_CALLER.search(source):
             continue
         tree = ast.parse(source)
         module = None
