@@ -15,6 +15,7 @@ import tarfile
 import urllib.request
 from pathlib import Path
 
+import boto3
 import dagster as dg
 import pytest
 import sqlalchemy as sa
@@ -57,8 +58,6 @@ def flows(tmp_path_factory):
             dg.Definitions(resources=shared), drive_feeds.build_defs(config),
             provider_feeds.build_defs(config, settings=settings))
         engine = sa.create_engine(variables["CREDFLOW_TABLES_DB_URL"])
-        import boto3
-
         (base / "dagster").mkdir()
         try:
             with dg.instance_for_test(temp_dir=str(base / "dagster")) as instance:
