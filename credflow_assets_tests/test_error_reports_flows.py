@@ -288,3 +288,17 @@ def test_a_clean_provider_file_has_no_error_report(flows):
     assert run.success, run.error
     metadata = latest_metadata(flows, landed_asset_key(PROVIDER), partition)
     assert "errors_uri" not in metadata and "errors_url" not in metadata
+
+
+def test_a_member_past_the_expansion_limit_is_a_line_naming_it(flows):
+    # 4 MB of zeros compress to a few KB: past 200 times the file's size (at least 1 MB).
+    partition = drop_encrypted(flows, "bomb.tar.gz.gpg", tar_gz({
+        "readme.csv": b"id\n1\n", "data/zeros.csv": bytes(4 * 1024 * 1024)}))
+
+    run = the_run(run_sync(flows), partition)
+
+    assert not run.success and "max_expansion_ratio" in run.error
+    [(row, column, rule, value)] = report_rows(fetched(failure_metadata(
+        flows, run.run_id)["errors_url"]))
+    assert (row, column, value) == ("", "data/zeros.csv", "data/zeros.csv")
+    assert "max_expansion_ratio" in rule and rule in run.error
