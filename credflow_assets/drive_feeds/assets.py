@@ -11,6 +11,8 @@ whatever the outcome (downloads.py).
 import hashlib
 import tempfile
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,6 +43,7 @@ from credflow_assets.drive_feeds.records_metadata import (
     static_records_metadata,
 )
 from credflow_assets.drive_feeds.validation import FeedPlan
+from credflow_assets.common.error_reports import ErrorReport, error_report
 from credflow_assets.common.parse_logs import logged_events
 from credflow_assets.resources.drive import DriveResource
 from credflow_assets.resources.sql import SqlResource
@@ -205,18 +208,19 @@ def build_records_asset(plan: FeedPlan) -> dg.AssetsDefinition:
         s3: S3Resource,
         drive_feed_settings: DriveFeedSettings,
     ):
+        client = s3.get_client()
         yield from logged_events(
-            context, _ingest(context, plan, sheet, drive, tables_db, drive_feed_settings),
-            flow=GROUP, s3_client=s3.get_client(), bucket=drive_feed_settings.logs_bucket,
+            context, _ingest(context, plan, sheet, drive, tables_db, drive_feed_settings, client),
+            flow=GROUP, s3_client=client, bucket=drive_feed_settings.logs_bucket,
         )
 
     return records
 
 
 def _ingest(context: dg.AssetExecutionContext, plan: FeedPlan, sheet: dict,
-            drive: DriveResource, tables_db: SqlResource, settings: DriveFeedSettings):
+            drive: DriveResource, tables_db: SqlResource, settings: DriveFeedSettings, s3_client):
     """The records step: the sheet's rows into the feed's table; yields the materialization
-    and the schema check's result."""
+    and the schema check's result, both linking the file's error report when it has one."""
     from credflow_assets.drive_feeds.ingest import SourceFile
 
     feed = plan.feed
@@ -234,16 +238,24 @@ def _ingest(context: dg.AssetExecutionContext, plan: FeedPlan, sheet: dict,
                                   description="not checked: revision superseded")
         return
     instance, run_id = context.instance, context.run.run_id
-    try:  # whatever happens, the download goes when this step is done with it
-        path = _run_download(drive, sheet, label, instance, run_id)
-        report = yield from _ingest_download(context, plan, path, sheet["kind"], source, label,
-                                             tables_db, settings)
-    finally:
-        remove_run_download(instance, run_id)
+    # The report is stored when the block ends: the results that link it are made after.
+    with error_report(flow=GROUP, partition=context.partition_key, run_id=run_id,
+                      s3_client=s3_client, bucket=settings.logs_bucket) as errors:
+        try:  # whatever happens, the download goes when this step is done with it
+            path = _run_download(drive, sheet, label, instance, run_id)
+            outcome = _ingest_download(context, plan, path, sheet["kind"], source, label,
+                                       tables_db, settings, errors)
+        finally:
+            remove_run_download(instance, run_id)
+    if isinstance(outcome, _RefusedFile):
+        yield outcome.check(errors.metadata())
+        raise dg.Failure(outcome.message, metadata={**outcome.metadata, **errors.metadata()})
+    report = outcome
     _log_report(context.log, label, report)
-    yield dg.MaterializeResult(metadata=ingested_file_metadata(
-        plan, source, report, storage_kind=tables_db.get_engine().dialect.name))
-    yield checks.rows_result(plan, source, report)
+    yield dg.MaterializeResult(metadata={**ingested_file_metadata(
+        plan, source, report, storage_kind=tables_db.get_engine().dialect.name),
+        **errors.metadata()})
+    yield checks.rows_result(plan, source, report, errors.metadata())
 
 
 def _run_download(drive: DriveResource, sheet: dict, label: str,
@@ -266,35 +278,55 @@ def _run_download(drive: DriveResource, sheet: dict, label: str,
     return path
 
 
+@dataclass(frozen=True)
+class _RefusedFile:
+    """A file the ingest cannot take (wrong headers, not a readable sheet): nothing written.
+    Its check result and failure are made once the error report is stored, to link it."""
+
+    check: Callable[[dict], dg.AssetCheckResult]  # given the error report's links
+    message: str
+    metadata: dict
+
+
 def _ingest_download(context: dg.AssetExecutionContext, plan: FeedPlan, path: Path, kind: str,
-                     source: "SourceFile", label: str, tables_db: SqlResource, settings: DriveFeedSettings):
-    """Validate and upsert the download; returns the ingest's report. A file it cannot take
-    (wrong headers, not a readable sheet) yields the failed check first, then fails the step."""
+                     source: "SourceFile", label: str, tables_db: SqlResource,
+                     settings: DriveFeedSettings,
+                     errors: ErrorReport) -> "IngestReport | _RefusedFile":
+    """Validate and upsert the download; returns the ingest's report, or the file refused.
+    Every problem, with the value that caused it, goes to the error report `errors`."""
+    from credflow_assets.drive_feeds.error_lines import report_header, report_rejections
     from credflow_assets.drive_feeds.ingest import HeaderMismatch, ingest_file
     from credflow_assets.drive_feeds.sheets import SheetError, SheetReader
 
     feed = plan.feed
     try:
         reader = SheetReader(path, kind, feed.date_formats)
-        return ingest_file(
+        report = ingest_file(
             tables_db.get_engine(), plan, reader, source,
             chunk_rows=settings.chunk_rows, run_id=context.run.run_id,
             sample_size=settings.metadata_sample_rows, log=context.log.info,
         )
     except HeaderMismatch as error:
-        yield checks.header_failure(plan, source, error.problem, error.header)
-        raise dg.Failure(
-            f"{label}: headers do not match {feed.schema_name}: {error}; nothing written",
-            metadata={"missing_columns": error.problem.missing,
-                      "unexpected_columns": error.problem.unexpected},
-        ) from None
+        problem, header = error.problem, error.header  # `error` is unbound after the clause
+        report_header(errors, problem)
+        return _RefusedFile(
+            check=lambda links: checks.header_failure(plan, source, problem, header, links),
+            message=f"{label}: headers do not match {feed.schema_name}: {error}; nothing "
+                    "written",
+            metadata={"missing_columns": problem.missing, "unexpected_columns": problem.unexpected})
     except SheetError as error:
-        yield checks.unreadable_file(plan, source, str(error))
-        raise dg.Failure(f"{label}: {error}; nothing written") from None
+        why = str(error)
+        errors.add(None, "", why)
+        return _RefusedFile(
+            check=lambda links: checks.unreadable_file(plan, source, why, links),
+            message=f"{label}: {why}; nothing written", metadata={})
     except dg.Failure:
         raise
     except Exception as error:  # noqa: BLE001 - told without its message, see there
         raise _internal_failure(context.log, label, error) from None
+    if report.rejected:
+        report_rejections(errors, tables_db.get_engine(), source)
+    return report
 
 
 def _internal_failure(log, label: str, error: Exception) -> dg.Failure:

@@ -4,7 +4,8 @@ Blocking: a file whose header does not match the model (or that cannot be read a
 fails the check with ERROR severity before anything is written, naming the missing, unexpected
 and repeated columns, and the file is a failed partition. Rows that break the model's rules do
 not block: they are rejected, the check reports them (WARN) by row number, column and kind of
-problem, and the good rows go in. No cell values appear here: they may be personal data.
+problem, and the good rows go in. No cell values appear here: they may be personal data; they
+are in the file's error report, which a failed or warning result links (`errors_url`).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def _file_metadata(source: SourceFile) -> dict:
 
 
 def header_failure(plan: FeedPlan, source: SourceFile, problem: HeaderProblem,
-                   header: list[str]) -> dg.AssetCheckResult:
+                   header: list[str], error_report: dict | None = None) -> dg.AssetCheckResult:
+    """`error_report`: the file's error report links (`ErrorReport.metadata()`)."""
     return dg.AssetCheckResult(
         check_name=CHECK_NAME,
         asset_key=records_key(plan.name),
@@ -64,22 +66,26 @@ def header_failure(plan: FeedPlan, source: SourceFile, problem: HeaderProblem,
             "file_columns": dg.MetadataValue.json(
                 [] if problem.not_a_header else header),
             "expected_columns": dg.MetadataValue.json(plan.column_names),
+            **(error_report or {}),
         },
     )
 
 
-def unreadable_file(plan: FeedPlan, source: SourceFile, problem: str) -> dg.AssetCheckResult:
+def unreadable_file(plan: FeedPlan, source: SourceFile, problem: str,
+                    error_report: dict | None = None) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         check_name=CHECK_NAME,
         asset_key=records_key(plan.name),
         passed=False,
         severity=dg.AssetCheckSeverity.ERROR,
         description=f"{source.name}: {problem}",
-        metadata={**_file_metadata(source), "problem": problem},
+        metadata={**_file_metadata(source), "problem": problem, **(error_report or {})},
     )
 
 
-def rows_result(plan: FeedPlan, source: SourceFile, report: IngestReport) -> dg.AssetCheckResult:
+def rows_result(plan: FeedPlan, source: SourceFile, report: IngestReport,
+                error_report: dict | None = None) -> dg.AssetCheckResult:
+    """`error_report`: the file's error report links, shown when rows were rejected."""
     return dg.AssetCheckResult(
         check_name=CHECK_NAME,
         asset_key=records_key(plan.name),
@@ -94,6 +100,7 @@ def rows_result(plan: FeedPlan, source: SourceFile, report: IngestReport) -> dg.
             "rejected_rows": report.rejected,
             "rejections_by_reason": dg.MetadataValue.json(report.reasons),
             "sample": dg.MetadataValue.md(rejection_table(report.rejection_sample)),
+            **((error_report or {}) if report.rejected else {}),
         },
     )
 

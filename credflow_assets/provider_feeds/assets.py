@@ -27,6 +27,7 @@ from typing import Optional
 
 import dagster as dg
 
+from credflow_assets.common.error_reports import error_report
 from credflow_assets.common.parse_logs import logged_events
 from credflow_assets.common.run_recovery import mark_transient_failures
 from credflow_assets.config import ProviderConfig
@@ -149,14 +150,29 @@ def _landing(context, feed: ProviderFeed, settings: ProviderFeedsSettings, clien
              work, stored: Optional[StoredRaw],
              asset_key: dg.AssetKey) -> Iterator[dg.MaterializeResult]:
     """The landing's materialization, from the raw copy this step stored or, when the landing
-    is materialized alone, the one an earlier run recorded."""
+    is materialized alone, the one an earlier run recorded. The file's error report (refused
+    members, bad CSV rows) is linked from the materialization, or from the failure."""
     with one_file_failure(ref, "land", context.log):
         if stored is None:
             copy, download = latest_raw_copy(context.instance, context.partition_key), None
         else:
             copy, download = stored.copy, stored.download
-        yield land_file(context, feed, settings, client, ref, copy, work, download,
-                        asset_key=asset_key)
+        refused: Optional[dg.Failure] = None
+        # The report is stored when the block ends: what links it is made after.
+        with error_report(flow=GROUP, partition=context.partition_key,
+                          run_id=context.run.run_id, s3_client=client,
+                          bucket=settings.logs_bucket) as errors:
+            try:
+                result = land_file(context, feed, settings, client, ref, copy, work, download,
+                                   asset_key=asset_key, errors=errors)
+            except dg.Failure as failure:
+                refused = failure
+        links = errors.metadata()
+        if refused is not None:
+            raise dg.Failure(description=refused.description,
+                             metadata={**refused.metadata, **links},
+                             allow_retries=refused.allow_retries) from None
+        yield result._replace(metadata={**(result.metadata or {}), **links})
 
 
 def _feed(context, ref: FileRef) -> ProviderFeed:

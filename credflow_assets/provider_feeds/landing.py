@@ -19,6 +19,8 @@ from typing import Any, Optional
 
 import dagster as dg
 
+from credflow_assets.common.error_reports import ErrorReport
+from credflow_assets.provider_feeds.error_lines import report_bad_rows, report_refusal
 from credflow_assets.provider_feeds.failures import FileRef, file_failure, scratch_scrub
 from credflow_assets.provider_feeds.landed_files import land_one
 from credflow_assets.provider_feeds.limits import (
@@ -54,9 +56,11 @@ from credflow_assets.resources.s3 import s3_uri
 
 def land_file(context, feed: ProviderFeed, settings: ProviderFeedsSettings, client,
               ref: FileRef, copy: Optional[dict[str, Any]], work: Path,
-              download: Optional[Path], *, asset_key: dg.AssetKey) -> dg.MaterializeResult:
+              download: Optional[Path], *, asset_key: dg.AssetKey,
+              errors: Optional[ErrorReport] = None) -> dg.MaterializeResult:
     """Land raw copy `copy` (None: none is recorded), from `download` when this step made it;
-    the result is `asset_key`'s materialization."""
+    the result is `asset_key`'s materialization. Refused members and bad CSV rows go to the
+    file's error report `errors` (`error_lines.py`)."""
     try:
         feed.check_variables()  # its passphrase, GnuPG home, signing key: before any work
     except MissingVariable as error:
@@ -65,7 +69,7 @@ def land_file(context, feed: ProviderFeed, settings: ProviderFeedsSettings, clie
         raise file_failure(ref, "land", "no raw copy is recorded; materialize "
                            f"{raw_asset_key(ref.provider).to_user_string()} for this partition "
                            "first", transient=False)
-    result = Landing(context, feed, settings, client, ref, copy, work).run(download)
+    result = Landing(context, feed, settings, client, ref, copy, work, errors).run(download)
     return dg.MaterializeResult(asset_key=asset_key, metadata=result)
 
 
@@ -83,8 +87,10 @@ class Landing:
     """One raw copy through every stage; `stage` names the one a failure happens in."""
 
     def __init__(self, context, feed: ProviderFeed, settings: ProviderFeedsSettings, client,
-                 ref: FileRef, copy: dict[str, Any], work: Path):
+                 ref: FileRef, copy: dict[str, Any], work: Path,
+                 errors: Optional[ErrorReport] = None):
         self.log, self.feed, self.settings = context.log, feed, settings
+        self.errors = errors
         self.client, self.ref, self.copy, self.work = client, ref, copy, work
         self.name = posixpath.basename(ref.remote_path)
         self.raw_uri = s3_uri(copy["bucket"], copy["key"])
@@ -113,11 +119,15 @@ class Landing:
         except Exception as error:  # noqa: BLE001 - classified in file_failure
             if isinstance(error, (UnpackError, ExtractionLimitExceeded)):
                 self.stage = "decompress"  # raised by the decompressor while the upload read it
+            if self.errors is not None:
+                report_refusal(self.errors, error, self.name)
             raise file_failure(self.ref, self.stage, error, scrub=scratch_scrub(self.work),
                                metadata={"raw_uri": dg.MetadataValue.path(self.raw_uri)},
                                log=self.log) from None
         if not landed:
             self.log.warning(f"{self.ref}: the archive holds no regular files; nothing landed")
+        if self.errors is not None:
+            report_bad_rows(self.errors, landed)
         return {
             **landed_metadata(self.client, self.ref, self.copy, self.raw_uri, found,
                                plain.encrypted, plain.signer, landed, self.seconds,

@@ -28,7 +28,10 @@ class ExtractionLimitExceeded(Exception):
     """More bytes would come out of a file than its limits allow (a decompression bomb).
 
     Its message is a whole sentence (it ends with what to do): the failure shows it as is.
+    `member` names the archive member being extracted when it happened (None: not a member).
     """
+
+    member: Optional[str] = None
 
 
 @dataclass(frozen=True)

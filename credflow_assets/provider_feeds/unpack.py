@@ -27,6 +27,8 @@ import stat
 import tarfile
 import zipfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Optional
@@ -56,7 +58,13 @@ class UnpackError(Exception):
 
 
 class UnsafeMember(UnpackError):
-    """An archive member with an absolute path, `..`, a link, a device file or a duplicate."""
+    """An archive member with an absolute path, `..`, a link, a device file or a duplicate.
+    `member` is its name as the archive gives it, `reason` why it is refused (the error
+    report's column and rule)."""
+
+    def __init__(self, member: str, reason: str):
+        self.member, self.reason = member, reason
+        super().__init__(f"archive member {member!r} refused: {reason}")
 
 
 class CorruptArchive(UnpackError):
@@ -194,16 +202,26 @@ def _copy(stream: IO[bytes], target: Path, budget: Optional[Budget] = None,
 def safe_member_name(raw: str) -> str:
     """The member's path normalized (`a/./b` → `a/b`), or UnsafeMember naming it."""
     if "\x00" in raw:
-        raise UnsafeMember(f"archive member {raw!r} refused: NUL in its name")
+        raise UnsafeMember(raw, "NUL in its name")
     if raw.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", raw):
-        raise UnsafeMember(f"archive member {raw!r} refused: absolute path")
+        raise UnsafeMember(raw, "absolute path")
     parts = [part for part in re.split(r"[\\/]+", raw)]
     if ".." in parts:
-        raise UnsafeMember(f"archive member {raw!r} refused: '..' leads outside the archive")
+        raise UnsafeMember(raw, "'..' leads outside the archive")
     parts = [part for part in parts if part not in ("", ".")]
     if not parts:
-        raise UnsafeMember(f"archive member {raw!r} refused: empty name")
+        raise UnsafeMember(raw, "empty name")
     return "/".join(parts)
+
+
+@contextmanager
+def _at_member(name: str) -> Iterator[None]:
+    """A limit passed while extracting `name` names it (the error report's column)."""
+    try:
+        yield
+    except ExtractionLimitExceeded as error:
+        error.member = name
+        raise
 
 
 def _extract_tar(stream: IO[bytes], source: str, out_dir: Path, budget: Budget) -> list[Extracted]:
@@ -217,21 +235,20 @@ def _extract_tar(stream: IO[bytes], source: str, out_dir: Path, budget: Budget) 
                 continue
             if member.issym() or member.islnk():
                 kind = "symbolic link" if member.issym() else "hard link"
-                raise UnsafeMember(
-                    f"archive member {member.name!r} refused: a {kind} (to {member.linkname!r})"
-                )
+                raise UnsafeMember(member.name, f"a {kind} (to {member.linkname!r})")
             if not member.isreg():
                 kind = ("device file" if member.ischr() or member.isblk()
                         else "FIFO" if member.isfifo() else "special file")
-                raise UnsafeMember(f"archive member {member.name!r} refused: a {kind}")
+                raise UnsafeMember(member.name, f"a {kind}")
             if name in seen:
-                raise UnsafeMember(f"archive member {member.name!r} refused: appears twice")
+                raise UnsafeMember(member.name, "appears twice")
             seen.add(name)
-            budget.claim(member.size, f"archive member {member.name!r} of {source}")
-            source_stream = tar.extractfile(member)
-            target = out_dir / f"{len(files):05d}"
-            size = _copy(source_stream, target, budget,
-                         f"{budget.what} (at archive member {member.name!r})")
+            with _at_member(member.name):
+                budget.claim(member.size, f"archive member {member.name!r} of {source}")
+                source_stream = tar.extractfile(member)
+                target = out_dir / f"{len(files):05d}"
+                size = _copy(source_stream, target, budget,
+                             f"{budget.what} (at archive member {member.name!r})")
             files.append(Extracted(name, target, size))
     return files
 
@@ -246,24 +263,23 @@ def _extract_zip(src: Path, source: str, out_dir: Path, budget: Budget) -> list[
                 continue
             mode = info.external_attr >> 16
             if stat.S_ISLNK(mode):
-                raise UnsafeMember(f"archive member {info.filename!r} refused: a symbolic link")
+                raise UnsafeMember(info.filename, "a symbolic link")
             if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
-                raise UnsafeMember(
-                    f"archive member {info.filename!r} refused: a device file or special file"
-                )
+                raise UnsafeMember(info.filename, "a device file or special file")
             if info.flag_bits & 0x1:
                 raise CorruptArchive(
                     f"archive member {info.filename!r}: password-protected zip members are "
                     "not supported"
                 )
             if name in seen:
-                raise UnsafeMember(f"archive member {info.filename!r} refused: appears twice")
+                raise UnsafeMember(info.filename, "appears twice")
             seen.add(name)
-            budget.claim(info.file_size, f"archive member {info.filename!r} of {source}")
-            target = out_dir / f"{len(files):05d}"
-            with archive.open(info) as member:
-                size = _copy(member, target, budget,
-                             f"{budget.what} (at archive member {info.filename!r})")
+            with _at_member(info.filename):
+                budget.claim(info.file_size, f"archive member {info.filename!r} of {source}")
+                target = out_dir / f"{len(files):05d}"
+                with archive.open(info) as member:
+                    size = _copy(member, target, budget,
+                                 f"{budget.what} (at archive member {info.filename!r})")
             files.append(Extracted(name, target, size))
     return files
 
