@@ -45,8 +45,8 @@ def demo(tmp_path_factory):
         credflow(home, "local", "down")
 
 
-def credflow(home: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"),
+def credflow(home: Path, *args: str, **variables: str) -> subprocess.CompletedProcess:
+    env = {**variables, "PATH": f"{BIN}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"),
            "CREDFLOW_HOME": str(home), "CREDFLOW_CONFIG": str(DEFAULT_CONFIG),
            # The command runs the code under test (a worktree's, on PYTHONPATH).
            **{name: os.environ[name] for name in ("PYTHONPATH",) if name in os.environ}}
@@ -203,6 +203,14 @@ def test_a_source_nothing_matches_says_what_to_give(demo):
     done = credflow(demo["home"], "lineage", "acme_health/outbox/never_sent.csv")
     assert done.returncode == 1
     assert "no file of any flow matches 'acme_health/outbox/never_sent.csv'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_s3_out_of_reach_is_said_in_words(demo):
+    done = credflow(demo["home"], "lineage", REJECTED, AWS_ENDPOINT_URL="http://127.0.0.1:9")
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"Error: could not read the logs and objects of staged_tables "
+                                  f"file '{REJECTED}' from S3 (http://127.0.0.1:9)")
     assert "Traceback" not in done.stderr
 
 

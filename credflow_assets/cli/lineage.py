@@ -51,7 +51,7 @@ def lineage(context: CommandContext, source: str, as_json: bool) -> None:
         if len(matches) > 1:
             raise click.ClickException(_several(source, matches))
         flow, key = matches[0]
-        found = _flow_lineage(flow).lineage(instance, config, key, resources.s3)
+        found = _read_lineage(flow, instance, config, key, resources.s3)
     if as_json:
         click.echo(json.dumps(found, indent=2, default=str))
     elif flow == "therapists":
@@ -60,6 +60,18 @@ def lineage(context: CommandContext, source: str, as_json: bool) -> None:
         click.echo("\n".join(format_lineage(found)))
     else:
         click.echo("\n".join(format_file_lineage(found)))
+
+
+def _read_lineage(flow: str, instance, config, key: str, s3_client) -> dict:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return _flow_lineage(flow).lineage(instance, config, key, s3_client)
+    except (BotoCoreError, ClientError) as error:
+        # The chain's logs and objects are in S3: say which store failed, not a traceback.
+        raise click.ClickException(
+            f"could not read the logs and objects of {flow} file {key!r} from S3 "
+            f"({s3_client.meta.endpoint_url}): {error}") from None
 
 
 def _several(source: str, matches: list[tuple[str, str]]) -> str:
