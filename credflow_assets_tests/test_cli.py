@@ -19,9 +19,8 @@ from credflow_assets.common.command_context import JobRun
 from credflow_assets.flows import FLOW_NAMES, all_flows, flow_commands
 
 CREDFLOW = Path(sys.executable).with_name("credflow")
-ROOT_COMMANDS = {"config", "local", "sync", "logs", "reparse", "dev"}
-FLOW_COMMANDS = {"mpf": "therapists", "lineage": "therapists", "feeds": "drive_feeds",
-                 "tables": "staged_tables"}
+ROOT_COMMANDS = {"config", "local", "sync", "logs", "reparse", "dev", "lineage", "status"}
+FLOW_COMMANDS = {"mpf": "therapists", "feeds": "drive_feeds", "tables": "staged_tables"}
 
 
 def test_help_lists_the_root_commands_and_every_flow_command():
@@ -103,7 +102,7 @@ def test_mpf_repair_runs_the_repair_job_through_the_context_and_says_why_it_fail
     assert context.adopted == 1
 
 
-@pytest.mark.parametrize("command", [["mpf", "repair"], ["lineage", "1001"]])
+@pytest.mark.parametrize("command", [["mpf", "repair"], ["lineage", "1001"], ["status"]])
 def test_commands_that_need_the_instance_say_how_to_get_one(command, tmp_path):
     env = {**os.environ, "CREDFLOW_HOME": str(tmp_path / "home")}
     env.pop("DAGSTER_HOME", None)

@@ -11,6 +11,8 @@ from pathlib import Path
 import click
 
 from credflow_assets.cli.context import CliContext
+from credflow_assets.cli.lineage import lineage as lineage_command
+from credflow_assets.cli.status import status as status_command
 from credflow_assets.config import to_public_dict
 from credflow_assets.flows import FLOW_NAMES, flow_commands
 
@@ -348,6 +350,8 @@ def _require_local_extra() -> None:
 def _register_flow_commands() -> None:
     for command in flow_commands():
         main.add_command(command)
+    main.add_command(lineage_command)
+    main.add_command(status_command)
 
 
 _register_flow_commands()

@@ -1,5 +1,5 @@
-"""The therapist flow's commands: `credflow mpf audit`, `credflow mpf repair` and
-`credflow lineage THERAPIST_ID`.
+"""The therapist flow's commands: `credflow mpf audit` and `credflow mpf repair`
+(`credflow lineage THERAPIST_ID`, with every other file's, is `cli/lineage.py`).
 
 The `credflow` command registers `COMMANDS` (`credflow_assets/flows.py`) and hands each command
 its context object (`common.command_context.CommandContext`). Heavy imports wait for the command
@@ -79,21 +79,4 @@ def mpf_repair(context: CommandContext, dry_run: bool) -> None:
                    "therapist(s)")
 
 
-@click.command("lineage")
-@click.argument("therapist_id")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_obj
-def lineage(context: CommandContext, therapist_id: str, as_json: bool) -> None:
-    """For every upload of a therapist: S3 key, renditions, Drive ids and links, runs, failures."""
-    context.adopt_stack_environment()
-    from credflow_assets.therapists.lineage import format_lineage, therapist_lineage
-
-    with context.instance() as instance:
-        found = therapist_lineage(instance, therapist_id)
-    if as_json:
-        click.echo(json.dumps(found, indent=2))
-    else:
-        click.echo("\n".join(format_lineage(found)))
-
-
-COMMANDS = [mpf, lineage]
+COMMANDS = [mpf]

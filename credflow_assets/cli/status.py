@@ -1,0 +1,164 @@
+"""`credflow status [--json]`: one screen, per flow: the last file in, the last success, failures
+waiting for a corrected upload, sources overdue, and runs under way.
+
+Fast whatever the instance holds: a few run queries per job with small limits and the latest
+materialization of each source asset; it never reads every event.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from credflow_assets.common.command_context import CommandContext
+from credflow_assets.flows import all_flows
+
+RUNS_LOOKED_AT = 50  # failed runs per job looked at for failures waiting
+UNDER_WAY = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED")
+NOT_CONFIGURED = "not configured"
+
+
+@click.command("status")
+@click.option("--json", "as_json", is_flag=True, help="The same, as JSON.")
+@click.pass_obj
+def status(context: CommandContext, as_json: bool) -> None:
+    """Per flow: last file in, last success, failures waiting for a corrected upload, sources
+    overdue, runs under way."""
+    context.adopt_stack_environment()
+    config = context.config()
+    with context.instance() as instance:
+        report = {flow.name: flow_status(instance, config, flow) for flow in all_flows()}
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo("\n".join(format_status(report)))
+
+
+def flow_status(instance, config, flow) -> dict:
+    names = flow.partitions.names(config)
+    jobs = sorted({flow.partitions.job_for(name) for name in names})
+    sources = [flow.partitions.asset_of(name) for name in names]
+    return {
+        "last_file_in": _last_file_in(instance, sources),
+        "last_success": _last_run(instance, jobs, "SUCCESS"),
+        "failures_waiting": _failures_waiting(instance, jobs),
+        "overdue": _overdue(instance, sources),
+        "under_way": _under_way(instance, jobs),
+    }
+
+
+def _last_file_in(instance, sources) -> dict | None:
+    latest = None
+    for key in sources:
+        event = instance.get_latest_materialization_event(key)
+        if event is not None and (latest is None or event.timestamp > latest.timestamp):
+            latest = event
+    if latest is None:
+        return None
+    return {"partition": latest.asset_materialization.partition, "at": _iso(latest.timestamp),
+            "run_id": latest.run_id}
+
+
+def _run_records(instance, jobs, statuses, limit):
+    import dagster as dg
+
+    records = []
+    for job in jobs:
+        records += instance.get_run_records(
+            filters=dg.RunsFilter(job_name=job,
+                                  statuses=[dg.DagsterRunStatus(name) for name in statuses]),
+            limit=limit)
+    return sorted(records, key=lambda record: record.create_timestamp.timestamp(), reverse=True)
+
+
+def _run_summary(record) -> dict:
+    from credflow_assets.common.flow import PARTITION_TAG
+
+    run = record.dagster_run
+    at = record.end_time or record.start_time or record.create_timestamp.timestamp()
+    return {"run_id": run.run_id, "job": run.job_name, "partition": run.tags.get(PARTITION_TAG),
+            "status": run.status.value, "at": _iso(at)}
+
+
+def _last_run(instance, jobs, status) -> dict | None:
+    records = _run_records(instance, jobs, [status], limit=1)
+    return _run_summary(records[0]) if records else None
+
+
+def _failures_waiting(instance, jobs) -> list[dict]:
+    """Partitions whose latest run failed permanently (not a retry's transient failure, not a
+    stopped process): they wait for a corrected upload."""
+    import dagster as dg
+
+    from credflow_assets.common.file_lineage import run_error
+    from credflow_assets.common.flow import PARTITION_TAG
+    from credflow_assets.common.run_recovery import FAILURE_KIND_TAG
+
+    waiting, seen = [], set()
+    for record in _run_records(instance, jobs, ["FAILURE"], limit=RUNS_LOOKED_AT):
+        run = record.dagster_run
+        partition = run.tags.get(PARTITION_TAG)
+        if not partition or partition in seen:
+            continue
+        seen.add(partition)
+        if run.tags.get(FAILURE_KIND_TAG) != "permanent":
+            continue
+        latest = instance.get_runs(
+            filters=dg.RunsFilter(job_name=run.job_name, tags={PARTITION_TAG: partition}),
+            limit=1)
+        if latest and latest[0].run_id == run.run_id:
+            waiting.append({**_run_summary(record), "error": run_error(instance, run.run_id)})
+    return waiting
+
+
+def _overdue(instance, sources) -> dict:
+    """Sources whose freshness fails, from the freshness state the daemon records; "not
+    configured" when the instance holds no freshness state for any of the flow's sources."""
+    try:
+        records = instance.get_freshness_state_records(sources)
+    except NotImplementedError:  # a storage without freshness state
+        records = {}
+    if not records:
+        return {"state": NOT_CONFIGURED, "sources": []}
+    overdue = [key.to_user_string() for key, record in records.items()
+               if str(getattr(record.freshness_state, "value", record.freshness_state))
+               in ("FAIL", "WARN")]
+    return {"state": "overdue" if overdue else "fresh", "sources": overdue}
+
+
+def _under_way(instance, jobs) -> list[dict]:
+    return [_run_summary(record)
+            for record in _run_records(instance, jobs, UNDER_WAY, limit=20)]
+
+
+def format_status(report: dict) -> list[str]:
+    lines = []
+    for flow, found in report.items():
+        lines.append(flow)
+        last_in, success = found["last_file_in"], found["last_success"]
+        lines.append(f"  {'last file in':16} " + (f"{last_in['partition']} at {last_in['at']}"
+                                                   if last_in else "none yet"))
+        lines.append(f"  {'last success':16} " + (f"{success['partition']} at {success['at']}"
+                                                   if success else "none yet"))
+        for failure in found["failures_waiting"]:
+            lines.append(f"  {'waiting fix':16} {failure['partition']}: {failure['error']} "
+                         f"(run {failure['run_id']})")
+        if not found["failures_waiting"]:
+            lines.append(f"  {'waiting fix':16} none")
+        overdue = found["overdue"]
+        lines.append(f"  {'overdue':16} " + (", ".join(overdue["sources"]) or overdue["state"]))
+        for run in found["under_way"]:
+            lines.append(f"  {'under way':16} {run['partition']} {run['status']} "
+                         f"(run {run['run_id']})")
+        if not found["under_way"]:
+            lines.append(f"  {'under way':16} none")
+    return lines
+
+
+def _iso(timestamp: float | None) -> str | None:
+    from datetime import datetime, timezone
+
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(timespec="seconds")
