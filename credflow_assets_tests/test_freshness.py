@@ -3,12 +3,15 @@ source's asset, and the quiet_sources_sensor tells the owner (e-mail, in the loc
 server, listed by `credflow local mail`) and the webhook once per quiet spell.
 
 The provider is the demo provider with its own SFTP folder on the session stack and a window of
-a few seconds; files land through `credflow sync`'s engine, which also ticks the sensor.
+a few seconds; files land through `credflow sync`'s engine, which also ticks the sensor. One
+test runs `credflow dev` (webserver and daemon) on a stack of its own, with a one-minute window
+(Dagster's shortest), and reads the asset's freshness as the UI does, through GraphQL.
 """
 
 from __future__ import annotations
 
 import logging
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -24,6 +27,16 @@ from credflow_assets.config import ConfigError, load_config, parse_cadence, to_p
 from credflow_assets.definitions import build_definitions
 from credflow_assets.provider_feeds.names import raw_asset_key, sensor_name
 from credflow_assets_tests.conftest import DEFAULT_CONFIG
+from credflow_assets_tests.dagster_ui import (
+    BIN,
+    GRAPHQL_DEADLINE_SECONDS,
+    DagsterUI,
+    _wait_for_code_location,
+    _wait_for_graphql,
+    child_environment,
+    free_port,
+    stop_process_group,
+)
 from credflow_assets_tests.test_mail import listed
 
 WINDOW_SECONDS = 5
@@ -194,3 +207,89 @@ def test_the_effective_config_shows_a_cadence_as_written_form(tmp_path):
                                             (6, "6 seconds"), (1, "1 second")])
 def test_a_duration_is_told_in_whole_units(seconds, words):
     assert describe_duration(seconds) == words
+
+
+# ------------------------------------------------------------------ under the daemon, as in the UI
+
+FRESHNESS_QUERY = """
+query QuietSourceFreshness($assetKey: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $assetKey) {
+    __typename
+    ... on AssetNode {
+      freshnessPolicy: internalFreshnessPolicy {
+        __typename ... on TimeWindowFreshnessPolicy { failWindowSeconds }
+      }
+      freshnessStatusInfo { freshnessStatus }
+    }
+  }
+}
+"""
+# The provider sensor's interval (60 s), a run, the one-minute window, the sensors' next ticks.
+DAEMON_DEADLINE_SECONDS = 300
+
+
+@pytest.fixture(scope="module")
+def quiet_provider_under_the_daemon(tmp_path_factory):
+    """`credflow dev` on a stack of its own whose provider expects a file every minute."""
+    from credflow_assets.local import stack
+
+    base = tmp_path_factory.mktemp("quiet_ui")
+    token = uuid.uuid4().hex[:8]
+    owner = f"provider-owner-{token}@example.org"
+    outbox = f"quiet_{token}/outbox"
+    config_path = config_with(base, lambda raw: raw["providers"][0].update(
+        remote_dir=outbox, expect_every="1m", owner=owner))
+    config = load_config(config_path)
+    home = base / "home"
+    state = stack.up(home, config, config_path)
+    process = None
+    try:
+        variables = stack.environment(state, config)
+        port, log_path = free_port(), base / "credflow-dev.log"
+        # The daemon evaluates freshness every 30 s by default: every 5 s keeps the test short.
+        environment = {**child_environment(variables), "FRESHNESS_DAEMON_INTERVAL_SECONDS": "5"}
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [str(BIN / "credflow"), "--config", str(config_path), "--home", str(home),
+                 "dev", "--port", str(port)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=environment, cwd=base, start_new_session=True)
+        ui = DagsterUI(url=f"http://127.0.0.1:{port}", port=port, home=home, state=state,
+                       config=config, env=variables, process=process, log_path=log_path)
+        _wait_for_graphql(ui.url, process, log_path, GRAPHQL_DEADLINE_SECONDS)
+        _wait_for_code_location(ui, GRAPHQL_DEADLINE_SECONDS)
+        folder = Path(variables["CREDFLOW_SFTP_ROOT"]) / outbox  # made empty by `stack.up`
+        yield SimpleNamespace(ui=ui, folder=folder, owner=owner, token=token, home=home)
+    finally:
+        if process is not None:
+            stop_process_group(process)
+        stack.down(home)
+
+
+def freshness_in_the_ui(ui: DagsterUI) -> dict:
+    answer = ui.graphql(FRESHNESS_QUERY, {"assetKey": {"path": list(raw_asset_key(PROVIDER).path)}})
+    node = answer["assetNodeOrError"]
+    assert node["__typename"] == "AssetNode", node
+    return node
+
+
+def test_under_the_daemon_the_ui_shows_a_quiet_provider_overdue_and_its_owner_is_told_once(
+        quiet_provider_under_the_daemon):
+    watched = quiet_provider_under_the_daemon
+    assert freshness_in_the_ui(watched.ui)["freshnessPolicy"] == {
+        "__typename": "TimeWindowFreshnessPolicy", "failWindowSeconds": 60}
+
+    name = f"roster-{watched.token}.csv"
+    (watched.folder / name).write_text("member_id,name\n1,Alex Example\n")
+    deadline = time.monotonic() + DAEMON_DEADLINE_SECONDS
+    statuses = []
+    while time.monotonic() < deadline:
+        statuses.append(freshness_in_the_ui(watched.ui)["freshnessStatusInfo"]["freshnessStatus"])
+        if statuses[-1] == "DEGRADED" and listed(watched.home, "--to", watched.owner):
+            break
+        time.sleep(5)
+    # Fresh once the file came, overdue (DEGRADED, as the UI shows it) a minute later.
+    assert "HEALTHY" in statuses and statuses[-1] == "DEGRADED", statuses
+    [mail] = listed(watched.home, "--to", watched.owner)
+    assert mail["subject"].startswith(f"credflow: no new file from provider {PROVIDER} for ")
+    assert mail["subject"].endswith("(expected every 60 seconds)") and name in mail["text"]
