@@ -137,6 +137,14 @@ def test_a_quiet_provider_is_told_to_its_owner_once_and_again_after_a_new_file(
     assert len(mails) == 2 and second in mails[-1]["text"]
     assert len(webhook_messages(caplog, quiet_provider)) == 2
 
+    # A quiet spell that began and ended between two ticks of the sensor is still a new one.
+    third = f"roster-{quiet_provider.token}-3.csv"
+    drop_file(quiet_provider, third)
+    wait_past_the_window()
+    tick_quiet_sources(quiet_provider)
+    mails = mails_to(quiet_provider)
+    assert len(mails) == 3 and third in mails[-1]["text"]
+
 
 def test_a_provider_that_never_sent_a_file_is_not_called_quiet(quiet_provider):
     # Dagster's freshness says UNKNOWN for an asset never materialized: nothing to tell yet.

@@ -75,8 +75,9 @@ def with_expected_cadence(assets: Sequence, sources: Iterable[QuietSource]) -> l
 
 
 def build_quiet_sources_sensor(sources: Sequence[QuietSource]) -> dg.SensorDefinition:
-    """One sensor for every watched source; its cursor is the list of sources already told
-    about (overdue now), so each quiet spell is told once."""
+    """One sensor for every watched source. Its cursor maps each source told about to the time
+    of the file it was quiet after, so each quiet spell is told once, even one that began and
+    ended between two ticks."""
 
     @dg.sensor(
         name=QUIET_SOURCES_SENSOR_NAME, minimum_interval_seconds=60,
@@ -87,20 +88,20 @@ def build_quiet_sources_sensor(sources: Sequence[QuietSource]) -> dg.SensorDefin
     )
     def quiet_sources_sensor(context: dg.SensorEvaluationContext, notifier: Notifier,
                              mail: MailResource) -> dg.SkipReason:
-        told = set(json.loads(context.cursor)) if context.cursor else set()
+        told: dict[str, float] = json.loads(context.cursor) if context.cursor else {}
         now = time.time()
         overdue = []
         for source in sources:
             last = context.instance.get_latest_materialization_event(source.key)
             label = source.key.to_user_string()
             if last is None or now - last.timestamp < source.every.total_seconds():
-                told.discard(label)
+                told.pop(label, None)
                 continue
             overdue.append(source.label)
-            if label not in told:
+            if told.get(label) != last.timestamp:
                 tell_quiet_source(source, last, now, notifier, mail)
-                told.add(label)
-        context.update_cursor(json.dumps(sorted(told)))
+                told[label] = last.timestamp
+        context.update_cursor(json.dumps(told, sort_keys=True))
         if not overdue:
             return dg.SkipReason(f"{len(sources)} watched source(s), none overdue")
         return dg.SkipReason(f"overdue: {', '.join(overdue)}")
