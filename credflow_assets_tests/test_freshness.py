@@ -171,6 +171,25 @@ def test_the_shipped_config_watches_the_demo_provider_daily():
     assert graph.get(dg.AssetKey(["drive", "inbound", "nsss_sheet"])).freshness_policy is None
 
 
+def test_a_feed_and_a_staged_table_with_expect_every_get_the_policy_on_their_source(tmp_path):
+    def watch(raw):
+        raw["feeds"][0].update(expect_every="30m", owner="feeds@example.org")
+        raw["staged_tables"]["tables"][1].update(expect_every="7d")
+
+    graph = build_definitions(load_config(config_with(tmp_path, watch))).get_repository_def(
+    ).asset_graph
+    with_policy = {key.to_user_string(): graph.get(key).freshness_policy
+                   for key in graph.get_all_asset_keys() if graph.get(key).freshness_policy}
+    assert with_policy == {
+        f"s3/provider_feeds/{PROVIDER}_raw": dg.FreshnessPolicy.time_window(
+            fail_window=parse_cadence("24h")),
+        "drive/inbound/contact_tracing_sheet": dg.FreshnessPolicy.time_window(
+            fail_window=parse_cadence("30m")),
+        "s3/staging/licenses_staged_csv": dg.FreshnessPolicy.time_window(
+            fail_window=parse_cadence("7d")),
+    }
+
+
 @pytest.mark.parametrize("text, seconds", [("30m", 1800), ("24h", 86400), ("7d", 604800),
                                            ("5s", 5), (" 2h ", 7200)])
 def test_a_cadence_is_a_whole_number_and_a_unit(text, seconds):
