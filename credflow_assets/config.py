@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,6 +24,8 @@ MASK = "****"
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RESOURCE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_CADENCE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_CADENCE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class ConfigError(ValueError):
@@ -119,7 +122,29 @@ class GpgConfig(_Model):
     passphrase: Secret | None = None
 
 
-class FeedConfig(_Model):
+class _ExpectedCadence(_Model):
+    """How often a source is expected to send a file, and who hears when it goes quiet.
+
+    `expect_every: 24h` (or 30m, 7d; seconds such as 5s for tests) puts a freshness policy on the
+    source's asset; `owner` gets one e-mail when it turns overdue (without one, only the webhook
+    hears). Neither set: the source is not watched.
+    """
+
+    expect_every: timedelta | None = None
+    owner: str | None = None
+
+    @field_validator("expect_every", mode="before")
+    @classmethod
+    def _cadence(cls, value: Any) -> timedelta | None:
+        return None if value is None else parse_cadence(value)
+
+    @field_validator("owner")
+    @classmethod
+    def _owner_address(cls, value: str | None) -> str | None:
+        return None if value is None else _check_address(value)
+
+
+class FeedConfig(_ExpectedCadence):
     name: str
     inbound_folder_id: str
     outbound_folder_id: str
@@ -153,7 +178,7 @@ class SftpConfig(_Model):
         return self
 
 
-class ProviderConfig(_Model):
+class ProviderConfig(_ExpectedCadence):
     name: str
     sftp: SftpConfig
     remote_dir: str = "."
@@ -232,7 +257,7 @@ class MailConfig(_Model):
         return self
 
 
-class StagedTableConfig(_Model):
+class StagedTableConfig(_ExpectedCadence):
     name: str
     schema_name: str | None = Field(None, alias="schema")
 
@@ -290,6 +315,26 @@ def _check_identifier(value: str) -> str:
             f"{value!r} must be lower case letters, digits and underscores, starting with a letter"
         )
     return value
+
+
+def parse_cadence(value: Any) -> timedelta:
+    """`30m`, `24h`, `7d` or `5s` as a timedelta; anything else is refused in words."""
+    if isinstance(value, timedelta):
+        return value
+    match = _CADENCE.match(value) if isinstance(value, str) else None
+    if match is None or int(match.group(1)) == 0:
+        raise ValueError(
+            f"{value!r} is not a cadence: write a whole number and a unit, "
+            "s (seconds), m (minutes), h (hours) or d (days), e.g. 30m, 24h or 7d"
+        )
+    return timedelta(seconds=int(match.group(1)) * _CADENCE_UNITS[match.group(2)])
+
+
+def format_cadence(every: timedelta) -> str:
+    """The config file's form of a cadence: the largest unit that divides it (`24h`, `7d`)."""
+    seconds = int(every.total_seconds())
+    unit = next(u for u in ("d", "h", "m", "s") if seconds % _CADENCE_UNITS[u] == 0)
+    return f"{seconds // _CADENCE_UNITS[unit]}{unit}"
 
 
 def _check_address(value: str) -> str:
@@ -377,6 +422,8 @@ def _public(value: Any) -> Any:
         return {"env": value.env, "set": is_set, "value": MASK if is_set else None}
     if isinstance(value, EnvRef):
         return {"env": value.env, "value": value.current_value()}
+    if isinstance(value, timedelta):
+        return format_cadence(value)
     if isinstance(value, BaseModel):
         return {
             (field.alias or name): _public(getattr(value, name))

@@ -13,9 +13,15 @@ def build_definitions(config: CredflowConfig) -> dg.Definitions:
     from credflow_assets.resources.from_config import build_resources
     from credflow_assets.common.run_recovery import stopped_runs_sensor
 
+    from credflow_assets.common.freshness import build_quiet_sources_sensor
+
+    # Providers, feeds and staged tables with `expect_every`: told once when they go quiet.
+    quiet = [source for flow in (provider_feeds, drive_feeds, staged_tables)
+             for source in flow.quiet_sources(config)]
     return dg.Definitions.merge(
         dg.Definitions(resources=build_resources(config),
-                       sensors=[failure_notifications(), stopped_runs_sensor],
+                       sensors=[failure_notifications(), stopped_runs_sensor,
+                                build_quiet_sources_sensor(quiet)],
                        loggers={"console": one_line_console}),
         therapists.build_defs(config),
         staged_tables.build_defs(config),

@@ -44,15 +44,28 @@ def build_defs(config: CredflowConfig, settings: DriveFeedSettings | None = None
         return dg.Definitions()
     plans = [build_plan(feed) for feed in config.feeds]
     jobs = {feed.name: build_feed_job(feed) for feed in config.feeds}
+    from credflow_assets.common.freshness import with_expected_cadence
+
     return dg.Definitions(
-        assets=[
+        assets=with_expected_cadence([
             *(build_inbound_asset(feed) for feed in config.feeds),
             *(build_records_asset(plan) for plan in plans),
             *(build_summary_asset(feed) for feed in config.feeds),
-        ],
+        ], quiet_sources(config)),
         jobs=list(jobs.values()),
         sensors=[build_inbound_sensor(feed, jobs[feed.name]) for feed in config.feeds],
         resources={
             "drive_feed_settings": settings or DriveFeedSettings(logs_bucket=config.buckets.logs)
         },
     )
+
+
+def quiet_sources(config: CredflowConfig) -> list:
+    """The feeds whose config says how often a sheet arrives (`expect_every`)."""
+    from credflow_assets.common.freshness import QuietSource
+    from credflow_assets.drive_feeds.names import inbound_key
+
+    return [QuietSource(inbound_key(f.name), "feed", f.name,
+                        f"its Drive inbound folder ({f.inbound_folder_id})", f.expect_every,
+                        f.owner)
+            for f in config.feeds if f.expect_every is not None]

@@ -89,12 +89,25 @@ def build_defs(
             max_extracted_bytes=provider.max_extracted_bytes,
             max_expansion_ratio=provider.max_expansion_ratio,
         )
+    from credflow_assets.common.freshness import with_expected_cadence
+
     return dg.Definitions(
-        assets=[asset for provider in config.providers
-                for asset in build_provider_feed_assets(provider)],
+        assets=with_expected_cadence([asset for provider in config.providers
+                                      for asset in build_provider_feed_assets(provider)],
+                                     quiet_sources(config)),
         jobs=[build_provider_job(provider) for provider in config.providers],
         sensors=[
             *(build_provider_sensor(provider) for provider in config.providers),
         ],
         resources=resources,
     )
+
+
+def quiet_sources(config: CredflowConfig) -> list:
+    """The providers whose config says how often they send (`expect_every`)."""
+    from credflow_assets.common.freshness import QuietSource
+    from credflow_assets.provider_feeds.names import raw_asset_key
+
+    return [QuietSource(raw_asset_key(p.name), "provider", p.name,
+                        f"its SFTP folder {p.remote_dir}", p.expect_every, p.owner)
+            for p in config.providers if p.expect_every is not None]

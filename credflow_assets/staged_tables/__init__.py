@@ -42,11 +42,25 @@ def build_defs(config: CredflowConfig) -> dg.Definitions:
     database, layout = flow_settings.glue_database, flow_settings.layout
     tables = list(flow_settings.tables)
     jobs = {table: build_table_job(table, database, layout) for table in tables}
+    from credflow_assets.common.freshness import with_expected_cadence
+
     return dg.Definitions(
-        assets=[asset for table in tables
-                for asset in build_table_assets(table, database, layout)],
+        assets=with_expected_cadence([asset for table in tables
+                                      for asset in build_table_assets(table, database, layout)],
+                                     quiet_sources(config)),
         jobs=[*jobs.values(), build_audit_job()],
         sensors=[build_staging_events_sensor(jobs, layout),
                  build_staging_reconciliation_sensor(jobs, layout)],
         resources={"staged_tables_settings": flow_settings},
     )
+
+
+def quiet_sources(config: CredflowConfig) -> list:
+    """The staged tables whose config says how often a file is uploaded (`expect_every`)."""
+    from credflow_assets.common.freshness import QuietSource
+    from credflow_assets.staged_tables.names import staging_file_key
+
+    bucket, prefix = config.buckets.adhoc, config.staged_tables.staging_prefix
+    return [QuietSource(staging_file_key(t.name), "staged table", t.name,
+                        f"s3://{bucket}/{prefix}{t.name}/", t.expect_every, t.owner)
+            for t in config.staged_tables.tables if t.expect_every is not None]
