@@ -9,8 +9,9 @@ chunk validated); sheets.py (a file read in chunks), with csv_text.py (which tex
 workbook.py (which sheet of an XLSX), dates.py (date cells read with a feed's format) and
 sheet_errors.py (what the readers share); ingest.py (one file into the table), staging.py (where
 its rows wait) and store.py (the tables); downloads.py (how long a run keeps its download);
-summary.py (the outbound file); status.py (a terminal report, which commands.py prints:
-`credflow feeds status`); settings.py (how much a step or a tick does at a time).
+summary.py (the outbound file); error_lines.py (the file's error report); status.py (a
+terminal report, which commands.py prints: `credflow feeds status`); lineage.py (a file's chain
+for `credflow lineage`); settings.py (how much a step or a tick does at a time).
 
 A feed is a config entry plus a DataFrameModel: `build_defs` makes each feed's table asset, job
 and sensor from the config, and checks every feed against its model when the code location

@@ -14,11 +14,14 @@ Reads top to bottom:
   decrypt, decompress, upload), signatures.py (the `.sig` against the provider's key),
   landed_files.py (one resulting file typed, counted and uploaded), failures.py (one clear
   message per failed file; only transient errors retried), metadata.py (what each
-  materialization reports);
+  materialization reports), error_lines.py (the file's error report: refused members, bad
+  rows);
 - the pure file transforms: unpack.py (safe extraction, type detection), streams.py
   (streaming decompression into uploads), rows.py (CSV record counts), limits.py (how big a
   file may become at every stage of unpacking), memory.py (malloc arenas around uploads);
 - settings.py: the resources;
+- lineage.py: a file's chain for `credflow lineage` (SFTP path → raw copy → landed files →
+  runs, parse log, error report);
 - what a killed run leaves: scratch.py, open_uploads.py and cleanup.py make sure it leaves
   nothing behind: no scratch files, no run left "started", no open multipart upload.
 

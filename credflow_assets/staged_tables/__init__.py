@@ -9,7 +9,8 @@ header lines). settings.py is the flow's resource (from the config file), layout
 where files live and how object keys become partition keys, columns.py compares a file's header
 with its table, validation.py streams the rows through pandera (with the flows' one CSV engine,
 common/csv_chunks.py), schemas.py holds the tables' pandera models, audit.py crawls staging,
-prod and Glue, commands.py is `credflow tables audit`.
+prod and Glue, commands.py is `credflow tables audit`, lineage.py a file's chain for
+`credflow lineage`.
 
 Each configured table has its own three assets, partition set and job, built here from the
 config: a table's assets list only its own staged files.

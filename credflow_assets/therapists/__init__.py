@@ -10,7 +10,7 @@ Read it top to bottom:
     assets.py       uploads → renditions → MPF folder, materialized by one step
     checks.py       the MPF audit as an asset check on each therapist's folder
     repair_job.py   the MPF repair as a job (`credflow mpf repair`, or the UI)
-    commands.py     `credflow mpf audit`, `credflow mpf repair`, `credflow lineage`
+    commands.py     `credflow mpf audit`, `credflow mpf repair`
 
 then the engine:
 
@@ -19,7 +19,7 @@ then the engine:
     directory.py    the therapist directory (who an id belongs to)
     uploads.py      the signup bucket's layout (`{therapist_id}/{file}`)
     mpf_audit/      the audit of the whole MPF or one therapist, and the repair
-    lineage.py      what `credflow lineage` shows
+    lineage.py      a therapist's chain for `credflow lineage` (cli/lineage.py asks every flow)
 """
 
 from __future__ import annotations
