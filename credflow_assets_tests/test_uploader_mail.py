@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import urllib.request
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -28,7 +27,12 @@ from credflow_assets.config import NotificationsConfig, load_config
 from credflow_assets.definitions import build_definitions
 from credflow_assets.local.mailbox import read_messages
 from credflow_assets.local.process import free_port
-from credflow_assets.local.seed_drive_feeds import CSV_MIME, sample_rows, write_csv
+from credflow_assets.local.seed_drive_feeds import (
+    CSV_MIME,
+    as_drive_user,
+    sample_rows,
+    write_csv,
+)
 from credflow_assets.resources.drive import DriveResource
 from credflow_assets.staged_tables.names import job_name
 from credflow_assets.therapists.directory import metadata as directory_metadata
@@ -98,7 +102,7 @@ def test_a_bad_staged_upload_mails_its_uploader_once(stack):
     assert message.subject == f"credflow: {name} was not loaded"
     assert f"s3://{BUCKET}/{key}" in message.text
     assert "the columns break the table's rules (amount_usd)" in message.text
-    assert f"Error report (each problem, by row and column): http://" in message.text
+    assert "Error report (each problem, by row and column): http://" in message.text
     assert f"{run.run_id}.errors.csv" in message.text
     assert f"upload a corrected file to the same key ({key})" in message.text
     # The rows' values stay in the file and the error report, never in the mail.
@@ -173,14 +177,9 @@ def test_a_message_the_mail_server_did_not_take_is_sent_on_a_later_tick(stack, c
 
 def drive_as(stack, display_name: str, email: str) -> DriveResource:
     """The Drive API as a named person (a token the local Drive server mints for them)."""
-    request = urllib.request.Request(
-        stack["env"]["CREDFLOW_DRIVE_URL"].rstrip("/") + "/_admin/users",
-        data=json.dumps({"displayName": display_name, "emailAddress": email}).encode(),
-        headers={"Authorization": f"Bearer {stack['env']['CREDFLOW_DRIVE_TOKEN']}",
-                 "Content-Type": "application/json"}, method="POST")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        token = json.loads(response.read())["access_token"]
-    return DriveResource(api_url=stack["env"]["CREDFLOW_DRIVE_URL"], token=token)
+    return as_drive_user(DriveResource(api_url=stack["env"]["CREDFLOW_DRIVE_URL"],
+                                       token=stack["env"]["CREDFLOW_DRIVE_TOKEN"]),
+                         display_name, email)
 
 
 def test_a_bad_feed_file_mails_the_drive_user_who_uploaded_it_once(stack, tmp_path):
