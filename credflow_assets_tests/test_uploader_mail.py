@@ -119,6 +119,13 @@ def test_a_bad_staged_upload_mails_its_uploader_once(stack):
     run_sync(stack)
     assert len(mail_to(stack, uploader)) == 1
 
+    # A new upload to the same key (other bytes) failing the same way is a new message.
+    stack["s3"].put_object(Bucket=BUCKET, Key=key, Metadata={"uploaded-by": uploader},
+                           Body=f"{CLAIMS_MISSING_AMOUNT}\nC-3002,Al,Bo,2024-01-04,paid\n".encode())
+    run_sync(stack, "staging_events_sensor")
+    assert [message.subject for message in mail_to(stack, uploader)] == [
+        f"credflow: {name} was not loaded"] * 2
+
 
 def test_a_staged_upload_without_metadata_goes_to_its_principals_mapped_address(stack):
     name = f"{unique('claims_principal')}.csv"

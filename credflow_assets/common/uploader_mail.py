@@ -7,8 +7,9 @@ success team for a therapist upload. Engineers keep the webhook for every failur
 
 One message per file and failure, not per retry or rerun:
 - a run Dagster will retry (`dagster/will_retry`) sends nothing: its last attempt speaks;
-- a sent message is recorded on its run as a tag (NOTIFIED_TAG = a digest of flow, partition
-  and failure sentence), and a message whose digest some run already carries is not sent again.
+- a sent message is recorded on its run as a tag (NOTIFIED_TAG = a digest of flow, partition,
+  the file's content version when the partition outlives it, and failure sentence), and a
+  message whose digest some run already carries is not sent again.
   A run tag, not a sensor cursor: it lives in the instance with the run (a cursor reset or a
   second code location does not forget it), it is one indexed tag lookup, and the run's page
   in the UI shows that the uploader was told.
@@ -49,6 +50,9 @@ class UploaderNotice:
     file_name: str  # the file's own name: the subject's
     where: str  # where they put it, as they know it (Drive folder and name, the staging key)
     fix: str  # what to do, in words they can act on
+    # The file's content, when its partition outlives it (a staged key uploaded again): a new
+    # upload that fails the same way is a new message.
+    version: str = ""
 
 
 # How a flow finds the notice for one failed run: (instance, run, failure sentence) → notice,
@@ -116,10 +120,11 @@ def message_of(notice: UploaderNotice, sentence: str, report_url: str | None,
     return f"credflow: {notice.file_name} was not loaded", "\n".join(lines) + "\n"
 
 
-def failure_digest(flow: str, run: dg.DagsterRun, sentence: str) -> str:
-    """One file and failure: its flow, partition and failure sentence."""
+def failure_digest(flow: str, run: dg.DagsterRun, sentence: str, version: str = "") -> str:
+    """One file and failure: its flow, partition (and content version) and failure sentence."""
     partition = run.tags.get("dagster/partition", run.run_id)
-    return hashlib.sha256(f"{flow}\n{partition}\n{sentence}".encode()).hexdigest()[:32]
+    text = f"{flow}\n{partition}\n{version}\n{sentence}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def told_before(instance: dg.DagsterInstance, digest: str) -> bool:
@@ -134,7 +139,7 @@ def tell_uploader(instance: dg.DagsterInstance, run: dg.DagsterRun, flow: str,
         return None
     sentence = failure_sentence(instance, run)
     notice = uploader_of(instance, run, sentence)
-    digest = failure_digest(flow, run, sentence)
+    digest = failure_digest(flow, run, sentence, notice.version if notice else "")
     if notice is None or told_before(instance, digest):
         if run.tags.get(PENDING_TAG) == flow:
             instance.add_run_tags(run.run_id, {PENDING_TAG: DONE})

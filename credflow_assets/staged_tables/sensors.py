@@ -368,7 +368,10 @@ def staged_uploader(uploaders_by_principal: Mapping[str, str]) -> UploaderOf:
         key = run.tags.get(STAGED_KEY_TAG) or object_key_for(
             run.tags.get("dagster/partition", ""))
         where = next((str(result["file"]) for result in results if result.get("file")), key)
+        # The content (its etag): the same bytes uploaded again are the same file version.
+        version = next((str(result["etag"]) for result in results if result.get("etag")),
+                       run.tags.get(VERSION_TAG, "").partition(":")[0])
         return UploaderNotice(to=address, file_name=key.rpartition("/")[2], where=where,
-                              fix=f"{SAME_KEY} ({key})")
+                              fix=f"{SAME_KEY} ({key})", version=version)
 
     return uploader_of_run

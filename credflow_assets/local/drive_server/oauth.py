@@ -152,7 +152,9 @@ def grant(
         raise GrantError("invalid_scope", "Invalid OAuth scope or ID token audience provided. "
                          f"The local Drive server grants {DRIVE_SCOPE} only.")
     return {
-        "access_token": tokens.mint(user_record(issuer, issuer)), "expires_in": TOKEN_LIFETIME_S, "token_type": "Bearer",
+        # The account acts as itself: its client e-mail is who its changes are recorded as.
+        "access_token": tokens.mint(user_record(issuer, issuer)),
+        "expires_in": TOKEN_LIFETIME_S, "token_type": "Bearer",
     }
 
 
