@@ -34,7 +34,8 @@ from credflow_assets.local.seed_drive_feeds import (
     write_csv,
 )
 from credflow_assets.resources.drive import DriveResource
-from credflow_assets.staged_tables.names import job_name
+from credflow_assets.staged_tables.layout import partition_key_for
+from credflow_assets.staged_tables.names import job_name, table_partitions
 from credflow_assets.therapists.directory import metadata as directory_metadata
 from credflow_assets_tests.conftest import DEFAULT_CONFIG, running_stack
 
@@ -113,7 +114,7 @@ def test_a_bad_staged_upload_mails_its_uploader_once(stack):
 
     # A second sync finds nothing new; a rerun of the same upload fails the same way: no mail.
     run_sync(stack, "staging_events_sensor", "staging_reconciliation_sensor")
-    rerun = stack["defs"].get_job_def(job_name("claims")).execute_in_process(
+    rerun = stack["defs"].resolve_job_def(job_name("claims")).execute_in_process(
         instance=stack["instance"], partition_key=run.partition, raise_on_error=False)
     assert not rerun.success
     run_sync(stack)
@@ -231,3 +232,20 @@ def test_a_therapist_upload_that_fails_is_told_to_the_success_team(stack):
     assert len(messages) == 1
     assert therapist in messages[0].subject
     assert "is not in the therapist directory" in messages[0].text
+
+
+def test_a_run_dagster_will_retry_sends_nothing(stack):
+    uploader = f"{unique('eve')}@example.com"
+    name = f"{unique('claims_retried')}.csv"
+    key = put_staged(stack, name, {"uploaded-by": uploader})
+    partition = partition_key_for(key)
+    stack["instance"].add_dynamic_partitions(table_partitions("claims").name, [partition])
+
+    run = stack["defs"].resolve_job_def(job_name("claims")).execute_in_process(
+        instance=stack["instance"], partition_key=partition, raise_on_error=False,
+        tags={"dagster/will_retry": "true"})
+    assert not run.success
+    assert stack["instance"].get_run_by_id(run.run_id).tags["dagster/will_retry"] == "true"
+    run_sync(stack)
+
+    assert mail_to(stack, uploader) == []
