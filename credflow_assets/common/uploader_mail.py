@@ -135,6 +135,9 @@ def tell_uploader(instance: dg.DagsterInstance, run: dg.DagsterRun, flow: str,
                   uploader_of: UploaderOf, mail: MailResource, log: Any) -> bool | None:
     """Send the run's uploader its one message. None: nothing to send (a retry follows, nobody
     to tell, told before); else whether the mail server took it (False leaves it pending)."""
+    # The run as stored now: Dagster tags a run it will retry when it fails, after the event
+    # the failure sensor was handed.
+    run = instance.get_run_by_id(run.run_id) or run
     if run.tags.get(WILL_RETRY_TAG, "").lower() == "true":
         return None
     sentence = failure_sentence(instance, run)
