@@ -10,18 +10,17 @@ from credflow_assets.config import CredflowConfig, load_config
 def build_definitions(config: CredflowConfig) -> dg.Definitions:
     from credflow_assets import drive_feeds, provider_feeds, staged_tables, therapists
     from credflow_assets.common.console import one_line_console
-    from credflow_assets.resources.from_config import build_resources
-    from credflow_assets.common.run_recovery import stopped_runs_sensor
-
     from credflow_assets.common.freshness import build_quiet_sources_sensor
+    from credflow_assets.common.run_recovery import stopped_runs_sensor
+    from credflow_assets.resources.from_config import build_resources
 
     # Providers, feeds and staged tables with `expect_every`: told once when they go quiet.
     quiet = [source for flow in (provider_feeds, drive_feeds, staged_tables)
              for source in flow.quiet_sources(config)]
     return dg.Definitions.merge(
         dg.Definitions(resources=build_resources(config),
-                       sensors=[failure_notifications(), stopped_runs_sensor,
-                                build_quiet_sources_sensor(quiet)],
+                       sensors=[failure_notifications(config), uploader_mail_retries(config),
+                                stopped_runs_sensor, build_quiet_sources_sensor(quiet)],
                        loggers={"console": one_line_console}),
         therapists.build_defs(config),
         staged_tables.build_defs(config),
@@ -30,18 +29,40 @@ def build_definitions(config: CredflowConfig) -> dg.Definitions:
     )
 
 
-def failure_notifications() -> dg.RunStatusSensorDefinition:
-    """One failure sensor for every flow, each failed run told with its flow's message."""
+def failure_notifications(config: CredflowConfig | None = None) -> dg.RunStatusSensorDefinition:
+    """One failure sensor for every flow, each failed run told with its flow's message, and
+    (given the config, which says who they are) its file's uploader e-mailed
+    (common/uploader_mail.py)."""
     from credflow_assets.common.notifications import FlowFailures, build_failure_notification_sensor
     from credflow_assets.flows import all_flows
     from credflow_assets.staged_tables.sensors import describe_failure
 
     # A staged file's failure names the columns that differ; every other flow's, the error.
     describe = {"staged_tables": describe_failure}
+    uploaders = uploaders_by_flow(config) if config is not None else {}
     return build_failure_notification_sensor([
-        FlowFailures(flow.label, flow.runs, describe=describe.get(flow.name))
+        FlowFailures(flow.label, flow.runs, describe=describe.get(flow.name), name=flow.name,
+                     uploader=uploaders.get(flow.name))
         for flow in all_flows()
     ])
+
+
+def uploaders_by_flow(config: CredflowConfig) -> dict:
+    """Who each flow e-mails about a failed file (provider files: nobody, a machine sent them)."""
+    from credflow_assets.drive_feeds.sensors import feed_uploader
+    from credflow_assets.staged_tables.sensors import staged_uploader
+    from credflow_assets.therapists.names import therapist_uploader
+
+    notifications = config.notifications
+    return {"therapists": therapist_uploader(notifications.success_team),
+            "drive_feeds": feed_uploader(list(config.feeds)),
+            "staged_tables": staged_uploader(dict(notifications.staged_uploaders))}
+
+
+def uploader_mail_retries(config: CredflowConfig) -> dg.SensorDefinition:
+    from credflow_assets.common.uploader_mail import build_uploader_mail_retry_sensor
+
+    return build_uploader_mail_retry_sensor(uploaders_by_flow(config))
 
 
 @dg.definitions

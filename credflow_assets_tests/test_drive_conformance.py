@@ -627,3 +627,64 @@ def test_the_checks_catch_what_google_does_not_have():
         "size: int, Google says string", "shiny: no such field"]
     assert error_not_google_shaped({"error": {"code": 404, "message": "m", "errors": [
         {"reason": "notFound", "hint": "h"}]}}) == ["error.errors[].hint"]
+
+
+def test_last_modifying_user_is_who_made_the_latest_change_as_drive_shapes_it(tmp_path):
+    """Drive records who made each change: `lastModifyingUser` is the User resource of the
+    latest one, `me` true only when the asker is that user. The stand-in's request user comes
+    from its token; `POST /_admin/users` mints one acting as a named person."""
+    import urllib.request
+
+    from credflow_assets.local.drive_server.server import DriveServer
+    from credflow_assets.local.drive_server.store import Store
+    from credflow_assets.resources.drive import DriveResource
+
+    token = secrets.token_hex(16)
+    store = Store(tmp_path / "state")
+    server = DriveServer(0, store, token)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    try:
+        request = urllib.request.Request(
+            url + "_admin/users", method="POST",
+            data=json.dumps({"user": "Fay Analyst <fay@example.org>"}).encode(),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            minted = json.loads(response.read())
+        fay = DriveResource(api_url=url, token=minted["access_token"], num_retries=0)
+        owner = DriveResource(api_url=url, token=token, num_retries=0)
+        source = tmp_path / "rows.csv"
+        source.write_text("id\n1\n")
+        fields = "id,lastModifyingUser"
+
+        uploaded = fay.upload_file(source, "rows.csv", "root", mime_type="text/csv")
+        as_fay = fay.get_file(uploaded["id"], fields)["lastModifyingUser"]
+        as_owner = owner.get_file(uploaded["id"], fields)["lastModifyingUser"]
+        assert as_fay == {"kind": "drive#user", "displayName": "Fay Analyst",
+                          "emailAddress": "fay@example.org", "me": True,
+                          "permissionId": as_fay["permissionId"]}
+        assert as_fay["permissionId"].isdigit()
+        assert as_owner == {**as_fay, "me": False}
+        assert answer_not_in_schema(as_fay, {"$ref": "User"}) == []
+        # A partial selection, as the feeds sensor lists it.
+        [listed] = owner.list_files("name = 'rows.csv'",
+                                    fields="id,lastModifyingUser(emailAddress,displayName)")
+        assert listed["lastModifyingUser"] == {"emailAddress": "fay@example.org",
+                                               "displayName": "Fay Analyst"}
+        # The next change is someone else's.
+        owner.update_file(uploaded["id"], name="renamed.csv")
+        after = fay.get_file(uploaded["id"], fields)["lastModifyingUser"]
+        assert after["emailAddress"] != "fay@example.org" and after["me"] is False
+        # The minted token opens the API, not the admin routes.
+        refused = urllib.request.Request(url + "_admin/health", headers={
+            "Authorization": f"Bearer {minted['access_token']}"})
+        with pytest.raises(urllib.error.HTTPError) as error:
+            urllib.request.urlopen(refused, timeout=10)
+        assert error.value.code == 401
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+        store.close()

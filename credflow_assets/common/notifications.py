@@ -1,4 +1,5 @@
-"""Failure notifications: a Slack-compatible webhook, or the log when none is configured.
+"""Failure notifications: a Slack-compatible webhook, or the log when none is configured; and,
+for a flow that says who put the file there, one e-mail to that person (uploader_mail.py).
 
 The source system's alarm said that *a* lambda failed, not which feed or file. Every message
 here names the flow, the partition (the file) and the cause.
@@ -17,6 +18,8 @@ import dagster as dg
 
 from credflow_assets.common.messages import error_message
 from credflow_assets.common.flow import FlowRuns
+from credflow_assets.common.uploader_mail import UploaderOf, tell_uploader
+from credflow_assets.resources.mail import MailResource
 
 logger = logging.getLogger("credflow.notifications")
 
@@ -71,11 +74,14 @@ FAILURE_SENSOR_NAME = "failure_notifications"
 @dataclass(frozen=True)
 class FlowFailures:
     """How one flow's failed runs are told: its label, how to tell its runs (its jobs and
-    assets, `common.flow.FlowRuns`), and optionally its own message (title and lines)."""
+    assets, `common.flow.FlowRuns`), optionally its own message (title and lines), and who put
+    a failed run's file there (`uploader`: that person is e-mailed, uploader_mail.py)."""
 
     label: str
     runs: FlowRuns
     describe: Callable[[dg.RunFailureSensorContext], tuple[str, list[str]]] | None = None
+    name: str = ""  # the flow's name (`Flow.name`): what its sent e-mails are recorded under
+    uploader: UploaderOf | None = None
 
 
 def build_failure_notification_sensor(flows: list[FlowFailures]) -> dg.RunStatusSensorDefinition:
@@ -88,13 +94,8 @@ def build_failure_notification_sensor(flows: list[FlowFailures]) -> dg.RunStatus
     flow: each sensor that sees a run leaves an "acted on" event in the run's log.
     """
 
-    @dg.run_failure_sensor(
-        name=FAILURE_SENSOR_NAME, default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Sends every failed run to the notifier (the webhook in "
-        "`notifications.webhook_url`, else the log): the flow, the file and the cause, "
-        "whatever launched the run (a sensor, credflow sync, the UI, a backfill).",
-    )
-    def failure_notifications(context: dg.RunFailureSensorContext, notifier: Notifier) -> None:
+    def notify(context: dg.RunFailureSensorContext, notifier: Notifier,
+               mail: MailResource | None) -> None:
         run = context.dagster_run
         flow = next((flow for flow in flows
                      if flow.runs.owns(run.job_name, list(run.asset_selection or ()))), None)
@@ -104,5 +105,25 @@ def build_failure_notification_sensor(flows: list[FlowFailures]) -> dg.RunStatus
             title = f"credflow: {flow.label if flow else run.job_name} failed"
             lines = failure_lines(run, failure_reason(context))
         notifier.notify(title, lines)
+        if mail is not None and flow is not None and flow.uploader is not None:
+            tell_uploader(context.instance, run, flow.name or flow.label, flow.uploader, mail,
+                          context.log)
 
-    return failure_notifications
+    # The mail resource only when some flow e-mails an uploader: definitions of one flow
+    # without uploaders (tests) need not carry it.
+    if any(flow.uploader for flow in flows):
+        def failure_notifications(context: dg.RunFailureSensorContext, notifier: Notifier,
+                                  mail: MailResource) -> None:
+            notify(context, notifier, mail)
+    else:
+        def failure_notifications(context: dg.RunFailureSensorContext,
+                                  notifier: Notifier) -> None:
+            notify(context, notifier, None)
+
+    return dg.run_failure_sensor(
+        name=FAILURE_SENSOR_NAME, default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Sends every failed run to the notifier (the webhook in "
+        "`notifications.webhook_url`, else the log): the flow, the file and the cause, "
+        "whatever launched the run (a sensor, credflow sync, the UI, a backfill); and e-mails "
+        "the file's uploader once per file and failure (not for a run Dagster will retry).",
+    )(failure_notifications)

@@ -39,6 +39,8 @@ def feed_partitions(feed_name: str) -> dg.DynamicPartitionsDefinition:
 # at a time, in the order the sensor saw them) and the inbound Drive file.
 FEED_TAG = "credflow/drive_feed"
 FILE_TAG = "credflow/drive_file_id"
+# Who put the revision there: its `lastModifyingUser.emailAddress` on Drive, as listed.
+UPLOADER_TAG = "credflow/uploader"
 
 # appProperties on a summary file: what links it to the inbound file and revision it reports.
 SUMMARY_FEED = "credflow_feed"

@@ -23,13 +23,22 @@ from credflow_assets.drive_feeds.settings import DriveFeedSettings
 from credflow_assets.drive_feeds.names import (
     FEED_TAG,
     FILE_TAG,
+    UPLOADER_TAG,
     feed_partitions,
+    parse_partition_key,
     partition_key,
 )
 from credflow_assets.common.partitions import is_valid_partition_key
-from credflow_assets.resources.drive import DriveResource, escape_query_literal
+from credflow_assets.common.uploader_mail import SAME_FOLDER, UploaderNotice
+from credflow_assets.resources.drive import (
+    LAST_MODIFYING_USER_FIELDS,
+    DriveResource,
+    escape_query_literal,
+)
 
-LIST_FIELDS = "id,name,mimeType,modifiedTime,md5Checksum,size,trashed"
+# Who made the revision, too: its run is tagged with their address, which a failure e-mails.
+LIST_FIELDS = ("id,name,mimeType,modifiedTime,md5Checksum,size,trashed,"
+               + LAST_MODIFYING_USER_FIELDS)
 FOLDER_MIME = "application/vnd.google-apps.folder"
 
 
@@ -143,7 +152,7 @@ def build_inbound_sensor(feed: FeedConfig, job) -> dg.SensorDefinition:
             keys.append(key)
             requests.append(dg.RunRequest(
                 partition_key=key, run_key=run_key,
-                tags={FEED_TAG: feed.name, FILE_TAG: file["id"]},
+                tags={FEED_TAG: feed.name, FILE_TAG: file["id"], **_uploader_tag(file)},
             ))
         if requests:
             context.log.info(f"{feed.name}: {len(requests)} new inbound file revision(s)")
@@ -164,3 +173,31 @@ def revision_run_key(feed: str, file_id: str, revision: str) -> str:
 def _requested_before(instance: dg.DagsterInstance, run_key: str) -> bool:
     # One indexed tag lookup per new file listed, not a scan of the feed's partitions.
     return bool(instance.get_run_ids(dg.RunsFilter(tags={"dagster/run_key": run_key}), limit=1))
+
+
+def _uploader_tag(file: dict) -> dict[str, str]:
+    address = (file.get("lastModifyingUser") or {}).get("emailAddress")
+    return {UPLOADER_TAG: address} if address else {}
+
+
+def feed_uploader(feeds: list[FeedConfig]):
+    """Who is e-mailed about a feed file that was not loaded: whoever made its revision on
+    Drive (the run's UPLOADER_TAG); nobody when Drive did not say (`common.uploader_mail`)."""
+    folders = {feed.name: feed.inbound_folder_id for feed in feeds}
+
+    def uploader_of_run(_instance: dg.DagsterInstance, run: dg.DagsterRun,
+                        _sentence: str) -> UploaderNotice | None:
+        address = run.tags.get(UPLOADER_TAG)
+        key = run.tags.get("dagster/partition", "")
+        if not address or key.count("/") < 3:
+            return None
+        feed, _file_id, _revision = parse_partition_key(key)
+        name = key.split("/", 3)[3]
+        folder = folders.get(feed, "?")
+        return UploaderNotice(
+            to=address, file_name=name,
+            where=f"{name} in the {feed} feed's inbound folder on Google Drive "
+                  f"(folder id {folder})",
+            fix=f"{SAME_FOLDER} (the {feed} feed's inbound folder)")
+
+    return uploader_of_run

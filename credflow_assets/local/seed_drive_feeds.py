@@ -8,6 +8,10 @@ people write them (`NSS ID`, `Date of Birth`); dates in the feed's own format. I
 seeded file carries `credflow_seed=drive_feeds` and a `credflow_seed_file` slug in its
 appProperties, and a file already there is left alone.
 
+The sheets are uploaded as the demo's analyst (FEED_ANALYST, through a token the local Drive
+server mints for that person: `as_drive_user`), so Drive names them as the files'
+`lastModifyingUser`, and a rejected sheet's e-mail goes to them (`credflow local mail`).
+
 `sample_rows`, `header_for`, `write_csv` and `write_xlsx` make sheets of any size for the tests.
 """
 
@@ -15,7 +19,9 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import json
 import tempfile
+import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +34,22 @@ SEED_MARKER = "credflow_seed"
 SEED_VALUE = "drive_feeds"
 SEED_FILE = "credflow_seed_file"
 XLSX_FEED = "nsss"
+FEED_ANALYST = ("Dee Feeds", "dee.feeds@credflow.local")
+
+
+def as_drive_user(drive: DriveResource, display_name: str, email: str) -> DriveResource:
+    """`drive` acting as a named person: a token the local Drive server mints for them
+    (`POST /_admin/users`, with the server's own token). Local only: real Drive has no such
+    route, so without an `api_url` the resource is returned as it is."""
+    if not drive.api_url or not drive.token:
+        return drive
+    request = urllib.request.Request(
+        drive.api_url.rstrip("/") + "/_admin/users", method="POST",
+        data=json.dumps({"displayName": display_name, "emailAddress": email}).encode(),
+        headers={"Authorization": f"Bearer {drive.token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        token = json.loads(response.read())["access_token"]
+    return DriveResource(api_url=drive.api_url, token=token, num_retries=drive.num_retries)
 CSV_MIME = "text/csv"
 XLSX_MIME = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 
@@ -155,6 +177,7 @@ def _demo_files(feed: FeedConfig, work: Path) -> list[tuple[str, str, Path, str]
 def seed_drive_feeds(config: CredflowConfig, drive: DriveResource) -> list[str]:
     """Upload each feed's demo sheets that are not there yet; a line per file, for the terminal."""
     lines = []
+    analyst = as_drive_user(drive, *FEED_ANALYST)
     with tempfile.TemporaryDirectory(prefix="credflow-seed-feeds-") as work:
         for feed in config.feeds:
             for slug, name, path, mime in _demo_files(feed, Path(work)):
@@ -164,7 +187,7 @@ def seed_drive_feeds(config: CredflowConfig, drive: DriveResource) -> list[str]:
                 if existing:
                     lines.append(f"{feed.name}: {name} already in the inbound folder")
                     continue
-                drive.upload_file(path, name, feed.inbound_folder_id, mime_type=mime,
+                analyst.upload_file(path, name, feed.inbound_folder_id, mime_type=mime,
                                   app_properties={SEED_MARKER: SEED_VALUE, SEED_FILE: seed_key})
                 lines.append(f"{feed.name}: uploaded {name} to the inbound folder")
     return lines

@@ -28,6 +28,9 @@ FILE_FIELDS = (
     "id,name,mimeType,parents,appProperties,createdTime,modifiedTime,md5Checksum,size,"
     "webViewLink,trashed"
 )
+# Who made a file's latest revision (Drive's User resource, less what credflow does not read):
+# the address a feed file's uploader is e-mailed at when it is not loaded.
+LAST_MODIFYING_USER_FIELDS = "lastModifyingUser(emailAddress,displayName)"
 CHUNK_GRANULARITY = 256 * 1024  # Drive wants resumable chunks in multiples of this
 DEFAULT_CHUNK_SIZE = 32 * CHUNK_GRANULARITY  # 8 MiB
 DEFAULT_DOWNLOAD_CHUNK_SIZE = 8 * 1024 * 1024

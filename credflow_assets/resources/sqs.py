@@ -64,6 +64,7 @@ class S3ObjectEvent:
     event_time: str | None
     sequencer: str | None
     event_name: str = ""
+    principal: str | None = None  # who uploaded: the record's userIdentity.principalId
 
     @property
     def uri(self) -> str:
@@ -146,6 +147,7 @@ def parse_s3_event_message(body: str) -> list[S3ObjectEvent] | None:
                     event_time=record.get("eventTime"),
                     sequencer=obj.get("sequencer"),
                     event_name=record.get("eventName", ""),
+                    principal=(record.get("userIdentity") or {}).get("principalId") or None,
                 )
             )
         return events

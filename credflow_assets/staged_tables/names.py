@@ -66,6 +66,10 @@ TABLE_TAG = "credflow/staged_table"
 STAGED_KEY_TAG = "credflow/staged_key"
 # `{etag}:{last-modified epoch seconds}`: the upload the run was requested for.
 VERSION_TAG = "credflow/staged_version"
+# Who uploaded the file: the object's `uploaded-by` metadata (checks.UPLOADER_METADATA_KEYS),
+# and the upload event's S3 principal (`notifications.staged_uploaders` maps it to an address).
+UPLOADER_TAG = "credflow/uploader"
+PRINCIPAL_TAG = "credflow/s3_principal"
 
 
 def table_of_run(job: str, asset_keys: list[dg.AssetKey]) -> str | None:

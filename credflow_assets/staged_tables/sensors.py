@@ -41,6 +41,7 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from credflow_assets.common.notifications import failure_reason
+from credflow_assets.common.uploader_mail import SAME_KEY, UploaderNotice, UploaderOf
 from credflow_assets.common.reconciliation import (
     RECONCILE_INTERVAL_SECONDS,
     RECONCILE_PAGE_KEYS,
@@ -52,10 +53,13 @@ from credflow_assets.common.reconciliation import (
 from credflow_assets.resources.s3 import head_object_or_none
 from credflow_assets.resources.sqs import S3EventCursor, SqsResource
 from credflow_assets.staged_tables.layout import Layout, object_key_for, table_of_partition
+from credflow_assets.staged_tables.checks import uploader_of
 from credflow_assets.staged_tables.settings import StagedTablesSettings
 from credflow_assets.staged_tables.names import (
+    PRINCIPAL_TAG,
     STAGED_KEY_TAG,
     TABLE_TAG,
+    UPLOADER_TAG,
     VERSION_TAG,
     job_name,
     object_version,
@@ -69,14 +73,28 @@ from credflow_assets.staged_tables.names import (
 HEAD_CONCURRENCY = 8
 
 
-def _request(staged_file, version: str, run_key: str) -> dg.RunRequest:
+def _request(staged_file, version: str, run_key: str,
+             who: Mapping[str, str] | None = None) -> dg.RunRequest:
+    """`who`: the uploader's tags (UPLOADER_TAG, PRINCIPAL_TAG), when the sensor saw them."""
     return dg.RunRequest(
         job_name=job_name(staged_file.table),
         partition_key=staged_file.partition_key,
         run_key=run_key,
         tags={TABLE_TAG: staged_file.table, STAGED_KEY_TAG: staged_file.key,
-              VERSION_TAG: version},
+              VERSION_TAG: version, **(who or {})},
     )
+
+
+def _uploader_tags(head: Mapping[str, Any], event) -> dict[str, str]:
+    """Who uploaded, as the HEAD and the event say: the `uploaded-by` metadata and the S3
+    principal (the failure e-mail goes to the one, else the other's mapped address)."""
+    tags = {}
+    uploader = uploader_of(head.get("Metadata") or {})
+    if uploader:
+        tags[UPLOADER_TAG] = uploader
+    if event.principal:
+        tags[PRINCIPAL_TAG] = event.principal
+    return tags
 
 
 def _result(requests: list[dg.RunRequest], cursor: str) -> dg.SensorResult:
@@ -154,13 +172,15 @@ def staging_events_tick(context: dg.SensorEvaluationContext, s3: S3Resource, sqs
     # Upload order (S3 times have second resolution, events milliseconds): a table's first
     # upload founds it.
     for _, _, key, head in sorted(found, key=lambda item: item[:3]):
+        event = latest[key]
         staged_file = layout.staged_file(key)
         version = object_version(head["ETag"], head["LastModified"])
         if _version_requested(context.instance, staged_file.partition_key, version):
             # The reconciliation sensor got there first (its tick fell between the upload and
             # this one): a second run would find the file promoted and fail.
             continue
-        requests.append(_request(staged_file, version, f"{staged_file.partition_key}@{version}"))
+        requests.append(_request(staged_file, version, f"{staged_file.partition_key}@{version}",
+                                 _uploader_tags(head, event)))
     if batch.received:
         context.log.info(f"{batch.received} message(s), {len(batch.events)} event(s), "
                          f"{len(requests)} staged file(s) to check")
@@ -328,3 +348,30 @@ def _check_evaluations(instance: dg.DagsterInstance, run_id: str) -> list[Any]:
     entries = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
     return [entry.dagster_event.event_specific_data for entry in entries
             if entry.dagster_event is not None]
+
+
+def staged_uploader(uploaders_by_principal: Mapping[str, str]) -> UploaderOf:
+    """Who is e-mailed about a staged file that was not promoted: the address in the object's
+    `uploaded-by` metadata (the sensor's tag, else the check's result), else the upload's S3
+    principal mapped through `notifications.staged_uploaders`; nobody when neither is known."""
+
+    def uploader_of_run(instance: dg.DagsterInstance, run: dg.DagsterRun,
+                        _sentence: str) -> UploaderNotice | None:
+        results = [{name: value.value for name, value in evaluation.metadata.items()}
+                   for evaluation in _check_evaluations(instance, run.run_id)]
+        from_checks = next((str(result["uploader"]) for result in results
+                            if "@" in str(result.get("uploader", ""))), None)
+        address = (run.tags.get(UPLOADER_TAG) if "@" in run.tags.get(UPLOADER_TAG, "") else None) \
+            or from_checks or uploaders_by_principal.get(run.tags.get(PRINCIPAL_TAG, ""))
+        if not address:
+            return None
+        key = run.tags.get(STAGED_KEY_TAG) or object_key_for(
+            run.tags.get("dagster/partition", ""))
+        where = next((str(result["file"]) for result in results if result.get("file")), key)
+        # The content (its etag): the same bytes uploaded again are the same file version.
+        version = next((str(result["etag"]) for result in results if result.get("etag")),
+                       run.tags.get(VERSION_TAG, "").partition(":")[0])
+        return UploaderNotice(to=address, file_name=key.rpartition("/")[2], where=where,
+                              fix=f"{SAME_KEY} ({key})", version=version)
+
+    return uploader_of_run

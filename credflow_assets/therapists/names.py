@@ -72,3 +72,22 @@ FLOW = Flow(
         lane_of=lambda key: key,
     ),
 )
+
+
+def therapist_uploader(success_team: str | None):
+    """Therapist uploads that fail are told to the success team (`notifications.success_team`),
+    who talk to the therapist; a therapist is never e-mailed by credflow."""
+    from credflow_assets.common.uploader_mail import UploaderNotice
+
+    def uploader_of_run(_instance: dg.DagsterInstance, run: dg.DagsterRun,
+                        _sentence: str) -> UploaderNotice | None:
+        therapist_id = run.tags.get(THERAPIST_TAG) or run.tags.get("dagster/partition")
+        if not success_team or not therapist_id:
+            return None
+        return UploaderNotice(
+            to=success_team, file_name=f"the signup upload of therapist {therapist_id}",
+            where=f"the signup bucket, folder {therapist_id}/ (therapist {therapist_id})",
+            fix="fix what is wrong, or ask the therapist to upload a corrected file to the "
+                "same place")
+
+    return uploader_of_run

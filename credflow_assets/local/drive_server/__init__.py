@@ -5,7 +5,9 @@ Standard library only, so it starts fast. `start()` runs it as a detached proces
 `set_faults`, `fault_state` and `reset` helpers drive its admin endpoints from tests, and
 `register_service_account_key` lets a service-account key sign in (see
 credflow_assets.local.service_account). Its web pages (pages.py) and its token endpoint
-(oauth.py) need no token.
+(oauth.py) need no token. Each change records who made it (`lastModifyingUser`, users.py):
+the request's token says who that is, and `POST /_admin/users` mints a token acting as a named
+person (`credflow_assets.local.seed_drive_feeds.as_drive_user`).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The admin routes (`/_admin/…`, the server's own token only): faults, reset, health and
-service-account keys."""
+"""The admin routes (`/_admin/…`, the server's own token only): faults, reset, health,
+service-account keys and tokens acting as a named user (users.py)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ class AdminRoutes:
             self._send_json(200, {"keys": [
                 {"client_email": k["client_email"], "private_key_id": k["key_id"]} for k in keys
             ]})
+        elif path == "/_admin/users" and method == "POST":
+            self._send_json(200, self._mint_user_token(self._json_body()))
         elif path == "/_admin/health" and method == "GET":
             self._drain()
             self._send_json(200, {"ok": True, "rootFolderId": self.store.root_id})

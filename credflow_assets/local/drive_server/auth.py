@@ -7,7 +7,7 @@ import hmac
 import re
 from urllib.parse import parse_qsl
 
-from . import oauth
+from . import oauth, users
 from .errors import ApiError, bad_request
 
 MAX_TOKEN_REQUEST = 64 * 1024  # a JWT-bearer grant is a few KB
@@ -31,6 +31,16 @@ class Auth:
         if scheme.lower() != "bearer" or not (own or minted):
             raise ApiError(401, "authError", "Invalid Credentials", location="Authorization",
                            location_type="header")
+        # Who this request acts as: what its revisions record as `lastModifyingUser`.
+        self._user = users.OWNER if own else (
+            self.server.access_tokens.user_of(credential) or users.OWNER)
+
+    def _mint_user_token(self, body: dict) -> dict:
+        """A token acting as a named user (`POST /_admin/users`), for an hour."""
+        user = users.named_user(body)
+        token = self.server.access_tokens.mint(user)
+        return {"access_token": token, "expires_in": oauth.TOKEN_LIFETIME_S,
+                "token_type": "Bearer", "user": user}
 
     def _token_grant(self) -> None:
         """Google's token endpoint, for google-auth's service-account credentials (oauth.py)."""

@@ -17,6 +17,7 @@ from .query import (
     parse_q,
 )
 from .records import new_id
+from .users import as_seen_by
 from .responses import DEFAULT_LIST_FIELDS
 
 
@@ -30,6 +31,7 @@ class FileRoutes:
         key = hashlib.sha256(f"{params.get('q')}|{params.get('orderBy')}".encode()).hexdigest()
         offset = _decode_page_token(params.get("pageToken"), key[:16])
         files, more = self.store.list(where, args, order, offset, page_size, self._base_url())
+        files = [as_seen_by(file, self._user) for file in files]
         response = {"kind": "drive#fileList", "incompleteSearch": False, "files": files}
         if more:
             response["nextPageToken"] = _encode_page_token(offset + page_size, key[:16])
@@ -44,13 +46,14 @@ class FileRoutes:
 
     def create_file(self, params: dict) -> None:
         meta = self._json_body()
-        self._send_file(self.store.create(meta, None, self._base_url()), params)
+        self._send_file(self.store.create(meta, None, self._base_url(), self._user), params)
 
     def update_file(self, params: dict, file_id: str) -> None:
         meta = self._json_body()
         add, remove = id_list(params.get("addParents")), id_list(params.get("removeParents"))
         self._send_file(
-            self.store.update(file_id, meta, add, remove, None, self._base_url()), params
+            self.store.update(file_id, meta, add, remove, None, self._base_url(), self._user),
+            params,
         )
 
     def delete_file(self, params: dict, file_id: str) -> None:

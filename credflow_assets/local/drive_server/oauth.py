@@ -30,6 +30,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from .users import user_record
+
 TOKEN_PATH = "/token"
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
@@ -56,13 +58,15 @@ class GrantError(Exception):
 
 
 class AccessTokens:
-    """Access tokens minted here, each valid for TOKEN_LIFETIME_S seconds."""
+    """Access tokens minted here, each valid for TOKEN_LIFETIME_S seconds, each for one user
+    (users.py): the Drive user a request with it acts as."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._expiry_by_digest: dict[bytes, float] = {}
+        self._user_by_digest: dict[bytes, dict] = {}
 
-    def mint(self) -> str:
+    def mint(self, user: dict | None = None) -> str:
         token = "local-sa." + secrets.token_urlsafe(32)
         now = time.time()
         with self._lock:
@@ -70,13 +74,24 @@ class AccessTokens:
             self._expiry_by_digest = {
                 digest: expiry for digest, expiry in self._expiry_by_digest.items() if expiry > now
             }
+            self._user_by_digest = {digest: who for digest, who in self._user_by_digest.items()
+                                    if digest in self._expiry_by_digest}
             self._expiry_by_digest[_digest(token)] = now + TOKEN_LIFETIME_S
+            if user is not None:
+                self._user_by_digest[_digest(token)] = user
         return token
 
     def valid(self, token: str) -> bool:
         with self._lock:
             expiry = self._expiry_by_digest.get(_digest(token))
         return expiry is not None and expiry > time.time()
+
+    def user_of(self, token: str) -> dict | None:
+        """The user a valid token was minted for (None: not one of ours, or without a user)."""
+        if not self.valid(token):
+            return None
+        with self._lock:
+            return self._user_by_digest.get(_digest(token))
 
 
 def checked_public_key(pem: str) -> str:
@@ -137,7 +152,9 @@ def grant(
         raise GrantError("invalid_scope", "Invalid OAuth scope or ID token audience provided. "
                          f"The local Drive server grants {DRIVE_SCOPE} only.")
     return {
-        "access_token": tokens.mint(), "expires_in": TOKEN_LIFETIME_S, "token_type": "Bearer",
+        # The account acts as itself: its client e-mail is who its changes are recorded as.
+        "access_token": tokens.mint(user_record(issuer, issuer)),
+        "expires_in": TOKEN_LIFETIME_S, "token_type": "Bearer",
     }
 
 

@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS files (
     size INTEGER,
     md5 TEXT,
     blob TEXT,
-    description TEXT
+    description TEXT,
+    modifier TEXT
 );
 CREATE INDEX IF NOT EXISTS files_created ON files (created_ms);
 CREATE TABLE IF NOT EXISTS parents (
@@ -89,6 +90,9 @@ class Persistence:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.create_function("drive_name_contains", 2, name_contains, deterministic=True)
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(files)")}
+        if "modifier" not in columns:  # a state dir from before lastModifyingUser
+            self._db.execute("ALTER TABLE files ADD COLUMN modifier TEXT")
         with self._tx():
             self.root_id = self._meta("root_id") or self._set_meta("root_id", new_id())
             self._last_ms = int(self._meta("last_ms") or 0)

@@ -3,6 +3,7 @@ to be stored, and the File resource built from a stored row with its parents and
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import sqlite3
@@ -56,6 +57,8 @@ def file_resource(row: sqlite3.Row, parents: list[str], props: dict, base_url: s
         "webViewLink": f"{base_url}drive/folders/{row['id']}" if folder
         else f"{base_url}file/d/{row['id']}/view",
     }
+    if row["modifier"]:  # the user who made the latest change (users.py), JSON
+        resource["lastModifyingUser"] = json.loads(row["modifier"])
     if props["app"]:
         resource["appProperties"] = props["app"]
     if props["public"]:

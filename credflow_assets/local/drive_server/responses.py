@@ -8,6 +8,7 @@ import re
 
 from . import pages
 from .errors import ApiError
+from .users import as_seen_by
 from .query import FILE_FIELDS, apply_fields, parse_fields, validate_fields
 
 _HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
@@ -37,6 +38,7 @@ class Responses:
 
     def _send_file(self, resource: dict, params: dict) -> None:
         tree = self._fields(params, FILE_FIELDS, None, DEFAULT_FILE_FIELDS)
+        resource = as_seen_by(resource, getattr(self, "_user", None))
         self._send_json(200, apply_fields(resource, tree))
 
     def _send_json(self, status: int, body: dict, headers: dict | None = None) -> None:

@@ -17,6 +17,7 @@ POST /token for a service account):
 Admin routes (the server's own token only):
     GET|POST /_admin/faults, POST /_admin/reset, GET /_admin/health
     GET|POST /_admin/service_accounts            registered keys / register a key's public half
+    POST     /_admin/users                       a token acting as {"displayName", "emailAddress"}
 
 No token (see pages.py and oauth.py):
     GET    /, /drive/folders/{id}, /file/d/{id}/view, /file/d/{id}/download   web pages

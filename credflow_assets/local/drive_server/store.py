@@ -7,6 +7,7 @@ what a client may write is checked by validation.py; resources are built by reco
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 from pathlib import Path
@@ -79,7 +80,8 @@ class Store(UploadSessions):
 
     # -- writes ---------------------------------------------------------------------------------
 
-    def create(self, meta: dict, media: Media | None, base_url: str) -> dict:
+    def create(self, meta: dict, media: Media | None, base_url: str,
+               user: dict | None = None) -> dict:
         check_body(meta, creating=True)
         mime = meta.get("mimeType") or (media.content_type if media else None)
         mime = mime or "application/octet-stream"
@@ -104,12 +106,12 @@ class Store(UploadSessions):
             modified = time_field(meta, "modifiedTime", now)
             db.execute(
                 "INSERT INTO files (id, name, mime_type, created_ms, modified_ms, trashed,"
-                " explicitly_trashed, version, head_revision_id, size, md5, blob, description)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?)",
+                " explicitly_trashed, version, head_revision_id, size, md5, blob, description,"
+                " modifier) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?)",
                 (
                     file_id, name, mime, created, modified, int(bool(meta.get("trashed"))),
                     int(bool(meta.get("trashed"))), *self._store_content(mime, content),
-                    meta.get("description"),
+                    meta.get("description"), _modifier(user),
                 ),
             )
             db.executemany("INSERT INTO parents VALUES (?, ?)", [(p, file_id) for p in parents])
@@ -125,6 +127,7 @@ class Store(UploadSessions):
         remove_parents: list[str],
         media: Media | None,
         base_url: str,
+        user: dict | None = None,
     ) -> dict:
         check_body(meta, creating=False)
         app_props = clean_props(meta.get("appProperties"), "appProperties", allow_null=True)
@@ -141,7 +144,7 @@ class Store(UploadSessions):
                         " local Drive server.", location="mimeType",
                     )
                 mime = meta["mimeType"]
-            sets: dict[str, Any] = {"mime_type": mime}
+            sets: dict[str, Any] = {"mime_type": mime, "modifier": _modifier(user)}
             if "name" in meta:
                 sets["name"] = meta["name"] or "Untitled"
             if "description" in meta:
@@ -270,3 +273,8 @@ class Store(UploadSessions):
                 f"UPDATE files SET trashed = ? WHERE explicitly_trashed = 0 AND id IN ({marks})",
                 [int(trashed), *chunk],
             )
+
+
+def _modifier(user: dict | None) -> str | None:
+    """The stored `lastModifyingUser` of a change (users.py), without `me` (set per answer)."""
+    return None if user is None else json.dumps({k: v for k, v in user.items() if k != "me"})

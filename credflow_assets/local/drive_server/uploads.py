@@ -38,11 +38,12 @@ class UploadRoutes:
     def _save(self, params: dict, file_id: str | None, meta: dict, media: Media) -> None:
         try:
             if file_id is None:
-                resource = self.store.create(meta, media, self._base_url())
+                resource = self.store.create(meta, media, self._base_url(), self._user)
             else:
                 add = id_list(params.get("addParents"))
                 remove = id_list(params.get("removeParents"))
-                resource = self.store.update(file_id, meta, add, remove, media, self._base_url())
+                resource = self.store.update(file_id, meta, add, remove, media, self._base_url(),
+                                             self._user)
         finally:
             media.path.unlink(missing_ok=True)
         self._send_file(resource, params)
