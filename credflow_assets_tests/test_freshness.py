@@ -21,10 +21,12 @@ import dagster as dg
 import pytest
 import yaml
 
+from credflow_assets.cli.status import flow_status
 from credflow_assets.cli.sync import sync
 from credflow_assets.common.freshness import QUIET_SOURCES_SENSOR_NAME, describe_duration
 from credflow_assets.config import ConfigError, load_config, parse_cadence, to_public_dict
 from credflow_assets.definitions import build_definitions
+from credflow_assets.flows import flow_named
 from credflow_assets.provider_feeds.names import raw_asset_key, sensor_name
 from credflow_assets_tests.conftest import DEFAULT_CONFIG
 from credflow_assets_tests.dagster_ui import (
@@ -67,7 +69,8 @@ def quiet_provider(local_stack, tmp_path):
     folder.mkdir(parents=True)
     (tmp_path / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
-        yield SimpleNamespace(defs=build_definitions(config), instance=instance, folder=folder,
+        yield SimpleNamespace(defs=build_definitions(config), config=config,
+                              instance=instance, folder=folder,
                               outbox=outbox, owner=owner, token=token, home=local_stack.home)
 
 
@@ -117,6 +120,11 @@ def test_a_quiet_provider_is_told_to_its_owner_once_and_again_after_a_new_file(
 
     [mail] = mails_to(quiet_provider)
     assert mail["to"] == [quiet_provider.owner]
+    # `credflow status` says the same, by the same rule.
+    overdue = flow_status(quiet_provider.instance, quiet_provider.config,
+                          flow_named("provider_feeds"))["overdue"]
+    assert overdue["state"] == "overdue"
+    assert [each["source"] for each in overdue["sources"]] == [f"provider {PROVIDER}"]
     assert mail["subject"].startswith(f"credflow: no new file from provider {PROVIDER} for ")
     assert mail["subject"].endswith(f"(expected every {WINDOW_SECONDS} seconds)")
     body = mail["text"]

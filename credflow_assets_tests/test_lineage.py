@@ -223,8 +223,9 @@ def test_status_names_the_last_file_of_each_flow_and_the_rejected_file_waiting(d
         assert found["last_file_in"]["partition"], flow
         assert found["last_success"]["partition"], flow
         assert found["under_way"] == [], flow
-        # No flow declares a cadence in the demo config: no freshness state to read.
-        assert found["overdue"] == {"state": "not configured", "sources": []}, flow
+        # The demo config gives its provider a cadence (24h; its file just came), no one else.
+        expected = "fresh" if flow == "provider_feeds" else "not configured"
+        assert found["overdue"] == {"state": expected, "sources": []}, flow
         if flow != "staged_tables":
             assert found["failures_waiting"] == [], flow
     waiting = status["staged_tables"]["failures_waiting"]

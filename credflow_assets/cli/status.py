@@ -7,7 +7,9 @@ materialization of each source asset; it never reads every event.
 
 from __future__ import annotations
 
+import importlib
 import json
+import time
 
 import click
 
@@ -43,7 +45,7 @@ def flow_status(instance, config, flow) -> dict:
         "last_file_in": _last_file_in(instance, sources),
         "last_success": _last_run(instance, jobs, "SUCCESS"),
         "failures_waiting": _failures_waiting(instance, jobs),
-        "overdue": _overdue(instance, sources),
+        "overdue": _overdue(instance, config, flow),
         "under_way": _under_way(instance, jobs),
     }
 
@@ -112,18 +114,21 @@ def _failures_waiting(instance, jobs) -> list[dict]:
     return waiting
 
 
-def _overdue(instance, sources) -> dict:
-    """Sources whose freshness fails, from the freshness state the daemon records; "not
-    configured" when the instance holds no freshness state for any of the flow's sources."""
-    try:
-        records = instance.get_freshness_state_records(sources)
-    except NotImplementedError:  # a storage without freshness state
-        records = {}
-    if not records:
+def _overdue(instance, config, flow) -> dict:
+    """The flow's sources with `expect_every` that have had no file for longer, by the same
+    rule as `quiet_sources_sensor` (common/freshness.py); "not configured" when none of the
+    flow's sources declares a cadence."""
+    from credflow_assets.common.freshness import quiet_sources_now
+
+    package = importlib.import_module(f"credflow_assets.{flow.name}")
+    watched = package.quiet_sources(config) if hasattr(package, "quiet_sources") else []
+    if not watched:
         return {"state": NOT_CONFIGURED, "sources": []}
-    overdue = [key.to_user_string() for key, record in records.items()
-               if str(getattr(record.freshness_state, "value", record.freshness_state))
-               in ("FAIL", "WARN")]
+    quiet = quiet_sources_now(instance, watched, time.time())
+    overdue = [{"source": source.label, "asset": source.key.to_user_string(),
+                "last_file_at": _iso(last.timestamp),
+                "expected_every_seconds": int(source.every.total_seconds())}
+               for source, last in quiet]
     return {"state": "overdue" if overdue else "fresh", "sources": overdue}
 
 
@@ -147,7 +152,9 @@ def format_status(report: dict) -> list[str]:
         if not found["failures_waiting"]:
             lines.append(f"  {'waiting fix':16} none")
         overdue = found["overdue"]
-        lines.append(f"  {'overdue':16} " + (", ".join(overdue["sources"]) or overdue["state"]))
+        quiet = [f"{each['source']} (last file {each['last_file_at']})"
+                 for each in overdue["sources"]]
+        lines.append(f"  {'overdue':16} " + (", ".join(quiet) or overdue["state"]))
         for run in found["under_way"]:
             lines.append(f"  {'under way':16} {run['partition']} {run['status']} "
                          f"(run {run['run_id']})")

@@ -90,11 +90,12 @@ def build_quiet_sources_sensor(sources: Sequence[QuietSource]) -> dg.SensorDefin
                              mail: MailResource) -> dg.SkipReason:
         told: dict[str, float] = json.loads(context.cursor) if context.cursor else {}
         now = time.time()
+        quiet = dict(quiet_sources_now(context.instance, sources, now))
         overdue = []
         for source in sources:
-            last = context.instance.get_latest_materialization_event(source.key)
             label = source.key.to_user_string()
-            if last is None or now - last.timestamp < source.every.total_seconds():
+            last = quiet.get(source)
+            if last is None:
                 told.pop(label, None)
                 continue
             overdue.append(source.label)
@@ -107,6 +108,22 @@ def build_quiet_sources_sensor(sources: Sequence[QuietSource]) -> dg.SensorDefin
         return dg.SkipReason(f"overdue: {', '.join(overdue)}")
 
     return quiet_sources_sensor
+
+
+def quiet_sources_now(instance: dg.DagsterInstance, sources: Iterable[QuietSource],
+                      now: float) -> list[tuple[QuietSource, dg.EventLogEntry]]:
+    """The sources overdue at `now`, each with its latest file's materialization: the one rule
+    the sensor and `credflow status` share. The policy's own rule (no materialization within
+    `expect_every`), applied to the latest materialization read through the public instance
+    API rather than the daemon's stored freshness state, which has no public reader and which
+    `credflow sync`, without a daemon, never writes. A source that never had a file is not
+    overdue (Dagster shows it "unknown")."""
+    quiet = []
+    for source in sources:
+        last = instance.get_latest_materialization_event(source.key)
+        if last is not None and now - last.timestamp >= source.every.total_seconds():
+            quiet.append((source, last))
+    return quiet
 
 
 def tell_quiet_source(source: QuietSource, last: dg.EventLogEntry, now: float,
