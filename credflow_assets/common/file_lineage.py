@@ -100,6 +100,19 @@ def _by_run(s3_client, bucket: str, listed: list[dict]) -> dict[str, dict]:
             for entry in listed}
 
 
+def unfinished_outcome(runs: list[dict]) -> str | None:
+    """A file's outcome while its latest run has not succeeded (none yet, failed, under way),
+    in words; None once it has, when each flow says what the success made."""
+    if not runs:
+        return "seen, no run yet"
+    latest = runs[0]
+    if latest["status"] == "FAILURE":
+        return f"failed: {latest['error']}"
+    if latest["status"] != "SUCCESS":
+        return f"run {latest['status'].lower()}"
+    return None
+
+
 def latest_of_kind(entries: list[dict], field: str) -> dict | None:
     """The newest run's link in `field` ("log", "error_report") among runs that stored one."""
     return next((entry[field] for entry in entries if entry[field]), None)

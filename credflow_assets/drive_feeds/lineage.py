@@ -14,13 +14,14 @@ from credflow_assets.common.file_lineage import (
     latest_of_kind,
     metadata_values,
     run_entries,
+    unfinished_outcome,
 )
 from credflow_assets.common.materializations import latest_materialization
 from credflow_assets.drive_feeds.names import (
     FLOW,
-    _name_in_key,
     feed_partitions,
     inbound_key,
+    name_in_key,
     parse_partition_key,
     records_key,
     summary_key,
@@ -39,7 +40,7 @@ def find(instance: dg.DagsterInstance, config, text: str) -> list[str]:
         for key in instance.get_dynamic_partitions(feed_partitions(feed.name).name):
             _, file_id, _ = parse_partition_key(key)
             name = key.split("/", 3)[3]
-            if text == key or wanted == file_id or _name_in_key(wanted) == name:
+            if text == key or wanted == file_id or name_in_key(wanted) == name:
                 found.append(key)
     return found
 
@@ -82,13 +83,9 @@ def _summary(summary: dict) -> dict | None:
 
 
 def _outcome(runs: list[dict], records: dict) -> str:
-    if not runs:
-        return "seen, no run yet"
-    latest = runs[0]
-    if latest["status"] == "FAILURE":
-        return f"failed: {latest['error']}"
-    if latest["status"] != "SUCCESS":
-        return f"run {latest['status'].lower()}"
+    unfinished = unfinished_outcome(runs)
+    if unfinished:
+        return unfinished
     if not records:
         return "run succeeded, no rows recorded"
     return (f"{records.get('inserted', 0)} inserted, {records.get('updated', 0)} updated, "

@@ -51,7 +51,7 @@ SUMMARY_INBOUND_REVISION = "credflow_inbound_revision"
 _NAME_IN_KEY_CHARS = 80
 
 
-def _name_in_key(name: str) -> str:
+def name_in_key(name: str) -> str:
     """The file's name made a valid part of a partition key: Dagster refuses `...` and
     control characters, and commas break UI backfills."""
     text = "".join(char if char.isprintable() and char != "," else " " for char in name)
@@ -64,7 +64,7 @@ def partition_key(feed: str, file_id: str, revision: str, name: str) -> str:
     """One inbound file revision: `{feed}/{drive file id}/{revision}/{file name}`. The id and
     the revision make it unique; the name is there for people (the UI shows a key's start and
     end when it is too long to show whole)."""
-    return f"{feed}/{file_id}/{revision}/{_name_in_key(name)}"
+    return f"{feed}/{file_id}/{revision}/{name_in_key(name)}"
 
 
 def parse_partition_key(key: str) -> tuple[str, str, str]:

@@ -16,6 +16,7 @@ from credflow_assets.common.file_lineage import (
     run_entries,
     s3_link,
     split_s3_uri,
+    unfinished_outcome,
 )
 from credflow_assets.common.materializations import latest_materialization
 from credflow_assets.provider_feeds.names import (
@@ -102,13 +103,9 @@ def _linked(uri, s3_client) -> dict | None:
 
 
 def _outcome(runs: list[dict], landed_record) -> str:
-    if not runs:
-        return "seen, no run yet"
-    latest = runs[0]
-    if latest["status"] == "FAILURE":
-        return f"failed: {latest['error']}"
-    if latest["status"] != "SUCCESS":
-        return f"run {latest['status'].lower()}"
+    unfinished = unfinished_outcome(runs)
+    if unfinished:
+        return unfinished
     return "landed" if landed_record is not None else "run succeeded, nothing landed"
 
 
