@@ -20,6 +20,7 @@ def build_definitions(config: CredflowConfig) -> dg.Definitions:
     return dg.Definitions.merge(
         dg.Definitions(resources=build_resources(config),
                        sensors=[failure_notifications(config), uploader_mail_retries(config),
+                                rejected_rows_mail(config),
                                 stopped_runs_sensor, build_quiet_sources_sensor(quiet)],
                        loggers={"console": one_line_console}),
         therapists.build_defs(config),
@@ -59,10 +60,31 @@ def uploaders_by_flow(config: CredflowConfig) -> dict:
             "staged_tables": staged_uploader(dict(notifications.staged_uploaders))}
 
 
+def rejected_rows_by_flow(config: CredflowConfig) -> dict:
+    """Who each flow e-mails about the rows of a loaded file it rejected: a feed file's
+    uploader (the other flows fail a file whole, or reject no rows)."""
+    from credflow_assets.drive_feeds.sensors import feed_rejected_rows
+
+    return {"drive_feeds": feed_rejected_rows(list(config.feeds))}
+
+
+def rejected_rows_mail(config: CredflowConfig) -> dg.RunStatusSensorDefinition:
+    """One success sensor for every flow that rejects rows (common/rejected_rows_mail.py)."""
+    from credflow_assets.common.rejected_rows_mail import FlowRows, build_rejected_rows_sensor
+    from credflow_assets.flows import all_flows
+
+    rows_of = rejected_rows_by_flow(config)
+    return build_rejected_rows_sensor([FlowRows(flow.name, flow.runs, rows_of[flow.name])
+                                       for flow in all_flows() if flow.name in rows_of])
+
+
 def uploader_mail_retries(config: CredflowConfig) -> dg.SensorDefinition:
+    from credflow_assets.common.rejected_rows_mail import rows_teller
     from credflow_assets.common.uploader_mail import build_uploader_mail_retry_sensor
 
-    return build_uploader_mail_retry_sensor(uploaders_by_flow(config))
+    tellers = {flow: rows_teller(flow, rows_of)
+               for flow, rows_of in rejected_rows_by_flow(config).items()}
+    return build_uploader_mail_retry_sensor(uploaders_by_flow(config), tellers)
 
 
 @dg.definitions

@@ -37,7 +37,8 @@ SENSORS = {
     *(f"drive_feed_{feed}_inbound_sensor" for feed in ("contact_tracing", "nsss", "spl")),
     "provider_feed_acme_health_sensor",
     "staging_events_sensor", "staging_reconciliation_sensor",
-    "failure_notifications", "uploader_mail_retries", "stopped_runs_sensor",
+    "failure_notifications", "uploader_mail_retries", "rejected_rows_mail",
+    "stopped_runs_sensor",
     "quiet_sources_sensor",
 }
 

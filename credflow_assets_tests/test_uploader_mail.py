@@ -22,6 +22,7 @@ import pytest
 import sqlalchemy as sa
 
 from credflow_assets.cli.sync import sync
+from credflow_assets.common.rejected_rows_mail import SENSOR_NAME as ROWS_SENSOR
 from credflow_assets.common.uploader_mail import NOTIFIED_TAG, PENDING_TAG, RETRY_SENSOR_NAME
 from credflow_assets.config import NotificationsConfig, load_config
 from credflow_assets.definitions import build_definitions
@@ -33,6 +34,8 @@ from credflow_assets.local.seed_drive_feeds import (
     sample_rows,
     write_csv,
 )
+from credflow_assets.drive_feeds.names import UPLOADER_TAG
+from credflow_assets.drive_feeds.names import job_name as feed_job_name
 from credflow_assets.resources.drive import DriveResource
 from credflow_assets.staged_tables.layout import partition_key_for
 from credflow_assets.staged_tables.names import job_name, table_partitions
@@ -213,6 +216,95 @@ def test_a_bad_feed_file_mails_the_drive_user_who_uploaded_it_once(stack, tmp_pa
     assert "upload a corrected file to the same folder" in message.text
 
     run_sync(stack, f"drive_feed_{FEED}_inbound_sensor")
+    assert len(mail_to(stack, email)) == 1
+
+
+def upload_feed_rows(stack, tmp_path, person: str, rows: list[dict]) -> tuple[str, str]:
+    """A CSV of `rows` in the feed's inbound folder, uploaded by a named Drive user: (their
+    address, the file's name)."""
+    email = f"{unique(person.split()[0].lower())}@example.com"
+    feed = next(feed for feed in stack["config"].feeds if feed.name == FEED)
+    name = f"{unique('contacts_partly')}.csv"
+    path = write_csv(tmp_path / name, feed, rows)
+    drive_as(stack, person, email).upload_file(path, name, feed.inbound_folder_id,
+                                               mime_type=CSV_MIME)
+    return email, name
+
+
+def test_a_feed_file_with_rejected_rows_mails_its_uploader_once(stack, tmp_path):
+    feed = next(feed for feed in stack["config"].feeds if feed.name == FEED)
+    rows = sample_rows(feed, 5, start=7100)
+    rows[1]["date_of_birth"] = "1988-13-45"  # sheet row 3 (the header is row 1)
+    rows[3]["email"] = "quorvex-at-nowhere"  # sheet row 5
+    bad_rows = [rows[1], rows[3]]
+    email, name = upload_feed_rows(stack, tmp_path, "Gus Analyst", rows)
+
+    report = run_sync(stack, f"drive_feed_{FEED}_inbound_sensor", ROWS_SENSOR)
+
+    [run] = [run for run in report.runs if run.partition.endswith(name)]
+    assert run.success
+    [message] = mail_to(stack, email)
+    assert message.subject == f"credflow: 2 rows of {name} were not loaded"
+    text = message.text
+    assert f"{name} in the {FEED} feed's inbound folder on Google Drive" in text
+    assert "Loaded: 3 rows. Not loaded: 2 rows." in text
+    assert "- date_of_birth: not a date in the format YYYY-MM-DD (row 3)" in text
+    assert "- email: not in the expected form (row 5)" in text
+    assert "Error report (each problem, by row and column): http://" in text
+    assert f"{run.run_id}.errors.csv" in text
+    assert ("fix these rows and upload the corrected file to the same folder (the "
+            f"{FEED} feed's inbound folder); the rows already loaded are updated, not "
+            "duplicated") in text
+    # The rows' values stay in the file and the error report, never in the mail.
+    for row in bad_rows:
+        for column in ("ctas_id", "last_name", "date_of_birth", "email", "phone_number"):
+            assert str(row[column]) not in text, column
+    assert stack["instance"].get_run_by_id(run.run_id).tags[NOTIFIED_TAG]
+
+    # A second sync finds nothing new; a rerun of the same file rejects the same rows: no mail.
+    run_sync(stack, f"drive_feed_{FEED}_inbound_sensor", ROWS_SENSOR)
+    rerun = stack["defs"].resolve_job_def(feed_job_name(FEED)).execute_in_process(
+        instance=stack["instance"], partition_key=run.partition, tags={UPLOADER_TAG: email})
+    assert rerun.success
+    run_sync(stack, ROWS_SENSOR, RETRY_SENSOR_NAME)
+    assert len(mail_to(stack, email)) == 1
+    assert NOTIFIED_TAG not in stack["instance"].get_run_by_id(rerun.run_id).tags
+
+
+def test_a_clean_feed_file_mails_nobody(stack, tmp_path):
+    feed = next(feed for feed in stack["config"].feeds if feed.name == FEED)
+    email, name = upload_feed_rows(stack, tmp_path, "Hal Analyst",
+                                   sample_rows(feed, 3, start=7200))
+
+    report = run_sync(stack, f"drive_feed_{FEED}_inbound_sensor", ROWS_SENSOR)
+
+    [run] = [run for run in report.runs if run.partition.endswith(name)]
+    assert run.success
+    assert mail_to(stack, email) == []
+
+
+def test_a_rejected_rows_message_the_mail_server_did_not_take_is_sent_on_a_later_tick(
+        stack, tmp_path):
+    feed = next(feed for feed in stack["config"].feeds if feed.name == FEED)
+    rows = sample_rows(feed, 2, start=7300)
+    rows[0]["date_of_birth"] = "1990-02-31"  # sheet row 2
+    email, name = upload_feed_rows(stack, tmp_path, "Ida Analyst", rows)
+    port = os.environ["CREDFLOW_SMTP_PORT"]
+    os.environ["CREDFLOW_SMTP_PORT"] = str(free_port())  # nothing listens: the server is down
+    try:
+        report = run_sync(stack, f"drive_feed_{FEED}_inbound_sensor", ROWS_SENSOR)
+    finally:
+        os.environ["CREDFLOW_SMTP_PORT"] = port
+    [run] = [run for run in report.runs if run.partition.endswith(name)]
+    assert run.success and not report.sensor_errors
+    assert mail_to(stack, email) == []
+    assert stack["instance"].get_run_by_id(run.run_id).tags[PENDING_TAG] == "drive_feeds"
+
+    run_sync(stack, RETRY_SENSOR_NAME)
+    [message] = mail_to(stack, email)
+    assert message.subject == f"credflow: 1 row of {name} was not loaded"
+    assert "(row 2)" in message.text and "1990-02-31" not in message.text
+    run_sync(stack, RETRY_SENSOR_NAME, ROWS_SENSOR)
     assert len(mail_to(stack, email)) == 1
 
 

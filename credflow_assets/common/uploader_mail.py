@@ -121,7 +121,8 @@ def message_of(notice: UploaderNotice, sentence: str, report_url: str | None,
 
 
 def failure_digest(flow: str, run: dg.DagsterRun, sentence: str, version: str = "") -> str:
-    """One file and failure: its flow, partition (and content version) and failure sentence."""
+    """One file and problem: its flow, partition (and content version) and the sentence that
+    says the problem (the failure, or the rows not loaded: rejected_rows_mail.py)."""
     partition = run.tags.get("dagster/partition", run.run_id)
     text = f"{flow}\n{partition}\n{version}\n{sentence}"
     return hashlib.sha256(text.encode()).hexdigest()[:32]
@@ -144,38 +145,74 @@ def tell_uploader(instance: dg.DagsterInstance, run: dg.DagsterRun, flow: str,
     notice = uploader_of(instance, run, sentence)
     digest = failure_digest(flow, run, sentence, notice.version if notice else "")
     if notice is None or told_before(instance, digest):
-        if run.tags.get(PENDING_TAG) == flow:
-            instance.add_run_tags(run.run_id, {PENDING_TAG: DONE})
+        settle_if_pending(instance, run, flow)
         return None
     subject, body = message_of(notice, sentence, errors_url(instance, run.run_id), run.run_id)
-    if not mail.send(notice.to, subject, body):
+    return send_once(instance, run, flow, digest, (notice.to, subject, body), mail, log)
+
+
+def send_once(instance: dg.DagsterInstance, run: dg.DagsterRun, flow: str, digest: str,
+              message: tuple[str, str, str], mail: MailResource, log: Any) -> bool:
+    """Send `message` (to, subject, body) and record it on the run under `digest`. A message
+    the mail server did not take leaves the run tagged PENDING_TAG, for the retry sensor."""
+    to, subject, body = message
+    if not mail.send(to, subject, body):
         # The mail resource logged why, in one line; the retry sensor sends it again.
         instance.add_run_tags(run.run_id, {PENDING_TAG: flow})
-        log.warning(f"{notice.file_name}: the uploader was not told yet (the mail server did "
-                    f"not take the message); {RETRY_SENSOR_NAME} sends it again")
+        log.warning(f"the uploader was not told yet ({subject!r}: the mail server did not "
+                    f"take the message); {RETRY_SENSOR_NAME} sends it again")
         return False
     settled = {PENDING_TAG: DONE} if run.tags.get(PENDING_TAG) else {}
     instance.add_run_tags(run.run_id, {NOTIFIED_TAG: digest, **settled})
     return True
 
 
-def build_uploader_mail_retry_sensor(uploaders: dict[str, UploaderOf]) -> dg.SensorDefinition:
+def settle_if_pending(instance: dg.DagsterInstance, run: dg.DagsterRun, flow: str) -> None:
+    """A pending run with nothing (more) to send is settled: the retry sensor leaves it."""
+    if run.tags.get(PENDING_TAG) == flow:
+        instance.add_run_tags(run.run_id, {PENDING_TAG: DONE})
+
+
+# How a succeeded run's pending message is sent again: (instance, run, mail, log) → as
+# `tell_uploader` (a flow's rejected-rows message, rejected_rows_mail.py).
+RunTeller = Callable[[dg.DagsterInstance, dg.DagsterRun, MailResource, Any], "bool | None"]
+
+
+def build_uploader_mail_retry_sensor(
+        uploaders: dict[str, UploaderOf],
+        succeeded: dict[str, RunTeller] | None = None) -> dg.SensorDefinition:
     """`uploader_mail_retries`: messages the mail server did not take, sent again each tick.
-    `uploaders`: flow name → how that flow finds a run's uploader."""
+    `uploaders`: flow name → how that flow finds a failed run's uploader; `succeeded`: flow
+    name → how a succeeded run's message (rows not loaded) is told."""
+    succeeded = succeeded or {}
 
     @dg.sensor(name=RETRY_SENSOR_NAME, minimum_interval_seconds=60,
                default_status=dg.DefaultSensorStatus.RUNNING,
-               description="Sends again the uploader e-mails of failed files that the mail "
-               "server did not take (it was down), once per file and failure.")
+               description="Sends again the uploader e-mails (a failed file, rows of a file "
+               "not loaded) that the mail server did not take (it was down), once per file "
+               "and problem.")
     def uploader_mail_retries(context: dg.SensorEvaluationContext,
                               mail: MailResource) -> dg.SkipReason:
         sent = 0
-        for flow, uploader_of in uploaders.items():
+        for flow in sorted({*uploaders, *succeeded}):
             runs = context.instance.get_runs(dg.RunsFilter(tags={PENDING_TAG: flow}),
                                              limit=MAX_RETRIES_PER_TICK)
             for run in runs:
-                sent += bool(tell_uploader(context.instance, run, flow, uploader_of, mail,
-                                           context.log))
+                sent += bool(_tell_again(context.instance, run, flow, uploaders.get(flow),
+                                         succeeded.get(flow), mail, context.log))
         return dg.SkipReason(f"{sent} pending uploader message(s) sent")
 
     return uploader_mail_retries
+
+
+def _tell_again(instance: dg.DagsterInstance, run: dg.DagsterRun, flow: str,
+                uploader_of: UploaderOf | None, teller: RunTeller | None, mail: MailResource,
+                log: Any) -> bool | None:
+    """A pending run's message again: a succeeded run's is its flow's `teller`'s."""
+    if run.status == dg.DagsterRunStatus.SUCCESS:
+        if teller is not None:
+            return teller(instance, run, mail, log)
+    elif uploader_of is not None:
+        return tell_uploader(instance, run, flow, uploader_of, mail, log)
+    settle_if_pending(instance, run, flow)
+    return None

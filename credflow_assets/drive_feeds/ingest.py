@@ -311,6 +311,12 @@ def _insert_new_rows(connection, plan: FeedPlan, records, stage, source: SourceF
         new_rows))
 
 
+def rule_of(column: str, reason: str) -> str:
+    """`column: rule`, what rows are counted by (`IngestReport.reasons`): a duplicate's reason
+    names the row it repeats, its rule does not."""
+    return f"{column}: {reason.split(' (also row')[0]}"
+
+
 def _record_rejections(connection, rejects, source: SourceFile, report: IngestReport,
                        sample_size) -> None:
     """The file's rejected rows into the feed's rejections (for the outbound summary), and
@@ -334,7 +340,7 @@ def _record_rejections(connection, rejects, source: SourceFile, report: IngestRe
     for column, reason, count in connection.execute(
             sa.select(rejects.c.column_name, rejects.c.reason, sa.func.count())
             .group_by(rejects.c.column_name, rejects.c.reason)):
-        kind = f"{column}: {reason.split(' (also row')[0]}"  # duplicates name their rows
+        kind = rule_of(column, reason)
         reasons[kind] = reasons.get(kind, 0) + count
     report.reasons = dict(sorted(reasons.items(), key=lambda item: -item[1]))
 

@@ -68,5 +68,19 @@ def ingested_file_metadata(plan: FeedPlan, source: SourceFile, report: IngestRep
         "rows_per_second": round(report.rows_read / report.seconds) if report.seconds else 0,
         "rejections_by_reason": dg.MetadataValue.json(report.reasons),
         "rejected_rows_sample": dg.MetadataValue.md(rejection_table(report.rejection_sample)),
+        "rejected_rows_by_rule": dg.MetadataValue.json(rows_by_rule(report.rejection_sample)),
         "notes": dg.MetadataValue.json(report.notes),
     }
+
+
+def rows_by_rule(sample: list[tuple[int, str, str]]) -> dict[str, list[int]]:
+    """The sample's row numbers by rule (`column: rule`, the keys of `rejections_by_reason`):
+    what the uploader's e-mail lists (common/rejected_rows_mail.py). Numbers, never values."""
+    from credflow_assets.drive_feeds.ingest import rule_of
+
+    rules: dict[str, list[int]] = {}
+    for row, column, reason in sample:
+        numbers = rules.setdefault(rule_of(column, reason), [])
+        if row not in numbers:
+            numbers.append(row)
+    return rules

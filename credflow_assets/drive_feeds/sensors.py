@@ -27,8 +27,10 @@ from credflow_assets.drive_feeds.names import (
     feed_partitions,
     parse_partition_key,
     partition_key,
+    records_key,
 )
 from credflow_assets.common.partitions import is_valid_partition_key
+from credflow_assets.common.rejected_rows_mail import RejectedRows, row_numbers
 from credflow_assets.common.uploader_mail import SAME_FOLDER, UploaderNotice
 from credflow_assets.resources.drive import (
     LAST_MODIFYING_USER_FIELDS,
@@ -201,3 +203,56 @@ def feed_uploader(feeds: list[FeedConfig]):
             fix=f"{SAME_FOLDER} (the {feed} feed's inbound folder)")
 
     return uploader_of_run
+
+
+# Rows a file's run wrote or left as a later file wrote them: the rows loaded.
+LOADED_COUNTS = ("inserted", "updated", "unchanged", "kept_newer")
+
+
+def feed_rejected_rows(feeds: list[FeedConfig]):
+    """Who is e-mailed about a loaded feed file's rejected rows, and what: its uploader (as for
+    a failed file, `feed_uploader`), the counts and the rules broken by column and row, read
+    from the run's materialization of the feed's table (records_metadata.py: no values)."""
+    uploader_of = feed_uploader(feeds)
+
+    def rejected_rows_of(instance: dg.DagsterInstance,
+                         run: dg.DagsterRun) -> RejectedRows | None:
+        notice = uploader_of(instance, run, "")
+        if notice is None:
+            return None
+        feed, _file_id, _revision = parse_partition_key(run.tags["dagster/partition"])
+        metadata = _materialization_metadata(instance, run.run_id, records_key(feed))
+        rejected = int(metadata.get("rejected") or 0)
+        if not rejected:
+            return None
+        return RejectedRows(
+            to=notice.to, file_name=notice.file_name, where=notice.where,
+            loaded=sum(int(metadata.get(name) or 0) for name in LOADED_COUNTS),
+            rejected=rejected,
+            rules=_rules_in_words(metadata.get("rejections_by_reason") or {},
+                                  metadata.get("rejected_rows_by_rule") or {}),
+            fix=f"fix these rows and upload the corrected file to the same folder (the "
+                f"{feed} feed's inbound folder); the rows already loaded are updated, not "
+                "duplicated")
+
+    return rejected_rows_of
+
+
+def _materialization_metadata(instance: dg.DagsterInstance, run_id: str,
+                              key: dg.AssetKey) -> dict:
+    """The raw metadata values of the run's materialization of `key` ({} when it has none)."""
+    records = instance.get_records_for_run(
+        run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+    for record in records:
+        materialization = record.event_log_entry.asset_materialization
+        if materialization is not None and materialization.asset_key == key:
+            return {name: getattr(value, "value", value)
+                    for name, value in materialization.metadata.items()}
+    return {}
+
+
+def _rules_in_words(counts: dict[str, int], numbers: dict[str, list[int]]) -> tuple[str, ...]:
+    """`date_of_birth: not a date in the format YYYY-MM-DD (rows 3, 7)`, one a rule, the
+    rule that rejected most rows first."""
+    return tuple(f"{rule} {row_numbers(list(numbers.get(rule, [])), int(count))}"
+                 for rule, count in counts.items())
