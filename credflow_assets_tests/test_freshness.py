@@ -308,6 +308,10 @@ def freshness_in_the_ui(ui: DagsterUI) -> dict:
     return node
 
 
+# Dagster's shortest window is a minute and the sensors tick each minute: over two minutes of
+# waiting, so it runs with `pytest -m slow`; test_the_ui_shows_the_demo_providers_policy (below)
+# keeps the policy's place in the UI in every run.
+@pytest.mark.slow
 def test_under_the_daemon_the_ui_shows_a_quiet_provider_overdue_and_its_owner_is_told_once(
         quiet_provider_under_the_daemon):
     watched = quiet_provider_under_the_daemon
@@ -328,3 +332,12 @@ def test_under_the_daemon_the_ui_shows_a_quiet_provider_overdue_and_its_owner_is
     [mail] = listed(watched.home, "--to", watched.owner)
     assert mail["subject"].startswith(f"credflow: no new file from provider {PROVIDER} for ")
     assert mail["subject"].endswith("(expected every 60 seconds)") and name in mail["text"]
+
+
+def test_the_ui_shows_the_demo_providers_freshness_policy(dagster_ui):
+    """The shipped config watches acme_health daily: the UI's asset node carries the policy
+    (the daemon's freshness status beside it), read through the GraphQL the UI uses."""
+    node = freshness_in_the_ui(dagster_ui)
+    assert node["freshnessPolicy"] == {"__typename": "TimeWindowFreshnessPolicy",
+                                       "failWindowSeconds": 24 * 3600}
+    assert node["freshnessStatusInfo"]["freshnessStatus"] in ("HEALTHY", "UNKNOWN"), node
