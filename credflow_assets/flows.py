@@ -61,7 +61,47 @@ def flow_run_tags(job_name: str, asset_keys: Iterable[dg.AssetKey] | None,
     return {}
 
 
-def tags_for_run(run: dg.DagsterRun) -> dict[str, str]:
-    """The flow tags `run` lacks."""
-    wanted = flow_run_tags(run.job_name, run.asset_selection, run.tags.get(PARTITION_TAG))
-    return {key: value for key, value in wanted.items() if run.tags.get(key) != value}
+def tags_for_run(run: dg.DagsterRun, instance: dg.DagsterInstance | None = None) -> dict[str, str]:
+    """The flow tags `run` lacks; with `instance`, also the file tags its partition's earlier
+    runs carry (`FlowRuns.file_tags`)."""
+    key = run.tags.get(PARTITION_TAG)
+    wanted = flow_run_tags(run.job_name, run.asset_selection, key)
+    if instance is not None:
+        wanted.update(inherited_file_tags(instance, run.job_name, run.asset_selection, key,
+                                          run.tags, this_run_id=run.run_id))
+    return {name: value for name, value in wanted.items() if run.tags.get(name) != value}
+
+
+# How far back a partition's runs are searched for its file tags: the sensor's run is the
+# partition's first, and a file is rarely rerun more often than this.
+_EARLIER_RUNS_SEARCHED = 50
+
+
+def inherited_file_tags(instance: dg.DagsterInstance, job_name: str,
+                        asset_keys: Iterable[dg.AssetKey] | None, partition_key: str | None,
+                        tags: dict[str, str], *, this_run_id: str | None = None) -> dict[str, str]:
+    """The file tags (who uploaded the file) a new run of `partition_key` lacks, as the
+    partition's latest earlier run that has each one carries it."""
+    import dagster as dg
+
+    flow = _flow_of(job_name, list(asset_keys or ()))
+    missing = [name for name in (flow.runs.file_tags if flow else ()) if name not in tags]
+    if not partition_key or not missing:
+        return {}
+    found: dict[str, str] = {}
+    earlier_runs = instance.get_runs(filters=dg.RunsFilter(tags={PARTITION_TAG: partition_key}),
+                                     limit=_EARLIER_RUNS_SEARCHED)
+    for earlier in earlier_runs:  # newest first
+        if earlier.run_id == this_run_id or not flow.runs.owns(earlier.job_name,
+                                                               earlier.asset_selection or ()):
+            continue
+        for name in missing:
+            if name in earlier.tags:
+                found.setdefault(name, earlier.tags[name])
+        if len(found) == len(missing):
+            break
+    return found
+
+
+def _flow_of(job_name: str, asset_keys: list[dg.AssetKey]) -> Flow | None:
+    return next((flow for flow in all_flows() if flow.runs.owns(job_name, asset_keys)), None)

@@ -21,7 +21,9 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
+from credflow_assets.cli.reparse import reparse
 from credflow_assets.cli.sync import sync
+from credflow_assets.common.flow import PARTITION_TAG
 from credflow_assets.common.rejected_rows_mail import SENSOR_NAME as ROWS_SENSOR
 from credflow_assets.common.uploader_mail import NOTIFIED_TAG, PENDING_TAG, RETRY_SENSOR_NAME
 from credflow_assets.config import NotificationsConfig, load_config
@@ -36,6 +38,8 @@ from credflow_assets.local.seed_drive_feeds import (
 )
 from credflow_assets.drive_feeds.names import UPLOADER_TAG
 from credflow_assets.drive_feeds.names import job_name as feed_job_name
+from credflow_assets.drive_feeds.names import records_key
+from credflow_assets.flows import tags_for_run
 from credflow_assets.resources.drive import DriveResource
 from credflow_assets.staged_tables.layout import partition_key_for
 from credflow_assets.staged_tables.names import job_name, table_partitions
@@ -217,6 +221,35 @@ def test_a_bad_feed_file_mails_the_drive_user_who_uploaded_it_once(stack, tmp_pa
 
     run_sync(stack, f"drive_feed_{FEED}_inbound_sensor")
     assert len(mail_to(stack, email)) == 1
+
+
+def test_a_rerun_of_a_feed_file_still_knows_who_uploaded_it(stack, tmp_path):
+    """Only the sensor reads who made the revision; a reparse, or a re-execution from the UI
+    (the run coordinator's tags), carries it over from the file's first run."""
+    email = f"{unique('gil')}@example.com"
+    feed = next(feed for feed in stack["config"].feeds if feed.name == FEED)
+    name = f"{unique('contacts')}.csv"
+    path = write_csv(tmp_path / name, feed, sample_rows(feed, 2, start=7100),
+                     headers={"date_of_birth": "DOB"})
+    drive_as(stack, "Gil Analyst", email).upload_file(path, name, feed.inbound_folder_id,
+                                                      mime_type=CSV_MIME)
+    [failed] = [run for run in run_sync(stack, f"drive_feed_{FEED}_inbound_sensor").failed
+                if run.partition.endswith(name)]
+
+    report = reparse(stack["config"], stack["instance"], "drive_feeds", [failed.partition],
+                     workers=1, progress=lambda line: None)
+
+    [rerun] = report.runs
+    assert not rerun.success
+    assert stack["instance"].get_run_by_id(rerun.run_id).tags[UPLOADER_TAG] == email
+    run_sync(stack)  # the same file and problem: still one message
+    assert len(mail_to(stack, email)) == 1
+    # What the run coordinator adds to a UI Materialize run of the implicit asset job.
+    from_the_ui = dg.DagsterRun(job_name="__ASSET_JOB", tags={PARTITION_TAG: failed.partition},
+                                asset_selection=frozenset(
+                                    {records_key(feed.name)}))
+    assert tags_for_run(from_the_ui, stack["instance"])[UPLOADER_TAG] == email
+    assert UPLOADER_TAG not in tags_for_run(from_the_ui)  # without the instance: flow tags only
 
 
 def upload_feed_rows(stack, tmp_path, person: str, rows: list[dict]) -> tuple[str, str]:

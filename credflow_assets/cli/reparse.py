@@ -39,7 +39,7 @@ from credflow_assets.config import CredflowConfig
 from credflow_assets.common.dagster_compat import execute_run_in_process
 from credflow_assets.common.materializations import latest_materialization
 from credflow_assets.common.flow import FlowPartitions
-from credflow_assets.flows import all_flows, flow_named, flow_run_tags
+from credflow_assets.flows import all_flows, flow_named, flow_run_tags, inherited_file_tags
 from credflow_assets.cli.sync import (
     RunOutcome,
     execution_run_config,
@@ -215,10 +215,11 @@ def _rerun(defs: dg.Definitions, instance: dg.DagsterInstance, target: FlowParti
            reparse_id: str, verbose: bool) -> RunOutcome:
     job_name = target.job_for(target.name_of(key))
     started = time.monotonic()
+    tags = {**flow_run_tags(job_name, None, key), REPARSE_TAG: reparse_id}
+    tags.update(inherited_file_tags(instance, job_name, None, key, tags))  # who is told
     result = execute_run_in_process(
         defs, instance, job_name, partition_key=key,
-        run_config=execution_run_config(None, verbose),
-        tags={**flow_run_tags(job_name, None, key), REPARSE_TAG: reparse_id},
+        run_config=execution_run_config(None, verbose), tags=tags,
     )
     return RunOutcome(
         sensor="", job=job_name, partition=key, run_id=result.run_id,

@@ -32,6 +32,11 @@ class FlowRuns:
     job_names: Callable[[str], bool]
     asset_key_prefixes: tuple[tuple[str, ...], ...]
     tags: Callable[[str, str, list[dg.AssetKey]], dict[str, str]]
+    # Tags about the file itself (who uploaded it), which only the sensor that found the file
+    # can read. A later run of the same partition (a reparse, the UI's re-execution or
+    # Materialize) inherits them from the partition's earlier runs, so its failure is still
+    # told to the person who uploaded the file.
+    file_tags: tuple[str, ...] = ()
 
     def owns(self, job_name: str, asset_keys: Iterable[dg.AssetKey]) -> bool:
         return self.job_names(job_name) or any(

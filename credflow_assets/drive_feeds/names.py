@@ -88,6 +88,7 @@ FLOW_RUNS = FlowRuns(
     job_names=lambda name: name.startswith("drive_feed_") and name.endswith("_job"),
     asset_key_prefixes=(("drive", "inbound"), ("tables",), ("drive", "outbound")),
     tags=_run_tags,
+    file_tags=(UPLOADER_TAG,),
 )
 
 

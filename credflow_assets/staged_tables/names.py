@@ -97,6 +97,7 @@ FLOW_RUNS = FlowRuns(
     job_names=lambda name: table_of_run(name, []) is not None,
     asset_key_prefixes=(("s3", "staging"), ("s3", "prod"), ("glue",)),
     tags=_run_tags,
+    file_tags=(UPLOADER_TAG, PRINCIPAL_TAG),
 )
 
 
