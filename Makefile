@@ -40,8 +40,10 @@ down: venv
 status: venv
 	$(CREDFLOW) local status
 
+# Two workers: the suite mostly waits on its services; each worker has its own local stack.
+TEST_WORKERS ?= 2
 test: system-deps venv test-services
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # Each benchmark prints its table; results and analysis in bench/RESULTS.md. QUICK=1 for small sizes.
 BENCHMARKS := provider_landing feed_ingest sensor_scale mpf_throughput

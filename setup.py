@@ -46,8 +46,9 @@ setup(
         # The embedded local stack (`credflow local up`, make demo/dev/test): a production
         # install carries no moto and no aiosmtpd (the local SMTP server).
         "local": ["moto[server]==5.2.5", "aiosmtpd==1.4.6"],
-        # websockets: the browser tests drive chromium over the DevTools protocol
-        "test": ["pytest==9.2.0", "awscli==1.46.3", "websockets==17.4"],
+        # websockets: the browser tests drive chromium over the DevTools protocol;
+        # pytest-xdist: `make test` runs the suite in two workers (it mostly waits on services)
+        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "awscli==1.46.3", "websockets==17.4"],
         "postgres": [f"dagster-postgres=={INTEGRATIONS_VERSION}", "psycopg2-binary==2.9.13"],
         "celery": [f"dagster-celery=={INTEGRATIONS_VERSION}"],
         "k8s": [f"dagster-k8s=={INTEGRATIONS_VERSION}"],

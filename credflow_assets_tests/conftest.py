@@ -45,6 +45,36 @@ def running_stack(home: Path, config_path: Path = DEFAULT_CONFIG, *, config=None
         stack.down(home)
 
 
+# The modules on the Dagster UI stack (the `dagster_ui` session fixture: the webserver, the
+# daemon and their seeded runs, a minute and a half to start).
+UI_STACK_MODULES = frozenset({"test_freshness.py", "test_ui_browser.py", "test_ui_daemon.py",
+                              "test_ui_graphql.py", "test_ui_recovery.py"})
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook; plain `pytest` runs without it
+def pytest_xdist_make_scheduler(config, log):
+    """`make test` runs two xdist workers. Session fixtures are per worker, and module
+    fixtures are set up again wherever a module's tests go, so each test module runs on one
+    worker, and the UI stack's modules all on the same one (their stack starts once)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "dagster-ui" if module.rpartition("/")[2] in UI_STACK_MODULES else module
+
+    return ModulesTogether(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """A new module on the UI stack must join UI_STACK_MODULES, or two workers start it."""
+    missing = sorted({item.path.name for item in items
+                      if "dagster_ui" in getattr(item, "fixturenames", ())} - UI_STACK_MODULES)
+    if missing:
+        raise pytest.UsageError(f"{', '.join(missing)} use(s) the dagster_ui fixture: add to "
+                                "UI_STACK_MODULES in credflow_assets_tests/conftest.py")
+
+
 @pytest.fixture(scope="session")
 def local_stack(tmp_path_factory):
     with running_stack(tmp_path_factory.mktemp("stack")) as (state, _, _):
