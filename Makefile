@@ -43,7 +43,7 @@ status: venv
 # Two workers: the suite mostly waits on its services; each worker has its own local stack.
 TEST_WORKERS ?= 2
 test: system-deps venv test-services
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(VENV)/bin/pytest -n $(TEST_WORKERS)
 
 # Each benchmark prints its table; results and analysis in bench/RESULTS.md. QUICK=1 for small sizes.
 BENCHMARKS := provider_landing feed_ingest sensor_scale mpf_throughput
