@@ -487,10 +487,13 @@ def print_results(results: list[dict], rows: int) -> None:
             ])
             limit = entry[f"limit_{db}"]
             keyed, fresh = limit["keyed"]["rows_per_second"], limit["fresh"]["rows_per_second"]
+            # CPU: the sqlite3 shell's own; PostgreSQL's COPY runs in the server (not counted)
+            limit_cpu = limit["keyed"].get("cpu_seconds")
             limit_rows.append([
                 entry["feed"], db, f"{entry['rows']:,}", cred_rate, ingest_rate,
                 fresh, keyed, f"{cred_rate / keyed:.2f}x", f"{cred_rate / fresh:.2f}x",
-                f"{ingest_rate / keyed:.2f}x",
+                f"{ingest_rate / keyed:.2f}x", cred.get("cpu_seconds", 0),
+                "-" if limit_cpu is None else limit_cpu,
                 " ".join(f"{value:.2f}" for value in entry["load_average_at_end"]),
             ])
     print(f"\nFeed ingestion: {rows:,} rows per feed; the baseline is measured on the first "
@@ -507,7 +510,8 @@ def print_results(results: list[dict], rows: int) -> None:
           "as in the feed's table; the ratio is credflow end to end / keyed.")
     print(table(["feed", "db", "rows", "credflow rows/s (end to end)", "ingest-only rows/s",
                  "limit rows/s (fresh)", "limit rows/s (keyed)", "ratio (keyed)",
-                 "ratio (fresh)", "ingest-only ratio (keyed)", "load at end"], limit_rows))
+                 "ratio (fresh)", "ingest-only ratio (keyed)", "credflow CPU s",
+                 "limit CPU s (keyed)", "load at end"], limit_rows))
     print("target: ratio ≥ 1.0x")
 
 
