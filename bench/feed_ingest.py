@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/feed_ingest.py            # 1,000,000 rows per default feed
     .venv/bin/python bench/feed_ingest.py --quick    # contact_tracing only, 20,000 rows
-    options: --rows N  --baseline-rows N  --baseline-rows-other N  --feeds a,b  --no-postgres
-             --profile DIR  --json FILE
+    options: --rows N  --baseline-rows N  --baseline-rows-other N  --limit-repeats N
+             --feeds a,b  --no-postgres  --profile DIR  --json FILE
 
 Data: for each default feed (contact_tracing, nsss, spl), a CSV of N generated rows (the seed's
 `sample_rows`: human headers, dates in the feed's own format), uploaded to the feed's inbound
@@ -22,6 +22,13 @@ validation (credflow's own `validate_chunk`, i.e. the same date parsing and pand
 one-row frame), one SELECT by id, one INSERT or UPDATE, into a fresh table of the same schema.
 Two variants: all rows in one transaction (the baseline's best case; the ratio uses it) and a
 commit per row. The rate measured on those rows is extrapolated to N rows and labelled so.
+
+The limit, the database's own bulk load of the same CSV file with no validation, measured in
+the same run right after credflow's figure for that database (`sqlite_limits`,
+`postgres_limits`): SQLite, the `sqlite3` shell's `.import --csv` as a subprocess; PostgreSQL,
+`COPY … FROM STDIN (FORMAT csv, HEADER)` through psycopg2's `copy_expert`. TEXT columns, into a
+new table without a key (`fresh`) and with the id column as PRIMARY KEY (`keyed`, the shape
+of the feed's table, which the ratio credflow/limit uses); the fastest of `--limit-repeats`.
 """
 
 from __future__ import annotations
@@ -30,7 +37,9 @@ import argparse
 import csv
 import json
 import os
+import resource
 import shutil
+import subprocess
 import sys
 import time
 import uuid
@@ -206,6 +215,104 @@ def row_values(plan, good) -> dict:
     return values
 
 
+# ------------------------------------------------------------------------------ limits
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _header(sheet: Path) -> list[str]:
+    with open(sheet, newline="", encoding="utf-8") as handle:
+        return next(csv.reader(handle))
+
+
+def sqlite_limits(sheet: Path, id_header: str, work: Path, repeats: int) -> dict:
+    """SQLite's own bulk load of the same CSV, no validation: the `sqlite3` shell's
+    `.import --csv`, timed as a subprocess from its start to its exit (the commit included).
+    Two tables: a fresh one the shell creates from the header (every column TEXT, no key), and
+    one whose id column is the PRIMARY KEY, as the feed's table's is (`keyed`, which the ratio
+    uses). The fastest of `repeats` runs of each, each into a new database file."""
+    sqlite3_cli = shutil.which("sqlite3")
+    if sqlite3_cli is None:
+        raise SystemExit("no sqlite3 shell on PATH: run scripts/system-deps.sh (it installs it)")
+    columns = ", ".join(f"{_quoted(name)} TEXT" + (" PRIMARY KEY" if name == id_header else "")
+                        for name in _header(sheet))
+    variants = {
+        "fresh": ([], f'.import --csv "{sheet}" limit_rows'),
+        "keyed": ([f"CREATE TABLE limit_rows ({columns});"],
+                  f'.import --csv --skip 1 "{sheet}" limit_rows'),
+    }
+    results = {}
+    for variant, (setup, command) in variants.items():
+        best = None
+        for attempt in range(repeats):
+            database = work / f"limit-{variant}-{attempt}.db"
+            for statement in setup:
+                subprocess.run([sqlite3_cli, str(database), statement], check=True)
+            cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            started = time.monotonic()
+            subprocess.run([sqlite3_cli, "-bail", str(database), command], check=True)
+            seconds = time.monotonic() - started
+            cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            rows = int(subprocess.run([sqlite3_cli, str(database), "SELECT count(*) FROM limit_rows"],
+                                      check=True, capture_output=True, text=True).stdout)
+            database.unlink()
+            cpu = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime
+                                                               + cpu_before.ru_stime)
+            if best is None or seconds < best["seconds"]:
+                best = {"rows": rows, "seconds": seconds, "cpu_seconds": cpu,
+                        "rows_per_second": rows / seconds}
+        results[variant] = best
+        print(f"   sqlite3 .import ({variant}): {best['rows']:,} rows in {best['seconds']:.2f}s "
+              f"({best['rows_per_second']:,.0f} rows/s, best of {repeats})")
+    return results
+
+
+def postgres_limits(sheet: Path, id_header: str, url: str, repeats: int) -> dict:
+    """PostgreSQL's own bulk load of the same CSV, no validation: `COPY … FROM STDIN (FORMAT
+    csv, HEADER)` through psycopg2's `copy_expert`, into a new table of TEXT columns, then
+    committed; timed from the CREATE TABLE to the commit. `fresh`: no key; `keyed`: the id
+    column is the PRIMARY KEY, as the feed's table's is (the ratio uses it)."""
+    import sqlalchemy as sa
+
+    header = _header(sheet)
+    engine = sa.create_engine(url)
+    results = {}
+    try:
+        for variant in ("fresh", "keyed"):
+            columns = ", ".join(
+                f"{_quoted(name)} TEXT"
+                + (" PRIMARY KEY" if variant == "keyed" and name == id_header else "")
+                for name in header)
+            best = None
+            for _ in range(repeats):
+                connection = engine.raw_connection()
+                try:
+                    cursor = connection.cursor()
+                    started = time.monotonic()
+                    cursor.execute(f"CREATE TABLE limit_rows ({columns})")
+                    with open(sheet, "rb") as handle:
+                        cursor.copy_expert("COPY limit_rows FROM STDIN (FORMAT csv, HEADER)",
+                                           handle, size=1 << 20)
+                    rows = cursor.rowcount
+                    connection.commit()
+                    seconds = time.monotonic() - started
+                    cursor.execute("DROP TABLE limit_rows")
+                    connection.commit()
+                finally:
+                    connection.close()
+                if best is None or seconds < best["seconds"]:
+                    best = {"rows": rows, "seconds": seconds, "rows_per_second": rows / seconds}
+            results[variant] = best
+            print(f"   PostgreSQL COPY ({variant}): {best['rows']:,} rows in "
+                  f"{best['seconds']:.2f}s ({best['rows_per_second']:,.0f} rows/s, "
+                  f"best of {repeats})")
+    finally:
+        engine.dispose()
+    return results
+
+
 # ------------------------------------------------------------------------------ postgres
 
 
@@ -252,6 +359,8 @@ def main() -> None:
     parser.add_argument("--baseline-rows", type=int, help="SQLite, one transaction (headline)")
     parser.add_argument("--baseline-rows-other", type=int,
                         help="commit-per-row and PostgreSQL variants")
+    parser.add_argument("--limit-repeats", type=int,
+                        help="runs of each bulk-load limit, the fastest kept (default 3; 1 quick)")
     parser.add_argument("--feeds", help="comma-separated feed names (default: every feed)")
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--profile", help="directory for pyinstrument profiles of credflow")
@@ -268,67 +377,94 @@ def main() -> None:
     # transaction) gets `baseline_rows`; commit-per-row and PostgreSQL get fewer, which their
     # rates do not need (validation dominates either way).
     other_rows = min(baseline_rows, args.baseline_rows_other or (100 if args.quick else 2_000))
-    sqlite_rows = {"one transaction": baseline_rows, "commit per row": other_rows}
-    postgres_rows = {"one transaction": other_rows, "commit per row": other_rows}
+    counts = {"sqlite": {"one transaction": baseline_rows, "commit per row": other_rows},
+              "postgres": {"one transaction": other_rows, "commit per row": other_rows},
+              "limit_repeats": args.limit_repeats or (1 if args.quick else 3)}
     info = print_machine()
     from credflow_assets.config import load_config
-    from credflow_assets.resources.drive import DriveResource
     from credflow_assets_tests.conftest import DEFAULT_CONFIG
 
     feeds = load_config(DEFAULT_CONFIG).feeds
     if args.feeds or args.quick:
         wanted = (args.feeds or "contact_tracing").split(",")
         feeds = [feed for feed in feeds if feed.name in wanted]
-    results = []
     with bench_workdir("feeds") as work, bench_stack(work) as (state, config, env):
-        drive = DriveResource(api_url=env["CREDFLOW_DRIVE_URL"], token=env["CREDFLOW_DRIVE_TOKEN"])
-        sheets = {}
-        for feed in feeds:
-            path = work / f"{feed.name}.csv"
-            started = time.monotonic()
-            write_sheet(feed, rows, path)
-            generated = time.monotonic() - started
-            started = time.monotonic()
-            drive.upload_file(path, f"{feed.name} bench {rows} rows.csv", feed.inbound_folder_id,
-                              mime_type="text/csv")
-            print(f"{feed.name}: {rows:,} rows, {path.stat().st_size / MiB:.0f} MiB of CSV "
-                  f"(generated in {generated:.0f}s, uploaded to Drive in "
-                  f"{time.monotonic() - started:.1f}s)")
-            sheets[feed.name] = path
-
+        sheets = upload_sheets(feeds, rows, work, env)
         pg_url = None if args.no_postgres else postgres_database()
         try:
-            for feed in feeds:
-                entry = {"feed": feed.name, "rows": rows,
-                         "csv_mib": sheets[feed.name].stat().st_size / MiB}
-                print(f"\n== {feed.name}: credflow into SQLite")
-                options = {"feed": feed.name}
-                if args.profile:
-                    Path(args.profile).mkdir(parents=True, exist_ok=True)
-                    options["profile"] = str(Path(args.profile) / f"{feed.name}-sqlite.txt")
-                entry["sqlite"] = run_child([__file__, "--child", json.dumps(options)])
-                print(f"== {feed.name}: baseline into SQLite, first {sqlite_rows} rows")
-                entry["baseline_sqlite"] = baseline(
-                    feed, sheets[feed.name], sqlite_rows, f"sqlite:///{work / 'baseline.db'}")
-                if pg_url:
-                    print(f"== {feed.name}: credflow into PostgreSQL")
-                    home = fresh_dagster_home(Path(env["CREDFLOW_HOME"]),
-                                              work / f"dagster-pg-{feed.name}")
-                    entry["postgres"] = run_child(
-                        [__file__, "--child", json.dumps({"feed": feed.name})],
-                        env={"CREDFLOW_TABLES_DB_URL": pg_url, "DAGSTER_HOME": str(home)})
-                    print(f"== {feed.name}: baseline into PostgreSQL, first {postgres_rows} rows")
-                    entry["baseline_postgres"] = baseline(feed, sheets[feed.name],
-                                                          postgres_rows, pg_url)
-                for key in ("sqlite", "postgres"):
-                    if entry.get(key, {}).get("failed"):
-                        raise SystemExit(f"{feed.name} ({key}) failed: {entry[key]['failed']}")
-                results.append(entry)
+            results = [measure_feed(feed, rows, sheets[feed.name], work, env, pg_url, counts,
+                                    args.profile) for feed in feeds]
         finally:
             if pg_url:
                 drop_postgres_database(pg_url)
+    print_results(results, rows)
+    write_json(args.json, {"machine": info, "rows": rows, "baseline_rows": counts["sqlite"],
+                           "baseline_rows_postgres": counts["postgres"],
+                           "limit_repeats": counts["limit_repeats"], "results": results})
 
-    table_rows = []
+
+def upload_sheets(feeds, rows: int, work: Path, env: dict) -> dict[str, Path]:
+    from credflow_assets.resources.drive import DriveResource
+
+    drive = DriveResource(api_url=env["CREDFLOW_DRIVE_URL"], token=env["CREDFLOW_DRIVE_TOKEN"])
+    sheets = {}
+    for feed in feeds:
+        path = work / f"{feed.name}.csv"
+        started = time.monotonic()
+        write_sheet(feed, rows, path)
+        generated = time.monotonic() - started
+        started = time.monotonic()
+        drive.upload_file(path, f"{feed.name} bench {rows} rows.csv", feed.inbound_folder_id,
+                          mime_type="text/csv")
+        print(f"{feed.name}: {rows:,} rows, {path.stat().st_size / MiB:.0f} MiB of CSV "
+              f"(generated in {generated:.0f}s, uploaded to Drive in "
+              f"{time.monotonic() - started:.1f}s)")
+        sheets[feed.name] = path
+    return sheets
+
+
+def measure_feed(feed, rows: int, sheet: Path, work: Path, env: dict, pg_url: str | None,
+                 counts: dict, profile: str | None) -> dict:
+    """credflow end to end, then in the same run the bulk-load limits and the row-at-a-time
+    baseline on the same CSV: into SQLite, then into PostgreSQL when `pg_url`."""
+    from credflow_assets.local.seed_drive_feeds import header_for
+
+    id_header = header_for(feed.id_column)
+    entry = {"feed": feed.name, "rows": rows, "csv_mib": sheet.stat().st_size / MiB}
+    print(f"\n== {feed.name}: credflow into SQLite  (load {os.getloadavg()[0]:.2f})")
+    options = {"feed": feed.name}
+    if profile:
+        Path(profile).mkdir(parents=True, exist_ok=True)
+        options["profile"] = str(Path(profile) / f"{feed.name}-sqlite.txt")
+    entry["sqlite"] = run_child([__file__, "--child", json.dumps(options)])
+    print(f"== {feed.name}: SQLite's own bulk load  (load {os.getloadavg()[0]:.2f})")
+    entry["limit_sqlite"] = sqlite_limits(sheet, id_header, work, counts["limit_repeats"])
+    print(f"== {feed.name}: baseline into SQLite, first {counts['sqlite']} rows")
+    entry["baseline_sqlite"] = baseline(feed, sheet, counts["sqlite"],
+                                        f"sqlite:///{work / 'baseline.db'}")
+    if pg_url:
+        print(f"== {feed.name}: credflow into PostgreSQL  (load {os.getloadavg()[0]:.2f})")
+        home = fresh_dagster_home(Path(env["CREDFLOW_HOME"]), work / f"dagster-pg-{feed.name}")
+        pg_options = {"feed": feed.name}
+        if profile:
+            pg_options["profile"] = str(Path(profile) / f"{feed.name}-postgres.txt")
+        entry["postgres"] = run_child(
+            [__file__, "--child", json.dumps(pg_options)],
+            env={"CREDFLOW_TABLES_DB_URL": pg_url, "DAGSTER_HOME": str(home)})
+        print(f"== {feed.name}: PostgreSQL's own bulk load  (load {os.getloadavg()[0]:.2f})")
+        entry["limit_postgres"] = postgres_limits(sheet, id_header, pg_url,
+                                                  counts["limit_repeats"])
+        print(f"== {feed.name}: baseline into PostgreSQL, first {counts['postgres']} rows")
+        entry["baseline_postgres"] = baseline(feed, sheet, counts["postgres"], pg_url)
+    for key in ("sqlite", "postgres"):
+        if entry.get(key, {}).get("failed"):
+            raise SystemExit(f"{feed.name} ({key}) failed: {entry[key]['failed']}")
+    entry["load_average_at_end"] = [round(value, 2) for value in os.getloadavg()]
+    return entry
+
+
+def print_results(results: list[dict], rows: int) -> None:
+    baseline_rows, limit_rows = [], []
     for entry in results:
         for db in ("sqlite", "postgres"):
             if db not in entry:
@@ -340,7 +476,7 @@ def main() -> None:
             best = base["one transaction"]
             per_row = base["commit per row"]
             extrapolated = entry["rows"] / best["rows_per_second"]
-            table_rows.append([
+            baseline_rows.append([
                 entry["feed"], db, f"{entry['rows']:,}", cred["sync_seconds"],
                 cred.get("cpu_seconds", 0), cred_rate,
                 ingest_rate, f"{cred['peak_rss_mb']:.0f} MB",
@@ -349,16 +485,34 @@ def main() -> None:
                 f"{extrapolated:,.0f} s (extrapolated)",
                 f"{cred_rate / best['rows_per_second']:.0f}x",
             ])
+            limit = entry[f"limit_{db}"]
+            keyed, fresh = limit["keyed"]["rows_per_second"], limit["fresh"]["rows_per_second"]
+            # CPU: the sqlite3 shell's own; PostgreSQL's COPY runs in the server (not counted)
+            limit_cpu = limit["keyed"].get("cpu_seconds")
+            limit_rows.append([
+                entry["feed"], db, f"{entry['rows']:,}", cred_rate, ingest_rate,
+                fresh, keyed, f"{cred_rate / keyed:.2f}x", f"{cred_rate / fresh:.2f}x",
+                f"{ingest_rate / keyed:.2f}x", cred.get("cpu_seconds", 0),
+                "-" if limit_cpu is None else limit_cpu,
+                " ".join(f"{value:.2f}" for value in entry["load_average_at_end"]),
+            ])
     print(f"\nFeed ingestion: {rows:,} rows per feed; the baseline is measured on the first "
           f"rows shown and extrapolated to {rows:,} (labelled)")
     print(table(["feed", "db", "rows", "credflow s (end to end)", "credflow CPU s",
                  "credflow rows/s",
                  "ingest-only rows/s", "peak RSS", "baseline rows/s (1 txn)",
-                 "baseline rows/s (commit/row)", "baseline for all rows", "ratio"], table_rows))
+                 "baseline rows/s (commit/row)", "baseline for all rows", "ratio"],
+                baseline_rows))
     print("targets: ≥ 100,000 rows/s into SQLite end to end; ratio ≥ 50")
-    write_json(args.json, {"machine": info, "rows": rows, "baseline_rows": sqlite_rows,
-                           "baseline_rows_postgres": postgres_rows,
-                           "results": results})
+    print("\nAgainst the database's own bulk load of the same CSV, no validation (SQLite: the "
+          "sqlite3 shell's .import --csv; PostgreSQL: COPY FROM STDIN (FORMAT csv, HEADER); "
+          "TEXT columns, fastest of the repeats). `keyed`: the id column is the PRIMARY KEY, "
+          "as in the feed's table; the ratio is credflow end to end / keyed.")
+    print(table(["feed", "db", "rows", "credflow rows/s (end to end)", "ingest-only rows/s",
+                 "limit rows/s (fresh)", "limit rows/s (keyed)", "ratio (keyed)",
+                 "ratio (fresh)", "ingest-only ratio (keyed)", "credflow CPU s",
+                 "limit CPU s (keyed)", "load at end"], limit_rows))
+    print("target: ratio ≥ 1.0x")
 
 
 if __name__ == "__main__":

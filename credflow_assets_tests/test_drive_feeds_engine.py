@@ -37,7 +37,7 @@ from credflow_assets.drive_feeds.store import (
     rejections_table,
 )
 from credflow_assets.drive_feeds.summary import parse_summary, write_summary
-from credflow_assets.drive_feeds.validation import FeedConfigError, build_plan
+from credflow_assets.drive_feeds.validation import FeedConfigError, build_plan, validate_chunk
 from credflow_assets.local.seed_drive_feeds import sample_rows, write_csv
 from credflow_assets.resources.from_config import build_resources
 from credflow_assets.resources.sql import create_engine
@@ -371,6 +371,43 @@ def test_a_new_feed_is_config_plus_a_model():
             "drive/outbound/nsss_backfill_summary"} <= keys
     assert "drive_feed_nsss_backfill_job" in repository.job_names
     assert "drive_feed_nsss_backfill_inbound_sensor" in {s.name for s in repository.sensor_defs}
+
+
+# Each a cell that breaks one rule of every default feed's model (by column).
+BROKEN_CELLS = [
+    ("first_name", ""), ("email", "not an address"), ("postcode", "12345"),
+    ("date_of_birth", "1850-01-01"), ("date_of_birth", "not a date"),
+]
+
+
+@pytest.mark.parametrize("feed", CONFIG.feeds, ids=lambda feed: feed.name)
+def test_a_clean_chunk_skips_pandera_and_every_broken_rule_is_still_caught(tmp_path, feed):
+    """A chunk whose rows all pass skips pandera's own run (`FeedPlan.quick_checks`): the
+    result must be what pandera's run gives, for clean chunks and for each rule broken."""
+    plan = build_plan(feed)
+    assert plan.quick_checks, "the default feeds' models are simple enough for the quick path"
+    rows = sample_rows(feed, 12)
+    broken = [(column, value) for column, value in BROKEN_CELLS if column in rows[0]]
+    broken.append((feed.id_column, "x" * 65))  # longer than an id may be
+    for position, (column, value) in enumerate(broken):
+        if column == "date_of_birth" and value[0].isdigit():
+            value = dt.date(1850, 1, 1).strftime(feed.date_formats.get(column, "%Y-%m-%d"))
+        rows[position * 2 + 1][column] = value  # the first chunk of 4 rows stays clean
+    rows = rows[:1] + [dict(row) for row in sample_rows(feed, 3, start=100)] + rows[1:]
+    path = write_csv(tmp_path / "rows.csv", feed, rows)
+    reader = SheetReader(path, "csv", feed.date_formats)
+    names, _ = check_header(reader.header, plan.column_names)
+    results = {}
+    for quick in (True, False):
+        plan.quick_checks = quick
+        results[quick] = [validate_chunk(plan, chunk) for chunk in reader.chunks(names, 4)]
+    for fast, full in zip(results[True], results[False]):
+        assert fast.rejections == full.rejections
+        assert fast.rejected_ids == full.rejected_ids
+        pd.testing.assert_frame_equal(fast.good, full.good)
+    rejected_rules = {(r.column, r.reason) for result in results[True] for r in result.rejections}
+    assert {column for column, _ in rejected_rules} == {column for column, _ in broken}
+    assert not results[True][0].rejections and len(results[True][0].good) == 4
 
 
 # -- ingest -------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@
 #             libreoffice-writer-nogui (PDF renditions of office and text documents)
 #   --test    postgresql (the production-path tests: SQL tables and Dagster storage),
 #             rabbitmq-server (the Celery broker of the production-path test: a real worker),
-#             chromium (the headless browser of the Dagster UI tests: /usr/bin/chromium)
+#             chromium (the headless browser of the Dagster UI tests: /usr/bin/chromium),
+#             sqlite3 (the shell whose `.import --csv` is bench/feed_ingest.py's limit)
 set -euo pipefail
 
 need=()
@@ -17,6 +18,7 @@ if [[ "${1:-}" == "--test" ]]; then
   # By path: /usr/sbin is not on a non-root user's PATH.
   [[ -x /usr/sbin/rabbitmq-server ]] || need+=(rabbitmq-server)
   [[ -x /usr/bin/chromium ]] || need+=(chromium)
+  command -v sqlite3 >/dev/null 2>&1 || need+=(sqlite3)
 fi
 if [[ ${#need[@]} -eq 0 ]]; then
   exit 0

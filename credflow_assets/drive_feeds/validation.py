@@ -13,7 +13,12 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from credflow_assets.common.csv_chunks import is_missing, run_schema
+from credflow_assets.common.csv_chunks import (
+    is_missing,
+    passes_every_rule,
+    quick_checkable,
+    run_schema,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -57,6 +62,8 @@ class FeedPlan:
     tracked: list[str]
     needs_coercion: bool = False
     row_schema: Any = None  # what pandera checks on each chunk (see _row_schema)
+    # A clean chunk may skip pandera's failure-case bookkeeping (`_run_schema`)
+    quick_checks: bool = False
     by_name: dict[str, ColumnPlan] = field(default_factory=dict)
 
     @property
@@ -118,6 +125,7 @@ def build_plan(feed: FeedConfig) -> FeedPlan:
     plan = FeedPlan(feed=feed, model=model, schema=schema, columns=columns, tracked=tracked,
                     needs_coercion=any(c.coerce for c in full.columns.values()) or full.coerce,
                     row_schema=_row_schema(schema, columns))
+    plan.quick_checks = not plan.needs_coercion and quick_checkable(plan.row_schema)
     plan.by_name = {column.name: column for column in columns}
     return plan
 
@@ -194,7 +202,7 @@ def validate_chunk(plan: FeedPlan, chunk: pd.DataFrame) -> ChunkResult:
         raw = chunk[column.name]
         parsed = parse_dates(raw, column.date_format)
         bad = raw.notna() & parsed.isna()
-        for row_number, value in raw[bad].items():
+        for row_number, value in (raw[bad].items() if bad.any() else ()):
             rejections.append(Rejection(
                 int(row_number), column.name,
                 f"not a date in the format {human_date_format(column.date_format)}",
@@ -203,7 +211,7 @@ def validate_chunk(plan: FeedPlan, chunk: pd.DataFrame) -> ChunkResult:
             unparseable.add((int(row_number), column.name))
         chunk[column.name] = parsed
     checked = list(plan.row_schema.columns)
-    validated, failed = _run_schema(plan, chunk[checked], unparseable)
+    validated, failed = _run_schema(plan, chunk, checked, unparseable)
     rejections += failed
     rejected = {r.row_number for r in failed} | {row for row, _column in unparseable}
     good = chunk.drop(index=sorted(rejected)) if rejected else chunk
@@ -211,17 +219,27 @@ def validate_chunk(plan: FeedPlan, chunk: pd.DataFrame) -> ChunkResult:
         if rejected or validated is None:
             validated = plan.row_schema.validate(good[checked], lazy=True)
         good = good.assign(**{name: validated[name] for name in checked})
-    ids = chunk[plan.id_column]
-    rejected_ids = ids[ids.index.isin(list(rejected)) & ids.notna()]
+    rejected_ids = []
+    if rejected:  # most chunks have none: no per-row work for them
+        ids = chunk[plan.id_column]
+        ids = ids[ids.index.isin(list(rejected)) & ids.notna()]
+        rejected_ids = list(zip(ids.index.tolist(), ids.tolist()))
     rejections.sort(key=lambda r: (r.row_number, r.column))
-    return ChunkResult(good=good, rejections=rejections,
-                       rejected_ids=list(zip(rejected_ids.index.tolist(), rejected_ids.tolist())),
+    return ChunkResult(good=good, rejections=rejections, rejected_ids=rejected_ids,
                        blank_rows=int(blank.sum()), rows=len(chunk))
 
 
-def _run_schema(plan: FeedPlan, checked: pd.DataFrame, unparseable: set[tuple[int, str]]):
-    """(validated frame or None, rejections): pandera's failure cases, one per row and column."""
-    validated, failures = run_schema(plan.row_schema, checked)
+def _run_schema(plan: FeedPlan, chunk: pd.DataFrame, checked: list[str],
+                unparseable: set[tuple[int, str]]):
+    """(validated frame or None, rejections): pandera's failure cases, one per row and column.
+
+    Each rule is first run on its own (`passes_every_rule`): when every row passes, as in most
+    chunks, pandera's own run would find nothing, and its bookkeeping (failure-case tables,
+    for every column) is what costs. Only a chunk with a failing row goes through pandera.
+    """
+    if plan.quick_checks and passes_every_rule(plan.row_schema, chunk):
+        return None, []
+    validated, failures = run_schema(plan.row_schema, chunk[checked])
     rejections = []
     for failure in failures:
         if failure.row is None:
