@@ -19,7 +19,6 @@ from __future__ import annotations
 import sqlite3
 
 from .errors import ApiError, bad_request
-from .files import _int_param
 from .persistence import Persistence
 from .query import FILE_FIELDS, apply_fields, parse_fields, validate_fields
 from .records import rfc3339
@@ -118,6 +117,10 @@ class ChangeRoutes:
             params, START_PAGE_TOKEN_FIELDS, None)))
 
     def list_changes(self, params: dict) -> None:
+        # Here, not at the top: files.py reaches store.py (through pages.py), which needs this
+        # module's ChangeLog first.
+        from .files import _int_param
+
         self._drain()
         _check_drive_params(params)
         page_size = _int_param(params, "pageSize", 100, 1, 1000)
