@@ -248,7 +248,8 @@ class _Tick:
         whole, or this page's own when it held more new files than the tick may request."""
         page_size = min(1000, max(100, 2 * self.limit))
         token = cursor.token
-        for page in self.drive.change_pages(cursor.token, CHANGE_FIELDS, page_size):
+        for page in self.drive.change_pages(cursor.token, fields=CHANGE_FIELDS,
+                                            page_size=page_size):
             sorted_changes = [sort_change(change, self.feed.inbound_folder_id)
                               for change in page.changes]
             files = [item for item in sorted_changes if isinstance(item, dict)]
