@@ -702,3 +702,24 @@ def test_a_page_token_drive_refuses_falls_back_to_listing_the_folder(flow, tmp_p
     assert [request.partition_key for request in result.run_requests] == [key_of(feed, file)]
     token = json.loads(result.cursor)["token"]
     assert token.isdigit() and token == flow["drive"].start_page_token()
+
+
+def test_what_a_change_means_to_a_feed_and_an_older_cursor_carries_over():
+    from credflow_assets.drive_feeds.sensors import FeedCursor, Gone, WatchCursor, sort_change
+
+    file = {"id": "f", "mimeType": CSV_MIME, "parents": ["in"], "trashed": False}
+    assert sort_change({"fileId": "f", "removed": False, "file": file}, "in") is file
+    assert sort_change({"fileId": "f", "removed": False, "file": {**file, "trashed": True}},
+                       "in") == Gone("f", "trashed")
+    assert sort_change({"fileId": "f", "removed": False, "file": {**file, "parents": ["out"]}},
+                       "in") == Gone("f", "moved out of the inbound folder")
+    assert sort_change({"fileId": "f", "removed": True}, "in") == Gone("f", "deleted from Drive")
+    assert sort_change({"fileId": "d", "removed": False, "file": {
+        **file, "mimeType": "application/vnd.google-apps.folder"}}, "in") is None
+    # The modifiedTime sensor's cursor: its listing goes on, under a token taken next tick.
+    old = json.dumps({"newest": "2026-12-01T10:00:00.000Z", "seen": {"f": "x"}})
+    assert WatchCursor.from_json(old) == WatchCursor(None, FeedCursor(
+        "2026-12-01T10:00:00.000Z", {"f": "x"}))
+    assert WatchCursor.from_json(None) == WatchCursor(None, FeedCursor())
+    steady = WatchCursor("42", None)
+    assert WatchCursor.from_json(steady.to_json()) == steady
