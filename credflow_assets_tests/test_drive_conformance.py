@@ -4,8 +4,8 @@ ships, `googleapiclient/discovery_cache/documents/drive.v3.json`).
 
 credflow must never come to rely on something only the stand-in does. Three checks:
 - statically, credflow's side: every `files().<method>(…)` and `changes().<method>(…)` call
-  in resources/drive.py, its keyword parameters and request-body keys, and every `fields=` selector and `orderBy` key
-  credflow requests anywhere;
+  in resources/drive.py, its keyword parameters and request-body keys, and every `fields=`
+  selector and `orderBy` key credflow requests anywhere;
 - statically, the stand-in's side: its routes, the fields it accepts and the sort keys it
   implements;
 - dynamically: a real session of DriveResource calls against the stand-in (run in-process with
