@@ -681,12 +681,22 @@ def test_a_file_moved_out_before_it_was_processed_fails_its_queued_run(flow, tmp
     sync_feed(flow, feed)
     file = upload(flow, feed, write_csv(tmp_path / "m.csv", config,
                                         sample_rows(config, 2, start=7400)))
-    [request] = tick(flow, feed, stored_cursor(flow, feed)).run_requests
+    cursor = stored_cursor(flow, feed)
+    [request] = tick(flow, feed, cursor).run_requests
+    # Its run is made but not started (as a queued one, without the daemon's origin).
+    queued = flow["instance"].add_run(dg.DagsterRun(
+        job_name=f"drive_feed_{feed}_job", status=dg.DagsterRunStatus.NOT_STARTED,
+        tags={**request.tags, "dagster/partition": request.partition_key}))
     flow["drive"].update_file(file["id"], add_parents=config.outbound_folder_id,
                               remove_parents=config.inbound_folder_id)
-
-    assert "the file was moved out of the inbound folder before it was processed" in \
-        run_failure(flow, feed, request)
+    try:
+        later = tick(flow, feed, cursor)  # the change now says: moved out, run queued
+        assert later.run_requests == [] and later.skip_reason.skip_message.startswith(
+            "1 inbound file(s) left the folder before they were processed")
+        assert "the file was moved out of the inbound folder before it was processed" in \
+            run_failure(flow, feed, request)
+    finally:
+        flow["instance"].delete_run(queued.run_id)
     assert sync_feed(flow, feed).runs == []  # out of the folder: not the feed's
 
 
