@@ -3,9 +3,9 @@ answers, exists in Google's own discovery document for Drive v3 (the one google-
 ships, `googleapiclient/discovery_cache/documents/drive.v3.json`).
 
 credflow must never come to rely on something only the stand-in does. Three checks:
-- statically, credflow's side: every `files().<method>(…)` call in resources/drive.py, its
-  keyword parameters and request-body keys, and every `fields=` selector and `orderBy` key
-  credflow requests anywhere;
+- statically, credflow's side: every `files().<method>(…)` and `changes().<method>(…)` call
+  in resources/drive.py, its keyword parameters and request-body keys, and every `fields=`
+  selector and `orderBy` key credflow requests anywhere;
 - statically, the stand-in's side: its routes, the fields it accepts and the sort keys it
   implements;
 - dynamically: a real session of DriveResource calls against the stand-in (run in-process with
@@ -42,7 +42,9 @@ DRIVE_RESOURCE = REPO / "credflow_assets" / "resources" / "drive.py"
 CLIENT_BODY_ARGUMENTS = {"body"}
 CLIENT_MEDIA_ARGUMENTS = {"media_body", "media_mime_type"}
 # googleapiclient's `<method>_media` variants: the same Drive method, with alt=media.
-MEDIA_DOWNLOAD_VARIANTS = {"get_media": "get", "export_media": "export"}
+MEDIA_DOWNLOAD_VARIANTS = {"files.get_media": "files.get", "files.export_media": "files.export"}
+# The Drive resources credflow calls, by the DriveResource accessor that reaches each.
+DRIVE_COLLECTIONS = {"_files": "files", "_changes": "changes"}
 # Google's error body (developers.google.com/drive/api/guides/handle-errors); not described by
 # the discovery document, which covers successful responses only.
 GOOGLE_ERROR_KEYS = {"code", "message", "errors", "status", "details"}
@@ -67,7 +69,11 @@ def discovery() -> dict:
 
 
 def drive_methods() -> dict[str, dict]:
-    return discovery()["resources"]["files"]["methods"]
+    """Every method of the resources credflow calls, by qualified name (`files.list`,
+    `changes.getStartPageToken`)."""
+    return {f"{resource}.{name}": method
+            for resource in DRIVE_COLLECTIONS.values()
+            for name, method in discovery()["resources"][resource]["methods"].items()}
 
 
 def schema(name_or_schema: str | dict) -> dict:
@@ -210,7 +216,8 @@ def _dict_keys_built(function: ast.FunctionDef, variable: str) -> set[str]:
 
 
 def credflow_drive_calls() -> list[dict]:
-    """Every `self._files().<method>(…)` in resources/drive.py: the method, the keyword
+    """Every `self._files().<method>(…)` and `self._changes().<method>(…)` in
+    resources/drive.py: the method (qualified, `files.list`), the keyword
     parameters it passes (`**kwargs` resolved to the keys the function builds) and the keys of
     the `body` it sends."""
     tree = ast.parse(DRIVE_RESOURCE.read_text())
@@ -222,14 +229,16 @@ def credflow_drive_calls() -> list[dict]:
                 continue
             owner = node.func.value
             if not (isinstance(owner, ast.Call) and isinstance(owner.func, ast.Attribute)
-                    and owner.func.attr == "_files"):
+                    and owner.func.attr in DRIVE_COLLECTIONS):
                 continue
+            resource = DRIVE_COLLECTIONS[owner.func.attr]
             keywords = {keyword.arg for keyword in node.keywords if keyword.arg}
             for keyword in node.keywords:
                 if keyword.arg is None and isinstance(keyword.value, ast.Name):
                     keywords |= _dict_keys_built(function, keyword.value.id)
             body = _dict_keys_built(function, "body") if "body" in keywords else set()
-            calls.append({"method": node.func.attr, "keywords": keywords, "body": body,
+            calls.append({"method": f"{resource}.{node.func.attr}", "keywords": keywords,
+                          "body": body,
                           "where": f"resources/drive.py:{node.lineno} ({function.name})"})
     return calls
 
@@ -245,17 +254,19 @@ def test_credflow_reaches_drive_only_through_the_drive_resource():
 
 def test_credflow_calls_only_drive_methods_and_parameters_google_documents():
     calls = credflow_drive_calls()
-    assert {call["method"] for call in calls} >= {"list", "get", "create", "update", "delete"}
+    assert {call["method"] for call in calls} >= {
+        "files.list", "files.get", "files.create", "files.update", "files.delete",
+        "changes.getStartPageToken", "changes.list"}
     methods, file_properties = drive_methods(), schema("File")["properties"]
     problems = []
     for call in calls:
         name = MEDIA_DOWNLOAD_VARIANTS.get(call["method"], call["method"])
         method = methods.get(name)
         if method is None:
-            problems.append(f"{call['where']}: files.{call['method']} is not a Drive v3 method")
+            problems.append(f"{call['where']}: {call['method']} is not a Drive v3 method")
             continue
         if call["method"] in MEDIA_DOWNLOAD_VARIANTS and not method.get("supportsMediaDownload"):
-            problems.append(f"{call['where']}: files.{name} does not support media download")
+            problems.append(f"{call['where']}: {name} does not support media download")
         # The standard parameters (`fields`, `alt`, …) go with every method.
         allowed = set(method.get("parameters", {})) | set(discovery()["parameters"])
         if "request" in method:
@@ -264,9 +275,9 @@ def test_credflow_calls_only_drive_methods_and_parameters_google_documents():
             allowed |= CLIENT_MEDIA_ARGUMENTS
         for keyword in sorted(call["keywords"]):
             if keyword not in allowed:
-                problems.append(f"{call['where']}: files.{name} has no parameter {keyword}")
+                problems.append(f"{call['where']}: {name} has no parameter {keyword}")
             elif method.get("parameters", {}).get(keyword, {}).get("deprecated"):
-                problems.append(f"{call['where']}: files.{name}'s {keyword} is deprecated")
+                problems.append(f"{call['where']}: {name}'s {keyword} is deprecated")
         for key in sorted(call["body"]):
             if key not in file_properties:
                 problems.append(f"{call['where']}: the File resource has no {key}")
@@ -309,6 +320,10 @@ def credflow_field_selectors() -> list[tuple[str, str, str]]:
             if isinstance(node, ast.Call):
                 callee = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(
                     node.func, "id", "")
+                owner = getattr(node.func, "value", None)
+                if callee == "list" and isinstance(owner, ast.Call) and getattr(
+                        owner.func, "attr", "") == "_changes":
+                    callee = "changes.list"
                 for keyword in node.keywords:
                     if keyword.arg == "fields":
                         expressions.append((keyword.value, callee, node.lineno))
@@ -323,12 +338,12 @@ def credflow_field_selectors() -> list[tuple[str, str, str]]:
                         expressions.append((default, node.name, node.lineno))
         for expression, callee, line in expressions:
             where = f"{path.relative_to(REPO)}:{line}"
-            # files().list(fields=…) selects from a FileList; everything else from a File.
-            selects_from = "FileList" if callee == "list" else "File"
+            selects_from = SELECTS_FROM.get(callee, "File")
             if isinstance(expression, ast.Name) and expression.id == "fields":
                 continue
             if isinstance(expression, ast.JoinedStr):
-                text = "".join(part.value if isinstance(part, ast.Constant) else "id"
+                placeholder = "fileId" if selects_from == "ChangeList" else "id"
+                text = "".join(part.value if isinstance(part, ast.Constant) else placeholder
                                for part in expression.values)
             elif isinstance(expression, ast.Constant):
                 text = expression.value
@@ -340,9 +355,17 @@ def credflow_field_selectors() -> list[tuple[str, str, str]]:
     return found
 
 
+# What a `fields` selector selects from, by the call it is given to (by default, a File):
+# files().list's and changes().list's lists, and the per-change selectors DriveResource's
+# changes methods take.
+SELECTS_FROM = {"list": "FileList", "changes.list": "ChangeList", "change_pages": "Change",
+                "list_changes": "Change"}
+
+
 def test_every_fields_selector_credflow_requests_is_in_googles_schema():
     selectors = credflow_field_selectors()
     assert any(where.startswith("credflow_assets/therapists/") for _, _, where in selectors)
+    assert {"ChangeList", "Change"} <= {selects_from for _, selects_from, _ in selectors}
     problems = []
     for text, selects_from, where in selectors:
         for field in fields_not_in_schema(parse_fields(text), selects_from):
@@ -352,7 +375,7 @@ def test_every_fields_selector_credflow_requests_is_in_googles_schema():
 
 def _documented_order_keys() -> set[str]:
     """The sort keys files.list's `orderBy` description lists (as `key`)."""
-    description = drive_methods()["list"]["parameters"]["orderBy"]["description"]
+    description = drive_methods()["files.list"]["parameters"]["orderBy"]["description"]
     return set(re.findall(r"\* `([A-Za-z_]+)`", description))
 
 
@@ -377,8 +400,8 @@ def test_every_sort_key_credflow_uses_is_documented():
 
 
 def _route_templates() -> dict[tuple[str, str], str]:
-    """{(HTTP method, path under the root URL): Drive method} for every files method: its
-    REST path under `servicePath`, and its media upload paths."""
+    """{(HTTP method, path under the root URL): Drive method} for every method of the files
+    and changes resources: its REST path under `servicePath`, and its media upload paths."""
     root = discovery()["servicePath"]  # "drive/v3/"
     templates = {}
     for name, method in drive_methods().items():
@@ -423,8 +446,13 @@ def test_the_stand_in_answers_only_routes_google_documents():
         f"the list: {set(KNOWN_STAND_IN_EXTRAS) - extras}")
 
 
+def _current(found: dict) -> set[str]:
+    """A schema's properties, less the deprecated ones."""
+    return {name for name, value in found["properties"].items() if not value.get("deprecated")}
+
+
 def test_the_fields_the_stand_in_knows_are_googles():
-    from credflow_assets.local.drive_server import query, responses, validation
+    from credflow_assets.local.drive_server import changes, query, responses, validation
 
     file_properties = set(schema("File")["properties"])
     list_properties = set(schema("FileList")["properties"])
@@ -437,6 +465,17 @@ def test_the_fields_the_stand_in_knows_are_googles():
                  for name in set(responses.DEFAULT_LIST_FIELDS) - list_properties]
     writable = validation._WRITABLE | validation._WRITABLE_ON_DRIVE_ONLY
     problems += [f"File.{name} (writable)" for name in writable - file_properties]
+    problems += [f"ChangeList.{name} (selectable)"
+                 for name in changes.CHANGE_LIST_FIELDS - set(schema("ChangeList")["properties"])]
+    problems += [f"Change.{name} (selectable)"
+                 for name in changes.CHANGE_FIELDS - _current(schema("Change"))]
+    problems += [f"StartPageToken.{name} (selectable)" for name in
+                 changes.START_PAGE_TOKEN_FIELDS - set(schema("StartPageToken")["properties"])]
+    defaults = changes.DEFAULT_CHANGE_LIST_FIELDS
+    problems += [f"ChangeList.{name} (default answer)" for name in
+                 set(defaults) - set(schema("ChangeList")["properties"])]
+    problems += [f"Change.{name} (default answer)" for name in
+                 set(defaults["changes"]) - _current(schema("Change"))]
     problems += [f"orderBy {key}" for key in
                  set(query._ORDER_KEYS) | query._UNSUPPORTED_ORDER_KEYS
                  if key not in _documented_order_keys()]
@@ -506,6 +545,7 @@ def recorded_session(tmp_path_factory):
         text.write_text("Notes\nline two\n")
         csv.write_text("id,name\n1,Ann\n")
 
+        start_token = drive.start_page_token()
         folder_id = drive.generate_ids(1)[0]
         root = drive.create_folder("Conformance", None, app_properties={"k": "root"},
                                    folder_id=folder_id)
@@ -535,6 +575,12 @@ def recorded_session(tmp_path_factory):
         drive.delete_file(document["id"])
         with pytest.raises(DriveError):
             drive.get_file(document["id"])
+        pages = list(drive.change_pages(start_token, page_size=3))  # removed one included
+        assert len(pages) >= 2 and pages[-1].new_start_token
+        assert any(change["removed"] for page in pages for change in page.changes)
+        assert drive.list_changes(pages[-1].new_start_token) == ([], pages[-1].new_start_token)
+        with pytest.raises(DriveError):  # Drive's 400 for a token it never issued
+            drive.list_changes("not-a-token")
     finally:
         server.shutdown()
         server.server_close()
@@ -587,9 +633,9 @@ def test_every_request_the_stand_in_received_is_googles(recorded_session):
             if session and param == RESUMABLE_SESSION_PARAMETER:
                 continue
             if param not in documented and param not in top_level:
-                problems.append(f"{shown}: files.{name} has no parameter {param}")
+                problems.append(f"{shown}: {name} has no parameter {param}")
             elif documented.get(param, {}).get("deprecated"):
-                problems.append(f"{shown}: files.{name}'s {param} is deprecated")
+                problems.append(f"{shown}: {name}'s {param} is deprecated")
     assert not problems, "not in Google's Drive v3 discovery document:\n" + "\n".join(problems)
 
 
@@ -608,7 +654,7 @@ def test_every_answer_of_the_stand_in_is_in_googles_schema(recorded_session):
             if status >= 400:
                 problems += [f"{shown}: {p}" for p in error_not_google_shaped(body)]
             elif response is None:
-                problems.append(f"{shown}: files.{name} answers no JSON on Google")
+                problems.append(f"{shown}: {name} answers no JSON on Google")
             else:
                 problems += [f"{shown}: {response['$ref']} {p}"
                              for p in answer_not_in_schema(body, response)]

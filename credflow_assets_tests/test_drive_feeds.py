@@ -554,3 +554,182 @@ def test_feed_status_names_counts_and_files_only(flow):
     assert lines[0].startswith("contact_tracing: ") and "row(s) in contact_tracing_records" in text
     assert "summary file(s)" in text
     assert "@example.org" not in text and "Adeyemi" not in text
+
+
+# -- the changes feed ----------------------------------------------------------------------------
+
+def sensor_name(feed: str) -> str:
+    return f"drive_feed_{feed}_inbound_sensor"
+
+
+def sync_feed(flow, feed: str):
+    """One feed's sensor only, and its runs: as a daemon tick and its runs would."""
+    return sync(flow["defs"], flow["instance"], progress=lambda line: None,
+                sensor_names=[sensor_name(feed)])
+
+
+def stored_cursor(flow, feed: str) -> str:
+    from credflow_assets.common.dagster_compat import sensor_cursor
+
+    return sensor_cursor(flow["instance"], sensor_name(feed))
+
+
+def tick(flow, feed: str, cursor: str | None) -> dg.SensorResult:
+    """Evaluate the feed's sensor from `cursor`, as the daemon would; nothing is stored."""
+    repository = flow["defs"].get_repository_def()
+    sensor = repository.get_sensor_def(sensor_name(feed))
+    resources = repository.get_top_level_resources()
+    with dg.build_sensor_context(instance=flow["instance"], cursor=cursor, resources={
+            key: resources[key] for key in sensor.required_resource_keys}) as context:
+        return sensor(context)
+
+
+def drive_requests(flow, action) -> int:
+    """How many Drive API calls `action` made (the local server's request counter)."""
+    from credflow_assets.local import drive_server
+
+    url, token = flow["drive"].api_url, flow["drive"].token
+    drive_server.set_faults(url, token)  # no faults; the counter starts at 0
+    action()
+    return drive_server.fault_state(url, token)["requests"]
+
+
+def run_failure(flow, feed: str, request: dg.RunRequest) -> str:
+    """The failure `credflow sync` shows for the requested run, executed in-process."""
+    from credflow_assets.cli.sync import failure_reason
+
+    flow["instance"].add_dynamic_partitions(feed_partitions(feed).name, [request.partition_key])
+    result = flow["defs"].resolve_job_def(f"drive_feed_{feed}_job").execute_in_process(
+        partition_key=request.partition_key, instance=flow["instance"], tags=request.tags,
+        raise_on_error=False)
+    assert not result.success
+    return failure_reason(result)
+
+
+def test_a_new_file_and_a_new_revision_each_make_one_run_and_a_rename_none(flow, tmp_path):
+    feed = "nsss"
+    config = flow["feeds"][feed]
+    sync_feed(flow, feed)  # whatever earlier tests left
+    file = upload(flow, feed, write_csv(tmp_path / "v1.csv", config,
+                                        sample_rows(config, 2, start=7000)))
+    assert [run.partition for run in sync_feed(flow, feed).runs] == [key_of(feed, file)]
+
+    revised = flow["drive"].update_file(file["id"], mime_type=CSV_MIME, local_path=write_csv(
+        tmp_path / "v2.csv", config, sample_rows(config, 2, start=7000, variant=1)))
+    report = sync_feed(flow, feed)
+    assert [run.partition for run in report.runs] == [key_of(feed, revised)]
+    assert all(run.success for run in report.runs)
+
+    flow["drive"].update_file(file["id"], name="renamed.csv")
+    assert sync_feed(flow, feed).runs == []
+    assert json.loads(stored_cursor(flow, feed))["listing"] is None  # on the changes feed
+
+
+def test_a_tick_with_no_changes_makes_one_changes_list_call(flow):
+    feed = "spl"
+    sync_feed(flow, feed)
+    sync_feed(flow, feed)  # the first one's runs wrote summaries: changes of their own
+    before = stored_cursor(flow, feed)
+    calls = drive_requests(flow, lambda: tick(flow, feed, before))
+    assert calls == 1
+    result = tick(flow, feed, before)
+    assert result.run_requests == [] and result.cursor == before
+
+
+def test_a_restarted_sensor_misses_nothing_and_duplicates_nothing(flow, tmp_path):
+    feed = "contact_tracing"
+    config = flow["feeds"][feed]
+    sync_feed(flow, feed)
+    stale = stored_cursor(flow, feed)
+    first = upload(flow, feed, write_csv(tmp_path / "a.csv", config,
+                                         sample_rows(config, 2, start=7100)))
+    assert [run.partition for run in sync_feed(flow, feed).runs] == [key_of(feed, first)]
+    second = upload(flow, feed, write_csv(tmp_path / "b.csv", config,
+                                          sample_rows(config, 2, start=7200)))
+    # A daemon that launched the first run and died before storing its cursor restarts from
+    # the older one: it reads both changes again and requests only the second file.
+    result = tick(flow, feed, stale)
+    assert [request.partition_key for request in result.run_requests] == [key_of(feed, second)]
+    assert [run.partition for run in sync_feed(flow, feed).runs] == [key_of(feed, second)]
+    assert sync_feed(flow, feed).runs == []
+
+
+def test_a_file_trashed_before_it_was_processed_is_noted_and_its_run_fails(flow, tmp_path):
+    feed = "nsss"
+    config = flow["feeds"][feed]
+    sync_feed(flow, feed)
+    cursor = stored_cursor(flow, feed)
+    file = upload(flow, feed, write_csv(tmp_path / "t.csv", config,
+                                        sample_rows(config, 2, start=7300)))
+    [request] = tick(flow, feed, cursor).run_requests
+    flow["drive"]._files().update(fileId=file["id"], body={"trashed": True}).execute()
+
+    later = tick(flow, feed, cursor)  # the change now says: trashed
+    assert later.run_requests == []
+    assert later.skip_reason.skip_message == (
+        "1 inbound file(s) left the folder before they were processed (see the tick's log)")
+    message = run_failure(flow, feed, request)
+    assert message == (f"feed {feed}: Drive file {file['id']} (revision {file['md5Checksum']}):"
+                       " the file was trashed before it was processed; nothing was read or "
+                       "written")
+    assert rows_by_id(flow, feed, ids_of(config, sample_rows(config, 2, start=7300))) == {}
+
+
+def test_a_file_moved_out_before_it_was_processed_fails_its_queued_run(flow, tmp_path):
+    feed = "spl"
+    config = flow["feeds"][feed]
+    sync_feed(flow, feed)
+    file = upload(flow, feed, write_csv(tmp_path / "m.csv", config,
+                                        sample_rows(config, 2, start=7400)))
+    cursor = stored_cursor(flow, feed)
+    [request] = tick(flow, feed, cursor).run_requests
+    # Its run is made but not started (as a queued one, without the daemon's origin).
+    queued = flow["instance"].add_run(dg.DagsterRun(
+        job_name=f"drive_feed_{feed}_job", status=dg.DagsterRunStatus.NOT_STARTED,
+        tags={**request.tags, "dagster/partition": request.partition_key}))
+    flow["drive"].update_file(file["id"], add_parents=config.outbound_folder_id,
+                              remove_parents=config.inbound_folder_id)
+    try:
+        later = tick(flow, feed, cursor)  # the change now says: moved out, run queued
+        assert later.run_requests == [] and later.skip_reason.skip_message.startswith(
+            "1 inbound file(s) left the folder before they were processed")
+        assert "the file was moved out of the inbound folder before it was processed" in \
+            run_failure(flow, feed, request)
+    finally:
+        flow["instance"].delete_run(queued.run_id)
+    assert sync_feed(flow, feed).runs == []  # out of the folder: not the feed's
+
+
+def test_a_page_token_drive_refuses_falls_back_to_listing_the_folder(flow, tmp_path):
+    feed = "contact_tracing"
+    config = flow["feeds"][feed]
+    sync_feed(flow, feed)
+    file = upload(flow, feed, write_csv(tmp_path / "f.csv", config,
+                                        sample_rows(config, 2, start=7500)))
+
+    result = tick(flow, feed, json.dumps({"token": "not-a-token", "listing": None}))
+
+    assert [request.partition_key for request in result.run_requests] == [key_of(feed, file)]
+    token = json.loads(result.cursor)["token"]
+    assert token.isdigit() and token == flow["drive"].start_page_token()
+
+
+def test_what_a_change_means_to_a_feed_and_an_older_cursor_carries_over():
+    from credflow_assets.drive_feeds.sensors import FeedCursor, Gone, WatchCursor, sort_change
+
+    file = {"id": "f", "mimeType": CSV_MIME, "parents": ["in"], "trashed": False}
+    assert sort_change({"fileId": "f", "removed": False, "file": file}, "in") is file
+    assert sort_change({"fileId": "f", "removed": False, "file": {**file, "trashed": True}},
+                       "in") == Gone("f", "trashed")
+    assert sort_change({"fileId": "f", "removed": False, "file": {**file, "parents": ["out"]}},
+                       "in") == Gone("f", "moved out of the inbound folder")
+    assert sort_change({"fileId": "f", "removed": True}, "in") == Gone("f", "deleted from Drive")
+    assert sort_change({"fileId": "d", "removed": False, "file": {
+        **file, "mimeType": "application/vnd.google-apps.folder"}}, "in") is None
+    # The modifiedTime sensor's cursor: its listing goes on, under a token taken next tick.
+    old = json.dumps({"newest": "2026-12-01T10:00:00.000Z", "seen": {"f": "x"}})
+    assert WatchCursor.from_json(old) == WatchCursor(None, FeedCursor(
+        "2026-12-01T10:00:00.000Z", {"f": "x"}))
+    assert WatchCursor.from_json(None) == WatchCursor(None, FeedCursor())
+    steady = WatchCursor("42", None)
+    assert WatchCursor.from_json(steady.to_json()) == steady

@@ -572,3 +572,109 @@ def test_admin_paths_stay_out_of_the_drive_namespace(client):
     assert client.request("GET", "/drive/v3/_admin/faults")[0] == 404
     assert client.json("GET", "/_admin/health")["ok"] is True
     assert client.request("GET", "/drive/v3/files/" + quote("a/b"))[0] == 404
+
+
+# -- the changes feed --------------------------------------------------------------------------
+
+CHANGE_FIELDS = ("nextPageToken,newStartPageToken,"
+                 "changes(fileId,removed,time,file(name,parents,md5Checksum,trashed))")
+
+
+def start_token(client) -> str:
+    answer = client.json("GET", "/drive/v3/changes/startPageToken")
+    assert answer["kind"] == "drive#startPageToken"
+    return answer["startPageToken"]
+
+
+def changes_since(client, token, **params) -> dict:
+    return client.json("GET", "/drive/v3/changes", params={
+        "pageToken": token, "fields": CHANGE_FIELDS, "supportsAllDrives": "true",
+        "includeItemsFromAllDrives": "true", "spaces": "drive", **params})
+
+
+def one_change(client, action) -> dict:
+    """The one change `action` makes, read from a token taken just before it."""
+    token = start_token(client)
+    action()
+    answer = changes_since(client, token)
+    assert "nextPageToken" not in answer and int(answer["newStartPageToken"]) > int(token)
+    [change] = answer["changes"]
+    assert RFC3339_MS.match(change["time"])
+    return change
+
+
+def test_every_write_to_a_file_is_a_change_drive_shapes(client, top):
+    other = client.folder("elsewhere", top["id"])
+    made = {}
+    created = one_change(client, lambda: made.update(client.multipart(
+        {"name": "a.csv", "parents": [top["id"]]}, b"id\n1\n", "text/csv")))
+    file_id = made["id"]
+    assert created == {"fileId": file_id, "removed": False, "time": created["time"], "file": {
+        "name": "a.csv", "parents": [top["id"]], "md5Checksum": made["md5Checksum"],
+        "trashed": False}}
+    path = f"/drive/v3/files/{file_id}"
+
+    revised = one_change(client, lambda: client.multipart(
+        {}, b"id\n2\n", "text/csv", path=f"/upload{path}", method="PATCH"))
+    assert revised["file"]["md5Checksum"] == hashlib.md5(b"id\n2\n").hexdigest()
+    renamed = one_change(client, lambda: client.json("PATCH", path, body={"name": "b.csv"}))
+    assert renamed["file"]["name"] == "b.csv"
+    moved = one_change(client, lambda: client.json("PATCH", path, body={}, params={
+        "addParents": other["id"], "removeParents": top["id"]}))
+    assert moved["file"]["parents"] == [other["id"]]
+    trashed = one_change(client, lambda: client.json("PATCH", path, body={"trashed": True}))
+    assert trashed["removed"] is False and trashed["file"]["trashed"] is True
+    deleted = one_change(client, lambda: client.request("DELETE", path))
+    assert deleted == {"fileId": file_id, "removed": True, "time": deleted["time"]}
+
+
+def test_a_file_changed_many_times_is_one_change_and_the_list_pages(client, top):
+    token = start_token(client)
+    ids = [client.folder(f"f{i}", top["id"])["id"] for i in range(5)]
+    client.json("PATCH", f"/drive/v3/files/{ids[0]}", body={"name": "f0 again"})
+
+    answer = changes_since(client, token, pageSize=2, includeRemoved="false")
+    seen, pages = [change["fileId"] for change in answer["changes"]], 1
+    while "nextPageToken" in answer:
+        assert "newStartPageToken" not in answer
+        answer = changes_since(client, answer["nextPageToken"], pageSize=2)
+        seen += [change["fileId"] for change in answer["changes"]]
+        pages += 1
+    assert pages == 3 and seen == [*ids[1:], ids[0]]  # each file once, at its latest change
+    assert changes_since(client, answer["newStartPageToken"])["changes"] == []
+    whole = client.json("GET", "/drive/v3/changes", params={"pageToken": token})
+    assert whole["kind"] == "drive#changeList"
+    assert set(whole["changes"][0]) == {"kind", "changeType", "time", "removed", "fileId", "file"}
+    assert set(whole["changes"][0]["file"]) == {"kind", "id", "name", "mimeType"}
+
+
+def test_bad_page_tokens_and_fields_are_refused_as_drive_refuses_them(client):
+    for token in ("abc", "0", "-3", str(int(start_token(client)) + 1000)):
+        status, _, body = client.request("GET", "/drive/v3/changes", params={"pageToken": token})
+        assert status == 400, token
+        assert error_of(body)["message"] == "Invalid Value"
+        assert error_of(body)["errors"][0]["location"] == "pageToken"
+    status, _, body = client.request("GET", "/drive/v3/changes")
+    assert status == 400 and error_of(body)["errors"][0]["reason"] == "required"
+    status, _, body = client.request("GET", "/drive/v3/changes", params={
+        "pageToken": start_token(client), "fields": "changes(file(colour))"})
+    assert status == 400 and "colour" in error_of(body)["message"]
+
+
+def test_page_tokens_stay_valid_across_a_restart(tmp_path):
+    token = "t"
+    info = start(tmp_path, token=token)
+    try:
+        client = Client({**info, "token": token})
+        before = start_token(client)
+        made = client.folder("kept")
+    finally:
+        stop_pid(info["pid"])
+    info = start(tmp_path, token=token)
+    try:
+        client = Client({**info, "token": token})
+        answer = changes_since(client, before)
+        assert [change["fileId"] for change in answer["changes"]] == [made["id"]]
+        assert answer["newStartPageToken"] == start_token(client)
+    finally:
+        stop_pid(info["pid"])

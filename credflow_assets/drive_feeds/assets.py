@@ -102,9 +102,10 @@ def _inbound_sheet(context: dg.AssetExecutionContext, drive: DriveResource,
         raise dg.Failure(f"partition {context.partition_key} belongs to feed "
                          f"{feed_name!r}, not {feed.name!r}")
     file = drive.find_file(file_id)
-    if file is None or file.get("trashed"):
-        raise dg.Failure(f"feed {feed_name}: Drive file {file_id} (revision {revision}) was "
-                         "deleted before it was processed")
+    gone = _gone_from_inbound(file, feed.inbound_folder_id)
+    if gone:
+        raise dg.Failure(f"feed {feed_name}: Drive file {file_id} (revision {revision}): the "
+                         f"file was {gone} before it was processed; nothing was read or written")
     label = _file_label(feed_name, file["name"], file_id, revision)
     try:
         kind = file_kind(file["name"], file["mimeType"])
@@ -116,6 +117,18 @@ def _inbound_sheet(context: dg.AssetExecutionContext, drive: DriveResource,
         current = _download_revision(context, drive, file, sheet)
     _keep_download_only_to_ingest(context, sheet, current, label)
     return dg.Output(sheet, metadata=_inbound_metadata(file, sheet))
+
+
+def _gone_from_inbound(file: dict | None, folder_id: str) -> str | None:
+    """How the file left the feed's inbound folder, if it did: a queued run whose file went
+    before it started fails whole, never reading what is no longer the feed's."""
+    if file is None:
+        return "deleted from Drive"
+    if file.get("trashed"):
+        return "trashed"
+    if folder_id not in (file.get("parents") or []):
+        return "moved out of the inbound folder"
+    return None
 
 
 def _sheet_of(feed_name: str, file_id: str, revision: str, file: dict, kind: str) -> dict:

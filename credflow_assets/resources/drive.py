@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -31,6 +32,8 @@ FILE_FIELDS = (
 # Who made a file's latest revision (Drive's User resource, less what credflow does not read):
 # the address a feed file's uploader is e-mailed at when it is not loaded.
 LAST_MODIFYING_USER_FIELDS = "lastModifyingUser(emailAddress,displayName)"
+# A change, unless callers ask for less: the file as it is now, with its folders.
+CHANGE_FIELDS = f"fileId,removed,time,file({FILE_FIELDS})"
 CHUNK_GRANULARITY = 256 * 1024  # Drive wants resumable chunks in multiples of this
 DEFAULT_CHUNK_SIZE = 32 * CHUNK_GRANULARITY  # 8 MiB
 DEFAULT_DOWNLOAD_CHUNK_SIZE = 8 * 1024 * 1024
@@ -49,6 +52,17 @@ class DriveError(RuntimeError):
         )
         status_text = f"HTTP {status}" if status is not None else "no HTTP response"
         super().__init__(f"Drive {operation} failed: {status_text} {reason}: {message}")
+
+
+@dataclass(frozen=True)
+class ChangePage:
+    """One page of `changes.list`: the token it was read from, its changes, and either the
+    token of the next page or (on the last) the start token for the next listing."""
+
+    token: str
+    changes: list[dict]
+    next_token: Optional[str]
+    new_start_token: Optional[str]
 
 
 def escape_query_literal(value: str) -> str:
@@ -86,10 +100,17 @@ class DriveResource(dg.ConfigurableResource):
 
     def _files(self) -> Any:
         """The `files()` collection of this thread's client, built on first use."""
+        return self._service().files()
+
+    def _changes(self) -> Any:
+        """The `changes()` collection of this thread's client."""
+        return self._service().changes()
+
+    def _service(self) -> Any:
         service = getattr(self._clients, "service", None)
         if service is None:
             service = self._clients.service = self._build_service()
-        return service.files()
+        return service
 
     def _build_service(self) -> Any:
         """The Drive client. Credentials: `service_account_file` when set (against Google or
@@ -199,6 +220,46 @@ class DriveResource(dg.ConfigurableResource):
             if error.status == 404:
                 return None
             raise
+
+    # -- the changes feed -----------------------------------------------------------------------
+
+    def start_page_token(self) -> str:
+        """Drive's token for the next change: `list_changes` from it answers what changes
+        after this call (take it before listing what is there now, so nothing falls between)."""
+        request = self._changes().getStartPageToken(supportsAllDrives=True)
+        return self._execute("get the changes start page token", request)["startPageToken"]
+
+    def change_pages(self, page_token: str, fields: str = CHANGE_FIELDS,
+                     page_size: int = 1000) -> Iterator[ChangePage]:
+        """The changes since `page_token`, a page at a time (`fields` are per-change fields).
+        Each page says the token it was read from and the token after it: `next_token` while
+        more follow, `new_start_token` on the last page. A token Drive no longer knows (or
+        never issued) is a DriveError with status 400 or 404."""
+        while True:
+            request = self._changes().list(
+                pageToken=page_token, pageSize=page_size, includeRemoved=True,
+                restrictToMyDrive=False, spaces="drive", supportsAllDrives=True,
+                includeItemsFromAllDrives=True,
+                fields=f"nextPageToken,newStartPageToken,changes({fields})",
+            )
+            answer = self._execute("list changes", request)
+            yield ChangePage(token=page_token, changes=answer.get("changes", []),
+                             next_token=answer.get("nextPageToken"),
+                             new_start_token=answer.get("newStartPageToken"))
+            if not answer.get("nextPageToken"):
+                return
+            page_token = answer["nextPageToken"]
+
+    def list_changes(self, page_token: str,
+                     fields: str = CHANGE_FIELDS) -> tuple[list[dict], str]:
+        """Every change since `page_token`, paged through, and the token to list from next."""
+        changes: list[dict] = []
+        for page in self.change_pages(page_token, fields):
+            changes += page.changes
+            if page.new_start_token:
+                return changes, page.new_start_token
+        raise DriveError("list changes", None, "noNewStartPageToken",
+                         "the last page of changes had no newStartPageToken")
 
     # -- changes --------------------------------------------------------------------------------
 

@@ -61,6 +61,14 @@ CREATE TABLE IF NOT EXISTS uploads (
     received INTEGER NOT NULL DEFAULT 0,
     created_ms INTEGER NOT NULL
 );
+-- Drive's change log (changes.py): the latest change of each file, numbered; a page token is
+-- a change number, and AUTOINCREMENT never reuses one.
+CREATE TABLE IF NOT EXISTS changes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    file_id TEXT NOT NULL UNIQUE,
+    time_ms INTEGER NOT NULL,
+    removed INTEGER NOT NULL
+);
 -- Public halves of service-account keys (oauth.py checks sign-in JWTs against them); the
 -- private halves stay in the key files. Config, not content: /_admin/reset keeps them.
 CREATE TABLE IF NOT EXISTS service_account_keys (

@@ -10,6 +10,9 @@ POST /token for a service account):
                                                  Google Sheet (imported from CSV) as text/csv
     PATCH  /drive/v3/files/{id}                  metadata update (addParents/removeParents)
     DELETE /drive/v3/files/{id}                  permanent delete
+    GET    /drive/v3/changes/startPageToken      the token of the next change (changes.py)
+    GET    /drive/v3/changes                     changes from pageToken (pageSize, fields,
+                                                 includeRemoved, spaces); each file once
     POST   /upload/drive/v3/files                uploadType=media|multipart|resumable
     PATCH  /upload/drive/v3/files/{id}           the same, replacing content
     PUT    /upload/drive/v3/files[/{id}]?upload_id=…   resumable chunks (308 + Range until done)
@@ -43,6 +46,8 @@ ROUTES = [
         (("PATCH",), r"/drive/v3/files/([^/]+)", "update_file"),
         (("DELETE",), r"/drive/v3/files/([^/]+)", "delete_file"),
         (("GET",), r"/drive/v3/files/([^/]+)/export", "export_file"),
+        (("GET",), r"/drive/v3/changes/startPageToken", "start_page_token"),
+        (("GET",), r"/drive/v3/changes", "list_changes"),
         (("POST",), r"/upload/drive/v3/files", "upload_create"),
         (("PATCH",), r"/upload/drive/v3/files/([^/]+)", "upload_update"),
         (("PUT",), r"/upload/drive/v3/files(?:/([^/]+))?", "upload_chunk"),

@@ -1,7 +1,8 @@
 """The local Drive server: an HTTP server on 127.0.0.1 and its request handler, which
 authenticates and dispatches each request (the routes are in routes.py).
 
-The handler is assembled from one module per concern: files.py (metadata), media.py
+The handler is assembled from one module per concern: files.py (metadata), changes.py
+(the changes feed), media.py
 (downloads, exports), uploads.py and resumable.py (content in), auth.py (tokens, sign-in),
 admin.py and faults.py (test controls), bodies.py and responses.py (the wire). The web pages
 (pages.py) and the token endpoint (oauth.py) need no token.
@@ -21,6 +22,7 @@ from . import oauth, pages
 from .admin import AdminRoutes
 from .auth import Auth
 from .bodies import RequestBodies
+from .changes import ChangeRoutes
 from .errors import ApiError
 from .faults import Faults, fault_error
 from .files import FileRoutes
@@ -49,7 +51,7 @@ class DriveServer(ThreadingHTTPServer):
 
 
 class Handler(
-    FileRoutes, MediaRoutes, UploadRoutes, ResumableUploads, AdminRoutes, Auth,
+    FileRoutes, ChangeRoutes, MediaRoutes, UploadRoutes, ResumableUploads, AdminRoutes, Auth,
     RequestBodies, Responses, BaseHTTPRequestHandler,
 ):
     protocol_version = "HTTP/1.1"

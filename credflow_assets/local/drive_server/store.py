@@ -13,6 +13,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from .changes import ChangeLog
 from .errors import ApiError, bad_request
 from .query import FOLDER_MIME
 from .records import GOOGLE_APPS_PREFIX, ID_PATTERN, Media, new_id
@@ -26,7 +27,7 @@ from .validation import (
 )
 
 
-class Store(UploadSessions):
+class Store(UploadSessions, ChangeLog):
     """Drive state under one state dir (see persistence.py); safe to share between threads."""
 
     def __init__(self, state_dir: Path) -> None:
@@ -117,6 +118,7 @@ class Store(UploadSessions):
             db.executemany("INSERT INTO parents VALUES (?, ?)", [(p, file_id) for p in parents])
             self._write_props(file_id, "app", app_props)
             self._write_props(file_id, "public", public_props)
+            self._record_changes([file_id], now)
             return self._resources([self._row(file_id)], base_url)[0]
 
     def update(
@@ -157,9 +159,11 @@ class Store(UploadSessions):
             self._move(row, add_parents, remove_parents)
             self._write_props(file_id, "app", app_props)
             self._write_props(file_id, "public", public_props)
+            changed = [file_id]
             if "trashed" in meta and bool(meta["trashed"]) != bool(row["explicitly_trashed"]):
-                self._set_trashed(row, bool(meta["trashed"]))
+                changed += self._set_trashed(row, bool(meta["trashed"]))
             now = self._tick()
+            self._record_changes(changed, now)
             sets["modified_ms"] = time_field(meta, "modifiedTime", now)
             assignments = ", ".join(f"{column} = ?" for column in sets)
             db.execute(
@@ -188,13 +192,14 @@ class Store(UploadSessions):
                 db.execute(f"DELETE FROM parents WHERE file_id IN ({marks})", chunk)
                 db.execute(f"DELETE FROM parents WHERE parent_id IN ({marks})", chunk)
                 db.execute(f"DELETE FROM props WHERE file_id IN ({marks})", chunk)
+            self._record_changes(ids, self._tick(), removed=True)
         for blob in blobs:
             (self.blob_dir / blob).unlink(missing_ok=True)
 
     def reset(self) -> None:
         """Forget everything (tests); the root folder keeps its id."""
         with self._tx() as db:
-            for table in ("files", "parents", "props", "uploads"):
+            for table in ("files", "parents", "props", "uploads", "changes"):
                 db.execute(f"DELETE FROM {table}")
             for directory in (self.blob_dir, self.upload_dir):
                 shutil.rmtree(directory, ignore_errors=True)
@@ -258,14 +263,15 @@ class Store(UploadSessions):
         )
         self._db.executemany("INSERT INTO parents VALUES (?, ?)", [(p, file_id) for p in add])
 
-    def _set_trashed(self, row: sqlite3.Row, trashed: bool) -> None:
-        """Trash or restore a file; a folder's descendants follow implicitly, as on Drive."""
+    def _set_trashed(self, row: sqlite3.Row, trashed: bool) -> list[str]:
+        """Trash or restore a file; a folder's descendants follow implicitly, as on Drive.
+        Returns the descendants that followed (each has a change of its own)."""
         self._db.execute(
             "UPDATE files SET trashed = ?, explicitly_trashed = ? WHERE id = ?",
             (int(trashed), int(trashed), row["id"]),
         )
         if row["mime_type"] != FOLDER_MIME:
-            return
+            return []
         descendants = self._descendants(row["id"])
         for chunk in (descendants[i : i + 500] for i in range(0, len(descendants), 500)):
             marks = ",".join("?" * len(chunk))
@@ -273,6 +279,7 @@ class Store(UploadSessions):
                 f"UPDATE files SET trashed = ? WHERE explicitly_trashed = 0 AND id IN ({marks})",
                 [int(trashed), *chunk],
             )
+        return descendants
 
 
 def _modifier(user: dict | None) -> str | None:
