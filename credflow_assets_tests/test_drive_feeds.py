@@ -21,6 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from credflow_assets import drive_feeds
+from credflow_assets.common.flow import REPARSE_TAG
 from credflow_assets.config import NotificationsConfig, load_config
 from credflow_assets.definitions import build_definitions, failure_notifications
 from credflow_assets.drive_feeds.names import (
@@ -698,6 +699,13 @@ def test_a_file_moved_out_before_it_was_processed_fails_its_queued_run(flow, tmp
     finally:
         flow["instance"].delete_run(queued.run_id)
     assert sync_feed(flow, feed).runs == []  # out of the folder: not the feed's
+    # Asked for by hand (`credflow reparse`), the file is read where it is now.
+    reparsed = flow["defs"].resolve_job_def(f"drive_feed_{feed}_job").execute_in_process(
+        partition_key=request.partition_key, instance=flow["instance"],
+        tags={**request.tags, REPARSE_TAG: "by-hand"}, raise_on_error=False)
+    assert reparsed.success
+    assert set(rows_by_id(flow, feed, ids_of(config, sample_rows(config, 2, start=7400)))) == \
+        set(ids_of(config, sample_rows(config, 2, start=7400)))
 
 
 def test_a_page_token_drive_refuses_falls_back_to_listing_the_folder(flow, tmp_path):

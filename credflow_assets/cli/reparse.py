@@ -38,7 +38,7 @@ import dagster as dg
 from credflow_assets.config import CredflowConfig
 from credflow_assets.common.dagster_compat import execute_run_in_process
 from credflow_assets.common.materializations import latest_materialization
-from credflow_assets.common.flow import FlowPartitions
+from credflow_assets.common.flow import REPARSE_TAG, FlowPartitions
 from credflow_assets.flows import all_flows, flow_named, flow_run_tags, inherited_file_tags
 from credflow_assets.cli.sync import (
     RunOutcome,
@@ -47,7 +47,6 @@ from credflow_assets.cli.sync import (
     run_summary,
 )
 
-REPARSE_TAG = "credflow/reparse_id"
 
 
 DEFAULT_WORKERS = 2  # processes; each holds its own loaded definitions

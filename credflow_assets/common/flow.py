@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # annotations only: `credflow --help` reads the registry with
     import dagster as dg
 
 PARTITION_TAG = "dagster/partition"
+# On every run of a `credflow reparse` (its id): a rerun the user asked for by hand.
+REPARSE_TAG = "credflow/reparse_id"
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from credflow_assets.drive_feeds.records_metadata import (
 )
 from credflow_assets.drive_feeds.validation import FeedPlan
 from credflow_assets.common.error_reports import ErrorReport, error_report
+from credflow_assets.common.flow import REPARSE_TAG
 from credflow_assets.common.parse_logs import logged_events
 from credflow_assets.resources.drive import DriveResource
 from credflow_assets.resources.sql import SqlResource
@@ -102,7 +103,8 @@ def _inbound_sheet(context: dg.AssetExecutionContext, drive: DriveResource,
         raise dg.Failure(f"partition {context.partition_key} belongs to feed "
                          f"{feed_name!r}, not {feed.name!r}")
     file = drive.find_file(file_id)
-    gone = _gone_from_inbound(file, feed.inbound_folder_id)
+    gone = _gone_from_inbound(file, feed.inbound_folder_id,
+                              asked_by_hand=REPARSE_TAG in context.run.tags)
     if gone:
         raise dg.Failure(f"feed {feed_name}: Drive file {file_id} (revision {revision}): the "
                          f"file was {gone} before it was processed; nothing was read or written")
@@ -119,14 +121,15 @@ def _inbound_sheet(context: dg.AssetExecutionContext, drive: DriveResource,
     return dg.Output(sheet, metadata=_inbound_metadata(file, sheet))
 
 
-def _gone_from_inbound(file: dict | None, folder_id: str) -> str | None:
+def _gone_from_inbound(file: dict | None, folder_id: str, *, asked_by_hand: bool) -> str | None:
     """How the file left the feed's inbound folder, if it did: a queued run whose file went
-    before it started fails whole, never reading what is no longer the feed's."""
+    before it started fails whole, never reading what is no longer the feed's. A reparse
+    (`asked_by_hand`) may read a processed file someone has since filed elsewhere."""
     if file is None:
         return "deleted from Drive"
     if file.get("trashed"):
         return "trashed"
-    if folder_id not in (file.get("parents") or []):
+    if not asked_by_hand and folder_id not in (file.get("parents") or []):
         return "moved out of the inbound folder"
     return None
 
