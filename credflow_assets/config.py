@@ -275,7 +275,8 @@ class StagedTablesConfig(_Model):
 
 
 class RetentionConfig(_Model):
-    """How long the Dagster instance keeps what only debugging needs (common/instance_retention.py).
+    """How long the Dagster instance keeps what only debugging needs
+    (common/instance_retention.py).
 
     A run's log lines, step events and captured stdout/stderr go after `run_events_days`; its
     outcome, tags, failure reasons, materializations and check results stay, so lineage and

@@ -18,6 +18,10 @@ _AGE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+def _age_option(context, parameter, text: str | None) -> timedelta | None:
+    return None if text is None else parse_age(text)
+
+
 def parse_age(text: str) -> timedelta:
     """`30d`, `12h`, `90m`, `0s` (0: everything finished until now) as a timedelta."""
     match = _AGE.match(text)
@@ -33,16 +37,16 @@ def instance() -> None:
 
 
 @instance.command("prune")
-@click.option("--older-than", "older_than", metavar="AGE",
+@click.option("--older-than", "older_than", metavar="AGE", callback=_age_option,
               help="Prune runs that finished longer ago than this (30d, 12h, 0d) "
               "[default: retention.run_events_days of the config file].")
-@click.option("--ticks-older-than", "ticks_older_than", metavar="AGE",
+@click.option("--ticks-older-than", "ticks_older_than", metavar="AGE", callback=_age_option,
               help="Delete sensor and schedule ticks older than this "
               "[default: retention.ticks_days].")
 @click.option("--dry-run", is_flag=True, help="Count what would go; remove nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
-def prune(settings: CliContext, older_than: str | None, ticks_older_than: str | None,
+def prune(settings: CliContext, older_than: timedelta | None, ticks_older_than: timedelta | None,
           dry_run: bool, as_json: bool) -> None:
     """Delete old runs' log lines, step events and captured stdout/stderr, and old ticks.
 
@@ -53,8 +57,8 @@ def prune(settings: CliContext, older_than: str | None, ticks_older_than: str | 
     from credflow_assets.common.instance_retention import prune_instance
 
     retention = settings.config().retention
-    events_age = parse_age(older_than) if older_than else retention.run_events_age
-    ticks_age = parse_age(ticks_older_than) if ticks_older_than else retention.ticks_age
+    events_age = retention.run_events_age if older_than is None else older_than
+    ticks_age = retention.ticks_age if ticks_older_than is None else ticks_older_than
     # Progress goes to stderr, so that --json's stdout stays one document.
     progress = (lambda line: click.echo(line, err=True))
     with settings.instance() as dagster_instance:

@@ -117,8 +117,8 @@ def prune_instance(instance: dg.DagsterInstance, older_than: timedelta, *,
     since = dagster_compat.retention_watermark(instance, WATERMARK_KEY)
     for run_ids in finished_runs(instance, cutoff, since=since, batch_size=batch_size):
         _prune_batch(instance, run_ids, report, dry_run=dry_run)
-        say(f"runs: {report.runs_examined} examined, {report.event_rows_removed} event row(s) ({_size(report.event_bytes_removed)})"
-            + ("" if dry_run else " removed"))
+        say(f"runs: {report.runs_examined} examined, {report.event_rows_removed} event row(s) "
+            f"({_size(report.event_bytes_removed)})" + ("" if dry_run else " removed"))
     report.ticks_removed, report.tick_bytes_removed = dagster_compat.prune_ticks(
         instance, ticks_cutoff.timestamp(), batch_size=batch_size * 5, dry_run=dry_run,
         progress=say)
