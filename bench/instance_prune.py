@@ -109,7 +109,7 @@ def _materialized(instance) -> tuple[int, int]:
     counts = []
     for key in ("raw", "landed"):
         counts.append(len(instance.fetch_materializations(
-            dg.AssetKey(key), limit=100_000).records))
+            dg.AssetKey(key), limit=10_000).records))
     check = instance.get_latest_asset_check_evaluation_record(
         dg.AssetCheckKey(dg.AssetKey("landed"), "rows_match"))
     return tuple(counts) + ((check.run_id if check else None),)

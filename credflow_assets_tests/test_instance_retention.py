@@ -252,3 +252,30 @@ def test_prune_refuses_an_age_it_cannot_read():
     done = CliRunner().invoke(main, ["instance", "prune", "--older-than", "a month"])
     assert done.exit_code == 2
     assert "'a month' is not an age: write a whole number and a unit" in done.output
+
+
+@dg.asset
+def parsed(context):
+    context.log.info("parsed 3 rows")
+
+
+def test_the_retention_job_prunes_the_instance_it_runs_on(tmp_path):
+    from credflow_assets.common.instance_retention import build_retention_defs
+    from credflow_assets.config import load_config
+
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    # The job as the code location has it (test_names_snapshot.py: it is there), alone.
+    job = build_retention_defs(load_config(DEFAULT_CONFIG).retention).resolve_job_def(
+        "instance_retention_job")
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        old_run = dg.materialize([parsed], instance=instance).run_id
+        result = job.execute_in_process(instance=instance, run_config={
+            "ops": {"prune_instance": {"config": {"run_events_days": 0}}}})
+        left = {entry.user_message for entry in instance.all_logs(old_run)}
+        materialized = instance.get_latest_materialization_event(dg.AssetKey("parsed"))
+
+    (output,) = [event for event in result.all_events if event.event_type_value == "STEP_OUTPUT"]
+    metadata = output.event_specific_data.metadata
+    assert result.success and metadata["event_rows_removed"].value > 0
+    assert metadata["runs_examined"].value == 1 and metadata["dry_run"].value is False
+    assert "parsed 3 rows" not in left and materialized.run_id == old_run
