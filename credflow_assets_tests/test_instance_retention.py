@@ -1,11 +1,12 @@
 """A pruned instance still answers `credflow lineage` and the UI's partition pages.
 
 On the `dagster_ui` stack, after the daemon processed one file of each flow
-(`daemon_processed_files`, shared with the other UI tests): `credflow instance prune
---older-than 0d` (every finished run) removes the runs' log lines, step starts and captured
-stdout/stderr, and old ticks; lineage, the partition pages, the check results and the runs'
-status and tags read the same before and after. `--dry-run` changes nothing. Then the same on
-PostgreSQL storage with one small run.
+(`daemon_processed_files`) and after every other test that uses the stack (conftest.py runs
+the `prunes_dagster_ui` test last): `credflow instance prune --older-than 0d` (every finished
+run) removes the runs' log lines, step starts and captured stdout/stderr, and old ticks;
+lineage, the partition pages, the check results and the runs' status and tags read the same
+before and after. `--dry-run` changes nothing. Then the same on PostgreSQL storage with one
+small run, and the code location's retention job on a throwaway instance.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ def events_by_run(instance: dg.DagsterInstance, run_ids: list[str]) -> dict[str,
             for run_id in run_ids}
 
 
+@pytest.mark.prunes_dagster_ui  # after the other UI tests (conftest.py): it prunes their runs
 def test_a_pruned_instance_still_answers_lineage_and_the_partition_pages(
         dagster_ui, daemon_processed_files):
     ui = dagster_ui
