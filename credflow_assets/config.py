@@ -274,6 +274,37 @@ class StagedTablesConfig(_Model):
     tables: list[StagedTableConfig] = []
 
 
+class RetentionConfig(_Model):
+    """How long the Dagster instance keeps what only debugging needs
+    (common/instance_retention.py).
+
+    A run's log lines, step events and captured stdout/stderr go after `run_events_days`; its
+    outcome, tags, failure reasons, materializations and check results stay, so lineage and
+    the UI's partition pages answer as before. Sensor and schedule ticks go after `ticks_days`.
+    `schedule` (cron, UTC) runs `instance_retention_job`; `credflow instance prune` runs it now.
+    """
+
+    run_events_days: int = Field(30, ge=1)
+    ticks_days: int = Field(7, ge=1)
+    schedule: str = "0 3 * * *"
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError(f"{value!r} is not a cron schedule: write five fields, "
+                             "minute hour day-of-month month day-of-week, e.g. \"0 3 * * *\"")
+        return value
+
+    @property
+    def run_events_age(self) -> timedelta:
+        return timedelta(days=self.run_events_days)
+
+    @property
+    def ticks_age(self) -> timedelta:
+        return timedelta(days=self.ticks_days)
+
+
 class CredflowConfig(_Model):
     aws: AwsConfig = AwsConfig()
     buckets: BucketsConfig
@@ -287,6 +318,7 @@ class CredflowConfig(_Model):
     notifications: NotificationsConfig = NotificationsConfig()
     # None: no e-mail is sent (the `mail` resource is there, disabled).
     mail: MailConfig | None = None
+    retention: RetentionConfig = RetentionConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> CredflowConfig:

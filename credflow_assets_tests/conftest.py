@@ -20,6 +20,14 @@ DEFAULT_CONFIG = REPO / "credflow.yaml"
 pytest_plugins = ["credflow_assets_tests.dagster_ui", "credflow_assets_tests.daemon_files"]
 
 
+def pytest_collection_modifyitems(items):
+    """Tests marked `prunes_dagster_ui` prune the `dagster_ui` stack's instance: they run after
+    every other test, so the others (and the UI screenshots) see the daemon's runs whole."""
+    pruning = [item for item in items if item.get_closest_marker("prunes_dagster_ui")]
+    if pruning:
+        items[:] = [item for item in items if item not in pruning] + pruning
+
+
 @contextmanager
 def running_stack(home: Path, config_path: Path = DEFAULT_CONFIG, *, config=None,
                   extra_env: dict[str, str] | None = None):

@@ -19,7 +19,8 @@ from credflow_assets.common.command_context import JobRun
 from credflow_assets.flows import FLOW_NAMES, all_flows, flow_commands
 
 CREDFLOW = Path(sys.executable).with_name("credflow")
-ROOT_COMMANDS = {"config", "local", "sync", "logs", "reparse", "dev", "lineage", "status"}
+ROOT_COMMANDS = {"config", "local", "sync", "logs", "reparse", "dev", "lineage", "status",
+                 "instance"}
 FLOW_COMMANDS = {"mpf": "therapists", "feeds": "drive_feeds", "tables": "staged_tables"}
 
 

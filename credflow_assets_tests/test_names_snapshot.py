@@ -1,6 +1,6 @@
 """Every name the Dagster UI, run history and operators depend on, pinned for the default config.
 
-Asset keys, check names, jobs and sensors are where an instance's history lives: a renamed asset
+Asset keys, check names, jobs, sensors and schedules are where an instance's history lives: a renamed asset
 starts with no materializations, a renamed sensor with no cursor. A change here must be on
 purpose (and said in the README and the closing note), never a side effect of a refactor. This
 is the one place these names are written out; the code reads them from each flow's names.
@@ -31,6 +31,7 @@ JOBS = {
     *(f"drive_feed_{feed}_job" for feed in ("contact_tracing", "nsss", "spl")),
     "provider_feed_acme_health_job",
     "staged_claims_job", "staged_licenses_job", "staged_tables_audit_job",
+    "instance_retention_job",
 }
 SENSORS = {
     "signup_upload_sensor", "signup_reconciliation_sensor",
@@ -41,6 +42,7 @@ SENSORS = {
     "stopped_runs_sensor",
     "quiet_sources_sensor",
 }
+SCHEDULES = {"instance_retention_schedule"}
 
 
 def test_the_code_locations_names_are_the_pinned_ones():
@@ -52,6 +54,7 @@ def test_the_code_locations_names_are_the_pinned_ones():
             for check in graph.asset_check_keys} == CHECKS
     assert set(repository.job_names) - {"__ASSET_JOB"} == JOBS
     assert {sensor.name for sensor in repository.sensor_defs} == SENSORS
+    assert {schedule.name for schedule in repository.schedule_defs} == SCHEDULES
 
 
 def test_every_asset_check_job_and_sensor_says_what_it_is():
@@ -64,3 +67,5 @@ def test_every_asset_check_job_and_sensor_says_what_it_is():
     assert [job.name for job in repository.get_all_jobs()
             if job.name != "__ASSET_JOB" and not job.description] == []
     assert [sensor.name for sensor in repository.sensor_defs if not sensor.description] == []
+    assert [schedule.name for schedule in repository.schedule_defs
+            if not schedule.description] == []

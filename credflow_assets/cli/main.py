@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from credflow_assets.cli.context import CliContext
+from credflow_assets.cli.instance import instance as instance_group
 from credflow_assets.cli.lineage import lineage as lineage_command
 from credflow_assets.cli.status import status as status_command
 from credflow_assets.config import to_public_dict
@@ -352,6 +353,7 @@ def _register_flow_commands() -> None:
         main.add_command(command)
     main.add_command(lineage_command)
     main.add_command(status_command)
+    main.add_command(instance_group)
 
 
 _register_flow_commands()

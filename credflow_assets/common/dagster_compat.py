@@ -208,3 +208,176 @@ def instance_config_errors(dagster_home: str, section: str, config_class) -> lis
     instance_config, _ = dagster_instance_config(dagster_home)
     processed = process_config(config_class.config_type(), instance_config[section]["config"])
     return [] if processed.success else [str(error) for error in processed.errors]
+
+
+# -- instance retention (common/instance_retention.py) -----------------------------------------
+# Dagster deletes a run's event log only whole, with the run (`delete_run`), and purges ticks
+# one sensor or schedule at a time without saying how many went; no public API keeps a run and
+# its lineage while dropping its log lines, nor counts what a purge removed. Retention reads and
+# deletes those rows in the storages' own SQL tables (SQLite or PostgreSQL, whichever the
+# instance has), and keeps its progress in the run storage's key-value table, as Dagster's own
+# daemons keep theirs.
+
+def _event_rows_to_prune(table, run_ids, kept_types):
+    import sqlalchemy as sa
+
+    return sa.and_(table.c.run_id.in_(list(run_ids)),
+                   sa.or_(table.c.dagster_event_type.is_(None),
+                          table.c.dagster_event_type.notin_(sorted(kept_types))))
+
+
+def _count_and_delete(connection, table, where, text_column, dry_run: bool) -> tuple[int, int]:
+    """(rows, characters of their serialized body) matching `where`; deleted unless dry_run."""
+    import sqlalchemy as sa
+
+    rows, size = connection.execute(
+        sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(sa.func.length(text_column)), 0))
+        .select_from(table).where(where)).one()
+    if rows and not dry_run:
+        connection.execute(table.delete().where(where))
+    return int(rows), int(size)
+
+
+def prune_run_event_logs(instance: dg.DagsterInstance, run_ids: Sequence[str],
+                         kept_types: frozenset[str], *, dry_run: bool) -> tuple[int, int, int]:
+    """Delete the event-log rows of `run_ids` whose type is not in `kept_types` (plain log
+    lines have no type, and go). Returns (rows, bytes of their records, bytes freed on disk).
+
+    SQLite's default storage keeps each run's log in a file of its own (a shard), and mirrors
+    the asset, check and run-status events into an index file: those are all kept types, so
+    only the run files change, and each is compacted (VACUUM) to give the space back. A single
+    database (PostgreSQL, consolidated SQLite) deletes in one statement per batch; PostgreSQL
+    reuses the space after its autovacuum (a VACUUM FULL would lock the table)."""
+    import os
+
+    from dagster._core.storage.event_log.schema import SqlEventLogStorageTable as table
+
+    storage = instance.event_log_storage
+    if not storage.is_run_sharded:
+        with storage.index_transaction() as connection:
+            rows, size = _count_and_delete(connection, table,
+                                           _event_rows_to_prune(table, run_ids, kept_types),
+                                           table.c.event, dry_run)
+        return rows, size, 0
+    rows = size = freed = 0
+    for run_id in run_ids:
+        path = storage.path_for_shard(run_id)
+        if not os.path.exists(path):  # opening a missing shard would create it
+            continue
+        with storage.run_connection(run_id) as connection:
+            shard_rows, shard_size = _count_and_delete(
+                connection, table, _event_rows_to_prune(table, [run_id], kept_types),
+                table.c.event, dry_run)
+        rows, size = rows + shard_rows, size + shard_size
+        if shard_rows and not dry_run:
+            freed += _vacuum_sqlite(path)
+    return rows, size, freed
+
+
+def _vacuum_sqlite(path: str) -> int:
+    """Compact one SQLite file; the bytes it shrank by (0 when another process holds it)."""
+    import os
+    import sqlite3
+
+    def size() -> int:
+        return sum(os.path.getsize(p) for p in (path, f"{path}-wal") if os.path.exists(p))
+
+    before = size()
+    connection = sqlite3.connect(path, timeout=30, isolation_level=None)
+    try:
+        connection.execute("VACUUM")
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.OperationalError:
+        return 0  # busy: the rows are gone all the same, the file shrinks at the next prune
+    finally:
+        connection.close()
+    return max(before - size(), 0)
+
+
+def prune_ticks(instance: dg.DagsterInstance, before: float, *, batch_size: int,
+                dry_run: bool, progress=None) -> tuple[int, int]:
+    """Delete sensor and schedule ticks older than `before` (a Unix time), in batches, except
+    each sensor's or schedule's newest: the daemon resumes an interrupted tick from it.
+    Returns (ticks, bytes of their records)."""
+    import sqlalchemy as sa
+    from dagster._core.storage.schedules.schema import JobTickTable as ticks
+    from dagster._time import datetime_from_timestamp
+
+    storage = instance.schedule_storage
+    if storage is None:
+        return 0, 0
+    instigator = sa.func.coalesce(ticks.c.selector_id, ticks.c.job_origin_id)
+    with _schedule_transaction(storage) as connection:
+        newest = [row[0] for row in connection.execute(
+            sa.select(sa.func.max(ticks.c.id)).group_by(instigator))]
+    old = sa.and_(ticks.c.timestamp < datetime_from_timestamp(before), ticks.c.id.notin_(newest))
+    if dry_run:
+        with _schedule_transaction(storage) as connection:
+            return _count_and_delete(connection, ticks, old, ticks.c.tick_body, dry_run=True)
+    removed = size = 0
+    while True:
+        with _schedule_transaction(storage) as connection:
+            ids = [row[0] for row in connection.execute(
+                sa.select(ticks.c.id).where(old).order_by(ticks.c.id).limit(batch_size))]
+            if not ids:
+                return removed, size
+            batch_rows, batch_size_chars = _count_and_delete(
+                connection, ticks, ticks.c.id.in_(ids), ticks.c.tick_body, dry_run=False)
+        removed, size = removed + batch_rows, size + batch_size_chars
+        if progress:
+            progress(f"ticks: {removed} removed")
+
+
+def _schedule_transaction(storage):
+    from contextlib import contextmanager
+
+    @contextmanager
+    def transaction():
+        with storage.connect() as connection:
+            if connection.in_transaction():
+                yield connection
+            else:
+                with connection.begin():
+                    yield connection
+    return transaction()
+
+
+def delete_compute_logs(instance: dg.DagsterInstance, run_id: str,
+                        *, dry_run: bool) -> tuple[int | None, int | None]:
+    """Delete a run's captured stdout/stderr through the instance's compute log manager.
+    Returns (files, bytes) for the local manager (whose files can be counted), (None, None)
+    for another (S3, Azure…), which deletes without saying what."""
+    import os
+
+    from dagster._core.storage.local_compute_log_manager import LocalComputeLogManager
+
+    manager = instance.compute_log_manager
+    prefix = [run_id, "compute_logs"]
+    if not isinstance(manager, LocalComputeLogManager):
+        if not dry_run:
+            manager.delete_logs(prefix=prefix)
+        return None, None
+    # The directory the prefix names: where any log key under it would be written.
+    folder = os.path.dirname(manager.get_captured_local_path([*prefix, "_"], "out"))
+    files = size = 0
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            files += 1
+            size += os.path.getsize(os.path.join(parent, name))
+    if files and not dry_run:
+        manager.delete_logs(prefix=prefix)
+        try:
+            os.rmdir(os.path.dirname(folder))  # the run's folder, when nothing else is in it
+        except OSError:
+            pass
+    return files, size
+
+
+def retention_watermark(instance: dg.DagsterInstance, key: str) -> float | None:
+    """The Unix time a finished prune reached, stored under `key` (None before the first)."""
+    value = instance.run_storage.get_cursor_values({key}).get(key)
+    return float(value) if value else None
+
+
+def store_retention_watermark(instance: dg.DagsterInstance, key: str, value: float) -> None:
+    instance.run_storage.set_cursor_values({key: repr(value)})
