@@ -20,14 +20,6 @@ DEFAULT_CONFIG = REPO / "credflow.yaml"
 pytest_plugins = ["credflow_assets_tests.dagster_ui", "credflow_assets_tests.daemon_files"]
 
 
-def pytest_collection_modifyitems(items):
-    """Tests marked `prunes_dagster_ui` prune the `dagster_ui` stack's instance: they run after
-    every other test, so the others (and the UI screenshots) see the daemon's runs whole."""
-    pruning = [item for item in items if item.get_closest_marker("prunes_dagster_ui")]
-    if pruning:
-        items[:] = [item for item in items if item not in pruning] + pruning
-
-
 @contextmanager
 def running_stack(home: Path, config_path: Path = DEFAULT_CONFIG, *, config=None,
                   extra_env: dict[str, str] | None = None):
@@ -55,8 +47,9 @@ def running_stack(home: Path, config_path: Path = DEFAULT_CONFIG, *, config=None
 
 # The modules on the Dagster UI stack (the `dagster_ui` session fixture: the webserver, the
 # daemon and their seeded runs, a minute and a half to start).
-UI_STACK_MODULES = frozenset({"test_freshness.py", "test_ui_browser.py", "test_ui_daemon.py",
-                              "test_ui_graphql.py", "test_ui_recovery.py"})
+UI_STACK_MODULES = frozenset({"test_freshness.py", "test_instance_retention.py",
+                              "test_ui_browser.py", "test_ui_daemon.py", "test_ui_graphql.py",
+                              "test_ui_recovery.py"})
 
 
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook; plain `pytest` runs without it
@@ -75,7 +68,14 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 def pytest_collection_modifyitems(config, items):
-    """A new module on the UI stack must join UI_STACK_MODULES, or two workers start it."""
+    """A new module on the UI stack must join UI_STACK_MODULES, or two workers start it.
+
+    Tests marked `prunes_dagster_ui` prune the `dagster_ui` stack's instance: they run after
+    every other test, so the others (and the UI screenshots) see the daemon's runs whole.
+    """
+    pruning = [item for item in items if item.get_closest_marker("prunes_dagster_ui")]
+    if pruning:
+        items[:] = [item for item in items if item not in pruning] + pruning
     missing = sorted({item.path.name for item in items
                       if "dagster_ui" in getattr(item, "fixturenames", ())} - UI_STACK_MODULES)
     if missing:
