@@ -39,14 +39,14 @@ from pathlib import Path
 
 import dagster as dg
 
+from credflow_assets.common.dagster_compat import delete_dynamic_partitions
 from credflow_assets.common.flow import Flow
 
 ARCHIVE_DIRECTORY = "partition_archive"
 # The job Dagster gives a run the UI launches by the Materialize button or a backfill.
 ASSET_JOB_NAME = "__ASSET_JOB"
 FAILED_STATUSES = {dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
-# Deleting partitions is one statement each (no bulk delete in Dagster's API): progress lines
-# every this many, so an archive of 90,000 keys shows it is moving.
+# A progress line every this many keys deleted (an archive of 90,000 keys shows it is moving).
 PROGRESS_EVERY = 5000
 
 
@@ -106,9 +106,11 @@ def archive_partitions(instance: dg.DagsterInstance, flows: Iterable[PartitionSe
         report.kept[partition_set.name] = kept
         if keys and not dry_run:
             _write_archive(instance, partition_set.name, keys, now, "archived")
-            for done, key in enumerate(keys, 1):
-                instance.delete_dynamic_partition(partition_set.name, key)
-                if progress and done % PROGRESS_EVERY == 0:
+            for start in range(0, len(keys), PROGRESS_EVERY):
+                delete_dynamic_partitions(instance, partition_set.name,
+                                          keys[start:start + PROGRESS_EVERY])
+                done = min(start + PROGRESS_EVERY, len(keys))
+                if progress and len(keys) > PROGRESS_EVERY:
                     progress(f"{partition_set.name}: {done:,} of {len(keys):,} archived")
     report.seconds = time.monotonic() - started
     return report
