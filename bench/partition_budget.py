@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/partition_budget.py                 # SQLite: 10,000, 50,000, 100,000
     .venv/bin/python bench/partition_budget.py --quick         # 2,000 then 10,000
-    .venv/bin/python bench/partition_budget.py --postgres postgresql://credflow:credflow@127.0.0.1:5432
+    .venv/bin/python bench/partition_budget.py --postgres postgresql://USER:PASSWORD@HOST:5432
     options: --sizes 10000,100000  --archived 0.9  --repeat 3  --json FILE
 
 Dagster advises at most 100,000 partitions per asset. This fills a real Dagster instance (the
@@ -14,7 +14,10 @@ times, at each size:
 - the UI's partition page: `dagster-webserver` on that instance, the GraphQL query the asset's
   Partitions tab sends (`PartitionHealthQuery`, copied from Dagster's UI: every key and its
   status), the first time (cold: Dagster computes and stores the asset's status cache) and
-  again (warm, the median of `--repeat`); and the catalog's `partitionStats`;
+  again (warm, the median of `--repeat`); once more after one new file came in (a new key
+  changes the partition set, and Dagster rebuilds the asset's status cache from every
+  materialized partition: what the page costs on a busy flow); and the catalog's
+  `partitionStats`;
 - one tick of the flow's sensors with nothing new (`staging_events_sensor`: its queue is
   empty; `staging_reconciliation_sensor`: staging is empty), in-process, built as
   `credflow sync` builds them;
@@ -47,6 +50,7 @@ from _common import REPO, bench_stack, bench_workdir, print_machine, table, writ
 
 TABLE = "claims"
 OLD_DAYS, RECENT_DAYS = 400, 1
+NEW_FILES = 10_000_000  # the numbers of the files that come in between measures
 ARCHIVE_AGE = timedelta(days=365)
 PARTITION_HEALTH_QUERY = """
 query PartitionHealthQuery($assetKey: AssetKeyInput!) {
@@ -116,7 +120,8 @@ def _sqlalchemy_url(server_url: str) -> str:
         if server_url.startswith("postgresql://") else server_url
 
 
-def fill(instance, start: int, stop: int, old_until: int, now: datetime) -> float:
+def fill(instance, start: int, stop: int, old_until: int, now: datetime, *,
+         quiet: bool = False) -> float:
     """Partitions `start`…`stop` with one materialization each: those below `old_until` dated
     OLD_DAYS ago, the rest RECENT_DAYS ago (in key order, as files arrive)."""
     import dagster as dg
@@ -140,8 +145,9 @@ def fill(instance, start: int, stop: int, old_until: int, now: datetime) -> floa
                 metadata={"version": f"{index:032x}:{int(stamp)}", "checks_passed": True,
                           "size": 2048, "rows": 20, "uploader": "analyst"}), stamp))
         store_runless_materializations(instance, events)
-        print(f"  filled {first + len(keys):,} of {stop:,} ({time.monotonic() - started:.0f}s)",
-              flush=True)
+        if not quiet:
+            print(f"  filled {first + len(keys):,} of {stop:,} "
+                  f"({time.monotonic() - started:.0f}s)", flush=True)
     return time.monotonic() - started
 
 
@@ -209,6 +215,14 @@ def time_ui(web: Webserver, path: list[str], repeat: int) -> dict:
             "materialized": stats["partitionStats"]["numMaterialized"]}
 
 
+def time_ui_after_new_file(web: Webserver, instance, path: list[str], number: int) -> dict:
+    """The page once one more file has come in: a new key changes the partition set, and
+    Dagster then rebuilds the asset's status cache from every materialized partition."""
+    now = datetime.now(timezone.utc)
+    fill(instance, NEW_FILES + number, NEW_FILES + number + 1, 0, now, quiet=True)
+    return {"ui_new_file_s": web.query(PARTITION_HEALTH_QUERY, path)[1]}
+
+
 def time_ticks(defs, instance, repeat: int) -> dict:
     import dagster as dg
 
@@ -256,9 +270,11 @@ def measure(label: str, size: int, web, defs, instance, home: Path, repeat: int)
 
     path = staging_file_key(TABLE).path
     row = {"state": label, "partitions": size, **time_ui(web, path, repeat),
+           **time_ui_after_new_file(web, instance, path, size),
            **time_ticks(defs, instance, repeat), **time_lineage(home, 0, repeat),
            "load_1m": round(os.getloadavg()[0], 1)}
     print(f"  {label}: page {row['ui_cold_s']:.2f}s cold / {row['ui_warm_s']:.2f}s warm "
+          f"/ {row['ui_new_file_s']:.2f}s after a new file "
           f"({row['ui_keys']:,} keys), ticks {row['tick_events_s']:.2f}s / "
           f"{row['tick_reconcile_s']:.2f}s, lineage {row['lineage_s']:.2f}s "
           f"(load {row['load_1m']})", flush=True)
@@ -334,9 +350,10 @@ def main() -> None:
     print(f"\nPartition budget, {storage} instance; Dagster's advice: at most 100,000 partitions "
           "per asset (the limit, measured against in the same run)")
     print(table(
-        ["state", "partitions", "UI page cold s", "UI page warm s", "catalog stats s",
-         "events tick s", "reconcile tick s", "lineage s", "load"],
-        [[r["state"], r["partitions"], r["ui_cold_s"], r["ui_warm_s"], r["stats_s"],
+        ["state", "partitions", "UI page cold s", "UI page warm s", "page after a new file s",
+         "catalog stats s", "events tick s", "reconcile tick s", "lineage s", "load"],
+        [[r["state"], r["partitions"], r["ui_cold_s"], r["ui_warm_s"], r["ui_new_file_s"],
+          r["stats_s"],
           r["tick_events_s"], r["tick_reconcile_s"], r["lineage_s"], r["load_1m"]]
          for r in rows]))
     fills = ", ".join(f"{row['partitions']:,} in {row['fill_s']:.0f}s"

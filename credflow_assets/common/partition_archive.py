@@ -145,17 +145,20 @@ def archivable(instance: dg.DagsterInstance, partition_set: PartitionSet, cutoff
 
 def _materialized_before(instance: dg.DagsterInstance, asset_key: dg.AssetKey,
                          cutoff: datetime) -> set[str]:
-    """Partitions whose latest materialization is older than `cutoff`, in two queries: the
-    first materialization since the cutoff gives a storage id, and storage ids grow with time."""
-    latest = instance.get_latest_storage_id_by_partition(
-        asset_key, dg.DagsterEventType.ASSET_MATERIALIZATION)
-    since = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=asset_key, after_timestamp=cutoff.timestamp()),
-        limit=1, ascending=True).records
-    if not since:
-        return set(latest)
-    first_since = since[0].storage_id
-    return {key for key, storage_id in latest.items() if storage_id < first_since}
+    """Partitions materialized, but not since `cutoff`: every materialized partition (one
+    query) less those materialized since (their records, a page of 1,000 at a time: what the
+    cutoff's window holds, not what the asset ever held)."""
+    materialized = set(instance.get_latest_storage_id_by_partition(
+        asset_key, dg.DagsterEventType.ASSET_MATERIALIZATION))
+    records_filter = dg.AssetRecordsFilter(asset_key=asset_key,
+                                           after_timestamp=cutoff.timestamp())
+    cursor = None
+    while True:
+        page = instance.fetch_materializations(records_filter, limit=1000, cursor=cursor)
+        materialized -= {record.partition_key for record in page.records}
+        if not page.has_more:
+            return materialized
+        cursor = page.cursor
 
 
 def _latest_runs(instance: dg.DagsterInstance, partition_set: PartitionSet,
