@@ -35,6 +35,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from pathlib import Path
 
 import dagster as dg
@@ -203,16 +204,26 @@ def read_archive(instance: dg.DagsterInstance, partitions_def_name: str) -> dict
         return {}
     archived: dict[str, str] = {}
     for path in sorted(directory.glob("*.jsonl")):
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                if not line.strip():
-                    continue
-                record = json.loads(line)
-                if "archived" in record:
-                    archived[record["key"]] = record["archived"]
-                else:
-                    archived.pop(record["key"], None)
+        for record in _records(path, *_signature(path)):
+            if "archived" in record:
+                archived[record["key"]] = record["archived"]
+            else:
+                archived.pop(record["key"], None)
     return archived
+
+
+def _signature(path: Path) -> tuple[int, int]:
+    status = path.stat()
+    return status.st_mtime_ns, status.st_size
+
+
+@lru_cache(maxsize=32)
+def _records(path: Path, mtime_ns: int, size: int) -> tuple[dict, ...]:
+    """A year file's lines, parsed as one JSON array (a line at a time took 2 s per 90,000
+    lines here); kept while the file's size and time stay (lineage reads it twice)."""
+    text = path.read_text(encoding="utf-8").strip()
+    # json.dumps escapes line breaks inside values: every line break ends a record.
+    return tuple(json.loads(f"[{text.replace(chr(10), ',')}]")) if text else ()
 
 
 def known_partition_keys(instance: dg.DagsterInstance, partitions_def_name: str) -> list[str]:
