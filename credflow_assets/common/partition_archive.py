@@ -130,14 +130,12 @@ def archivable(instance: dg.DagsterInstance, partition_set: PartitionSet, cutoff
     chosen = []
     for key in live:
         run = latest_runs.get(key)
-        if key not in old:
-            kept["processed since the cutoff or never"] += 1
-        elif run is not None and run.status in FAILED_STATUSES and keep_failed:
+        if run is not None and run.status in FAILED_STATUSES and keep_failed:
             kept["failed"] += 1
         elif run is not None and run.status not in FAILED_STATUSES \
                 and run.status != dg.DagsterRunStatus.SUCCESS:
             kept["run under way"] += 1
-        elif run is not None and (run.end_time or 0) >= cutoff.timestamp():
+        elif key not in old or (run is not None and (run.end_time or 0) >= cutoff.timestamp()):
             kept["processed since the cutoff or never"] += 1
         else:
             chosen.append(key)
