@@ -282,10 +282,14 @@ class RetentionConfig(_Model):
     outcome, tags, failure reasons, materializations and check results stay, so lineage and
     the UI's partition pages answer as before. Sensor and schedule ticks go after `ticks_days`.
     `schedule` (cron, UTC) runs `instance_retention_job`; `credflow instance prune` runs it now.
+    The same job archives the partitions of files processed more than
+    `archive_partitions_days` ago (common/partition_archive.py: Dagster's partition budget),
+    as `credflow instance archive-partitions` does.
     """
 
     run_events_days: int = Field(30, ge=1)
     ticks_days: int = Field(7, ge=1)
+    archive_partitions_days: int = Field(365, ge=1)
     schedule: str = "0 3 * * *"
 
     @field_validator("schedule")
@@ -303,6 +307,10 @@ class RetentionConfig(_Model):
     @property
     def ticks_age(self) -> timedelta:
         return timedelta(days=self.ticks_days)
+
+    @property
+    def archive_partitions_age(self) -> timedelta:
+        return timedelta(days=self.archive_partitions_days)
 
 
 class CredflowConfig(_Model):

@@ -12,6 +12,8 @@ def build_definitions(config: CredflowConfig) -> dg.Definitions:
     from credflow_assets.common.console import one_line_console
     from credflow_assets.common.freshness import build_quiet_sources_sensor
     from credflow_assets.common.instance_retention import build_retention_defs
+    from credflow_assets.common.partition_archive import partition_sets
+    from credflow_assets.flows import all_flows
     from credflow_assets.common.run_recovery import stopped_runs_sensor
     from credflow_assets.resources.from_config import build_resources
 
@@ -28,7 +30,7 @@ def build_definitions(config: CredflowConfig) -> dg.Definitions:
         staged_tables.build_defs(config),
         drive_feeds.build_defs(config),
         provider_feeds.build_defs(config),
-        build_retention_defs(config.retention),
+        build_retention_defs(config.retention, partition_sets(all_flows(), config)),
     )
 
 

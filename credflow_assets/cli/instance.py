@@ -1,7 +1,9 @@
 """`credflow instance …`: keeping the Dagster instance itself in shape.
 
-`prune` deletes what only debugging needs from old runs and old ticks, as the scheduled
-`instance_retention_job` does (common/instance_retention.py says what stays).
+`prune` deletes what only debugging needs from old runs and old ticks, and
+`archive-partitions` archives the partitions of files processed long ago (Dagster's partition
+budget), as the scheduled `instance_retention_job` does (common/instance_retention.py and
+common/partition_archive.py say what stays).
 """
 
 from __future__ import annotations
@@ -68,3 +70,41 @@ def prune(settings: CliContext, older_than: timedelta | None, ticks_older_than: 
         click.echo(json.dumps(report.as_dict(), indent=2))
     else:
         click.echo(report.summary())
+
+
+@instance.command("archive-partitions")
+@click.option("--older-than", "older_than", metavar="AGE", callback=_age_option,
+              help="Archive files whose processing finished longer ago than this (365d, 0d) "
+              "[default: retention.archive_partitions_days of the config file].")
+@click.option("--dry-run", is_flag=True, help="Say what would be archived; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON, with every key.")
+@click.pass_obj
+def archive_partitions_command(settings: CliContext, older_than: timedelta | None, dry_run: bool,
+                               as_json: bool) -> None:
+    """Archive the partitions of files processed long ago, keeping failed ones.
+
+    The keys leave the instance's dynamic partitions (the UI's partition pages); their runs,
+    materializations, parse logs and error reports stay, and `credflow lineage KEY` still
+    answers. `credflow reparse --partition KEY` brings one back.
+    """
+    settings.adopt_stack_environment()
+    from credflow_assets.common.partition_archive import archive_partitions, partition_sets
+    from credflow_assets.flows import all_flows
+
+    config = settings.config()
+    age = config.retention.archive_partitions_age if older_than is None else older_than
+    with settings.instance() as dagster_instance:
+        report = archive_partitions(
+            dagster_instance, partition_sets(all_flows(), config), age, dry_run=dry_run,
+            progress=None if as_json else click.echo)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+        return
+    verb = "would archive" if dry_run else "archived"
+    for name, keys in report.archived.items():
+        kept = ", ".join(f"{count:,} {reason}" for reason, count in report.kept[name].items())
+        click.echo(f"{name:32} {verb} {len(keys):,}" + (f"; kept: {kept}" if kept else ""))
+    click.echo(f"{verb} {report.total_archived:,} partition(s) of files processed before "
+               f"{report.cutoff:%Y-%m-%d %H:%M} UTC in {report.seconds:.1f}s"
+               + ("" if dry_run or not report.total_archived
+                  else "; `credflow lineage KEY` still answers for each"))

@@ -15,7 +15,7 @@ import json
 import click
 
 from credflow_assets.common.command_context import CommandContext
-from credflow_assets.flows import FLOW_NAMES
+from credflow_assets.flows import FLOW_NAMES, flow_named
 
 ACCEPTED = ("a partition key, an SFTP path (`provider/outbox/x.csv.gpg`, `sftp:…`), a Drive "
             "file id or name, a staged key (`staging/claims/x.csv`, `s3://…`), a signup upload "
@@ -52,14 +52,29 @@ def lineage(context: CommandContext, source: str, as_json: bool) -> None:
             raise click.ClickException(_several(source, matches))
         flow, key = matches[0]
         found = _read_lineage(flow, instance, config, key, resources.s3)
+        found["archived_on"] = _archived_on(instance, flow, key)
     if as_json:
         click.echo(json.dumps(found, indent=2, default=str))
-    elif flow == "therapists":
+        return
+    if flow == "therapists":
         from credflow_assets.therapists.lineage import format_lineage
 
-        click.echo("\n".join(format_lineage(found)))
+        lines = format_lineage(found)
     else:
-        click.echo("\n".join(format_file_lineage(found)))
+        lines = format_file_lineage(found)
+    if found["archived_on"]:
+        lines[1:1] = _row("archived", f"on {found['archived_on'][:10]}: off the instance's "
+                                      "partition list (credflow archive-partitions); its runs "
+                                      "and records stay")
+    click.echo("\n".join(lines))
+
+
+def _archived_on(instance, flow: str, key: str) -> str | None:
+    """When the file's partition was archived (common/partition_archive.py), or None."""
+    from credflow_assets.common.partition_archive import archived_on
+
+    partitions = flow_named(flow).partitions
+    return archived_on(instance, partitions.partitions_of(partitions.name_of(key)), key)
 
 
 def _read_lineage(flow: str, instance, config, key: str, s3_client) -> dict:

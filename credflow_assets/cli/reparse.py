@@ -89,9 +89,12 @@ def select_partitions(
     existing = [key for partition_set in partition_sets
                 for key in instance.get_dynamic_partitions(partition_set)]
     if partitions:
-        unknown = [key for key in partitions if key not in set(existing)]
+        archived = _archived_keys(instance, partition_sets)
+        unknown = [key for key in partitions if key not in set(existing) and key not in archived]
         if unknown:
             raise ReparseError(f"{flow}: no such partition(s): {', '.join(unknown)}")
+        existing += _restore(instance, partition_sets, [key for key in partitions
+                                                        if key not in set(existing)])
         chosen = [key for key in existing if key in set(partitions)]
     else:
         chosen = list(existing)
@@ -100,6 +103,25 @@ def select_partitions(
     if since is not None:
         chosen = [key for key in chosen if _last_materialized(instance, target, key) >= since]
     return chosen
+
+
+def _archived_keys(instance: dg.DagsterInstance, partition_sets) -> set[str]:
+    from credflow_assets.common.partition_archive import read_archive
+
+    return {key for partition_set in partition_sets
+            for key in read_archive(instance, partition_set)}
+
+
+def _restore(instance: dg.DagsterInstance, partition_sets, keys: list[str]) -> list[str]:
+    """An archived file named by its key comes back: its partition is added again (and the
+    archive says so), so the rerun is a partition run like any other."""
+    from credflow_assets.common.partition_archive import restore_partitions
+
+    restored: list[str] = []
+    for partition_set in partition_sets:
+        restored += restore_partitions(instance, partition_set,
+                                       [key for key in keys if key not in restored])
+    return restored
 
 
 def partitions_by_job(flow: str, partitions: list[str]) -> dict[str, list[str]]:

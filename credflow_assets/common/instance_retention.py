@@ -21,7 +21,7 @@ since (its cost follows the runs that finished in between, not the instance's ag
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import dagster as dg
 
 from credflow_assets.common import dagster_compat
+from credflow_assets.common.partition_archive import PartitionSet, archive_partitions
 
 if TYPE_CHECKING:
     from credflow_assets.config import RetentionConfig
@@ -163,15 +164,20 @@ def _prune_batch(instance: dg.DagsterInstance, run_ids: list[str], report: Prune
             report.compute_log_bytes_removed += size or 0
 
 
-def build_retention_defs(retention: RetentionConfig) -> dg.Definitions:
-    """`instance_retention_job` (prune the instance the run belongs to, with the config file's
-    ages unless the launchpad says otherwise) and its schedule (`retention.schedule`, UTC)."""
+def build_retention_defs(retention: RetentionConfig,
+                         partition_sets: Sequence[PartitionSet] = ()) -> dg.Definitions:
+    """`instance_retention_job` (prune the instance the run belongs to, and archive the
+    `partition_sets`' old partitions, with the config file's ages unless the launchpad says
+    otherwise) and its schedule (`retention.schedule`, UTC)."""
 
     @dg.op(name="prune_instance", out=dg.Out(dg.Nothing), config_schema={
         "run_events_days": dg.Field(int, default_value=retention.run_events_days,
                                     description="prune the event logs of runs older than this"),
         "ticks_days": dg.Field(int, default_value=retention.ticks_days,
                                description="delete sensor and schedule ticks older than this"),
+        "archive_partitions_days": dg.Field(
+            int, default_value=retention.archive_partitions_days,
+            description="archive the partitions of files processed longer ago than this"),
         "dry_run": dg.Field(bool, default_value=False,
                             description="count what would go, remove nothing"),
     })
@@ -182,8 +188,13 @@ def build_retention_defs(retention: RetentionConfig) -> dg.Definitions:
                                 ticks_older_than=timedelta(days=settings["ticks_days"]),
                                 dry_run=settings["dry_run"], progress=context.log.info)
         context.log.info(report.summary())
-        yield dg.Output(None, metadata={name: value for name, value in report.as_dict().items()
-                                        if isinstance(value, (int, float, str, bool))})
+        archived = archive_partitions(context.instance, partition_sets,
+                                      timedelta(days=settings["archive_partitions_days"]),
+                                      dry_run=settings["dry_run"], progress=context.log.info)
+        metadata = {name: value for name, value in report.as_dict().items()
+                    if isinstance(value, (int, float, str, bool))}
+        metadata["partitions_archived"] = archived.total_archived
+        yield dg.Output(None, metadata=metadata)
 
     @dg.job(name=JOB_NAME, executor_def=dg.in_process_executor,
             description="Deletes what only debugging needs from old runs (log lines, step "

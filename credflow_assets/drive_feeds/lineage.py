@@ -17,6 +17,7 @@ from credflow_assets.common.file_lineage import (
     unfinished_outcome,
 )
 from credflow_assets.common.materializations import latest_materialization
+from credflow_assets.common.partition_archive import known_partition_keys
 from credflow_assets.drive_feeds.names import (
     FLOW,
     feed_partitions,
@@ -37,7 +38,7 @@ def find(instance: dg.DagsterInstance, config, text: str) -> list[str]:
     wanted = text.removeprefix("drive:")
     found = []
     for feed in config.feeds:
-        for key in instance.get_dynamic_partitions(feed_partitions(feed.name).name):
+        for key in known_partition_keys(instance, feed_partitions(feed.name).name):
             _, file_id, _ = parse_partition_key(key)
             name = key.split("/", 3)[3]
             if text == key or wanted == file_id or name_in_key(wanted) == name:

@@ -19,6 +19,7 @@ from credflow_assets.common.file_lineage import (
     unfinished_outcome,
 )
 from credflow_assets.common.materializations import latest_materialization
+from credflow_assets.common.partition_archive import known_partition_keys
 from credflow_assets.provider_feeds.names import (
     FLOW,
     REMOTE_MTIME_TAG,
@@ -36,7 +37,7 @@ def find(instance: dg.DagsterInstance, config, text: str) -> list[str]:
     wanted = _remote_path(text)
     found = []
     for provider in config.providers:
-        for key in instance.get_dynamic_partitions(provider_partitions(provider.name).name):
+        for key in known_partition_keys(instance, provider_partitions(provider.name).name):
             _, remote_path = parse_partition_key(key)
             if text == key or wanted in (remote_path, remote_path.lstrip("/"),
                                          f"{provider.name}:{remote_path}"):

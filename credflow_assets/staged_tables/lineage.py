@@ -19,6 +19,7 @@ from credflow_assets.common.file_lineage import (
     split_s3_uri,
 )
 from credflow_assets.common.materializations import latest_materialization
+from credflow_assets.common.partition_archive import known_partition_keys
 from credflow_assets.staged_tables.names import (
     FLOW,
     glue_table_key,
@@ -45,7 +46,7 @@ def find(instance: dg.DagsterInstance, config, text: str) -> list[str]:
         wanted = key
     found = []
     for table in config.staged_tables.tables:
-        for key in instance.get_dynamic_partitions(table_partitions(table.name).name):
+        for key in known_partition_keys(instance, table_partitions(table.name).name):
             if wanted in (key, object_key_for(key)):
                 found.append(key)
     return found

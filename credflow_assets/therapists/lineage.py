@@ -19,6 +19,7 @@ from credflow_assets.common.file_lineage import (
     run_error,
 )
 from credflow_assets.common.materializations import latest_materialization
+from credflow_assets.common.partition_archive import is_known_partition
 from credflow_assets.therapists.names import (
     FLOW,
     MPF_FOLDER_KEY,
@@ -35,7 +36,7 @@ def find(instance: dg.DagsterInstance, config, text: str) -> list[str]:
     if text.startswith("s3://") and not text.startswith(prefix):
         return []
     therapist_id = text.removeprefix(prefix).split("/", 1)[0]
-    if therapist_id and instance.has_dynamic_partition(therapist_partitions.name, therapist_id):
+    if therapist_id and is_known_partition(instance, therapist_partitions.name, therapist_id):
         return [therapist_id]
     return []
 
