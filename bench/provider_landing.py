@@ -146,7 +146,10 @@ def child_credflow(options: dict) -> None:
 
     profile = options.get("profile")
     started = time.monotonic()
-    defs = build_definitions(load_config(os.environ["CREDFLOW_CONFIG"]))
+    config = load_config(os.environ["CREDFLOW_CONFIG"])
+    if options.get("no_drive_feeds"):  # what the drive feeds' definitions cost (pandas, pandera)
+        config = config.model_copy(update={"feeds": []})
+    defs = build_definitions(config)
     with dg.DagsterInstance.get() as instance:
         load_seconds = time.monotonic() - started
         profiler = None
@@ -347,6 +350,9 @@ def main() -> None:
     parser.add_argument("--big-mib", type=int, help="the single file's MiB (0: skip)")
     parser.add_argument("--no-baseline", action="store_true", help="credflow only (experiments)")
     parser.add_argument("--profile", help="write a pyinstrument profile of credflow's sync here")
+    parser.add_argument("--no-drive-feeds", action="store_true",
+                        help="experiment: the child builds its definitions without the drive "
+                        "feeds (which import pandas and pandera), to measure their memory")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--sftp-read", type=int, metavar="MIB",
                         help="only compare SFTP reads of one MIB file (see the docstring)")
@@ -381,7 +387,7 @@ def main() -> None:
             print(f"   {base['seconds']:.1f}s")
 
         print(f"\n== credflow: sensor → raw → landed ({len(names)} files)")
-        options = {"profile": args.profile}
+        options = {"profile": args.profile, "no_drive_feeds": args.no_drive_feeds}
         cred = run_child([__file__, "--child", json.dumps(options)])
         if cred["failed"]:
             raise SystemExit(f"credflow runs failed: {cred['failed']}")
@@ -394,7 +400,8 @@ def main() -> None:
             print(f"\n== credflow: one {big_mib:,} MiB file")
             big_files = generate(outbox, scratch, Path(env["CREDFLOW_HOME"]),
                                  [("roster_big.csv.gz.gpg", big_mib * MiB)])
-            big = run_child([__file__, "--child", json.dumps({})])
+            big = run_child([__file__, "--child",
+                             json.dumps({"no_drive_feeds": args.no_drive_feeds})])
             if big["failed"]:
                 raise SystemExit(f"credflow run failed: {big['failed']}")
             big["encrypted_bytes"] = big_files["roster_big.csv.gz.gpg"]["encrypted_bytes"]

@@ -235,23 +235,23 @@ def _upload_raw(context, client, settings: ProviderFeedsSettings, ref: FileRef,
                 remote_path: str, remote, local: Path, key: str, digest: str) -> None:
     bucket = settings.bucket
     limit_malloc_arenas()  # before the upload's threads start (see memory.py)
-    with open(local, "rb") as stream:
-        upload_stream(
-            client, stream, bucket, key,
-            max_concurrency=settings.upload_concurrency,
-            part_size=settings.part_size(remote.size),
-            **RunUploads(context.instance, context.run.run_id, bucket).callbacks(key),
-            extra_args={
-                "ContentType": "application/octet-stream",
-                "Metadata": {
-                    "provider": ref.provider,
-                    "remote-path": quote(remote_path),
-                    "remote-size": str(remote.size),
-                    "remote-mtime": str(remote.mtime),
-                    "sha256": digest,
-                },
+    # By path: each part is read from disk as it is sent, not held in memory (s3.py).
+    upload_stream(
+        client, local, bucket, key,
+        max_concurrency=settings.upload_concurrency,
+        part_size=settings.part_size(remote.size),
+        **RunUploads(context.instance, context.run.run_id, bucket).callbacks(key),
+        extra_args={
+            "ContentType": "application/octet-stream",
+            "Metadata": {
+                "provider": ref.provider,
+                "remote-path": quote(remote_path),
+                "remote-size": str(remote.size),
+                "remote-mtime": str(remote.mtime),
+                "sha256": digest,
             },
-        )
+        },
+    )
     release_freed_memory()  # the upload's freed part buffers (see memory.py)
 
 
