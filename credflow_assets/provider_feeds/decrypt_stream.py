@@ -6,7 +6,7 @@ item per 4 KiB cost more than gpg itself). gpg's verdict, its integrity check in
 only after its last byte, so the iterator raises gpg's error, if any, before it tells the end:
 a multipart upload reading it aborts rather than completes, and nothing unverified lands.
 
-Memory stays bounded: at most `QUEUE_CHUNKS` chunks wait in the queue, and gpg blocks on its
+Memory stays bounded: at most `QUEUE_CHUNKS` chunks (2 MiB) wait in the queue, and gpg blocks on its
 pipe while they do. A consumer that stops early (an upload that failed) closes the iterator,
 which stops gpg (the next write raises, and `decrypt_to` kills gpg on it).
 """
@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 from credflow_assets.provider_feeds.unpack import CHUNK
 
-QUEUE_CHUNKS = 4  # plaintext waiting for the decompressor: 4 MiB at most
+QUEUE_CHUNKS = 2  # plaintext waiting for the decompressor: 2 MiB at most
 _END = object()
 _POLL_SECONDS = 0.2
 

@@ -248,6 +248,8 @@ class Landing:
             return found, True, [(inner, chunks, None)]
         with timed(self.seconds, "decompress"):
             found, files = unpack(plain.path, plain.name, self.work / "out", limit=self.limit)
+        if found != "none":
+            plain.path.unlink()  # extracted: frees the scratch disk before the members land
         self.log.info(f"{self.ref}: {found}: {len(files)} file(s) extracted in "
                       f"{self.seconds['decompress']:.1f}s")
         return found, False, [(extracted.name, file_chunks(extracted.path), extracted.path)
