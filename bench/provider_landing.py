@@ -260,60 +260,21 @@ def _cpu_seconds(who: int) -> float:
 def compare_sftp_reads(mib: int, rounds: int) -> None:
     """OpenSSH `sftp` against paramiko's ways of reading one file (see the module docstring)."""
     from credflow_assets.local import sshd
-    from credflow_assets.resources.sftp import SftpResource
-    from credflow_assets.resources.sftp import download as sftp_download
 
     print_machine()
+    size = mib * MiB
     with bench_workdir("sftp-read") as work:
         server = sshd.start(work / "home")
         try:
-            source = Path(server["root"]) / "big.bin"
-            with open(source, "wb") as out:
+            with open(Path(server["root"]) / "big.bin", "wb") as out:
                 for _ in range(mib):
                     out.write(os.urandom(MiB))
-            size = mib * MiB
             target = work / "out.bin"
-            resource_of = lambda **extra: SftpResource(  # noqa: E731
-                host=server["host"], port=server["port"], username=server["user"],
-                private_key_file=server["key_file"], known_hosts_file=server["known_hosts"],
-                **extra)
-
-            def openssh() -> None:
-                subprocess.run(
-                    ["sftp", "-q", "-P", str(server["port"]), "-i", server["key_file"],
-                     "-o", f"UserKnownHostsFile={server['known_hosts']}", "-o", "BatchMode=yes",
-                     f"{server['user']}@{server['host']}:big.bin", str(target)],
-                    check=True, stdout=subprocess.DEVNULL)
-
-            def credflow(**extra) -> None:
-                with resource_of(**extra).open_session() as session:
-                    session.download("big.bin", target)
-
-            def before_session_8() -> None:
-                saved = sftp_download.WINDOWS_IN_FLIGHT, sftp_download.WINDOW_BYTES
-                sftp_download.WINDOWS_IN_FLIGHT, sftp_download.WINDOW_BYTES = 1, 8 * MiB
-                try:
-                    credflow(read_request_size=32768)
-                finally:
-                    sftp_download.WINDOWS_IN_FLIGHT, sftp_download.WINDOW_BYTES = saved
-
-            def prefetch() -> None:
-                with resource_of().open_session() as session:
-                    session.connect()
-                    with session._sftp.open("big.bin", "rb") as remote, \
-                            open(target, "wb") as out:
-                        remote.prefetch(size)
-                        while data := remote.read(MiB):
-                            out.write(data)
-
-            ways = [("OpenSSH sftp (its own process, CPU of the client)", openssh),
-                    ("paramiko, 32 KiB requests, one 8 MiB window (before)", before_session_8),
-                    ("paramiko prefetch() of the whole file", prefetch),
-                    ("credflow now: 252 KiB requests, two 4 MiB windows", credflow)]
+            ways = _sftp_readers(server, target, size)
             results: dict[str, list[tuple[float, float]]] = {label: [] for label, _ in ways}
             for round_number in range(rounds):
                 for label, read in ways:
-                    if read is prefetch and round_number:
+                    if label.startswith("paramiko prefetch") and round_number:
                         continue  # once is enough: over a minute per 256 MiB (see RESULTS.md)
                     target.unlink(missing_ok=True)
                     cpu = _cpu_seconds(resource.RUSAGE_SELF) + _cpu_seconds(resource.RUSAGE_CHILDREN)
@@ -337,6 +298,49 @@ def compare_sftp_reads(mib: int, rounds: int) -> None:
     print(f"\nSFTP read of one {mib} MiB file, medians of {rounds} round(s), load at the end "
           f"{os.getloadavg()[0]:.1f}")
     print(table(["reader", "seconds", "MB/s", "CPU s"], rows))
+
+
+def _sftp_readers(server: dict, target: Path, size: int) -> list:
+    """(label, read) of each way compared; each reads `big.bin` into `target`."""
+    from credflow_assets.resources.sftp import SftpResource
+    from credflow_assets.resources.sftp import download as sftp_download
+
+    def resource_of(**extra) -> SftpResource:
+        return SftpResource(host=server["host"], port=server["port"], username=server["user"],
+                            private_key_file=server["key_file"],
+                            known_hosts_file=server["known_hosts"], **extra)
+
+    def openssh() -> None:
+        subprocess.run(
+            ["sftp", "-q", "-P", str(server["port"]), "-i", server["key_file"],
+             "-o", f"UserKnownHostsFile={server['known_hosts']}", "-o", "BatchMode=yes",
+             f"{server['user']}@{server['host']}:big.bin", str(target)],
+            check=True, stdout=subprocess.DEVNULL)
+
+    def credflow(**extra) -> None:
+        with resource_of(**extra).open_session() as session:
+            session.download("big.bin", target)
+
+    def before_session_8() -> None:
+        saved = sftp_download.WINDOWS_IN_FLIGHT, sftp_download.WINDOW_BYTES
+        sftp_download.WINDOWS_IN_FLIGHT, sftp_download.WINDOW_BYTES = 1, 8 * MiB
+        try:
+            credflow(read_request_size=32768)
+        finally:
+            sftp_download.WINDOWS_IN_FLIGHT, sftp_download.WINDOW_BYTES = saved
+
+    def prefetch() -> None:
+        with resource_of().open_session() as session:
+            session.connect()
+            with session._sftp.open("big.bin", "rb") as remote, open(target, "wb") as out:
+                remote.prefetch(size)
+                while data := remote.read(MiB):
+                    out.write(data)
+
+    return [("OpenSSH sftp (its own process, CPU of the client)", openssh),
+            ("paramiko, 32 KiB requests, one 8 MiB window (before)", before_session_8),
+            ("paramiko prefetch() of the whole file", prefetch),
+            ("credflow now: 252 KiB requests, two 4 MiB windows", credflow)]
 
 
 # ------------------------------------------------------------------------------ main
