@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/provider_landing.py            # 8 files, 1 GiB; then one 2 GiB file
     .venv/bin/python bench/provider_landing.py --quick    # 8 files, 32 MiB; then one 64 MiB file
+    .venv/bin/python bench/provider_landing.py --sftp-read 256   # SFTP reads alone (below)
 
 Data: GPG-encrypted (to credflow's local key, no compression, as providers send large files)
 gzip CSV, in N files on the local sshd, made fresh in a temporary directory. The gzip stream is
@@ -21,6 +22,14 @@ one session, `gpg --decrypt` each, `gunzip` each, boto3 `upload_file` each (defa
 
 MB/s = encrypted input bytes / wall time (MB = 10^6 bytes; sizes in MiB/GiB are binary).
 The single big file is landed by credflow alone, for its peak RSS (and its rate).
+CPU seconds (user + system) are printed beside wall times, because the machine is shared and
+load inflates wall time more: credflow's child with its gpg processes; the baseline's sftp,
+gpg and gunzip processes plus this process's boto3 upload. Neither counts sshd or moto.
+
+`--sftp-read MIB`: one file of MIB random bytes on a fresh local sshd, read by OpenSSH `sftp`
+(a new connection each time, as the baseline does), by paramiko as credflow read before
+session 8 (32 KiB requests, one 8 MiB window at a time), by paramiko's own `prefetch()`, and by
+`SftpSession.download` as it is now; wall and CPU seconds, in rounds, alternating.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import gzip
 import json
 import os
 import random
+import resource
 import subprocess
 import sys
 import time
@@ -136,7 +146,10 @@ def child_credflow(options: dict) -> None:
 
     profile = options.get("profile")
     started = time.monotonic()
-    defs = build_definitions(load_config(os.environ["CREDFLOW_CONFIG"]))
+    config = load_config(os.environ["CREDFLOW_CONFIG"])
+    if options.get("no_drive_feeds"):  # what the drive feeds' definitions cost (pandas, pandera)
+        config = config.model_copy(update={"feeds": []})
+    defs = build_definitions(config)
     with dg.DagsterInstance.get() as instance:
         load_seconds = time.monotonic() - started
         profiler = None
@@ -152,6 +165,7 @@ def child_credflow(options: dict) -> None:
             profiler.stop()
             Path(profile).write_text(profiler.output_text(unicode=True, show_all=False))
         stages: dict[str, float] = {}
+        landed_too = True  # one step: the raw copy uploads while the file lands
         for stage, key, names in (
                 ("raw", raw_asset_key(PROVIDER), ("download", "upload")),
                 ("landed", landed_asset_key(PROVIDER),
@@ -163,15 +177,20 @@ def child_credflow(options: dict) -> None:
                 if record.event_log_entry.run_id not in run_ids:
                     continue
                 metadata = record.asset_materialization.metadata
-                overlapped = metadata.get("decompressed_while_uploading")
+                within = {name for name, flag in (("decompress", "decompressed_while_uploading"),
+                                                  ("decrypt", "decrypted_while_uploading"))
+                          if metadata.get(flag) is not None and metadata[flag].value}
                 for name in names:
                     value = metadata.get(f"seconds_{name}")
                     if value is not None:
                         label = f"{stage}.{name}"
-                        if name == "decompress" and overlapped is not None and overlapped.value:
+                        if name in within:
                             label += " (within upload)"
+                        elif (stage, name) == ("raw", "upload") and landed_too:
+                            label += " (alongside the landing)"
                         stages[label] = stages.get(label, 0.0) + float(value.value)
     child_result({
+        "cpu_seconds": _cpu_seconds(resource.RUSAGE_SELF) + _cpu_seconds(resource.RUSAGE_CHILDREN),
         "sync_seconds": seconds,
         "load_seconds": load_seconds,
         "runs": len(report.runs),
@@ -195,6 +214,7 @@ def baseline(env: dict, names: list[str], work: Path, bucket: str) -> dict:
     batch.write_text("".join(f"get {remote_dir}/{name} {down}/{name}\n" for name in names))
     stages = {}
     started = time.monotonic()
+    cpu_before = _cpu_seconds(resource.RUSAGE_SELF) + _cpu_seconds(resource.RUSAGE_CHILDREN)
     subprocess.run(
         ["sftp", "-q", "-b", str(batch), "-P", env["CREDFLOW_SFTP_PORT"],
          "-i", env["CREDFLOW_SFTP_KEY_FILE"],
@@ -225,7 +245,102 @@ def baseline(env: dict, names: list[str], work: Path, bucket: str) -> dict:
         client.upload_file(str(csv_path), bucket, f"bench-baseline/{csv_path.name}")
         stages["upload_file"] += time.monotonic() - t
         csv_path.unlink()
-    return {"seconds": time.monotonic() - started, "stages": stages}
+    cpu = _cpu_seconds(resource.RUSAGE_SELF) + _cpu_seconds(resource.RUSAGE_CHILDREN) - cpu_before
+    return {"seconds": time.monotonic() - started, "stages": stages, "cpu_seconds": cpu}
+
+
+def _cpu_seconds(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+# ------------------------------------------------------------------------------ SFTP reads
+
+
+def compare_sftp_reads(mib: int, rounds: int) -> None:
+    """OpenSSH `sftp` against paramiko's ways of reading one file (see the module docstring)."""
+    from credflow_assets.local import sshd
+
+    print_machine()
+    size = mib * MiB
+    with bench_workdir("sftp-read") as work:
+        server = sshd.start(work / "home")
+        try:
+            with open(Path(server["root"]) / "big.bin", "wb") as out:
+                for _ in range(mib):
+                    out.write(os.urandom(MiB))
+            target = work / "out.bin"
+            ways = _sftp_readers(server, target, size)
+            results: dict[str, list[tuple[float, float]]] = {label: [] for label, _ in ways}
+            for round_number in range(rounds):
+                for label, read in ways:
+                    if label.startswith("paramiko prefetch") and round_number:
+                        continue  # once is enough: over a minute per 256 MiB (see RESULTS.md)
+                    target.unlink(missing_ok=True)
+                    cpu = _cpu_seconds(resource.RUSAGE_SELF) + _cpu_seconds(resource.RUSAGE_CHILDREN)
+                    started = time.monotonic()
+                    read()
+                    wall = time.monotonic() - started
+                    cpu = (_cpu_seconds(resource.RUSAGE_SELF)
+                           + _cpu_seconds(resource.RUSAGE_CHILDREN) - cpu)
+                    if target.stat().st_size != size:
+                        raise SystemExit(f"{label}: read {target.stat().st_size} of {size} bytes")
+                    results[label].append((wall, cpu))
+                    print(f"  {label}: {wall:.2f}s, CPU {cpu:.2f}s (load "
+                          f"{os.getloadavg()[0]:.1f})", flush=True)
+        finally:
+            os.kill(server["pid"], 15)
+    rows = []
+    for label, runs in results.items():
+        walls, cpus = sorted(w for w, _ in runs), sorted(c for _, c in runs)
+        rows.append([label, f"{walls[len(walls) // 2]:.2f}",
+                     f"{size / MB / walls[len(walls) // 2]:.0f}", f"{cpus[len(cpus) // 2]:.2f}"])
+    print(f"\nSFTP read of one {mib} MiB file, medians of {rounds} round(s), load at the end "
+          f"{os.getloadavg()[0]:.1f}")
+    print(table(["reader", "seconds", "MB/s", "CPU s"], rows))
+
+
+def _sftp_readers(server: dict, target: Path, size: int) -> list:
+    """(label, read) of each way compared; each reads `big.bin` into `target`."""
+    from credflow_assets.resources.sftp import SftpResource
+    from credflow_assets.resources.sftp import download as sftp_download
+
+    def resource_of(**extra) -> SftpResource:
+        return SftpResource(host=server["host"], port=server["port"], username=server["user"],
+                            private_key_file=server["key_file"],
+                            known_hosts_file=server["known_hosts"], **extra)
+
+    def openssh() -> None:
+        subprocess.run(
+            ["sftp", "-q", "-P", str(server["port"]), "-i", server["key_file"],
+             "-o", f"UserKnownHostsFile={server['known_hosts']}", "-o", "BatchMode=yes",
+             f"{server['user']}@{server['host']}:big.bin", str(target)],
+            check=True, stdout=subprocess.DEVNULL)
+
+    def credflow(**extra) -> None:
+        with resource_of(**extra).open_session() as session:
+            session.download("big.bin", target)
+
+    def before_session_8() -> None:
+        saved = sftp_download.WINDOWS_IN_FLIGHT, sftp_download.WINDOW_BYTES
+        sftp_download.WINDOWS_IN_FLIGHT, sftp_download.WINDOW_BYTES = 1, 8 * MiB
+        try:
+            credflow(read_request_size=32768)
+        finally:
+            sftp_download.WINDOWS_IN_FLIGHT, sftp_download.WINDOW_BYTES = saved
+
+    def prefetch() -> None:
+        with resource_of().open_session() as session:
+            session.connect()
+            with session._sftp.open("big.bin", "rb") as remote, open(target, "wb") as out:
+                remote.prefetch(size)
+                while data := remote.read(MiB):
+                    out.write(data)
+
+    return [("OpenSSH sftp (its own process, CPU of the client)", openssh),
+            ("paramiko, 32 KiB requests, one 8 MiB window (before)", before_session_8),
+            ("paramiko prefetch() of the whole file", prefetch),
+            ("credflow now: 252 KiB requests, two 4 MiB windows", credflow)]
 
 
 # ------------------------------------------------------------------------------ main
@@ -239,11 +354,20 @@ def main() -> None:
     parser.add_argument("--big-mib", type=int, help="the single file's MiB (0: skip)")
     parser.add_argument("--no-baseline", action="store_true", help="credflow only (experiments)")
     parser.add_argument("--profile", help="write a pyinstrument profile of credflow's sync here")
+    parser.add_argument("--no-drive-feeds", action="store_true",
+                        help="experiment: the child builds its definitions without the drive "
+                        "feeds (which import pandas and pandera), to measure their memory")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--sftp-read", type=int, metavar="MIB",
+                        help="only compare SFTP reads of one MIB file (see the docstring)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of --sftp-read")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child_credflow(json.loads(args.child))
+        return
+    if args.sftp_read:
+        compare_sftp_reads(args.sftp_read, args.rounds)
         return
 
     total_mib = args.total_mib or (32 if args.quick else 1024)
@@ -267,7 +391,7 @@ def main() -> None:
             print(f"   {base['seconds']:.1f}s")
 
         print(f"\n== credflow: sensor → raw → landed ({len(names)} files)")
-        options = {"profile": args.profile}
+        options = {"profile": args.profile, "no_drive_feeds": args.no_drive_feeds}
         cred = run_child([__file__, "--child", json.dumps(options)])
         if cred["failed"]:
             raise SystemExit(f"credflow runs failed: {cred['failed']}")
@@ -280,7 +404,8 @@ def main() -> None:
             print(f"\n== credflow: one {big_mib:,} MiB file")
             big_files = generate(outbox, scratch, Path(env["CREDFLOW_HOME"]),
                                  [("roster_big.csv.gz.gpg", big_mib * MiB)])
-            big = run_child([__file__, "--child", json.dumps({})])
+            big = run_child([__file__, "--child",
+                             json.dumps({"no_drive_feeds": args.no_drive_feeds})])
             if big["failed"]:
                 raise SystemExit(f"credflow run failed: {big['failed']}")
             big["encrypted_bytes"] = big_files["roster_big.csv.gz.gpg"]["encrypted_bytes"]
@@ -305,7 +430,8 @@ def main() -> None:
     print("credflow stages (s, summed over runs): "
           + ", ".join(f"{k} {v:.1f}" for k, v in cred["stages"].items()))
     overhead = cred["sync_seconds"] - sum(value for label, value in cred["stages"].items()
-                                          if "(within upload)" not in label)
+                                          if "(within upload)" not in label
+                                          and "(alongside" not in label)
     print(f"credflow outside the timed stages (tick, settle, hashing, Dagster): {overhead:.1f}s")
     print(f"credflow child: peak RSS {cred['peak_rss_mb']:.0f} MB (VmHWM), process tree "
           f"{cred['tree_peak_rss_mb']:.0f} MB (sampled, incl. gpg)")
@@ -313,7 +439,10 @@ def main() -> None:
         print(f"big file: peak RSS {big['peak_rss_mb']:.0f} MB (VmHWM), tree "
               f"{big['tree_peak_rss_mb']:.0f} MB; stages: "
               + ", ".join(f"{k} {v:.1f}" for k, v in big["stages"].items()))
-    print(f"targets: ratio ≥ 0.8 → {cred_rate / base_rate:.2f}; peak RSS ≤ 300 MB → "
+    print(f"CPU seconds: baseline {base.get('cpu_seconds', float('nan')):.1f} (sftp, gpg, gunzip, "
+          f"boto3), credflow {cred['cpu_seconds']:.1f} (child and its gpg); load at the end "
+          f"{os.getloadavg()[0]:.1f}")
+    print(f"targets: ratio ≥ 1.2 → {cred_rate / base_rate:.2f}; peak RSS ≤ 250 MB → "
           f"{max([cred['peak_rss_mb']] + ([big['peak_rss_mb']] if big else [])):.0f} MB")
     write_json(args.json, {"machine": info, "files": len(names), "encrypted_bytes": encrypted,
                            "csv_bytes": csv_bytes, "baseline": base, "credflow": cred,

@@ -318,3 +318,39 @@ def test_import_of_non_key_data_is_an_error(keys):
     finally:
         kill_agent(home)
         shutil.rmtree(home, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------- streaming
+
+
+def test_a_streamed_decryption_is_judged_before_its_end_and_stops_when_let_go(keys, tmp_path):
+    """The landing decrypts as it uploads (provider_feeds/decrypt_stream.py): the plaintext
+    comes in chunks, a manipulated message raises gpg's verdict instead of ending (so the
+    upload reading it aborts), and a reader that stops early stops gpg."""
+    from credflow_assets.provider_feeds.decrypt_stream import decrypted_chunks
+
+    plain = tmp_path / "big.bin"
+    plain.write_bytes(os.urandom(6 * MiB))
+    encrypted = encrypt_file(keys["sender"], plain, tmp_path / "big.bin.gpg", [keys["ours_fpr"]])
+    seconds: dict[str, float] = {}
+
+    chunks = list(decrypted_chunks(ours(keys), encrypted, seconds=seconds,
+                                   max_output_bytes=None))
+    assert b"".join(chunks) == plain.read_bytes()
+    assert len(chunks) >= 6 and seconds["decrypt"] > 0  # streamed, MiB by MiB
+
+    flipped = bytearray(encrypted.read_bytes())
+    flipped[len(flipped) * 3 // 4] ^= 0x01
+    bad = tmp_path / "flipped.bin.gpg"
+    bad.write_bytes(flipped)
+    received = []
+    with pytest.raises(GpgCorruptInput, match="manipulated"):
+        for chunk in decrypted_chunks(ours(keys), bad, seconds={}, max_output_bytes=None):
+            received.append(chunk)
+    assert received  # plaintext came first: only the error kept it from looking complete
+
+    stream = decrypted_chunks(ours(keys), encrypted, seconds={}, max_output_bytes=None)
+    next(stream)
+    stream.close()
+    assert not [thread for thread in threading.enumerate()
+                if thread.name == "credflow-gpg-decrypt"]

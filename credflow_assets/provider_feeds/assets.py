@@ -21,7 +21,7 @@ The step requires only its own provider's resources, so a provider whose SFTP se
 is missing fails its own files and no one else's.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from typing import Optional
 
@@ -43,7 +43,12 @@ from credflow_assets.provider_feeds.names import (
     raw_asset_key,
     step_name,
 )
-from credflow_assets.provider_feeds.raw_copy import StoredRaw, latest_raw_copy, store_raw_copy
+from credflow_assets.provider_feeds.raw_copy import (
+    StoredRaw,
+    latest_raw_copy,
+    store_raw_copy,
+    wait_for_raw_copy,
+)
 from credflow_assets.provider_feeds.settings import (
     SETTINGS_KEY,
     ProviderFeed,
@@ -136,21 +141,46 @@ def one_provider_file(context: dg.AssetExecutionContext, sftp_key: str, *,
             with one_file_failure(ref, "store the raw copy", context.log):
                 stored = store_raw_copy(context, getattr(context.resources, sftp_key), client,
                                         settings, ref, work, keep_download=landed is not None)
-                result = raw_result(client, stored.copy, reused=stored.reused,
-                                    seconds=stored.seconds, asset_key=raw)
-            # Recorded before the landing starts: a file that fails to land keeps its raw copy.
-            yield result
-        if landed is not None:
-            yield from logged_events(
-                context, _landing(context, feed, settings, client, ref, work, stored, landed),
-                flow=GROUP, s3_client=client, bucket=settings.logs_bucket)
+            if stored.pending is None:
+                # Recorded before the landing: a file that fails to land keeps its raw copy.
+                yield _raw_result(client, stored, raw, ref, context.log)
+        if landed is None:
+            return
+        # The raw copy still uploading: the landing's upload waits for it before its last byte.
+        gate = stored.pending.result if stored is not None and stored.pending else None
+        landing = logged_events(
+            context, _landing(context, feed, settings, client, ref, work, stored, landed, gate),
+            flow=GROUP, s3_client=client, bucket=settings.logs_bucket)
+        if gate is None:
+            yield from landing
+            return
+        events, failure = [], None
+        try:
+            for event in landing:
+                events.append(event)
+        except Exception as error:  # noqa: BLE001 - raised below, after the raw copy's record
+            failure = error
+        wait_for_raw_copy(context, stored, ref)  # its failure, if any, is the file's
+        # Recorded first all the same: a file that fails to land keeps its raw copy.
+        yield _raw_result(client, stored, raw, ref, context.log)
+        yield from events
+        if failure is not None:
+            raise failure
+
+
+def _raw_result(client, stored: StoredRaw, asset_key: dg.AssetKey, ref: FileRef,
+                log) -> dg.MaterializeResult:
+    with one_file_failure(ref, "store the raw copy", log):
+        return raw_result(client, stored.copy, reused=stored.reused, seconds=stored.seconds,
+                          asset_key=asset_key)
 
 
 def _landing(context, feed: ProviderFeed, settings: ProviderFeedsSettings, client, ref: FileRef,
-             work, stored: Optional[StoredRaw],
-             asset_key: dg.AssetKey) -> Iterator[dg.MaterializeResult]:
+             work, stored: Optional[StoredRaw], asset_key: dg.AssetKey,
+             gate: Optional[Callable[[], object]]) -> Iterator[dg.MaterializeResult]:
     """The landing's materialization, from the raw copy this step stored or, when the landing
-    is materialized alone, the one an earlier run recorded. The file's error report (refused
+    is materialized alone, the one an earlier run recorded; `gate` (the raw copy's upload) is
+    waited for before the last byte of every landed file. The file's error report (refused
     members, bad CSV rows) is linked from the materialization, or from the failure."""
     with one_file_failure(ref, "land", context.log):
         if stored is None:
@@ -164,7 +194,7 @@ def _landing(context, feed: ProviderFeed, settings: ProviderFeedsSettings, clien
                           bucket=settings.logs_bucket) as errors:
             try:
                 result = land_file(context, feed, settings, client, ref, copy, work, download,
-                                   asset_key=asset_key, errors=errors)
+                                   asset_key=asset_key, errors=errors, gate=gate)
             except dg.Failure as failure:
                 refused = failure
         links = errors.metadata()

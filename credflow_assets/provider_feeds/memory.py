@@ -1,6 +1,6 @@
 """Keep the heap of a process that makes large uploads from growing past what it holds.
 
-A multipart upload allocates its part buffers (`part_size`, 8 MiB and up) in several threads,
+A multipart upload allocates its part buffers (`part_size`, 5 MiB and up) in several threads,
 so glibc's malloc spreads them over several arenas and keeps the freed space of each for
 reuse instead of returning it: the process's resident size then climbs from file to file
 although nothing holds the data. Two measures, each measured on the provider landing

@@ -9,12 +9,20 @@ and sha256. A raw copy is never overwritten: another version of the same name an
 its alternate key (`names.raw_keys`), and a key already holding this very version is reused
 without a download. The download stays on disk for the landing in the same step
 (`StoredRaw.download`, checked again by `raw_file.py`).
+
+When the same step lands the file, the data file's raw copy is uploaded in a thread while the
+landing runs (`StoredRaw.pending`; the two uploads overlap instead of following each other):
+the landing's own upload waits for it before its last byte (`wait_for_raw_copy`), so no
+landed file is completed before its raw copy is stored, and the raw copy's materialization is
+still yielded first.
 """
 
 from __future__ import annotations
 
 import posixpath
+import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -49,12 +57,30 @@ class StoredRaw:
     reused: bool  # the recorded raw copy, nothing downloaded
     seconds: dict[str, float] = field(default_factory=dict)
     download: Optional[Path] = None  # the data file downloaded by this step, kept for landing
+    pending: Optional[Future] = None  # its raw copy's upload, running in a thread (None: done)
+    stored_line: str = ""  # the log line that says it is stored, told once it is
+
+
+def wait_for_raw_copy(context, stored: StoredRaw, ref: FileRef) -> None:
+    """Wait for the raw copy's upload started in a thread (no-op if there is none); its
+    failure is the file's, as if it had been uploaded before the landing."""
+    if stored.pending is None:
+        return
+    try:
+        stored.pending.result()
+    except Exception as error:  # noqa: BLE001 - classified in file_failure
+        raise file_failure(ref, "store the raw copy", error, log=context.log) from None
+    finally:
+        stored.pending = None
+    context.log.info(f"{stored.stored_line} in {stored.seconds.get('upload', 0.0):.1f}s")
 
 
 def store_raw_copy(context, sftp, client, settings: ProviderFeedsSettings, ref: FileRef,
                    work: Path, *, keep_download: bool) -> StoredRaw:
     """The partition's raw copy, reused or downloaded and stored (see the module docstring);
-    with `keep_download`, the data file downloaded here is left in `work/raw/` for landing."""
+    with `keep_download`, the data file downloaded here is left in `work/raw/` for landing,
+    and its raw copy is still uploading when this returns (`StoredRaw.pending`: the caller
+    waits for it with `wait_for_raw_copy`)."""
     wanted = RemoteIdentity.from_tags(context.run.tags)
     recorded, recorded_by = _recorded_raw_copy(context.instance, context.partition_key)
     if recorded is not None and (wanted is None or recorded_by == context.run.run_id
@@ -76,10 +102,13 @@ def store_raw_copy(context, sftp, client, settings: ProviderFeedsSettings, ref: 
     try:
         with sftp.open_session() as session:
             stored.copy, stored.download = _fetch_raw(context, session, client, settings, ref,
-                                                      wanted, work, stored.seconds)
-    except dg.Failure:
-        raise
-    except Exception as error:  # noqa: BLE001 - classified in file_failure
+                                                      wanted, work, stored,
+                                                      background=keep_download)
+    except BaseException as error:
+        if stored.pending is not None:  # the data file uploading; its .sig failed
+            stored.pending.exception()  # wait: its outcome is reused or redone by a rerun
+        if isinstance(error, dg.Failure) or not isinstance(error, Exception):
+            raise
         raise file_failure(ref, "download", error, scrub=scratch_scrub(work),
                            log=context.log) from None
     if stored.download is not None and not keep_download:
@@ -89,9 +118,11 @@ def store_raw_copy(context, sftp, client, settings: ProviderFeedsSettings, ref: 
 
 
 def _fetch_raw(context, session, client, settings: ProviderFeedsSettings, ref: FileRef,
-               wanted: Optional[RemoteIdentity], work: Path,
-               seconds: dict[str, float]) -> tuple[dict[str, Any], Optional[Path]]:
-    """(the raw copy, the data file downloaded into `work/raw/`, None if it was stored)."""
+               wanted: Optional[RemoteIdentity], work: Path, stored: StoredRaw, *,
+               background: bool) -> tuple[dict[str, Any], Optional[Path]]:
+    """(the raw copy, the data file downloaded into `work/raw/`, None if it was stored);
+    with `background`, the data file's upload is left running in `stored.pending`."""
+    seconds = stored.seconds
     remote = session.stat(ref.remote_path)
     if remote.is_dir:
         raise file_failure(ref, "download", "it is a directory, not a file", transient=False)
@@ -102,7 +133,8 @@ def _fetch_raw(context, session, client, settings: ProviderFeedsSettings, ref: F
         )
     data, download = _store_version(
         context, session, client, settings, ref, ref.remote_path, remote,
-        raw_keys(ref.provider, ref.remote_path, remote.size, remote.mtime), work / "raw", seconds)
+        raw_keys(ref.provider, ref.remote_path, remote.size, remote.mtime), work / "raw", seconds,
+        in_background=stored if background else None)
     signature = None
     if wanted is None or wanted.signature is not None:
         sig_path = ref.remote_path + SIGNATURE_SUFFIX
@@ -125,9 +157,11 @@ def _fetch_raw(context, session, client, settings: ProviderFeedsSettings, ref: F
 
 def _store_version(context, session, client, settings: ProviderFeedsSettings, ref: FileRef,
                    remote_path: str, remote, keys: tuple[str, ...], directory: Path,
-                   seconds: dict[str, float]) -> tuple[dict[str, Any], Optional[Path]]:
+                   seconds: dict[str, float], *, in_background: Optional[StoredRaw] = None,
+                   ) -> tuple[dict[str, Any], Optional[Path]]:
     """Store one version of a remote file under the first free key: (what is stored there,
-    the local download in `directory`, or None when a key already held this version)."""
+    the local download in `directory`, or None when a key already held this version). With
+    `in_background`, the upload runs in a thread, left in `in_background.pending`."""
     target, existing = _free_key(context, client, settings.bucket, ref, remote_path, remote,
                                  keys)
     if existing is not None:
@@ -141,16 +175,39 @@ def _store_version(context, session, client, settings: ProviderFeedsSettings, re
         raise file_failure(ref, "download", f"{remote_path} changed while it was fetched "
                            "(size or mtime); it is retried", transient=True)
     digest = sha256_file(local)
-    started = time.monotonic()
-    _upload_raw(context, client, settings, ref, remote_path, remote, local, target, digest)
-    seconds["upload"] = seconds.get("upload", 0.0) + time.monotonic() - started
-    context.log.info(
-        f"{ref}: downloaded {remote_path} ({human_size(result.size)}) in {result.seconds:.1f}s"
-        + (f", resumed at {list(result.resumed_from)}" if result.resumed else "")
-        + f"; raw copy stored at {s3_uri(settings.bucket, target)} (sha256 {digest[:16]}…) in "
-        f"{time.monotonic() - started:.1f}s")
+    downloaded = (f"{ref}: downloaded {remote_path} ({human_size(result.size)}) in "
+                  f"{result.seconds:.1f}s"
+                  + (f", resumed at {list(result.resumed_from)}" if result.resumed else ""))
+
+    def upload() -> None:
+        started = time.monotonic()
+        _upload_raw(context, client, settings, ref, remote_path, remote, local, target, digest)
+        seconds["upload"] = seconds.get("upload", 0.0) + time.monotonic() - started
+
+    where = f"raw copy stored at {s3_uri(settings.bucket, target)} (sha256 {digest[:16]}…)"
+    if in_background is None:
+        upload()
+        context.log.info(f"{downloaded}; {where} in {seconds['upload']:.1f}s")
+    else:
+        context.log.info(downloaded)
+        in_background.stored_line = f"{ref}: {where}, uploaded while the file landed"
+        in_background.pending = _in_thread(upload)
     return {"key": target, "size": result.size, "sha256": digest,
             "remote_size": remote.size, "remote_mtime": remote.mtime}, local
+
+
+def _in_thread(work) -> Future:
+    """`work()` running in a thread of its own; its outcome in the future returned."""
+    outcome: Future = Future()
+
+    def run() -> None:
+        try:
+            outcome.set_result(work())
+        except BaseException as error:  # noqa: BLE001 - handed to whoever waits for it
+            outcome.set_exception(error)
+
+    threading.Thread(target=run, name="credflow-raw-copy-upload", daemon=True).start()
+    return outcome
 
 
 def _free_key(context, client, bucket: str, ref: FileRef, remote_path: str, remote,
@@ -178,23 +235,23 @@ def _upload_raw(context, client, settings: ProviderFeedsSettings, ref: FileRef,
                 remote_path: str, remote, local: Path, key: str, digest: str) -> None:
     bucket = settings.bucket
     limit_malloc_arenas()  # before the upload's threads start (see memory.py)
-    with open(local, "rb") as stream:
-        upload_stream(
-            client, stream, bucket, key,
-            max_concurrency=settings.upload_concurrency,
-            part_size=settings.part_size(remote.size),
-            **RunUploads(context.instance, context.run.run_id, bucket).callbacks(key),
-            extra_args={
-                "ContentType": "application/octet-stream",
-                "Metadata": {
-                    "provider": ref.provider,
-                    "remote-path": quote(remote_path),
-                    "remote-size": str(remote.size),
-                    "remote-mtime": str(remote.mtime),
-                    "sha256": digest,
-                },
+    # By path: each part is read from disk as it is sent, not held in memory (s3.py).
+    upload_stream(
+        client, local, bucket, key,
+        max_concurrency=settings.upload_concurrency,
+        part_size=settings.part_size(remote.size),
+        **RunUploads(context.instance, context.run.run_id, bucket).callbacks(key),
+        extra_args={
+            "ContentType": "application/octet-stream",
+            "Metadata": {
+                "provider": ref.provider,
+                "remote-path": quote(remote_path),
+                "remote-size": str(remote.size),
+                "remote-mtime": str(remote.mtime),
+                "sha256": digest,
             },
-        )
+        },
+    )
     release_freed_memory()  # the upload's freed part buffers (see memory.py)
 
 

@@ -34,57 +34,72 @@ TAR_HEAD = 512
 def single_file_name(path: Path, name: str) -> Optional[tuple[str, str]]:
     """(`gzip` or `none`, the inner file's name) when `path` holds one file that can stream;
     None for archives (tar, tar.gz, zip), which `unpack.unpack` extracts to disk."""
-    lowered = name.lower()
     with open(path, "rb") as stream:
         head = stream.read(TAR_HEAD)
+    return single_file_of_head(head, name, lambda: gunzip_chunks(path, name,
+                                                                 limit=ExpansionLimit(CHUNK)))
+
+
+def single_file_of_head(head: bytes, name: str, inner) -> Optional[tuple[str, str]]:
+    """`single_file_name` from the file's first `TAR_HEAD` bytes or more; `inner()` gives the
+    decompressed chunks when it is gzip (the first one is enough to tell a tar.gz)."""
+    lowered = name.lower()
     if head.startswith(GZIP_MAGIC) or lowered.endswith((".gz", ".tgz")):
-        inner = _strip_gz(name)
+        inner_name = _strip_gz(name)
         try:
-            # One chunk is at most CHUNK bytes: within any budget of that size.
-            first = next(gunzip_chunks(path, name, limit=ExpansionLimit(CHUNK)), b"")
+            first = next(inner(), b"")
         except CorruptArchive:
             first = b""  # reported by the upload itself, with the stage and the cause
-        return None if _is_tar(first, inner.lower()) else ("gzip", inner)
+        return None if _is_tar(first, inner_name.lower()) else ("gzip", inner_name)
     if lowered.endswith(".zip") or _is_tar(head, lowered):
         return None
     return "none", name
 
 
 def gunzip_chunks(path: Path, name: str, *, limit: ExpansionLimit) -> Iterator[bytes]:
-    """The decompressed bytes of a gzip file (every member, as gunzip), `CHUNK` at most each.
+    """The decompressed bytes of a gzip file: `gunzip_stream` of the file's chunks."""
+    return gunzip_stream(file_chunks(path), name, limit=limit)
+
+
+def gunzip_stream(compressed: Iterator[bytes], name: str, *,
+                  limit: ExpansionLimit) -> Iterator[bytes]:
+    """The decompressed bytes of a gzip stream (every member, as gunzip), `CHUNK` at most each.
 
     Raises `ExtractionLimitExceeded` before a chunk passes `limit`, and `CorruptArchive` for
     corrupt or truncated data. Zero padding after the last member is ignored, as Python's gzip
-    module does.
+    module does. What `compressed` raises (gpg's verdict) passes through.
     """
     budget = limit.budget(f"the decompressed content of {name}")
-    with open(path, "rb") as source:
-        decompressor, started, pending = zlib.decompressobj(GZIP_WBITS), False, b""
-        try:
-            while True:
+    decompressor, started, pending = zlib.decompressobj(GZIP_WBITS), False, b""
+    try:
+        while True:
+            if not pending:
+                pending = next(compressed, b"")
                 if not pending:
-                    pending = source.read(CHUNK)
-                    if not pending:
-                        if started and not decompressor.eof:
-                            raise CorruptArchive(
-                                f"{name}: truncated compressed data (the gzip stream ends "
-                                "before its end-of-stream marker)")
-                        return
-                if decompressor.eof:  # a member ended: padding or the next member follows
-                    pending = pending.lstrip(b"\x00")
-                    if not pending:
-                        continue
-                    decompressor, started = zlib.decompressobj(GZIP_WBITS), False
-                started = True
-                data = decompressor.decompress(pending, CHUNK)
-                pending = decompressor.unused_data if decompressor.eof \
-                    else decompressor.unconsumed_tail
-                if data:
-                    budget.take(len(data))
-                    yield data
-        except zlib.error as error:
-            raise CorruptArchive(
-                f"{name}: corrupt compressed data (zlib: {error})") from None
+                    if started and not decompressor.eof:
+                        raise CorruptArchive(
+                            f"{name}: truncated compressed data (the gzip stream ends "
+                            "before its end-of-stream marker)")
+                    return
+            if decompressor.eof:  # a member ended: padding or the next member follows
+                pending = pending.lstrip(b"\x00")
+                if not pending:
+                    continue
+                decompressor, started = zlib.decompressobj(GZIP_WBITS), False
+            started = True
+            data = decompressor.decompress(pending, CHUNK)
+            pending = decompressor.unused_data if decompressor.eof \
+                else decompressor.unconsumed_tail
+            if data:
+                budget.take(len(data))
+                yield data
+    except zlib.error as error:
+        raise CorruptArchive(
+            f"{name}: corrupt compressed data (zlib: {error})") from None
+    finally:
+        close = getattr(compressed, "close", None)
+        if close is not None:
+            close()  # a generator: its file, or the gpg it reads, is let go now
 
 
 def file_chunks(path: Path) -> Iterator[bytes]:

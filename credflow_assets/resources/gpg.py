@@ -38,6 +38,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Collection
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -92,7 +93,7 @@ class GpgOutputLimitExceeded(GpgError):
 @dataclass(frozen=True)
 class DecryptResult:
     src_path: Path
-    dest_path: Path
+    dest_path: Optional[Path]  # None from `decrypt_to`
     size: int  # plaintext bytes written
     recipient_key_ids: tuple[str, ...]  # long key ids the message was encrypted to
     signer_fingerprint: Optional[str]  # set when the message was also signed and it verified
@@ -125,7 +126,34 @@ class GpgResource(dg.ConfigurableResource):
         Past `max_output_bytes` of plaintext gpg is stopped, the partial file removed and
         `GpgOutputLimitExceeded` raised; at most `max_output_bytes` were written.
         """
-        src, dest = Path(src_path), Path(dest_path)
+        dest = Path(dest_path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, partial = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                result = self.decrypt_to(src_path, out, max_output_bytes=max_output_bytes)
+            os.replace(partial, dest)
+        except BaseException:
+            Path(partial).unlink(missing_ok=True)
+            raise
+        return dataclasses.replace(result, dest_path=dest)
+
+    def decrypt_to(
+        self,
+        src_path: str | os.PathLike,
+        out: Any,
+        *,
+        max_output_bytes: Optional[int] = None,
+    ) -> DecryptResult:
+        """Decrypt `src_path` into `out` (anything with `write(bytes-like)`: a file, or the
+        next stage of a pipeline), streaming; raise a GpgError subclass on failure.
+
+        gpg's verdict (integrity check included) comes only after the last byte: until this
+        returns, what was written is unverified and must not be used as a result (a caller
+        streaming it onwards holds back its end until then). `dest_path` of the result is
+        None. A `write` that raises stops gpg and is re-raised.
+        """
+        src = Path(src_path)
         if not src.is_file():
             raise GpgError(f"GPG cannot decrypt {src}: no such file")
         self._client()  # a prepared homedir: agent caching off, socket path checked
@@ -135,28 +163,19 @@ class GpgResource(dg.ConfigurableResource):
                 f"GPG cannot decrypt {src}: the configured passphrase contains a line break "
                 "or other control character, which gpg cannot receive"
             )
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, partial = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial")
         started = time.monotonic()
-        try:
-            with os.fdopen(fd, "wb") as out:
-                returncode, stderr, size = self._run_decrypt(src, out, passphrase,
-                                                             max_output_bytes)
-            statuses = _status_lines(stderr)
-            keywords = {key for key, _ in statuses}
-            # As python-gnupg judges: gpg's status, not its exit code (2 for a good message
-            # whose inline signature is by a key we do not hold).
-            ok = returncode >= 0 and "DECRYPTION_OKAY" in keywords and not keywords & {
-                "DECRYPTION_FAILED", "BADMDC", "BADSIG"}
-            if not ok:
-                raise self._decrypt_error(src, stderr, passphrase_configured=passphrase is not None)
-            os.replace(partial, dest)
-        except BaseException:
-            Path(partial).unlink(missing_ok=True)
-            raise
+        returncode, stderr, size = self._run_decrypt(src, out, passphrase, max_output_bytes)
+        statuses = _status_lines(stderr)
+        keywords = {key for key, _ in statuses}
+        # As python-gnupg judges: gpg's status, not its exit code (2 for a good message
+        # whose inline signature is by a key we do not hold).
+        ok = returncode >= 0 and "DECRYPTION_OKAY" in keywords and not keywords & {
+            "DECRYPTION_FAILED", "BADMDC", "BADSIG"}
+        if not ok:
+            raise self._decrypt_error(src, stderr, passphrase_configured=passphrase is not None)
         return DecryptResult(
             src_path=src,
-            dest_path=dest,
+            dest_path=None,
             size=size,
             recipient_key_ids=tuple(value.split()[0] for key, value in statuses if key == "ENC_TO"),
             signer_fingerprint=_valid_signer(statuses),

@@ -191,7 +191,7 @@ def transfer_config(
 
 def upload_stream(
     client: Any,
-    stream: IO[bytes],
+    stream: IO[bytes] | str | os.PathLike,
     bucket: str,
     key: str,
     *,
@@ -226,8 +226,12 @@ def upload_stream(
     client.meta.events.register("after-call.s3.CreateMultipartUpload", started,
                                 unique_id=handler_id)
     try:
-        client.upload_fileobj(
-            stream,
+        # A path is uploaded by name: s3transfer then reads each part from the file as it is
+        # sent, where from an open file it reads every part in flight into memory first.
+        upload = client.upload_file if isinstance(stream, (str, os.PathLike)) \
+            else client.upload_fileobj
+        upload(
+            os.fspath(stream) if isinstance(stream, (str, os.PathLike)) else stream,
             bucket,
             key,
             ExtraArgs=extra_args or None,

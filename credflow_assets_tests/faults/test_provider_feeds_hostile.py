@@ -37,7 +37,7 @@ from credflow_assets.provider_feeds.names import (
     provider_partitions,
     raw_asset_key,
 )
-from credflow_assets.provider_feeds.open_uploads import OPEN_UPLOADS_TAG
+from credflow_assets.provider_feeds.open_uploads import recorded_uploads
 from credflow_assets.provider_feeds.settings import WORK_DIR_PREFIX, ProviderFeedsSettings
 from credflow_assets.cli.sync import sync
 from credflow_assets_tests.conftest import DEFAULT_CONFIG
@@ -146,9 +146,11 @@ def open_uploads(flow, prefix: str = "") -> list[dict]:
 
 
 def landing_upload_open(flow, key: str) -> bool:
+    """The landing's upload (under data/) is recorded in its run. The raw copy's upload, which
+    runs alongside, is recorded too: "yes" alone does not say which one is open."""
     runs = flow["instance"].get_runs(dg.RunsFilter(tags={"dagster/partition": key}), limit=1)
-    return bool(runs) and runs[0].tags.get(OPEN_UPLOADS_TAG) == "yes" and bool(
-        open_uploads(flow, "data/"))
+    return bool(runs) and any(upload_key.startswith("data/")
+                              for _, upload_key, _ in recorded_uploads(runs[0]))
 
 
 class PeakTreeSize:

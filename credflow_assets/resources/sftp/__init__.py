@@ -28,8 +28,8 @@ classified), listing.py (directory listings and the remote identity of a file), 
 """
 
 from credflow_assets.resources.sftp.download import (
-    REQUEST_SIZE,
-    WINDOW_REQUESTS,
+    WINDOW_BYTES,
+    WINDOWS_IN_FLIGHT,
     DownloadResult,
     ProgressCallback,
 )
@@ -57,8 +57,8 @@ from credflow_assets.resources.sftp.session import (
 __all__ = [
     "BACKOFF_FIRST_SECONDS",
     "BACKOFF_MAX_SECONDS",
-    "REQUEST_SIZE",
-    "WINDOW_REQUESTS",
+    "WINDOW_BYTES",
+    "WINDOWS_IN_FLIGHT",
     "DownloadResult",
     "ProgressCallback",
     "RemoteFile",

@@ -1,11 +1,17 @@
 """Downloads: a remote file streamed to disk, resumed after a dropped connection, verified,
 then renamed into place.
 
-Downloads stream into `<local>.part` in bounded memory: a window of pipelined 32 KiB read
-requests (`SFTPFile.readv`) at a time, with unread replies held back by the SSH channel's
-flow-control window, so memory stays around 2 MiB for any file size. Plain `prefetch()` was
-not used: it queues a request per 32 KiB of the whole file up front, and with
-`max_concurrent_requests` it was both slower and used ~10x the memory in measurement.
+Downloads stream into `<local>.part` in bounded memory: windows of pipelined read requests
+(`SFTPFile.readv`), two windows in flight on two handles of the file, so the server is already
+answering the next window while this one is written (one window at a time drained the pipe at
+every window's end). Requests are `read_request_size` bytes (default 252 KiB, inside the
+256 KiB packets the channel accepts: connection.py): 8x fewer requests, replies and SSH
+packets than paramiko's 32 KiB, which is most of paramiko's CPU. A server that answers a read
+with less still works (paramiko requests the rest), only more slowly; for such a server set
+`read_request_size` to 32768. Unread replies are bounded by the two windows (about 8 MiB).
+Plain `prefetch()` was not used: it queues a request per 32 KiB of the whole file up front,
+and with `max_concurrent_requests` it was both slower and used ~10x the memory in measurement
+(bench/provider_landing.py --sftp-read compares them with OpenSSH `sftp`).
 If the connection drops, the session reconnects (session.py) and the download continues from
 the size of the `.part` file; a file whose size or mtime changed in between is refused rather
 than stitched. A finished download is checked against the remote size and mtime, then renamed
@@ -14,11 +20,13 @@ into place, so `local_path` only ever holds a complete file.
 
 from __future__ import annotations
 
+import itertools
 import os
 import stat as stat_module
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -35,8 +43,8 @@ from credflow_assets.resources.sftp.errors import (
 if TYPE_CHECKING:
     import paramiko
 
-REQUEST_SIZE = 32768  # paramiko's SFTPFile.MAX_REQUEST_SIZE: larger reads are split anyway
-WINDOW_REQUESTS = 256  # read requests pipelined per window (8 MiB of file per window)
+WINDOW_BYTES = 4 * 1024 * 1024  # file bytes requested per window; two windows in flight
+WINDOWS_IN_FLIGHT = 2
 
 ProgressCallback = Callable[[int, int], None]
 """Called as `progress(bytes_done, total_bytes)` after every chunk written locally."""
@@ -156,7 +164,14 @@ class Downloads:
             local = open(part, "ab")  # appends: continue from what earlier attempts wrote
         except OSError as exc:
             raise self._local_error(part, exc) from exc
-        with local, sftp.open(remote_path, "rb") as remote:
+        with local, ExitStack() as handles:
+            # Two handles: each window's readv runs on its own, so one can be answered while
+            # the other is written (paramiko keeps one read-ahead per handle).
+            remotes = [handles.enter_context(sftp.open(remote_path, "rb"))
+                       for _ in range(WINDOWS_IN_FLIGHT)]
+            request_size = self._resource.read_request_size
+            for remote in remotes:
+                remote.MAX_REQUEST_SIZE = request_size  # paramiko splits larger reads at this
             offset = os.fstat(local.fileno()).st_size
             if attempt > 1:
                 resumed_from.append(offset)
@@ -164,32 +179,39 @@ class Downloads:
                     f"SFTP {self._resource._where}: resuming {remote_path} at byte "
                     f"{offset:,} of {size:,} (connection {attempt})"
                 )
-            while offset < size:
-                end = min(size, offset + WINDOW_REQUESTS * REQUEST_SIZE)
-                chunks = [
-                    (start, min(REQUEST_SIZE, end - start))
-                    for start in range(offset, end, REQUEST_SIZE)
-                ]
-                for (chunk_offset, length), data in zip(chunks, remote.readv(chunks)):
-                    if len(data) != length:
-                        raise SftpFileChanged(
-                            self._message(
-                                "download",
-                                remote_path,
-                                f"short read at byte {chunk_offset} (the file shrank?)",
-                            )
-                        )
-                    try:
-                        local.write(data)
-                    except OSError as exc:
-                        raise self._local_error(part, exc) from exc
-                    offset += length
-                    if progress is not None:
-                        progress(offset, size)
+            in_flight: list = []  # (its chunks, their data) of the windows requested
+            for index, chunks in enumerate(_windows(offset, size, request_size)):
+                in_flight.append((chunks, _requested(remotes[index % WINDOWS_IN_FLIGHT],
+                                                     chunks)))
+                if len(in_flight) == WINDOWS_IN_FLIGHT:
+                    offset = self._write_window(*in_flight.pop(0), local, part, remote_path,
+                                                size, progress)
+            for chunks, replies in in_flight:
+                offset = self._write_window(chunks, replies, local, part, remote_path, size,
+                                            progress)
             try:
                 local.flush()
             except OSError as exc:
                 raise self._local_error(part, exc) from exc
+        return offset
+
+    def _write_window(self, chunks, replies, local, part: Path, remote_path: str, size: int,
+                      progress: Optional[ProgressCallback]) -> int:
+        """Write one window's replies in order; the offset after it."""
+        offset = chunks[0][0]
+        for (chunk_offset, length), data in zip(chunks, replies):
+            if len(data) != length:
+                raise SftpFileChanged(
+                    self._message("download", remote_path,
+                                  f"short read at byte {chunk_offset} (the file shrank?)")
+                )
+            try:
+                local.write(data)
+            except OSError as exc:
+                raise self._local_error(part, exc) from exc
+            offset += length
+            if progress is not None:
+                progress(offset, size)
         return offset
 
     def _local_error(self, path: Path, exc: OSError) -> SftpLocalFileError:
@@ -197,6 +219,22 @@ class Downloads:
             f"SFTP download from {self._resource._where}: cannot write local file "
             f"{path}: {exc.strerror or exc}"
         )
+
+
+def _requested(remote: paramiko.SFTPFile, chunks: list[tuple[int, int]]) -> Iterator[bytes]:
+    """The replies to `chunks`, requested now: `readv` is a generator that sends nothing until
+    its first item is asked for, so that item is taken here (it arrives first)."""
+    replies = remote.readv(chunks)
+    first = next(replies)
+    return itertools.chain([first], replies)
+
+
+def _windows(offset: int, size: int, request_size: int) -> Iterator[list[tuple[int, int]]]:
+    """The (offset, length) read requests from `offset` to `size`, a window at a time."""
+    window = max(request_size, WINDOW_BYTES // request_size * request_size)
+    for start in range(offset, size, window):
+        end = min(size, start + window)
+        yield [(at, min(request_size, end - at)) for at in range(start, end, request_size)]
 
 
 def _quiet_prefetch_thread_errors() -> None:
