@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import os
+
 import dagster as dg
 
-from credflow_assets.config import CredflowConfig, load_config
+from credflow_assets.config import CredflowConfig, load_config, resolve_config_path
 
 
 def build_definitions(config: CredflowConfig) -> dg.Definitions:
@@ -91,4 +94,20 @@ def uploader_mail_retries(config: CredflowConfig) -> dg.SensorDefinition:
 def defs() -> dg.Definitions:
     # The config file decides which feeds, providers and tables exist, so it is read when the
     # code location loads ($CREDFLOW_CONFIG, else ./credflow.yaml), never at import.
-    return build_definitions(load_config())
+    path = resolve_config_path()
+    try:
+        stat = path.stat()
+    except OSError:
+        return build_definitions(load_config(path))  # load_config names the file and why
+    return _definitions_for(str(path), stat.st_mtime_ns, stat.st_size,
+                            frozenset(os.environ.items()))
+
+
+@functools.lru_cache(maxsize=1)
+def _definitions_for(path: str, mtime_ns: int, size: int,
+                     environment: frozenset) -> dg.Definitions:
+    """One build per config file (as it is now) and environment, in a process that loads the
+    code location for every run: a Celery worker's pool process does, since dagster-celery
+    reconstructs the job from its origin for each task (0.5 s a run on an idle machine,
+    bench/RESULTS.md §6). `credflow sync` already reuses one Definitions for all its runs."""
+    return build_definitions(load_config(path))
