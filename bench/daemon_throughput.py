@@ -21,11 +21,14 @@ uploaded once the sensor's first (empty) tick is recorded, as files arrive at a 
 deployment. Wall time runs from the moment every file is in the bucket (its S3 event in the
 queue) to the end of the last run, as Dagster recorded it; for `sync`, the sync call itself.
 
-The per-run cost under the daemon is read from each run's event log: sensor tick (files in →
-run created), queue (created → dequeued), launch (dequeued → RUN_STARTING), process start and code
-load (RUN_STARTING → RUN_START), step set-up (→ STEP_START), the step, and the run's end.
-Work is the step's compute window as in mpf_throughput.py (its last input event to its last
-output/check event); Dagster run overhead is the rest of the run, from RUN_STARTING to its end.
+The per-run cost under the daemon is read from each run's event log and the run processes:
+sensor tick (files in → first run created), waiting (created → RUN_STARTING, the queued
+coordinator's launch; under Celery also the broker, until the worker's previous run ends),
+process start or Celery hand-off and code load (→ RUN_START), step set-up (→ STEP_START), the
+step, and the run's end; and the events stored per run, with the seconds their writes took in
+the run's process (bench/event_timing). Work is the step's compute window as in
+mpf_throughput.py (its last input event to its last output/check event) minus the event writes
+inside it; Dagster run overhead is the rest of the run's slot, from its start (above) to its end.
 """
 
 from __future__ import annotations
@@ -54,10 +57,13 @@ POSTGRES_SERVER_URL = os.environ.get(
     "CREDFLOW_TEST_POSTGRES_URL", "postgresql+psycopg2://credflow:credflow@127.0.0.1:5432")
 TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
 # The run's milestones, in order; each phase is the time from one to the next.
-# (Dagster records no event when the queued coordinator dequeues a run: RUN_STARTING is its launch.)
-MILESTONES = ("created", "RUN_STARTING", "RUN_START", "STEP_START", "step_end", "run_end")
-PHASES = ("queue + launch (created → RUN_STARTING)",
-          "process start + code load (→ RUN_START)", "step set-up (→ STEP_START)",
+# (Dagster records no event when the queued coordinator dequeues a run: RUN_STARTING is its launch.
+# Under Celery a launched run then waits in the broker until a worker is free: its slot starts
+# when the worker's previous run ends, or at RUN_STARTING when the worker was idle.)
+MILESTONES = ("created", "slot_start", "RUN_START", "STEP_START", "step_end", "run_end")
+PHASES = ("waiting (created → launched, or its worker free)",
+          "process start or hand-off + code load (→ RUN_START)",
+          "step set-up (→ STEP_START)",
           "step", "run end (last step event → RUN_SUCCESS)")
 
 
@@ -280,6 +286,19 @@ def milestones(instance, record) -> dict[str, float]:
     return points
 
 
+def mark_slot_starts(runs: list[dict[str, float]]) -> None:
+    """Each run's slot start: RUN_STARTING, or the end of the previous run in the same process
+    (a Celery pool process runs one after another) when that came later."""
+    by_process: dict[float, list[dict[str, float]]] = {}
+    for points in runs:
+        by_process.setdefault(points.get("pid"), []).append(points)
+    for points in runs:
+        previous_ends = [other["run_end"] for other in by_process[points.get("pid")]
+                         if other is not points and "run_end" in other and "RUN_START" in points
+                         and other["run_end"] <= points["RUN_START"]]
+        points["slot_start"] = max([points["RUN_STARTING"], *previous_ends])
+
+
 def _epoch(value: datetime) -> float:
     return value.timestamp()
 
@@ -291,12 +310,14 @@ def read_runs(instance, available: float, writes: dict[int, list[tuple[float, fl
     from credflow_assets.therapists.names import JOB_NAME
 
     records = instance.get_run_records(filters=dg.RunsFilter(job_name=JOB_NAME))
+    points_by_run = {record.dagster_run.run_id: milestones(instance, record) for record in records}
+    mark_slot_starts(list(points_by_run.values()))
     phases = {phase: [] for phase in PHASES}
     work, overhead, lifetimes, events = [], [], [], []
     kinds: Counter = Counter()
     event_seconds = []
     for record in records:
-        points = milestones(instance, record)
+        points = points_by_run[record.dagster_run.run_id]
         for phase, (begin, end) in zip(PHASES, zip(MILESTONES, MILESTONES[1:])):
             if begin in points and end in points:
                 phases[phase].append(points[end] - points[begin])
@@ -305,8 +326,8 @@ def read_runs(instance, available: float, writes: dict[int, list[tuple[float, fl
         # Work excludes Dagster's event writes inside the step, as bench/RESULTS.md §4 does.
         run_work = sum(end - start - seconds_inside(run_writes, start, end)
                        for start, end in windows.values())
-        lifetime = points["run_end"] - points["RUN_STARTING"]
-        event_seconds.append(seconds_inside(run_writes, points["RUN_STARTING"], points["run_end"]))
+        lifetime = points["run_end"] - points["slot_start"]
+        event_seconds.append(seconds_inside(run_writes, points["slot_start"], points["run_end"]))
         work.append(run_work)
         lifetimes.append(lifetime)
         overhead.append(lifetime - run_work)
