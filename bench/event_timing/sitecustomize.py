@@ -21,14 +21,19 @@ _MODULE = "dagster._core.instance.instance"
 def _wrap(module) -> None:
     cls = module.DagsterInstance
     handle_new_event = cls.handle_new_event
-    out = open(os.path.join(_DIRECTORY, f"{os.getpid()}.txt"), "a", buffering=1)
+    files = {}
 
     def timed_handle_new_event(self, *args, **kwargs):
         started = time.time()
         try:
             return handle_new_event(self, *args, **kwargs)
         finally:
-            out.write(f"{started} {time.time()}\n")
+            # Opened by the writing process: a Celery pool process is forked from its worker
+            # after Dagster is imported, and must not write under the worker's pid.
+            pid = os.getpid()
+            if pid not in files:
+                files[pid] = open(os.path.join(_DIRECTORY, f"{pid}.txt"), "a", buffering=1)
+            files[pid].write(f"{started} {time.time()}\n")
 
     cls.handle_new_event = timed_handle_new_event
 
