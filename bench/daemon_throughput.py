@@ -46,7 +46,15 @@ from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, bench_stack, bench_workdir, print_machine, run_child, table, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    REPO,
+    bench_stack,
+    bench_workdir,
+    print_machine,
+    run_child,
+    table,
+    write_json,
+)
 from mpf_throughput import compute_windows, seconds_inside, seed  # noqa: E402
 
 MODES = ("sync", "daemon", "celery1", "celery2")
@@ -412,14 +420,15 @@ def main() -> None:
     modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
     unknown = set(modes) - set(MODES)
     if unknown:
-        parser.error(f"unknown mode(s) {', '.join(sorted(unknown))}; choose from {', '.join(MODES)}")
+        parser.error(f"unknown mode(s) {', '.join(sorted(unknown))}; "
+                     f"choose from {', '.join(MODES)}")
     info = print_machine()
     results, loads = {}, {}
     with bench_workdir("daemon") as work, bench_stack(work) as (_, config, stack_env):
         for index, mode in enumerate(modes):
             prefix = f"{mode[0]}{index}"
-            print(f"\n== {mode}: {therapists} therapists (ids {prefix}-…), load {os.getloadavg()[0]:.1f}",
-                  flush=True)
+            print(f"\n== {mode}: {therapists} therapists (ids {prefix}-…), "
+                  f"load {os.getloadavg()[0]:.1f}", flush=True)
             if mode == "sync":
                 results[mode] = run_sync(config, stack_env, work, therapists, prefix)
             else:

@@ -74,8 +74,8 @@ def seed(config, env, therapists: int, prefix: str = "b") -> float:
     started = time.monotonic()
     engine = sa.create_engine(env["CREDFLOW_DIRECTORY_DB_URL"])
     directory.metadata.create_all(engine)
-    people = [(f"{prefix}-{index:05d}", FIRST[index % len(FIRST)], f"{LAST[index % len(LAST)]}{index}")
-              for index in range(therapists)]
+    people = [(f"{prefix}-{index:05d}", FIRST[index % len(FIRST)],
+               f"{LAST[index % len(LAST)]}{index}") for index in range(therapists)]
     with engine.begin() as connection:
         connection.execute(directory.therapists_table.insert(), [
             {"id": tid, "first_name": first, "last_name": last,
