@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 
 import dagster as dg
@@ -99,15 +98,24 @@ def defs() -> dg.Definitions:
         stat = path.stat()
     except OSError:
         return build_definitions(load_config(path))  # load_config names the file and why
-    return _definitions_for(str(path), stat.st_mtime_ns, stat.st_size,
-                            frozenset(os.environ.items()))
+    return _built_once((str(path), stat.st_mtime_ns, stat.st_size),
+                       lambda: build_definitions(load_config(path)))
 
 
-@functools.lru_cache(maxsize=1)
-def _definitions_for(path: str, mtime_ns: int, size: int,
-                     environment: frozenset) -> dg.Definitions:
+# (config file identity, the environment after the build, the definitions): the last build.
+_last_build: list[tuple[tuple, dict, dg.Definitions]] = []
+
+
+def _built_once(config_identity: tuple, build) -> dg.Definitions:
     """One build per config file (as it is now) and environment, in a process that loads the
     code location for every run: a Celery worker's pool process does, since dagster-celery
-    reconstructs the job from its origin for each task (0.5 s a run on an idle machine,
-    bench/RESULTS.md §6). `credflow sync` already reuses one Definitions for all its runs."""
-    return build_definitions(load_config(path))
+    reconstructs the job from its origin for each task (0.25-0.5 s a run, bench/RESULTS.md §6).
+    The environment is compared as it was after the build, since building imports libraries
+    that set variables of their own (pandera sets PYARROW_IGNORE_TIMEZONE)."""
+    if _last_build:
+        identity, environment, built = _last_build[0]
+        if identity == config_identity and environment == dict(os.environ):
+            return built
+    built = build()
+    _last_build[:] = [(config_identity, dict(os.environ), built)]
+    return built
