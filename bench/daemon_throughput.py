@@ -344,10 +344,16 @@ def read_runs(instance, available: float, writes: dict[int, list[tuple[float, fl
         kinds.update(entry.dagster_event.event_type_value if entry.dagster_event else "log line"
                      for entry in logs)
     statuses = [record.dagster_run.status.value for record in records]
+    failures = [entry.dagster_event.message for record in records
+                if record.dagster_run.status.value != "SUCCESS"
+                for entry in instance.all_logs(record.dagster_run.run_id)
+                if entry.dagster_event and entry.dagster_event.event_type in (
+                    dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE)]
     created = sorted(_epoch(record.create_timestamp) for record in records)
     return {
         "runs": len(records),
         "failed": sum(status != "SUCCESS" for status in statuses),
+        "failure_messages": [(message or "")[:300] for message in failures[:6]],
         "first_run_created_after": created[0] - available if created else None,
         "first_run_created": created[0] if created else available,
         "last_end": max([r.end_time for r in records if r.end_time] or [available]),
@@ -436,6 +442,8 @@ def main() -> None:
             loads[mode] = [round(value, 2) for value in os.getloadavg()]
             print(f"   wall {results[mode]['wall_seconds']:.0f}s, {results[mode]['runs']} runs, "
                   f"load after {loads[mode]}", flush=True)
+            for message in results[mode]["failure_messages"]:
+                print(f"   failed: {message}", flush=True)
     report(results, therapists)
     write_json(args.json, {"machine": info, "therapists": therapists, "results": results,
                            "load_after_mode": loads})
