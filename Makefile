@@ -46,7 +46,7 @@ test: system-deps venv test-services
 	$(VENV)/bin/pytest -n $(TEST_WORKERS)
 
 # Each benchmark prints its table; results and analysis in bench/RESULTS.md. QUICK=1 for small sizes.
-BENCHMARKS := provider_landing feed_ingest sensor_scale mpf_throughput instance_prune
+BENCHMARKS := provider_landing feed_ingest sensor_scale drive_changes mpf_throughput instance_prune daemon_throughput
 bench: system-deps venv
 	-@scripts/test-services.sh   # PostgreSQL figures too, when a server can be started
 	for b in $(BENCHMARKS); do $(VENV)/bin/python bench/$$b.py $(if $(QUICK),--quick,) || exit 1; done

@@ -60,8 +60,8 @@ LAST = ("Adeyemi", "Brown", "Chen", "Doherty", "Evans", "Fernandes", "Green", "H
 # ------------------------------------------------------------------------------ data
 
 
-def seed(config, env, therapists: int) -> float:
-    """Directory rows and 3 uploads per therapist; returns seconds."""
+def seed(config, env, therapists: int, prefix: str = "b") -> float:
+    """Directory rows and 3 uploads per therapist (ids `{prefix}-00000`…); returns seconds."""
     from concurrent.futures import ThreadPoolExecutor
 
     import boto3
@@ -74,8 +74,8 @@ def seed(config, env, therapists: int) -> float:
     started = time.monotonic()
     engine = sa.create_engine(env["CREDFLOW_DIRECTORY_DB_URL"])
     directory.metadata.create_all(engine)
-    people = [(f"b-{index:05d}", FIRST[index % len(FIRST)], f"{LAST[index % len(LAST)]}{index}")
-              for index in range(therapists)]
+    people = [(f"{prefix}-{index:05d}", FIRST[index % len(FIRST)],
+               f"{LAST[index % len(LAST)]}{index}") for index in range(therapists)]
     with engine.begin() as connection:
         connection.execute(directory.therapists_table.insert(), [
             {"id": tid, "first_name": first, "last_name": last,
