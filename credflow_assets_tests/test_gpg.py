@@ -337,7 +337,9 @@ def test_a_streamed_decryption_is_judged_before_its_end_and_stops_when_let_go(ke
     chunks = list(decrypted_chunks(ours(keys), encrypted, seconds=seconds,
                                    max_output_bytes=None))
     assert b"".join(chunks) == plain.read_bytes()
-    assert len(chunks) >= 6 and seconds["decrypt"] > 0  # streamed, MiB by MiB
+    # Streamed, about a MiB at a time (a chunk is 1 MiB plus what the last pipe read brought,
+    # which is more on a loaded machine): several chunks, none holding the whole file.
+    assert len(chunks) >= 3 and max(map(len, chunks)) < 2 * MiB and seconds["decrypt"] > 0
 
     flipped = bytearray(encrypted.read_bytes())
     flipped[len(flipped) * 3 // 4] ^= 0x01

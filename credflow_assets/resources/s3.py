@@ -228,15 +228,13 @@ def upload_stream(
     try:
         # A path is uploaded by name: s3transfer then reads each part from the file as it is
         # sent, where from an open file it reads every part in flight into memory first.
-        upload = client.upload_file if isinstance(stream, (str, os.PathLike)) \
-            else client.upload_fileobj
-        upload(
-            os.fspath(stream) if isinstance(stream, (str, os.PathLike)) else stream,
-            bucket,
-            key,
-            ExtraArgs=extra_args or None,
-            Config=transfer_config(part_size=part_size, max_concurrency=max_concurrency),
-        )
+        config = transfer_config(part_size=part_size, max_concurrency=max_concurrency)
+        if isinstance(stream, (str, os.PathLike)):
+            client.upload_file(os.fspath(stream), bucket, key, ExtraArgs=extra_args or None,
+                               Config=config)
+        else:
+            client.upload_fileobj(stream, bucket, key, ExtraArgs=extra_args or None,
+                                  Config=config)
     finally:
         client.meta.events.unregister("after-call.s3.CreateMultipartUpload",
                                       unique_id=handler_id)
