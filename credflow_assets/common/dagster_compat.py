@@ -439,3 +439,23 @@ def store_runless_materializations(instance: dg.DagsterInstance,
         for materialization, timestamp in materializations]
     for start in range(0, len(entries), BULK_CHUNK):
         instance.event_log_storage.store_event_batch(entries[start:start + BULK_CHUNK])
+
+
+# -- per-partition indexes (common/reconciliation.py, common/partition_archive.py) -------------
+# Each partition's latest materialization, and each partition's latest run, come from Dagster's
+# own indexes in one query per asset or job (what the UI's partition page reads), through
+# instance methods Dagster does not mark public; the public record queries would cost a query
+# per partition, which is what keeps a reconciliation tick or an archive of 100,000 partitions
+# cheap.
+
+def latest_materialization_ids(instance: dg.DagsterInstance, asset_key: dg.AssetKey,
+                               partitions: set[str] | None = None) -> Mapping[str, int]:
+    """Partition key → the storage id of its latest materialization (only materialized ones;
+    `partitions`: these only, never an empty set, which Dagster reads as all)."""
+    return instance.get_latest_storage_id_by_partition(
+        asset_key, dg.DagsterEventType.ASSET_MATERIALIZATION, partitions=partitions)
+
+
+def run_partition_data(instance: dg.DagsterInstance, runs_filter: dg.RunsFilter) -> Sequence:
+    """Each partition's newest run among `runs_filter`'s: run id, status, start and end time."""
+    return instance.get_run_partition_data(runs_filter)

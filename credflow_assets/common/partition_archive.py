@@ -40,7 +40,11 @@ from pathlib import Path
 
 import dagster as dg
 
-from credflow_assets.common.dagster_compat import delete_dynamic_partitions
+from credflow_assets.common.dagster_compat import (
+    delete_dynamic_partitions,
+    latest_materialization_ids,
+    run_partition_data,
+)
 from credflow_assets.common.flow import Flow
 
 ARCHIVE_DIRECTORY = "partition_archive"
@@ -147,8 +151,7 @@ def _materialized_before(instance: dg.DagsterInstance, asset_key: dg.AssetKey,
     """Partitions materialized, but not since `cutoff`: every materialized partition (one
     query) less those materialized since (their records, a page of 1,000 at a time: what the
     cutoff's window holds, not what the asset ever held)."""
-    materialized = set(instance.get_latest_storage_id_by_partition(
-        asset_key, dg.DagsterEventType.ASSET_MATERIALIZATION))
+    materialized = set(latest_materialization_ids(instance, asset_key))
     records_filter = dg.AssetRecordsFilter(asset_key=asset_key,
                                            after_timestamp=cutoff.timestamp())
     cursor = None
@@ -166,7 +169,7 @@ def _latest_runs(instance: dg.DagsterInstance, partition_set: PartitionSet,
     (Dagster's run partition data, the newest run per partition)."""
     latest: dict = {}  # key → Dagster's RunPartitionData (run_id, status, start and end time)
     for job in (partition_set.job_name, ASSET_JOB_NAME):
-        for data in instance.get_run_partition_data(dg.RunsFilter(job_name=job)):
+        for data in run_partition_data(instance, dg.RunsFilter(job_name=job)):
             if data.partition not in live:
                 continue
             known = latest.get(data.partition)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from credflow_assets.common.dagster_compat import latest_materialization_ids
+
 # S3's largest page: the fewer calls, the cheaper a tick (each call is a round trip).
 RECONCILE_PAGE_KEYS = 1000
 # A tick costs its page budget only, so it can run every minute: with one page a tick, a pass
@@ -81,8 +83,7 @@ def latest_metadata_by_partition(instance: dg.DagsterInstance, asset_key: dg.Ass
     found: dict[str, dict] = {}
     for start in range(0, len(partitions), 1000):
         chunk = set(partitions[start:start + 1000])  # never empty: that would mean "all"
-        ids = instance.get_latest_storage_id_by_partition(
-            asset_key, dg.DagsterEventType.ASSET_MATERIALIZATION, partitions=chunk)
+        ids = latest_materialization_ids(instance, asset_key, chunk)
         if not ids:
             continue
         records = instance.fetch_materializations(
