@@ -261,7 +261,7 @@ class DriveResource(dg.ConfigurableResource):
         raise DriveError("list changes", None, "noNewStartPageToken",
                          "the last page of changes had no newStartPageToken")
 
-    # -- changes --------------------------------------------------------------------------------
+    # -- writes ---------------------------------------------------------------------------------
 
     def create_folder(
         self,
