@@ -52,13 +52,13 @@ def flow_run_tags(job_name: str, asset_keys: Iterable[dg.AssetKey] | None,
     if not partition_key:
         return {}
     keys = list(asset_keys or ())
-    for flow in all_flows():
-        if flow.runs.owns(job_name, keys):
-            try:
-                return flow.runs.tags(partition_key, job_name, keys)
-            except ValueError:  # not a key of this flow; the run fails on its own, and says so
-                return {}
-    return {}
+    flow = _flow_of(job_name, keys)
+    if flow is None:
+        return {}
+    try:
+        return flow.runs.tags(partition_key, job_name, keys)
+    except ValueError:  # not a key of this flow; the run fails on its own, and says so
+        return {}
 
 
 def tags_for_run(run: dg.DagsterRun, instance: dg.DagsterInstance | None = None) -> dict[str, str]:

@@ -225,9 +225,10 @@ def run_tags(engine, run_id: str) -> dict[str, str]:
             "SELECT key, value FROM run_tags WHERE run_id = :run_id"), {"run_id": run_id}).all())
 
 
-def wait_for(what: str, condition, deadline: float, services: list[Service]):
-    """Poll `condition` until it returns something truthy; fail naming `what` at the deadline,
-    or at once if one of the deployment's processes died."""
+def wait_for(what: str, condition, deadline: float, services: list[Service],
+             poll: float = 0.25):
+    """Poll `condition` every `poll` seconds until it returns something truthy; fail naming
+    `what` at the deadline, or at once if one of the deployment's processes died."""
     while True:
         value = condition()
         if value:
@@ -236,7 +237,7 @@ def wait_for(what: str, condition, deadline: float, services: list[Service]):
             service.require_running()
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.25)
+        time.sleep(poll)
 
 
 def ancestors(pid: int) -> list[int]:
