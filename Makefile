@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 CREDFLOW := $(VENV)/bin/credflow
 
-.PHONY: demo dev down status test bench system-deps test-services venv clean
+.PHONY: demo dev down status test bench model-columns system-deps test-services venv clean
 
 demo: system-deps venv
 	$(CREDFLOW) local up
@@ -50,6 +50,11 @@ BENCHMARKS := provider_landing feed_ingest sensor_scale drive_changes mpf_throug
 bench: system-deps venv
 	-@scripts/test-services.sh   # PostgreSQL figures too, when a server can be started
 	for b in $(BENCHMARKS); do $(VENV)/bin/python bench/$$b.py $(if $(QUICK),--quick,) || exit 1; done
+
+# After editing a model in credflow_assets/drive_feeds/schemas.py: the column digest the
+# definitions read instead of importing pandera (credflow_assets/drive_feeds/model_columns.py).
+model-columns: venv
+	$(VENV)/bin/python -c 'from credflow_assets.drive_feeds.model_columns import write_digest; print(write_digest())'
 
 system-deps:
 	@scripts/system-deps.sh $(if $(filter test,$(MAKECMDGOALS)),--test,)

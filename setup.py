@@ -12,6 +12,10 @@ setup(
     python_requires=">=3.11,<3.12",
     packages=find_packages(exclude=["credflow_assets_tests"]),
     include_package_data=True,
+    # Not Python, still part of the package: the local stack's dagster.yaml, and the drive feeds'
+    # column digest (without it every process that loads the definitions imports pandera).
+    package_data={"credflow_assets.local": ["dagster.yaml"],
+                  "credflow_assets.drive_feeds": ["model_columns.json"]},
     install_requires=[
         f"dagster=={DAGSTER_VERSION}",
         f"dagster-webserver=={DAGSTER_VERSION}",

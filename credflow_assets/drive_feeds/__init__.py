@@ -4,8 +4,9 @@ Reads top to bottom: names.py (its asset keys, jobs, partition sets, run tags) �
 (new inbound file revisions, one partition each) → assets.py (the inbound sheet, the feed's
 table, the outbound summary) → checks.py (the pandera schema as a blocking check) →
 records_metadata.py (what the UI shows of a feed's table and of each file ingested into it).
-Then the engine: schemas.py (one DataFrameModel per feed) and validation.py (a feed's plan, a
-chunk validated); sheets.py (a file read in chunks), with csv_text.py (which text a CSV holds),
+Then the engine: schemas.py (one DataFrameModel per feed), model_columns.py (their columns,
+read from a committed digest so that loading the definitions imports no pandas or pandera) and
+validation.py (a feed's plan, a chunk validated); sheets.py (a file read in chunks), with csv_text.py (which text a CSV holds),
 workbook.py (which sheet of an XLSX), dates.py (date cells read with a feed's format) and
 sheet_errors.py (what the readers share); ingest.py (one file into the table), staging.py (where
 its rows wait) and store.py (the tables); downloads.py (how long a run keeps its download);
@@ -14,8 +15,8 @@ terminal report, which commands.py prints: `credflow feeds status`); lineage.py 
 for `credflow lineage`); settings.py (how much a step or a tick does at a time).
 
 A feed is a config entry plus a DataFrameModel: `build_defs` makes each feed's table asset, job
-and sensor from the config, and checks every feed against its model when the code location
-loads.
+and sensor from the config, and checks every feed against its model's columns when the code
+location loads (pandera itself is imported by a run that validates rows).
 """
 
 from __future__ import annotations

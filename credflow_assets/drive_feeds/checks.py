@@ -37,7 +37,7 @@ def _schema_check_spec(plan: FeedPlan) -> dg.AssetCheckSpec:
         partitions_def=feed_partitions(plan.name),
         blocking=True,
         description=(
-            f"The sheet matches {plan.model.__name__}: its headers exactly (blocking: a wrong or "
+            f"The sheet matches {plan.feed.schema_name}: its headers exactly (blocking: a wrong or "
             f"missing header fails the file before anything is written), and each row its rules "
             f"(a bad row is rejected and listed; the good rows go in)."
         ),

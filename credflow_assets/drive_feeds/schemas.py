@@ -16,6 +16,10 @@ How the engine reads a model (see `validation.FeedPlan`):
   one is rejected with its row number and reason while the good rows go in.
 - The SQL table's columns follow the model: text, date (a date-only format), timestamp, integer,
   float or boolean.
+
+The definitions read a model's columns from `model_columns.json`, a digest of this file, so that
+loading the code location imports neither pandas nor pandera (`model_columns.py`). After editing
+a model, run `make model-columns`; until then the columns are read from the models themselves.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from __future__ import annotations
 import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
+
+from credflow_assets.drive_feeds.model_columns import UnknownSchemaError, unknown_model_message
 
 EARLIEST_BIRTH_DATE = pd.Timestamp("1900-01-01")
 # Loose on purpose: an email with a typo is still worth a help request; this rejects only cells
@@ -109,20 +115,13 @@ class SplRecord(pa.DataFrameModel):
         strict = True
 
 
-class UnknownSchemaError(LookupError):
-    """A feed names a model that schemas.py does not define."""
-
-
 def schema_model(name: str) -> type[pa.DataFrameModel]:
     """The DataFrameModel called `name` in this module (a feed's `schema` setting)."""
     candidate = globals().get(name)
     if isinstance(candidate, type) and issubclass(candidate, pa.DataFrameModel) \
             and candidate is not pa.DataFrameModel:
         return candidate
-    raise UnknownSchemaError(
-        f"{name!r} is not a DataFrameModel in credflow_assets/drive_feeds/schemas.py "
-        f"(models: {', '.join(available_models())})"
-    )
+    raise UnknownSchemaError(unknown_model_message(name, available_models()))
 
 
 def available_models() -> list[str]:

@@ -1,4 +1,4 @@
-"""A feed's plan (its model, id column, date formats and SQL types, checked once when the code
+"""A feed's plan (its columns, id column, date formats and SQL types, checked once when the code
 location loads) and the validation of one chunk of rows against it.
 
 Validation is per row: a bad cell rejects its row, with the spreadsheet row number and a reason;
@@ -9,6 +9,7 @@ kept for the outbound summary only, not for logs or run metadata).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -55,15 +56,12 @@ class ColumnPlan:
 
 @dataclass
 class FeedPlan:
+    """A feed's columns and config, checked when the code location loads (no pandera needed), and
+    its pandera rules, built on first use: only a run that validates rows imports pandera."""
+
     feed: FeedConfig
-    model: type
-    schema: Any  # pandera DataFrameSchema, id uniqueness left to the engine (file-wide)
     columns: list[ColumnPlan]
     tracked: list[str]
-    needs_coercion: bool = False
-    row_schema: Any = None  # what pandera checks on each chunk (see _row_schema)
-    # A clean chunk may skip pandera's failure-case bookkeeping (`_run_schema`)
-    quick_checks: bool = False
     by_name: dict[str, ColumnPlan] = field(default_factory=dict)
 
     @property
@@ -82,18 +80,47 @@ class FeedPlan:
     def value_columns(self) -> list[str]:
         return [c.name for c in self.columns if c.name != self.id_column]
 
+    @functools.cached_property
+    def model(self) -> type:
+        from credflow_assets.drive_feeds.schemas import schema_model
+
+        return schema_model(self.feed.schema_name)
+
+    @functools.cached_property
+    def schema(self):
+        """The model's pandera DataFrameSchema, id uniqueness left to the engine (file-wide)."""
+        full = self.model.to_schema()
+        found = list(full.columns)
+        if found != self.column_names:  # the model changed under a running process
+            raise FeedConfigError(f"feeds[{self.name}]: {self.feed.schema_name} has columns "
+                                  f"{found}, not {self.column_names}")
+        return full.update_column(self.id_column, unique=False)
+
+    @functools.cached_property
+    def needs_coercion(self) -> bool:
+        return self.schema.coerce or any(c.coerce for c in self.schema.columns.values())
+
+    @functools.cached_property
+    def row_schema(self):
+        """What pandera checks on each chunk (see `_row_schema`)."""
+        return _row_schema(self.schema, self.columns)
+
+    @functools.cached_property
+    def quick_checks(self) -> bool:
+        """A clean chunk may skip pandera's failure-case bookkeeping (`_run_schema`)."""
+        return not self.needs_coercion and quick_checkable(self.row_schema)
+
 
 def build_plan(feed: FeedConfig) -> FeedPlan:
-    """Resolve the feed's model by name and check the config against it."""
-    from credflow_assets.drive_feeds.schemas import UnknownSchemaError, schema_model
+    """Check the feed's config against its model's columns (`model_columns.py`)."""
+    from credflow_assets.drive_feeds.model_columns import UnknownSchemaError, model_columns
 
     where = f"feeds[{feed.name}]"
     try:
-        model = schema_model(feed.schema_name)
+        model = model_columns(feed.schema_name)
     except UnknownSchemaError as error:
         raise FeedConfigError(f"{where}.schema: {error}") from None
-    full = model.to_schema()
-    names = list(full.columns)
+    names = [column.name for column in model]
     if feed.id_column not in names:
         raise FeedConfigError(
             f"{where}.id_column: {feed.id_column!r} is not a column of {feed.schema_name} "
@@ -103,17 +130,17 @@ def build_plan(feed: FeedConfig) -> FeedPlan:
     if clash:
         raise FeedConfigError(f"{where}: {feed.schema_name} uses reserved column name(s) {clash}")
     columns = []
-    for name, column in full.columns.items():
-        kind = _kind(column.dtype)
-        fmt = feed.date_formats.get(name)
-        if kind in ("date", "datetime"):
+    for column in model:
+        kind, fmt = column.kind, feed.date_formats.get(column.name)
+        if kind == "datetime":
             fmt = fmt or "ISO8601"
             kind = "datetime" if fmt == "ISO8601" or re.search(r"%[HIMSfp]", fmt) else "date"
         elif fmt:
             raise FeedConfigError(
-                f"{where}.date_formats: {name!r} is not a DateTime column of {feed.schema_name}"
+                f"{where}.date_formats: {column.name!r} is not a DateTime column of "
+                f"{feed.schema_name}"
             )
-        columns.append(ColumnPlan(name, kind, bool(column.nullable), column.description, fmt))
+        columns.append(ColumnPlan(column.name, kind, column.nullable, column.description, fmt))
     unknown_formats = sorted(set(feed.date_formats) - set(names))
     if unknown_formats:
         raise FeedConfigError(f"{where}.date_formats: no such column(s) {unknown_formats}")
@@ -121,13 +148,8 @@ def build_plan(feed: FeedConfig) -> FeedPlan:
     if unknown_tracked:
         raise FeedConfigError(f"{where}.tracked_columns: no such column(s) {unknown_tracked}")
     tracked = [c for c in (feed.tracked_columns or names) if c != feed.id_column]
-    schema = full.update_column(feed.id_column, unique=False)
-    plan = FeedPlan(feed=feed, model=model, schema=schema, columns=columns, tracked=tracked,
-                    needs_coercion=any(c.coerce for c in full.columns.values()) or full.coerce,
-                    row_schema=_row_schema(schema, columns))
-    plan.quick_checks = not plan.needs_coercion and quick_checkable(plan.row_schema)
-    plan.by_name = {column.name: column for column in columns}
-    return plan
+    return FeedPlan(feed=feed, columns=columns, tracked=tracked,
+                    by_name={column.name: column for column in columns})
 
 
 def _row_schema(schema, columns: list[ColumnPlan]):
@@ -153,19 +175,6 @@ def _row_schema(schema, columns: list[ColumnPlan]):
     relaxed = relaxed.remove_columns(unchecked) if unchecked else relaxed
     relaxed.strict = False
     return relaxed
-
-
-def _kind(dtype) -> str:
-    text = str(dtype).lower()
-    if "datetime" in text or text == "date":
-        return "datetime"
-    if "int" in text:
-        return "integer"
-    if "float" in text:
-        return "float"
-    if "bool" in text:
-        return "boolean"
-    return "text"
 
 
 def human_date_format(fmt: str) -> str:

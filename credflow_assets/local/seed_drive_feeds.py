@@ -98,9 +98,9 @@ def _value(column: str, index: int, variant: int, feed: FeedConfig) -> object:
 
 
 def columns_of(feed: FeedConfig) -> list[str]:
-    from credflow_assets.drive_feeds.schemas import schema_model
+    from credflow_assets.drive_feeds.model_columns import model_columns
 
-    return list(schema_model(feed.schema_name).to_schema().columns)
+    return [column.name for column in model_columns(feed.schema_name)]
 
 
 def header_for(column: str) -> str:
