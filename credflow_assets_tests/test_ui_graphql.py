@@ -193,6 +193,12 @@ def test_the_materialize_button_holds_one_run_per_therapist(dagster_ui, daemon_p
         assert run["repositoryOrigin"]["repositoryLocationName"] == LOCATION_NAME
         assert {tuple(m["assetKey"]["path"]) for m in run["assetMaterializations"]} == \
             {tuple(path) for path in THERAPIST_ASSETS}
+    # `credflow status` counts the button's runs as the flow's (they are the implicit asset job's).
+    status = credflow_command(ui, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    last = json.loads(status.stdout)["therapists"]["last_success"]
+    assert (last["run_id"], last["job"], last["partition"]) == \
+        (second["runId"], "__ASSET_JOB", therapist_id)
 
 
 def test_a_backfill_runs_each_file_with_its_flows_tags(dagster_ui, daemon_processed_files):
@@ -266,8 +272,12 @@ def test_sync_and_the_daemon_share_one_cursor_and_sync_runs_re_execute(
 
 
 def credflow_sync(ui, *args: str) -> subprocess.CompletedProcess:
+    return credflow_command(ui, "sync", *args)
+
+
+def credflow_command(ui, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(BIN / "credflow"), "--config", str(DEFAULT_CONFIG), "--home", str(ui.home), "sync",
+        [str(BIN / "credflow"), "--config", str(DEFAULT_CONFIG), "--home", str(ui.home),
          *args],
         env={**child_environment(ui.env), **ui.env}, capture_output=True, text=True, timeout=300)
 

@@ -17,6 +17,9 @@ from credflow_assets.common.command_context import CommandContext
 from credflow_assets.flows import all_flows
 
 RUNS_LOOKED_AT = 50  # failed runs per job looked at for failures waiting
+# Runs of Dagster's implicit asset job (the UI's Materialize button, a backfill) belong to no
+# flow's job: the newest this many are looked at, and kept where the flow owns their assets.
+ASSET_JOB_RUNS_LOOKED_AT = 200
 UNDER_WAY = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED")
 NOT_CONFIGURED = "not configured"
 
@@ -41,12 +44,13 @@ def flow_status(instance, config, flow) -> dict:
     names = flow.partitions.names(config)
     jobs = sorted({flow.partitions.job_for(name) for name in names})
     sources = [flow.partitions.asset_of(name) for name in names]
+    runs = FlowRunRecords(instance, flow, jobs)
     return {
         "last_file_in": _last_file_in(instance, sources),
-        "last_success": _last_run(instance, jobs, "SUCCESS"),
-        "failures_waiting": _failures_waiting(instance, jobs),
+        "last_success": _last_run(runs, "SUCCESS"),
+        "failures_waiting": _failures_waiting(instance, runs),
         "overdue": _overdue(instance, config, flow),
-        "under_way": _under_way(instance, jobs),
+        "under_way": _under_way(runs),
     }
 
 
@@ -62,16 +66,30 @@ def _last_file_in(instance, sources) -> dict | None:
             "run_id": latest.run_id}
 
 
-def _run_records(instance, jobs, statuses, limit):
-    import dagster as dg
+class FlowRunRecords:
+    """A flow's runs: those of its jobs, and those of Dagster's implicit asset job over its
+    assets (the UI's Materialize button on a partition, a backfill)."""
 
-    records = []
-    for job in jobs:
-        records += instance.get_run_records(
-            filters=dg.RunsFilter(job_name=job,
-                                  statuses=[dg.DagsterRunStatus(name) for name in statuses]),
-            limit=limit)
-    return sorted(records, key=lambda record: record.create_timestamp.timestamp(), reverse=True)
+    def __init__(self, instance, flow, jobs: list[str]):
+        self.instance, self.flow, self.jobs = instance, flow, jobs
+
+    def newest(self, statuses=(), *, limit: int, tags: dict | None = None) -> list:
+        """The newest `limit` runs with one of `statuses` (any status when none is given)."""
+        import dagster as dg
+
+        from credflow_assets.common.partition_archive import ASSET_JOB_NAME
+
+        def query(job: str, count: int) -> list:
+            return self.instance.get_run_records(
+                filters=dg.RunsFilter(job_name=job, tags=tags or {}, statuses=[
+                    dg.DagsterRunStatus(name) for name in statuses]),
+                limit=count)
+
+        records = [record for job in self.jobs for record in query(job, limit)]
+        records += [record for record in query(ASSET_JOB_NAME, max(limit, ASSET_JOB_RUNS_LOOKED_AT))
+                    if self.flow.runs.owns(ASSET_JOB_NAME, record.dagster_run.asset_selection or ())]
+        records.sort(key=lambda record: record.create_timestamp.timestamp(), reverse=True)
+        return records[:limit]
 
 
 def _run_summary(record) -> dict:
@@ -83,22 +101,20 @@ def _run_summary(record) -> dict:
             "status": run.status.value, "at": _iso(at)}
 
 
-def _last_run(instance, jobs, status) -> dict | None:
-    records = _run_records(instance, jobs, [status], limit=1)
+def _last_run(runs: FlowRunRecords, status) -> dict | None:
+    records = runs.newest([status], limit=1)
     return _run_summary(records[0]) if records else None
 
 
-def _failures_waiting(instance, jobs) -> list[dict]:
+def _failures_waiting(instance, runs: FlowRunRecords) -> list[dict]:
     """Partitions whose latest run failed permanently (not a retry's transient failure, not a
     stopped process): they wait for a corrected upload."""
-    import dagster as dg
-
     from credflow_assets.common.file_lineage import run_error
     from credflow_assets.common.flow import PARTITION_TAG
     from credflow_assets.common.run_recovery import FAILURE_KIND_TAG
 
     waiting, seen = [], set()
-    for record in _run_records(instance, jobs, ["FAILURE"], limit=RUNS_LOOKED_AT):
+    for record in runs.newest(["FAILURE"], limit=RUNS_LOOKED_AT):
         run = record.dagster_run
         partition = run.tags.get(PARTITION_TAG)
         if not partition or partition in seen:
@@ -106,10 +122,8 @@ def _failures_waiting(instance, jobs) -> list[dict]:
         seen.add(partition)
         if run.tags.get(FAILURE_KIND_TAG) != "permanent":
             continue
-        latest = instance.get_runs(
-            filters=dg.RunsFilter(job_name=run.job_name, tags={PARTITION_TAG: partition}),
-            limit=1)
-        if latest and latest[0].run_id == run.run_id:
+        latest = runs.newest(limit=1, tags={PARTITION_TAG: partition})
+        if latest and latest[0].dagster_run.run_id == run.run_id:
             waiting.append({**_run_summary(record), "error": run_error(instance, run.run_id)})
     return waiting
 
@@ -132,9 +146,8 @@ def _overdue(instance, config, flow) -> dict:
     return {"state": "overdue" if overdue else "fresh", "sources": overdue}
 
 
-def _under_way(instance, jobs) -> list[dict]:
-    return [_run_summary(record)
-            for record in _run_records(instance, jobs, UNDER_WAY, limit=20)]
+def _under_way(runs: FlowRunRecords) -> list[dict]:
+    return [_run_summary(record) for record in runs.newest(UNDER_WAY, limit=20)]
 
 
 def format_status(report: dict) -> list[str]:
