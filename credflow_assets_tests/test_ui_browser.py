@@ -3,7 +3,8 @@
 Debian's headless `chromium` (`apt-get install -y chromium`), driven over the DevTools protocol
 (the `websockets` client that dagster-webserver already installs), loads what a user opens: the
 asset catalog, the global lineage and each flow's group lineage, the partition page of each
-flow's main asset for the file `daemon_processed_files` dropped, and that file's run. Each page
+flow's main asset for the file `daemon_processed_files` dropped, that file's run, and the run of a
+staged upload with the wrong columns (it fails, and says why). Each page
 must render (its content present, no spinner left) with no error dialog, toast or GraphQL error
 text, and show the partition key or asset name it is about. Screenshots go to `docs/ui/` for
 the README, under stable names.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -26,7 +28,13 @@ from pathlib import Path
 
 import pytest
 
-from credflow_assets_tests.dagster_ui import FLOWS, REPO, SENSOR_TAG, stop_process_group
+from credflow_assets_tests.dagster_ui import (
+    FLOWS,
+    PARTITION_TAG,
+    REPO,
+    SENSOR_TAG,
+    stop_process_group,
+)
 
 SCREENSHOTS = REPO / "docs" / "ui"
 WIDTH, HEIGHT = 1600, 1000
@@ -246,3 +254,29 @@ def test_the_run_page_shows_the_sensors_run(browser, dagster_ui, daemon_processe
            [run["runId"][:8], run["jobName"], processed.partition_key,
             run["tag_map"][SENSOR_TAG], "Success"],
            "run.png")
+
+
+def test_a_rejected_staged_upload_says_why_on_its_run_page(browser, dagster_ui,
+                                                           daemon_processed_files):
+    """An analyst's CSV with the wrong columns, dropped while the daemon runs: its run fails, the
+    file stays in staging, and the run's page says which file and what to do."""
+    from credflow_assets.local.seed_staged_tables import DEMO_FILES, UPLOADER
+
+    table, demo_name, ingest_date, text = next(
+        file for file in DEMO_FILES if file[1].endswith("_wrong_columns.csv"))
+    staging = dagster_ui.config.staged_tables.staging_prefix.rstrip("/") + "/"
+    key = f"{staging}{table}/ui-{secrets.token_hex(3)}_{demo_name}"
+    bucket = dagster_ui.config.buckets.adhoc
+    s3 = dagster_ui.aws("s3")
+    s3.put_object(Bucket=bucket, Key=key, Body=text.encode(), ContentType="text/csv",
+                  Metadata={"uploaded-by": UPLOADER, "ingest-date": ingest_date})
+
+    (run,) = dagster_ui.wait_for_runs(lambda run: True, tags={PARTITION_TAG: key})
+    assert run["status"] == "FAILURE"
+    problem = "columns out of order: last_name, first_name; extra column: notes"
+    assert f"{key}: {problem}" in dagster_ui.run_failure(run["runId"])
+    assert s3.head_object(Bucket=bucket, Key=key)["ContentLength"] == len(text.encode())
+
+    render(browser, dagster_ui, f"/runs/{run['runId']}",
+           [run["runId"][:8], "Failure", key, problem, "Upload a corrected file to the same key"],
+           "failed-run.png")
