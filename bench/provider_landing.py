@@ -24,7 +24,14 @@ MB/s = encrypted input bytes / wall time (MB = 10^6 bytes; sizes in MiB/GiB are 
 The single big file is landed by credflow alone, for its peak RSS (and its rate).
 CPU seconds (user + system) are printed beside wall times, because the machine is shared and
 load inflates wall time more: credflow's child with its gpg processes; the baseline's sftp,
-gpg and gunzip processes plus this process's boto3 upload. Neither counts sshd or moto.
+gpg and gunzip processes plus this process's boto3 upload; and, for each half, the local S3
+(moto) and sshd, which run on the same 2 cores (read from /proc). The child also times its
+S3 calls by operation (`botocore`'s `_make_api_call`, wrapped for the measurement only):
+the wall seconds its threads waited on S3, e.g. for moto to assemble a completed upload.
+
+`--same-work` also runs the chain with an `upload_file` of each encrypted file, the raw copy
+credflow keeps (nothing lost) and the issue's chain does not; it is printed beside the
+issue's chain, which stays the baseline of the target.
 
 `--sftp-read MIB`: one file of MIB random bytes on a fresh local sshd, read by OpenSSH `sftp`
 (a new connection each time, as the baseline does), by paramiko as credflow read before
@@ -147,6 +154,7 @@ def child_credflow(options: dict) -> None:
 
     profile = options.get("profile")
     started = time.monotonic()
+    s3_calls = _time_s3_calls()
     config = load_config(os.environ["CREDFLOW_CONFIG"])
     _override_settings(options.get("settings") or {})
     if options.get("no_drive_feeds"):  # what the drive feeds' definitions cost (pandas, pandera)
@@ -199,7 +207,37 @@ def child_credflow(options: dict) -> None:
         "failed": [f"{run.partition}: {run.error}" for run in report.failed],
         "run_seconds": [run.seconds for run in report.runs],
         "stages": stages,
+        "s3_calls": {f"{op} ({where})": [count, round(seconds, 2)]
+                     for (op, where), (count, seconds) in sorted(s3_calls.items())},
     })
+
+
+def _time_s3_calls() -> dict[tuple[str, str], list]:
+    """Wall seconds in each S3 operation of this process, by operation and by where it writes
+    (raw copy, landed data, other): the waits on the local S3 that a timeline would show.
+    Measurement only: wraps botocore's `BaseClient._make_api_call`."""
+    import threading
+
+    from botocore.client import BaseClient
+
+    totals: dict[tuple[str, str], list] = {}
+    lock = threading.Lock()
+    original = BaseClient._make_api_call
+
+    def timed_call(self, operation_name, api_params):
+        key = str(api_params.get("Key", ""))
+        where = "raw" if key.startswith("raw/") else "data" if key.startswith("data/") else "other"
+        started = time.monotonic()
+        try:
+            return original(self, operation_name, api_params)
+        finally:
+            with lock:
+                entry = totals.setdefault((operation_name, where), [0, 0.0])
+                entry[0] += 1
+                entry[1] += time.monotonic() - started
+
+    BaseClient._make_api_call = timed_call
+    return totals
 
 
 def _override_settings(values: dict[str, str]) -> None:
@@ -506,6 +544,9 @@ def main() -> None:
                                           if "(within upload)" not in label
                                           and "(alongside" not in label)
     print(f"credflow outside the timed stages (tick, settle, hashing, Dagster): {overhead:.1f}s")
+    print("credflow's S3 calls (count × wall s, summed over threads): " + ", ".join(
+        f"{name} {count}×{seconds:.1f}" for name, (count, seconds) in cred["s3_calls"].items()
+        if seconds >= 0.05))
     print(f"credflow child: peak RSS {cred['peak_rss_mb']:.0f} MB (VmHWM), process tree "
           f"{cred['tree_peak_rss_mb']:.0f} MB (sampled, incl. gpg)")
     if big:

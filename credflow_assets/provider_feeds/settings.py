@@ -82,7 +82,7 @@ class ProviderFeedsSettings(dg.ConfigurableResource):
         "upload (S3 takes up to 5 GiB in one PutObject; 0: always multipart). The raw copy "
         "uploads while the file lands, which sends S3 about 2.7 times its bytes "
         "(decompressed), so one stream keeps up. One request instead of a part per 5 MiB, "
-        "and no parts to assemble at the end, took a quarter off the local S3's CPU for it "
+        "and no parts to assemble at the end, took a third off the local S3's CPU for it "
         "(moto shares the cores with the landing: RESULTS.md §1, session 9). A failed "
         "PutObject is sent again whole, so the cap stays moderate.",
     )
