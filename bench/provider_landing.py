@@ -163,7 +163,12 @@ def child_credflow(options: dict) -> None:
     with dg.DagsterInstance.get() as instance:
         load_seconds = time.monotonic() - started
         profiler = None
-        if profile:
+        if profile and profile.endswith(".pstats"):  # cProfile: the main thread only
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
+        elif profile:
             from pyinstrument import Profiler
 
             profiler = Profiler(interval=0.005)
@@ -171,7 +176,10 @@ def child_credflow(options: dict) -> None:
         t0 = time.monotonic()
         report = sync(defs, instance, sensor_names=[SENSOR], progress=progress_with_rss)
         seconds = time.monotonic() - t0
-        if profiler is not None:
+        if profiler is not None and profile.endswith(".pstats"):
+            profiler.disable()
+            profiler.dump_stats(profile)
+        elif profiler is not None:
             profiler.stop()
             Path(profile).write_text(profiler.output_text(unicode=True, show_all=False))
         stages: dict[str, float] = {}
@@ -441,7 +449,8 @@ def main() -> None:
     parser.add_argument("--same-work", action="store_true",
                         help="also run the chain with an upload_file of each encrypted file "
                         "(the raw copy credflow keeps), printed beside the issue's chain")
-    parser.add_argument("--profile", help="write a pyinstrument profile of credflow's sync here")
+    parser.add_argument("--profile", help="write a profile of credflow's sync here: cProfile's "
+                        "(main thread) for a name ending .pstats, else pyinstrument's")
     parser.add_argument("--no-drive-feeds", action="store_true",
                         help="experiment: the child builds its definitions without the drive "
                         "feeds (which import pandas and pandera), to measure their memory")
