@@ -24,7 +24,14 @@ MB/s = encrypted input bytes / wall time (MB = 10^6 bytes; sizes in MiB/GiB are 
 The single big file is landed by credflow alone, for its peak RSS (and its rate).
 CPU seconds (user + system) are printed beside wall times, because the machine is shared and
 load inflates wall time more: credflow's child with its gpg processes; the baseline's sftp,
-gpg and gunzip processes plus this process's boto3 upload. Neither counts sshd or moto.
+gpg and gunzip processes plus this process's boto3 upload; and, for each half, the local S3
+(moto) and sshd, which run on the same 2 cores (read from /proc). The child also times its
+S3 calls by operation (`botocore`'s `_make_api_call`, wrapped for the measurement only):
+the wall seconds its threads waited on S3, e.g. for moto to assemble a completed upload.
+
+`--same-work` also runs the chain with an `upload_file` of each encrypted file, the raw copy
+credflow keeps (nothing lost) and the issue's chain does not; it is printed beside the
+issue's chain, which stays the baseline of the target.
 
 `--sftp-read MIB`: one file of MIB random bytes on a fresh local sshd, read by OpenSSH `sftp`
 (a new connection each time, as the baseline does), by paramiko as credflow read before
@@ -43,6 +50,7 @@ import resource
 import subprocess
 import sys
 import time
+from typing import Any
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -146,14 +154,21 @@ def child_credflow(options: dict) -> None:
 
     profile = options.get("profile")
     started = time.monotonic()
+    s3_calls = _time_s3_calls()
     config = load_config(os.environ["CREDFLOW_CONFIG"])
+    _override_settings(options.get("settings") or {})
     if options.get("no_drive_feeds"):  # what the drive feeds' definitions cost (pandas, pandera)
         config = config.model_copy(update={"feeds": []})
     defs = build_definitions(config)
     with dg.DagsterInstance.get() as instance:
         load_seconds = time.monotonic() - started
         profiler = None
-        if profile:
+        if profile and profile.endswith(".pstats"):  # cProfile: the main thread only
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
+        elif profile:
             from pyinstrument import Profiler
 
             profiler = Profiler(interval=0.005)
@@ -161,7 +176,10 @@ def child_credflow(options: dict) -> None:
         t0 = time.monotonic()
         report = sync(defs, instance, sensor_names=[SENSOR], progress=progress_with_rss)
         seconds = time.monotonic() - t0
-        if profiler is not None:
+        if profiler is not None and profile.endswith(".pstats"):
+            profiler.disable()
+            profiler.dump_stats(profile)
+        elif profiler is not None:
             profiler.stop()
             Path(profile).write_text(profiler.output_text(unicode=True, show_all=False))
         stages: dict[str, float] = {}
@@ -197,17 +215,63 @@ def child_credflow(options: dict) -> None:
         "failed": [f"{run.partition}: {run.error}" for run in report.failed],
         "run_seconds": [run.seconds for run in report.runs],
         "stages": stages,
+        "s3_calls": {f"{op} ({where})": [count, round(seconds, 2)]
+                     for (op, where), (count, seconds) in sorted(s3_calls.items())},
     })
+
+
+def _time_s3_calls() -> dict[tuple[str, str], list]:
+    """Wall seconds in each S3 operation of this process, by operation and by where it writes
+    (raw copy, landed data, other): the waits on the local S3 that a timeline would show.
+    Measurement only: wraps botocore's `BaseClient._make_api_call`."""
+    import threading
+
+    from botocore.client import BaseClient
+
+    totals: dict[tuple[str, str], list] = {}
+    lock = threading.Lock()
+    original = BaseClient._make_api_call
+
+    def timed_call(self, operation_name, api_params):
+        key = str(api_params.get("Key", ""))
+        where = "raw" if key.startswith("raw/") else "data" if key.startswith("data/") else "other"
+        started = time.monotonic()
+        try:
+            return original(self, operation_name, api_params)
+        finally:
+            with lock:
+                entry = totals.setdefault((operation_name, where), [0, 0.0])
+                entry[0] += 1
+                entry[1] += time.monotonic() - started
+
+    BaseClient._make_api_call = timed_call
+    return totals
+
+
+def _override_settings(values: dict[str, str]) -> None:
+    """Experiments: other defaults for `ProviderFeedsSettings` fields (`--setting NAME=VALUE`),
+    as a deployment would configure them."""
+    from credflow_assets.provider_feeds.settings import ProviderFeedsSettings
+
+    for name, value in values.items():
+        field = ProviderFeedsSettings.model_fields[name]
+        field.default = type(field.default)(value)
+    if values:
+        ProviderFeedsSettings.model_rebuild(force=True)
+        print(f"settings: {values}", flush=True)
 
 
 # ------------------------------------------------------------------------------ baseline
 
 
-def baseline(env: dict, names: list[str], work: Path, bucket: str) -> dict:
-    """sftp get (one session) → gpg --decrypt → gunzip → boto3 upload_file, file by file."""
+def baseline(env: dict, names: list[str], work: Path, bucket: str, *,
+             raw_copy: bool = False) -> dict:
+    """sftp get (one session) → gpg --decrypt → gunzip → boto3 upload_file, file by file.
+    With `raw_copy` (the "same work" chain), each encrypted file is also uploaded as it was
+    downloaded, before it is decrypted, as credflow keeps its raw copy."""
     import boto3
 
-    down = work / "baseline"
+    down = work / ("baseline-same-work" if raw_copy else "baseline")
     down.mkdir()
     remote_dir = f"{PROVIDER}/outbox"
     batch = down / "batch.txt"
@@ -224,10 +288,17 @@ def baseline(env: dict, names: list[str], work: Path, bucket: str) -> dict:
     )
     stages["sftp get"] = time.monotonic() - started
     stages["gpg --decrypt"] = stages["gunzip"] = stages["upload_file"] = 0.0
+    if raw_copy:
+        stages["upload_file (raw copy)"] = 0.0
     client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
+    prefix = "bench-same-work" if raw_copy else "bench-baseline"
     for name in names:
         encrypted = down / name
         gz = down / name.removesuffix(".gpg")
+        if raw_copy:
+            t = time.monotonic()
+            client.upload_file(str(encrypted), bucket, f"{prefix}/raw/{name}")
+            stages["upload_file (raw copy)"] += time.monotonic() - t
         t = time.monotonic()
         subprocess.run(
             ["gpg", "--homedir", env["CREDFLOW_GPG_HOME"], "--batch", "--yes", "--quiet",
@@ -242,7 +313,7 @@ def baseline(env: dict, names: list[str], work: Path, bucket: str) -> dict:
         stages["gunzip"] += time.monotonic() - t
         csv_path = down / name.removesuffix(".gz.gpg")
         t = time.monotonic()
-        client.upload_file(str(csv_path), bucket, f"bench-baseline/{csv_path.name}")
+        client.upload_file(str(csv_path), bucket, f"{prefix}/{csv_path.name}")
         stages["upload_file"] += time.monotonic() - t
         csv_path.unlink()
     cpu = _cpu_seconds(resource.RUSAGE_SELF) + _cpu_seconds(resource.RUSAGE_CHILDREN) - cpu_before
@@ -252,6 +323,28 @@ def baseline(env: dict, names: list[str], work: Path, bucket: str) -> dict:
 def _cpu_seconds(who: int) -> float:
     usage = resource.getrusage(who)
     return usage.ru_utime + usage.ru_stime
+
+
+def service_cpu(state) -> dict[str, float]:
+    """CPU seconds so far of the local S3 (moto) and sshd, with their exited children (sshd's
+    session processes): the servers' side of the work, on the same 2 cores as the client's."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    seconds = {}
+    for name in ("moto", "sshd"):
+        with open(f"/proc/{state.services[name]['pid']}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        # after "pid (comm)": utime, stime, cutime, cstime are fields 14-17 of the full line
+        seconds[name] = sum(int(value) for value in fields[11:15]) / ticks
+    return seconds
+
+
+def measured(state, work) -> tuple[Any, dict[str, float]]:
+    """`work()`, and the CPU seconds moto and sshd spent meanwhile."""
+    before = service_cpu(state)
+    result = work()
+    time.sleep(0.5)  # sshd reaps its session processes (their CPU joins its own) on exit
+    after = service_cpu(state)
+    return result, {name: after[name] - before[name] for name in after}
 
 
 # ------------------------------------------------------------------------------ SFTP reads
@@ -353,10 +446,17 @@ def main() -> None:
     parser.add_argument("--total-mib", type=int, help="total encrypted MiB of the N files")
     parser.add_argument("--big-mib", type=int, help="the single file's MiB (0: skip)")
     parser.add_argument("--no-baseline", action="store_true", help="credflow only (experiments)")
-    parser.add_argument("--profile", help="write a pyinstrument profile of credflow's sync here")
+    parser.add_argument("--same-work", action="store_true",
+                        help="also run the chain with an upload_file of each encrypted file "
+                        "(the raw copy credflow keeps), printed beside the issue's chain")
+    parser.add_argument("--profile", help="write a profile of credflow's sync here: cProfile's "
+                        "(main thread) for a name ending .pstats, else pyinstrument's")
     parser.add_argument("--no-drive-feeds", action="store_true",
                         help="experiment: the child builds its definitions without the drive "
                         "feeds (which import pandas and pandera), to measure their memory")
+    parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="experiment: another default for a provider_feeds setting "
+                        "(ProviderFeedsSettings), e.g. raw_copy_single_put_mib=0")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--sftp-read", type=int, metavar="MIB",
                         help="only compare SFTP reads of one MIB file (see the docstring)")
@@ -383,16 +483,26 @@ def main() -> None:
         encrypted = sum(f["encrypted_bytes"] for f in files.values())
         csv_bytes = sum(f["csv_bytes"] for f in files.values())
 
+        same = None
         if args.no_baseline:
-            base = {"seconds": float("nan"), "stages": {}}
+            base = {"seconds": float("nan"), "stages": {}, "service_cpu": {}}
         else:
             print(f"\n== baseline: sftp → gpg → gunzip → upload_file ({len(names)} files)")
-            base = baseline(env, names, work, config.buckets.provider_data)
+            base, base["service_cpu"] = measured(
+                state, lambda: baseline(env, names, work, config.buckets.provider_data))
             print(f"   {base['seconds']:.1f}s")
+        if args.same_work and not args.no_baseline:
+            print(f"\n== same work: the chain plus upload_file of each encrypted file")
+            same, same["service_cpu"] = measured(state, lambda: baseline(
+                env, names, work, config.buckets.provider_data, raw_copy=True))
+            print(f"   {same['seconds']:.1f}s")
 
         print(f"\n== credflow: sensor → raw → landed ({len(names)} files)")
-        options = {"profile": args.profile, "no_drive_feeds": args.no_drive_feeds}
-        cred = run_child([__file__, "--child", json.dumps(options)])
+        settings = dict(item.split("=", 1) for item in args.setting)
+        options = {"profile": args.profile, "no_drive_feeds": args.no_drive_feeds,
+                   "settings": settings}
+        cred, cred["service_cpu"] = measured(
+            state, lambda: run_child([__file__, "--child", json.dumps(options)]))
         if cred["failed"]:
             raise SystemExit(f"credflow runs failed: {cred['failed']}")
         print(f"   sync {cred['sync_seconds']:.1f}s, child wall {cred['wall_seconds']:.1f}s")
@@ -405,7 +515,8 @@ def main() -> None:
             big_files = generate(outbox, scratch, Path(env["CREDFLOW_HOME"]),
                                  [("roster_big.csv.gz.gpg", big_mib * MiB)])
             big = run_child([__file__, "--child",
-                             json.dumps({"no_drive_feeds": args.no_drive_feeds})])
+                             json.dumps({"no_drive_feeds": args.no_drive_feeds,
+                                         "settings": settings})])
             if big["failed"]:
                 raise SystemExit(f"credflow run failed: {big['failed']}")
             big["encrypted_bytes"] = big_files["roster_big.csv.gz.gpg"]["encrypted_bytes"]
@@ -419,6 +530,12 @@ def main() -> None:
          cred["sync_seconds"], cred_rate, f"{cred_rate / base_rate:.2f}",
          f"{cred['peak_rss_mb']:.0f} MB"],
     ]
+    if same:
+        same_rate = encrypted / MB / same["seconds"]
+        rows.insert(1, ["same work (not the issue's baseline): the chain + upload_file of "
+                        "each encrypted file", f"{encrypted / MiB:,.0f} MiB", same["seconds"],
+                        same_rate, f"{same_rate / base_rate:.2f}", "-"])
+        rows[-1][4] += f" ({cred_rate / same_rate:.2f} against the same work)"
     if big:
         big_rate = big["encrypted_bytes"] / MB / big["sync_seconds"]
         rows.append([f"credflow: one {big_mib:,} MiB file", f"{big['encrypted_bytes'] / MiB:,.0f} MiB",
@@ -427,12 +544,18 @@ def main() -> None:
           f"encrypted, {csv_bytes / MiB:,.0f} MiB of CSV")
     print(table(["pipeline", "input", "seconds", "MB/s", "ratio", "peak RSS"], rows))
     print("\nbaseline stages (s): " + ", ".join(f"{k} {v:.1f}" for k, v in base["stages"].items()))
+    if same:
+        print("same-work chain stages (s): "
+              + ", ".join(f"{k} {v:.1f}" for k, v in same["stages"].items()))
     print("credflow stages (s, summed over runs): "
           + ", ".join(f"{k} {v:.1f}" for k, v in cred["stages"].items()))
     overhead = cred["sync_seconds"] - sum(value for label, value in cred["stages"].items()
                                           if "(within upload)" not in label
                                           and "(alongside" not in label)
     print(f"credflow outside the timed stages (tick, settle, hashing, Dagster): {overhead:.1f}s")
+    print("credflow's S3 calls (count × wall s, summed over threads): " + ", ".join(
+        f"{name} {count}×{seconds:.1f}" for name, (count, seconds) in cred["s3_calls"].items()
+        if seconds >= 0.05))
     print(f"credflow child: peak RSS {cred['peak_rss_mb']:.0f} MB (VmHWM), process tree "
           f"{cred['tree_peak_rss_mb']:.0f} MB (sampled, incl. gpg)")
     if big:
@@ -442,11 +565,21 @@ def main() -> None:
     print(f"CPU seconds: baseline {base.get('cpu_seconds', float('nan')):.1f} (sftp, gpg, gunzip, "
           f"boto3), credflow {cred['cpu_seconds']:.1f} (child and its gpg); load at the end "
           f"{os.getloadavg()[0]:.1f}")
+    for label, half in (("baseline", base), ("same work", same or {}), ("credflow", cred)):
+        services = half.get("service_cpu") or {}
+        if services:
+            client = half.get("cpu_seconds", float("nan"))
+            print(f"CPU seconds with the servers, {label}: client {client:.1f} + moto "
+                  f"{services['moto']:.1f} + sshd {services['sshd']:.1f} = "
+                  f"{client + sum(services.values()):.1f}")
+    if same:
+        print(f"against the same work (not the issue's target): "
+              f"{cred_rate / (encrypted / MB / same['seconds']):.2f}")
     print(f"targets: ratio ≥ 1.2 → {cred_rate / base_rate:.2f}; peak RSS ≤ 250 MB → "
           f"{max([cred['peak_rss_mb']] + ([big['peak_rss_mb']] if big else [])):.0f} MB")
     write_json(args.json, {"machine": info, "files": len(names), "encrypted_bytes": encrypted,
                            "csv_bytes": csv_bytes, "baseline": base, "credflow": cred,
-                           "big": big, "ratio": cred_rate / base_rate})
+                           "same_work": same, "big": big, "ratio": cred_rate / base_rate})
 
 
 if __name__ == "__main__":

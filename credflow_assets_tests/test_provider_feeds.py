@@ -574,6 +574,12 @@ def test_a_large_file_lands_with_flat_memory(flow):
     assert landed["data/csv/bigfeed/big.csv"] > 200 * 1024 * 1024
     raw_size = (outbox / "big.csv.gz.gpg").stat().st_size
     assert raw_size > 100 * 1024 * 1024
+    # Its raw copy (under `raw_copy_single_put_mib`) is one PutObject, the file byte for byte.
+    (raw_key,) = [key for key in keys_under(flow, "raw/bigfeed/") if key.endswith(".gpg")]
+    head = flow["s3"].head_object(Bucket=flow["bucket"], Key=raw_key)
+    assert head["ContentLength"] == raw_size and "-" not in head["ETag"], head
+    with open(outbox / "big.csv.gz.gpg", "rb") as stream:
+        assert head["Metadata"]["sha256"] == hashlib.file_digest(stream, "sha256").hexdigest()
     print(f"peak RSS: {small['peak_mb']:.0f} MB after a tiny file, {big['peak_mb']:.0f} MB after "
           f"{raw_size / 2**20:.0f} MB raw / {landed['data/csv/bigfeed/big.csv'] / 2**20:.0f} MB "
           f"landed ({rows:,} rows)")

@@ -44,7 +44,7 @@ from credflow_assets.provider_feeds.names import (
 )
 from credflow_assets.provider_feeds.open_uploads import RunUploads
 from credflow_assets.provider_feeds.raw_file import sha256_file
-from credflow_assets.provider_feeds.settings import ProviderFeedsSettings
+from credflow_assets.provider_feeds.settings import MiB, ProviderFeedsSettings
 from credflow_assets.resources.s3 import head_object_or_none, s3_uri, upload_stream
 from credflow_assets.resources.sftp import SftpNoSuchFile
 
@@ -240,6 +240,7 @@ def _upload_raw(context, client, settings: ProviderFeedsSettings, ref: FileRef,
         client, local, bucket, key,
         max_concurrency=settings.upload_concurrency,
         part_size=settings.part_size(remote.size),
+        multipart_threshold=settings.raw_copy_single_put_mib * MiB + 1,  # one PutObject up to it
         **RunUploads(context.instance, context.run.run_id, bucket).callbacks(key),
         extra_args={
             "ContentType": "application/octet-stream",

@@ -76,6 +76,17 @@ class ProviderFeedsSettings(dg.ConfigurableResource):
         "landing's peak RSS and was no slower (RESULTS.md §1, session 8).",
     )
 
+    raw_copy_single_put_mib: int = Field(
+        default=256, ge=0, le=4 * 1024, description="A raw copy up to this many MiB is "
+        "stored with one PutObject (read from disk as it is sent), a bigger one by multipart "
+        "upload (S3 takes up to 5 GiB in one PutObject; 0: always multipart). The raw copy "
+        "uploads while the file lands, which sends S3 about 2.7 times its bytes "
+        "(decompressed), so one stream keeps up. One request instead of a part per 5 MiB, "
+        "and no parts to assemble at the end, took a third off the local S3's CPU for it "
+        "(moto shares the cores with the landing: RESULTS.md §1, session 9). A failed "
+        "PutObject is sent again whole, so the cap stays moderate.",
+    )
+
     def part_size(self, largest_bytes: int) -> int:
         """The part size for a file of at most `largest_bytes`: `upload_part_mib`, or more
         when the file would need more than `MAX_PARTS` parts."""

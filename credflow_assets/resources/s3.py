@@ -32,6 +32,7 @@ from pydantic import Field, PrivateAttr
 # allowing files up to 80 GiB within S3's 10,000-part limit.
 DEFAULT_PART_SIZE = 8 * 1024 * 1024
 MIN_PART_SIZE = 5 * 1024 * 1024
+MAX_PUT_OBJECT_BYTES = 5 * 1024**3  # S3's limit for one PutObject
 
 
 def s3_resource(
@@ -85,7 +86,19 @@ class CachedS3Resource(S3Resource):
             self.use_unsigned_session, self.profile_name, self.use_ssl, self.verify,
             self.aws_access_key_id, self.aws_secret_access_key, self.aws_session_token,
         )
-        return cached_client(configuration, super().get_client)
+        return cached_client(configuration, self._new_client)
+
+    def _new_client(self) -> Any:
+        client = super().get_client()
+        # Request bodies are not SHA256-signed (SigV4's UNSIGNED-PAYLOAD), whatever the
+        # endpoint. On AWS (HTTPS, with the CRC32 checksum botocore sends by default) botocore
+        # already leaves uploads unsigned; over plain HTTP (the local moto server, which does
+        # not check payload hashes) it would hash every uploaded byte, about 1.5 CPU seconds
+        # per GiB in the landing (RESULTS.md §1, session 9). TLS and the checksum keep the
+        # body's integrity on AWS. botocore reads this from the client's config per request.
+        settings = client.meta.config
+        settings.s3 = {**(settings.s3 or {}), "payload_signing_enabled": False}
+        return client
 
 
 def s3_uri(bucket: str, key: str) -> str:
@@ -166,19 +179,25 @@ def iter_objects(
 
 
 def transfer_config(
-    *, part_size: int = DEFAULT_PART_SIZE, max_concurrency: int = 4
+    *, part_size: int = DEFAULT_PART_SIZE, max_concurrency: int = 4,
+    multipart_threshold: int | None = None,
 ) -> Any:
     """A `TransferConfig` whose memory use is bounded by about `2 * max_concurrency * part_size`.
 
-    Multipart starts at `part_size`; at most `max_concurrency` parts are in flight and at most as
-    many more are buffered from a non-seekable stream (s3transfer's default buffers 10).
+    Multipart starts at `multipart_threshold` (default `part_size`); below it a file is sent in
+    one `PutObject`, which reads a file given by path as it sends it. At most
+    `max_concurrency` parts are in flight and at most as many more are buffered from a
+    non-seekable stream (s3transfer's default buffers 10).
     """
     from boto3.s3.transfer import TransferConfig
 
     if part_size < MIN_PART_SIZE:
         raise ValueError(f"part_size {part_size} is below S3's 5 MiB multipart minimum")
+    if multipart_threshold is not None and multipart_threshold > MAX_PUT_OBJECT_BYTES:
+        raise ValueError(f"multipart_threshold {multipart_threshold} is above S3's "
+                         f"{MAX_PUT_OBJECT_BYTES} bytes for a single PutObject")
     config = TransferConfig(
-        multipart_threshold=part_size,
+        multipart_threshold=max(part_size, multipart_threshold or 0),
         multipart_chunksize=part_size,
         max_concurrency=max_concurrency,
         max_io_queue=max_concurrency * 2,
@@ -197,11 +216,13 @@ def upload_stream(
     *,
     part_size: int = DEFAULT_PART_SIZE,
     max_concurrency: int = 4,
+    multipart_threshold: int | None = None,
     extra_args: dict[str, Any] | None = None,
     on_multipart_started: Callable[[str], None] | None = None,
     on_multipart_ended: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Stream a file-like object to `s3://bucket/key` (multipart above `part_size`).
+    """Stream a file-like object to `s3://bucket/key` (multipart from `multipart_threshold`,
+    by default `part_size`; see `transfer_config`).
 
     Memory stays bounded whatever the size (see `transfer_config`); the stream need not be
     seekable. Returns `{"bucket", "key", "size", "etag"}` from a `head_object` afterwards, for
@@ -228,7 +249,8 @@ def upload_stream(
     try:
         # A path is uploaded by name: s3transfer then reads each part from the file as it is
         # sent, where from an open file it reads every part in flight into memory first.
-        config = transfer_config(part_size=part_size, max_concurrency=max_concurrency)
+        config = transfer_config(part_size=part_size, max_concurrency=max_concurrency,
+                                 multipart_threshold=multipart_threshold)
         if isinstance(stream, (str, os.PathLike)):
             client.upload_file(os.fspath(stream), bucket, key, ExtraArgs=extra_args or None,
                                Config=config)
