@@ -106,6 +106,9 @@ def child_credflow(options: dict) -> None:
         if profiler:
             profiler.stop()
             Path(options["profile"]).write_text(profiler.output_text(unicode=True))
+            # Every frame, Dagster's included: where the run around the ingest goes.
+            Path(options["profile"]).with_suffix(".all.txt").write_text(
+                profiler.output_text(unicode=True, show_all=True))
         record = instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=records_key(feed)), limit=1, ascending=False,
         ).records
