@@ -20,7 +20,7 @@ import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -43,6 +43,8 @@ class StagedChunk:
     # duplicate id is seen whichever of its rows were bad.
     rejected_with_id: pa.Table
     rejections: pa.Table
+    # The good rows' first and last ids, and whether the ids between rise (`Staging.ids_in_order`)
+    id_range: tuple[Any, Any, bool] = (None, None, False)
 
 
 def staged_chunk(plan: FeedPlan, result: ChunkResult, *, dates_as_text: bool = True) -> StagedChunk:
@@ -61,6 +63,7 @@ def staged_chunk(plan: FeedPlan, result: ChunkResult, *, dates_as_text: bool = T
     rejections = result.rejections
     return StagedChunk(
         good=pa.table(columns),
+        id_range=_id_range(columns[plan.id_column]),
         rejected_with_id=pa.table({
             ROW: pa.array([number for number, _ in bad], pa.int64()),
             OK: pa.array([False] * len(bad), pa.bool_()),
@@ -73,6 +76,19 @@ def staged_chunk(plan: FeedPlan, result: ChunkResult, *, dates_as_text: bool = T
             "value": pa.array([r.value for r in rejections], pa.large_string()),
         }),
     )
+
+
+def _id_range(ids: pa.Array) -> tuple[Any, Any, bool]:
+    """(first id, last id, whether each id is greater than the one before), compared as the
+    databases compare them: text byte by byte, numbers as numbers. Worked out on the reading
+    thread, so that the writing one has only to compare two values."""
+    import pyarrow.compute as pc
+
+    if not len(ids):
+        return None, None, True
+    rising = len(ids) == 1 or (not ids.null_count
+                               and pc.all(pc.less(ids[:-1], ids[1:])).as_py() is True)
+    return ids[0].as_py(), ids[-1].as_py(), rising
 
 
 def _arrow_values(kind: str, series) -> pa.Array:
@@ -165,16 +181,10 @@ class Staging(ABC):
         self.ids_indexed = True
 
     def _count(self, chunk: StagedChunk) -> None:
-        import pyarrow.compute as pc
-
         self.rejected_rows_with_id += chunk.rejected_with_id.num_rows
-        ids = chunk.good.column(self.id_column)
-        if self.ids_in_order and len(ids):
-            # Compared as the databases compare them: text byte by byte, numbers as numbers.
-            first, last = ids[0].as_py(), ids[-1].as_py()
-            self.ids_in_order = (
-                (self._last_id is None or (first is not None and self._last_id < first))
-                and (len(ids) == 1 or pc.all(pc.less(ids[:-1], ids[1:])).as_py() is True))
+        first, last, rising = chunk.id_range
+        if self.ids_in_order and first is not None:
+            self.ids_in_order = rising and (self._last_id is None or self._last_id < first)
             self._last_id = last
 
 
