@@ -130,8 +130,9 @@ def ingest_file(
 def _ingest_through_stage(connection, plan: FeedPlan, tables: FeedTables, read: _Reading,
                           source: SourceFile, run_id, sample_size) -> IngestReport:
     report = IngestReport()
-    # Into an empty table the stage needs no id index (`_insert_into_empty_table`), except on
-    # PostgreSQL, where the stage is only used once a first load has found a repeated id.
+    # Into an empty SQLite table the stage needs no id index (`_insert_into_empty_table`). On
+    # PostgreSQL an empty table comes here only when its first load found an id twice, and the
+    # stage is always indexed: a failed statement there ends the apply's whole transaction.
     with connection.begin():
         first_load = connection.dialect.name == "sqlite" and _is_empty(connection,
                                                                         tables.records)
