@@ -6,22 +6,18 @@ whichever rows they are on, nothing written when the file fails part-way."""
 from __future__ import annotations
 
 import datetime as dt
-import io
 from pathlib import Path
 
-import pyarrow as pa
+import pandas as pd
+import pandera.pandas as pandera
 import pytest
 import sqlalchemy as sa
+from pandera.typing import Series
 
 from credflow_assets.config import FeedConfig, load_config
 from credflow_assets.drive_feeds.ingest import SourceFile, ingest_file
-from credflow_assets.drive_feeds.pg_binary import (
-    HEADER,
-    TRAILER,
-    column_fields,
-    constant_fields,
-    copy_body,
-)
+from credflow_assets.drive_feeds import schemas
+from credflow_assets.drive_feeds.first_load import FirstLoad
 from credflow_assets.drive_feeds.sheets import SheetError, SheetReader
 from credflow_assets.drive_feeds.store import FeedTables, files_table, rejections_table
 from credflow_assets.drive_feeds.validation import build_plan
@@ -162,42 +158,79 @@ def test_a_table_changed_by_hand_is_loaded_through_the_stage(tmp_path, postgres_
     assert born == dt.datetime.strptime(rows[0]["date_of_birth"], "%d/%m/%Y")
 
 
+class EveryKindRecord(pandera.DataFrameModel):
+    """A feed with a column of each kind the model's tables have, all but the id nullable."""
+
+    item_id: Series[str] = pandera.Field(nullable=False, unique=True)
+    note: Series[str] = pandera.Field(nullable=True)
+    born: Series[pandera.DateTime] = pandera.Field(nullable=True)
+    seen: Series[pandera.DateTime] = pandera.Field(nullable=True)
+    count: Series[pd.Int64Dtype] = pandera.Field(nullable=True, coerce=True)
+    score: Series[float] = pandera.Field(nullable=True, coerce=True)
+    active: Series[pd.BooleanDtype] = pandera.Field(nullable=True, coerce=True)
+
+    class Config:
+        strict = True
+
+    @pandera.parser("active")
+    @classmethod
+    def _yes_or_no(cls, cells: pd.Series) -> pd.Series:
+        # pandas reads no text as a boolean; a sheet's own booleans arrive as text.
+        return cells.str.lower().map({"true": True, "false": False}).astype("boolean")
+
+
 @pytest.mark.postgres
-def test_binary_copy_writes_every_kind_of_value_as_postgresql_reads_it(postgres_url):
-    now = dt.datetime.now(dt.timezone.utc)
-    values = pa.table({
-        "t": pa.array(["plain", None, 'Zoë, "quoted"\nand a line', ""], pa.large_string()),
-        "d": pa.array([dt.datetime(2020, 1, 2), None, dt.datetime(1901, 12, 31),
-                       dt.datetime(2262, 1, 1)], pa.timestamp("ns")),
-        "ts": pa.array([dt.datetime(2020, 1, 2, 3, 4, 5, 6), None, dt.datetime(1950, 6, 1),
-                        dt.datetime(1999, 12, 31, 23, 59, 59)], pa.timestamp("ns")),
-        "i": pa.array([1, None, -2**62, 0], pa.int64()),
-        "f": pa.array([1.5, None, -0.25, 1e300]),
-        "b": pa.array([True, None, False, True]),
-    })
-    encodings = {"t": "text", "d": "date", "ts": "timestamp", "i": "int8", "f": "float8",
-                 "b": "bool"}
-    fields = [part for name, encoding in encodings.items()
-              for part in column_fields(values.column(name), encoding)]
-    tail = constant_fields("file-1", "text") + constant_fields(now, "timestamp")
-    engine = sa.create_engine(postgres_url)
+def test_a_first_load_writes_every_kind_of_value_as_postgresql_reads_it(tmp_path, postgres_url,
+                                                                        monkeypatch):
+    """Text (quotes, a line break, empty), date, timestamp, bigint, double precision, boolean,
+    NULLs in each, and the engine's columns, as they land in PostgreSQL."""
+    monkeypatch.setattr(schemas, "EveryKindRecord", EveryKindRecord, raising=False)
+    feed = FeedConfig.model_validate({**NSSS.model_dump(by_alias=True), "name": "every_kind",
+                                      "table": "every_kind", "schema": "EveryKindRecord",
+                                      "id_column": "item_id", "tracked_columns": [],
+                                      "date_formats": {"born": "%d/%m/%Y"}})
+    path = tmp_path / "every_kind.csv"
+    path.write_text(
+        "item_id,note,born,seen,count,score,active\n"
+        'a,plain,02/01/2020,2020-01-02T03:04:05.000006,1,1.5,true\n'
+        "b,,,,,,\n"
+        'c,"Zoë, ""quoted""\nand a line",31/12/1901,1950-06-01,-4611686018427387904,-0.25,false\n'
+        "d,x,01/01/2262,1999-12-31 23:59:59,0,1e300,True\n", encoding="utf-8")
+    engine = create_engine(postgres_url)
+    plan = build_plan(feed)
     try:
-        with engine.begin() as connection:
-            connection.exec_driver_sql(
-                "CREATE TABLE every_kind (t text, d date, ts timestamp, i bigint, "
-                "f double precision, b boolean, file text, at timestamptz)")
-            cursor = connection.connection.cursor()
-            cursor.copy_expert("COPY every_kind FROM STDIN (FORMAT binary)", io.BytesIO(
-                HEADER + copy_body(fields, 8, tail).to_pybytes() + TRAILER))
-            stored = connection.exec_driver_sql("SELECT * FROM every_kind").all()
+        tables = FeedTables(plan)
+        tables.ensure(engine)
+        with engine.connect() as connection, connection.begin() as transaction:
+            # The table's types are the ones the binary copy writes: this file does not fall
+            # back to the stage.
+            copies_in_binary = FirstLoad(connection, plan, tables,
+                                         SourceFile(feed.name, "file-1", "r1", path.name),
+                                         dt.datetime.now(dt.timezone.utc), 5).start()
+            transaction.rollback()
+        before = dt.datetime.now(dt.timezone.utc)
+        report = _ingest(engine, feed, path, "r1")
+        after = dt.datetime.now(dt.timezone.utc)
+        with engine.connect() as connection:
+            stored = connection.exec_driver_sql(
+                "SELECT item_id, note, born, seen, count, score, active, source_file_id, "
+                "source_revision, first_ingested_at = last_changed_at, "
+                "pg_typeof(born)::text, pg_typeof(seen)::text FROM every_kind ORDER BY item_id"
+            ).all()
+            ingested_at = connection.exec_driver_sql(
+                "SELECT DISTINCT first_ingested_at FROM every_kind").scalars().all()
     finally:
         engine.dispose()
+    assert copies_in_binary
+    assert (report.inserted, report.rejected, report.history_rows) == (4, 0, 0)
+    assert len(ingested_at) == 1 and before <= ingested_at[0] <= after
+    kinds = ("date", "timestamp without time zone")
     assert [tuple(row) for row in stored] == [
-        ("plain", dt.date(2020, 1, 2), dt.datetime(2020, 1, 2, 3, 4, 5, 6), 1, 1.5, True,
-         "file-1", now),
-        (None, None, None, None, None, None, "file-1", now),
-        ('Zoë, "quoted"\nand a line', dt.date(1901, 12, 31), dt.datetime(1950, 6, 1), -2**62,
-         -0.25, False, "file-1", now),
-        ("", dt.date(2262, 1, 1), dt.datetime(1999, 12, 31, 23, 59, 59), 0, 1e300, True,
-         "file-1", now),
+        ("a", "plain", dt.date(2020, 1, 2), dt.datetime(2020, 1, 2, 3, 4, 5, 6), 1, 1.5, True,
+         "file-1", "r1", True, *kinds),
+        ("b", None, None, None, None, None, None, "file-1", "r1", True, *kinds),
+        ("c", 'Zoë, "quoted"\nand a line', dt.date(1901, 12, 31), dt.datetime(1950, 6, 1),
+         -2**62, -0.25, False, "file-1", "r1", True, *kinds),
+        ("d", "x", dt.date(2262, 1, 1), dt.datetime(1999, 12, 31, 23, 59, 59), 0, 1e300, True,
+         "file-1", "r1", True, *kinds),
     ]

@@ -4,9 +4,9 @@ straight into the table as they are read, with no stage.
 The stage (staging.py) is there to compare a file with the table before anything is written, and
 to see a repeated id anywhere in the file. Into an empty table there is nothing to compare: every
 good row is new, no change history is written, no row of the table is newer. So the good rows are
-copied into the table chunk by chunk, in binary (pg_binary.py), in the one transaction that also
-records the file and its rejected rows, under the feed's lock: a file that fails part-way is
-rolled back whole, as before, and readers see the table empty until the commit.
+copied into the table chunk by chunk, in binary, in the one transaction that also records the
+file and its rejected rows, under the feed's lock: a file that fails part-way is rolled back
+whole, as before, and readers see the table empty until the commit.
 
 What the stage would have caught, the load refuses, rolling back: the file then goes through the
 stage after all, which rejects those rows naming each other (`FirstLoad.refusal`):
@@ -18,6 +18,13 @@ changed by hand), goes through the stage from the start.
 SQLite has no such load: ADBC's SQLite is a second copy of SQLite in the process, and two copies
 must never have one database file open at once (their POSIX locks undo each other, sqlite.org's
 "How To Corrupt"). Its first load skips the stage's index instead (ingest.py).
+
+Why binary: four columns are the same on every row (the file, its revision, when). As CSV the
+server parses each of them again on every row: two timestamps and two texts cost it 1.5 s of CPU
+per 1M rows, as much as the rest of the row. In binary a value is its bytes (a timestamp is 8).
+pgpq encodes the Arrow columns (in Rust), each chunk a COPY of its own; each column is first cast
+to the Arrow type whose binary form the table's column reads (`_arrow_type`), and the table's
+types are checked against what pgpq says it writes (`_RECEIVES`).
 """
 
 from __future__ import annotations
@@ -30,14 +37,6 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from credflow_assets.drive_feeds.pg_binary import (
-    ENCODINGS,
-    HEADER,
-    TRAILER,
-    column_fields,
-    constant_fields,
-    copy_body,
-)
 from credflow_assets.drive_feeds.staging import ROW, copy_csv, staged_chunk
 from credflow_assets.drive_feeds.store import SQL_TYPES, FeedTables, rejections_table
 from credflow_assets.drive_feeds.validation import (
@@ -55,12 +54,33 @@ if TYPE_CHECKING:
 
     from credflow_assets.drive_feeds.ingest import IngestReport, SourceFile
 
-# How each kind of model column is written: a table whose column has another type (changed by
-# hand) is loaded through the stage, which lets PostgreSQL cast.
-_ENCODING_OF_KIND = {"text": "text", "date": "date", "datetime": "timestamp", "integer": "int8",
-                     "float": "float8", "boolean": "bool"}
 _ENGINE_COLUMNS = {SOURCE_FILE_ID: "text", SOURCE_REVISION: "text",
-                   FIRST_INGESTED_AT: "timestamp", LAST_CHANGED_AT: "timestamp"}
+                   FIRST_INGESTED_AT: "datetime", LAST_CHANGED_AT: "datetime"}
+# What pgpq writes (its `schema()`) → PostgreSQL's names (`format_type`) of the column types that
+# read it: a table whose column has another type (changed by hand) is loaded through the stage,
+# which lets PostgreSQL cast. A timestamp's binary form is microseconds, in UTC for timestamptz.
+_RECEIVES = {
+    "Text": {"text", "character varying"}, "Date": {"date"},
+    "Timestamp": {"timestamp without time zone", "timestamp with time zone"},
+    "Int8": {"bigint"}, "Float8": {"double precision"}, "Bool": {"boolean"},
+}
+
+
+def _arrow_type(kind: str) -> pa.DataType:
+    """The Arrow type a column of this kind is cast to, so that pgpq writes the binary form of
+    the model's column type (zone-aware timestamps count in UTC, as PostgreSQL's do)."""
+    import pyarrow as pa
+
+    return {"text": pa.string(), "date": pa.date32(), "datetime": pa.timestamp("us"),
+            "integer": pa.int64(), "float": pa.float64(), "boolean": pa.bool_()}[kind]
+
+
+def _cast(values: pa.ChunkedArray, arrow_type: pa.DataType) -> pa.ChunkedArray:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    # A date read with a time of day keeps its day; a timestamp in ns keeps its microseconds.
+    return pc.cast(values, arrow_type, safe=not pa.types.is_temporal(arrow_type))
 
 
 @dataclass(frozen=True)
@@ -106,11 +126,11 @@ class FirstLoad:
         self.connection, self.plan, self.tables, self.source = connection, plan, tables, source
         self.records = tables.records
         self.columns = [*plan.column_names, *_ENGINE_COLUMNS]
-        self.encodings: dict[str, str] = {}
-        # The engine's columns are the same on every row: encoded once.
-        self.tail = (constant_fields(source.file_id, "text")
-                     + constant_fields(source.revision, "text")
-                     + 2 * constant_fields(now, "timestamp"))
+        self.schema = _schema(plan)
+        # The engine's columns are the same on every row: repeated per chunk by `pa.repeat`
+        # (pgpq takes no dictionary arrays; building them from a list doubles the encoding CPU).
+        self.constants = [_constant(source.file_id, "text"), _constant(source.revision, "text"),
+                          _constant(now, "datetime"), _constant(now, "datetime")]
         self.rejected_ids = sa.Table(
             f"credflow_rejected_ids_{uuid.uuid4().hex[:12]}", sa.MetaData(),
             sa.Column(ROW, sa.BigInteger, nullable=False),
@@ -125,6 +145,8 @@ class FirstLoad:
     def start(self) -> bool:
         """Whether the load can go ahead: the table is empty and its columns are of the types
         it writes."""
+        import pgpq
+
         connection = self.connection
         if connection.execute(sa.select(sa.literal(1)).select_from(self.records).limit(1)) \
                 .first() is not None:
@@ -134,24 +156,31 @@ class FirstLoad:
                     "WHERE attrelid = CAST(:table AS regclass) AND attnum > 0 "
                     "AND NOT attisdropped"),
             {"table": connection.dialect.identifier_preparer.format_table(self.records)}).all())
-        wanted = {**{c.name: _ENCODING_OF_KIND[c.kind] for c in self.plan.columns},
-                  **_ENGINE_COLUMNS}
-        if any(ENCODINGS.get(types.get(name, "")) != encoding
-               for name, encoding in wanted.items()):
+        writes = pgpq.ArrowToPostgresBinaryEncoder(self.schema).schema().columns
+        if any(types.get(column.name) not in _RECEIVES.get(type(column.data_type).__name__, ())
+               for column in writes):
             return False
-        self.encodings = wanted
         self.rejected_ids.create(connection)
         return True
 
     def prepare(self, result: ChunkResult) -> _Chunk:
         """One chunk made ready to write; runs on the reading thread, beside the COPY of the
         chunk before (psycopg2 waits on the server outside the GIL)."""
+        import pgpq
+        import pyarrow as pa
+
         staged = staged_chunk(self.plan, result, dates_as_text=False)
         good, body = staged.good, None
         if good.num_rows:
-            fields = [part for name in self.plan.column_names
-                      for part in column_fields(good.column(name), self.encodings[name])]
-            body = b"".join((HEADER, copy_body(fields, len(self.columns), self.tail), TRAILER))
+            columns = [_cast(good.column(name), arrow_type)
+                       for name, arrow_type in zip(self.plan.column_names, self.schema.types)]
+            columns += [pa.repeat(value, good.num_rows) for value in self.constants]
+            encoder = pgpq.ArrowToPostgresBinaryEncoder(self.schema)
+            parts = [encoder.write_header()]
+            parts += [encoder.write_batch(batch)
+                      for batch in pa.table(columns, schema=self.schema).to_batches()]
+            parts.append(encoder.finish())
+            body = b"".join(parts)
         return _Chunk(good.num_rows, body, _for_rejections_table(staged.rejections, self.source),
                       staged.rejected_with_id.select([ROW, self.plan.id_column]))
 
@@ -199,6 +228,20 @@ class FirstLoad:
                                "FROM STDIN WITH (FORMAT binary)", stream, size=1 << 20)
         finally:
             cursor.close()
+
+
+def _schema(plan: FeedPlan) -> pa.Schema:
+    """The rows as pgpq encodes them: the model's columns, then the engine's."""
+    import pyarrow as pa
+
+    kinds = {**{column.name: column.kind for column in plan.columns}, **_ENGINE_COLUMNS}
+    return pa.schema([(name, _arrow_type(kind)) for name, kind in kinds.items()])
+
+
+def _constant(value, kind: str) -> pa.Scalar:
+    import pyarrow as pa
+
+    return _cast(pa.chunked_array([pa.array([value])]), _arrow_type(kind))[0]
 
 
 def _for_rejections_table(rejections, source: SourceFile):
