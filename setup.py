@@ -29,6 +29,8 @@ setup(
         # ...staged into SQLite from Arrow by ADBC, in C with the GIL released
         "adbc-driver-sqlite==1.13.0",
         "adbc-driver-manager==1.13.0",
+        # ...and copied into an empty PostgreSQL feed table as binary COPY rows, encoded by pgpq
+        "pgpq==0.12.0",
         "paramiko==5.1.0",
         # provider files: gzip inflated by ISA-L, 3 times zlib's speed (provider_feeds/streams.py)
         "isal==1.9.1",

@@ -20,7 +20,7 @@ import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -43,23 +43,27 @@ class StagedChunk:
     # duplicate id is seen whichever of its rows were bad.
     rejected_with_id: pa.Table
     rejections: pa.Table
+    # The good rows' first and last ids, and whether the ids between rise (`Staging.ids_in_order`)
+    id_range: tuple[Any, Any, bool] = (None, None, False)
 
 
-def staged_chunk(plan: FeedPlan, result: ChunkResult) -> StagedChunk:
+def staged_chunk(plan: FeedPlan, result: ChunkResult, *, dates_as_text: bool = True) -> StagedChunk:
     """The chunk's rows as Arrow tables. Text stays the Arrow strings the reader made (no copy);
-    dates become ISO text, the form SQLAlchemy's SQLite Date and DateTime store and PostgreSQL
-    casts."""
+    dates become ISO text (`dates_as_text`), the form SQLAlchemy's SQLite Date and DateTime
+    store and PostgreSQL casts, or stay Arrow timestamps (for a binary COPY, first_load.py)."""
     import pyarrow as pa
 
     good = result.good
     columns = {ROW: pa.array(good.index.to_numpy(), pa.int64()),
                OK: pa.array([True] * len(good), pa.bool_())}
     for column in plan.columns:
-        columns[column.name] = _arrow_values(column.kind, good[column.name])
+        kind = column.kind if dates_as_text else "as read"
+        columns[column.name] = _arrow_values(kind, good[column.name])
     bad = result.rejected_ids
     rejections = result.rejections
     return StagedChunk(
         good=pa.table(columns),
+        id_range=_id_range(columns[plan.id_column]),
         rejected_with_id=pa.table({
             ROW: pa.array([number for number, _ in bad], pa.int64()),
             OK: pa.array([False] * len(bad), pa.bool_()),
@@ -72,6 +76,19 @@ def staged_chunk(plan: FeedPlan, result: ChunkResult) -> StagedChunk:
             "value": pa.array([r.value for r in rejections], pa.large_string()),
         }),
     )
+
+
+def _id_range(ids: pa.Array) -> tuple[Any, Any, bool]:
+    """(first id, last id, whether each id is greater than the one before), compared as the
+    databases compare them: text byte by byte, numbers as numbers. Worked out on the reading
+    thread, so that the writing one has only to compare two values."""
+    import pyarrow.compute as pc
+
+    if not len(ids):
+        return None, None, True
+    rising = len(ids) == 1 or (not ids.null_count
+                               and pc.all(pc.less(ids[:-1], ids[1:])).as_py() is True)
+    return ids[0].as_py(), ids[-1].as_py(), rising
 
 
 def _arrow_values(kind: str, series) -> pa.Array:
@@ -112,10 +129,15 @@ class Staging(ABC):
         # The duplicate check and the joins look rows up by id. Built once the rows are in
         # (`seal`): one sort costs less than keeping a B-tree in order row by row. Built as a
         # unique index first: when that succeeds, as it does for most files, no id occurs
-        # twice and the apply skips its duplicate search.
+        # twice and the apply skips its duplicate search. A first load into an empty SQLite
+        # table needs none (ingest.py, `_insert_into_empty_table`): `ids_indexed` says.
         self.id_index, self.id_column = f"credflow_stage_{suffix}_id", plan.id_column
-        self.ids_unique = False  # known once sealed
+        self.ids_indexed = False
+        self.ids_unique = False  # known once indexed
         self.rejected_rows_with_id = 0  # staged with _ok false, for the duplicate check only
+        # Whether the good rows' ids came in ascending order: then they go into the feed's
+        # table in that order without a sort.
+        self.ids_in_order, self._last_id = True, None
 
     @abstractmethod
     def open(self, connection: Connection) -> None:
@@ -126,8 +148,19 @@ class Staging(ABC):
         """Stage one chunk."""
 
     @abstractmethod
-    def seal(self, connection: Connection) -> None:
-        """All rows are in: index them and make them readable by `connection`."""
+    def seal(self, connection: Connection, *, index_ids: bool = True) -> None:
+        """All rows are in: index their ids (unless not `index_ids`) and make them readable by
+        `connection`."""
+
+    def index_ids_now(self, connection: Connection) -> None:
+        """The id index of a stage sealed without it, built by `connection` in its transaction:
+        not unique (a failed unique index cannot be undone in a stage without a journal), so
+        the apply looks for repeated ids itself."""
+        quote = connection.dialect.identifier_preparer.quote
+        schema = f"{quote(self.rows.schema)}." if self.rows.schema else ""
+        connection.exec_driver_sql(f"CREATE INDEX {schema}{quote(self.id_index)} "
+                                   f"ON {quote(self.rows.name)} ({quote(self.id_column)})")
+        self.ids_indexed, self.ids_unique = True, False
 
     @abstractmethod
     def close(self, connection: Connection) -> None:
@@ -145,9 +178,14 @@ class Staging(ABC):
             self.ids_unique = True
         except duplicate_error:
             create(unique=False)
+        self.ids_indexed = True
 
     def _count(self, chunk: StagedChunk) -> None:
         self.rejected_rows_with_id += chunk.rejected_with_id.num_rows
+        first, last, rising = chunk.id_range
+        if self.ids_in_order and first is not None:
+            self.ids_in_order = rising and (self._last_id is None or self._last_id < first)
+            self._last_id = last
 
 
 def staging_for(connection: Connection, plan: FeedPlan) -> Staging:
@@ -194,11 +232,12 @@ class ScratchFileStaging(Staging):
                 self._cursor.adbc_ingest(table.name, rows, mode="append")
         self._count(chunk)
 
-    def seal(self, connection: Connection) -> None:
+    def seal(self, connection: Connection, *, index_ids: bool = True) -> None:
         import adbc_driver_manager
 
         quote = connection.dialect.identifier_preparer.quote
-        self._index_ids(quote, self._cursor.execute, adbc_driver_manager.IntegrityError)
+        if index_ids:
+            self._index_ids(quote, self._cursor.execute, adbc_driver_manager.IntegrityError)
         self._cursor.execute("COMMIT")
         self._close_writer()
         with connection.begin():  # ATTACH may not run inside a transaction; this one is empty
@@ -244,12 +283,14 @@ class TemporaryTableStaging(Staging):
 
     def append(self, connection: Connection, chunk: StagedChunk) -> None:
         with connection.begin():
-            self._copy(connection, self.rows, chunk.good)
-            self._copy(connection, self.rows, chunk.rejected_with_id)
-            self._copy(connection, self.rejections, chunk.rejections)
+            copy_csv(connection, self.rows, chunk.good)
+            copy_csv(connection, self.rows, chunk.rejected_with_id)
+            copy_csv(connection, self.rejections, chunk.rejections)
         self._count(chunk)
 
-    def seal(self, connection: Connection) -> None:
+    def seal(self, connection: Connection, *, index_ids: bool = True) -> None:
+        # Always indexed: on PostgreSQL a failed statement ends the apply's whole transaction,
+        # so the apply cannot try an insert and fall back (first_load.py loads an empty table).
         def execute(statement: str) -> None:
             with connection.begin():
                 connection.exec_driver_sql(statement)
@@ -262,21 +303,22 @@ class TemporaryTableStaging(Staging):
             self.rows.drop(connection, checkfirst=True)
             self.rejections.drop(connection, checkfirst=True)
 
-    @staticmethod
-    def _copy(connection: Connection, table: sa.Table, rows: pa.Table) -> None:
-        """COPY in CSV, where an unquoted empty field is NULL and a quoted one is ''."""
-        import pyarrow.csv
 
-        if not rows.num_rows:
-            return
-        text = io.BytesIO()
-        pyarrow.csv.write_csv(rows, text, pyarrow.csv.WriteOptions(include_header=False))
-        text.seek(0)
-        preparer = connection.dialect.identifier_preparer
-        column_list = ", ".join(preparer.quote(name) for name in rows.column_names)
-        cursor = connection.connection.cursor()
-        try:
-            cursor.copy_expert(f"COPY {preparer.format_table(table)} ({column_list}) "
-                               "FROM STDIN WITH (FORMAT csv)", text)
-        finally:
-            cursor.close()
+def copy_csv(connection: Connection, table: sa.Table, rows: pa.Table) -> None:
+    """PostgreSQL: `rows` into `table` by COPY in CSV, where an unquoted empty field is NULL
+    and a quoted one is ''; the columns are `rows`' own."""
+    import pyarrow.csv
+
+    if not rows.num_rows:
+        return
+    text = io.BytesIO()
+    pyarrow.csv.write_csv(rows, text, pyarrow.csv.WriteOptions(include_header=False))
+    text.seek(0)
+    preparer = connection.dialect.identifier_preparer
+    column_list = ", ".join(preparer.quote(name) for name in rows.column_names)
+    cursor = connection.connection.cursor()
+    try:
+        cursor.copy_expert(f"COPY {preparer.format_table(table)} ({column_list}) "
+                           "FROM STDIN WITH (FORMAT csv)", text)
+    finally:
+        cursor.close()
