@@ -9,7 +9,8 @@ read from a committed digest so that loading the definitions imports no pandas o
 validation.py (a feed's plan, a chunk validated); sheets.py (a file read in chunks), with csv_text.py (which text a CSV holds),
 workbook.py (which sheet of an XLSX), dates.py (date cells read with a feed's format) and
 sheet_errors.py (what the readers share); ingest.py (one file into the table), staging.py (where
-its rows wait) and store.py (the tables); downloads.py (how long a run keeps its download);
+its rows wait), first_load.py (a PostgreSQL table's first file, copied straight in) and
+store.py (the tables); downloads.py (how long a run keeps its download);
 summary.py (the outbound file); error_lines.py (the file's error report); status.py (a
 terminal report, which commands.py prints: `credflow feeds status`); lineage.py (a file's chain
 for `credflow lineage`); settings.py (how much a step or a tick does at a time).
