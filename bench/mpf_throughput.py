@@ -15,7 +15,9 @@ in the signup bucket (the demo seed's files), whose S3 events wait in the signup
    storing events meanwhile (`handle_new_event`: materializations and log lines written while the
    step runs are Dagster's cost, not the flow's). Dagster run overhead is the rest of each run
    (run creation, resource initialisation, step and output events, storage writes); sensor time
-   is the ticks and sync's own bookkeeping. LibreOffice time is measured around its subprocess.
+   is the ticks and sync's own bookkeeping. LibreOffice time is measured around its subprocess;
+   the initialisation of each run's event-log database (inside its first event write) is timed
+   in the instance's storage class.
 2. batched runs, measured on no-op jobs of the flow's shapes (three dynamic-partitioned assets
    with a check, in-process executor, a fresh SQLite instance): one run per partition with three
    steps (the flow's former shape), with one step (its shape now), and one run over a range of
