@@ -459,3 +459,96 @@ def latest_materialization_ids(instance: dg.DagsterInstance, asset_key: dg.Asset
 def run_partition_data(instance: dg.DagsterInstance, runs_filter: dg.RunsFilter) -> Sequence:
     """Each partition's newest run among `runs_filter`'s: run id, status, start and end time."""
     return instance.get_run_partition_data(runs_filter)
+
+
+# -- the local stack's SQLite event log (local/dagster.yaml, `event_log_storage`) --------------
+# Dagster's SQLite event log keeps each run in a database file of its own (a shard) and builds
+# each one from nothing when the run's first event is written: some 20 tables with their
+# indexes, then an Alembic stamp that parses every migration script. That costs as much as 10 to
+# 20 of the run's 23 event writes (50-300 ms a run here, bench/RESULTS.md §4, session 9), and no
+# setting changes it. This subclass builds one empty shard per process, keeps its bytes, and
+# writes them for each new run: the same database Dagster builds (its schema, its Alembic
+# revision, WAL mode). Every other case goes to Dagster's own code: the index shard, a shard
+# that exists, one that another process creates at the same moment.
+#
+# dagster.yaml names the class; it is made on first use (module `__getattr__`), so importing
+# this module does not import Dagster's storage (Alembic and its templates, about 0.4 s).
+
+PREBUILT_SHARD_STORAGE = "PrebuiltShardSqliteEventLogStorage"
+
+
+def __getattr__(name: str):
+    if name == PREBUILT_SHARD_STORAGE:
+        return _prebuilt_shard_storage_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@cache
+def _prebuilt_shard_storage_class():
+    import os
+    import tempfile
+    import threading
+
+    import sqlalchemy as sa
+    from dagster._core.storage.event_log import SqliteEventLogStorage
+    from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME
+
+    shard_bytes: list[bytes] = []
+    lock = threading.Lock()
+
+    def empty_shard(storage) -> bytes:
+        with lock:
+            if not shard_bytes:
+                with tempfile.TemporaryDirectory(prefix="credflow-shard-") as directory:
+                    path = os.path.join(directory, "shard.db")
+                    engine = sa.create_engine(f"sqlite:///{path}", poolclass=sa.pool.NullPool)
+                    SqliteEventLogStorage._initdb(storage, engine)
+                    engine.dispose()  # the last connection closes: WAL checkpointed into the file
+                    with open(path, "rb") as built:
+                        shard_bytes.append(built.read())
+            return shard_bytes[0]
+
+    class PrebuiltShardSqliteEventLogStorage(SqliteEventLogStorage):
+        """SQLite event log whose run shards are copies of one built per process.
+
+        `base_dir` defaults to Dagster's own (`$DAGSTER_HOME/history/runs/`, from the instance's
+        home), so that the same dagster.yaml serves any home it is copied to."""
+
+        def __init__(self, base_dir: str | None = None, inst_data=None):
+            self._deferred_inst_data = inst_data
+            if base_dir is not None:
+                super().__init__(base_dir, inst_data)
+
+        @classmethod
+        def config_type(cls):
+            return {"base_dir": dg.Field(dg.StringSource, is_required=False)}
+
+        @classmethod
+        def from_config_value(cls, inst_data, config_value):
+            return cls(inst_data=inst_data, **config_value)
+
+        def register_instance(self, instance) -> None:
+            if not hasattr(self, "_base_dir"):  # no base_dir configured: the instance's home
+                super().__init__(os.path.join(instance.root_directory, "history", "runs", ""),
+                                 self._deferred_inst_data)
+            super().register_instance(instance)
+
+        def _initdb(self, engine, for_index_shard=False) -> None:
+            path = engine.url.database
+            if (for_index_shard or os.path.exists(path)
+                    or os.path.basename(path) == f"{INDEX_SHARD_NAME}.db"):
+                return super()._initdb(engine, for_index_shard)
+            partial = f"{path}.{os.getpid()}-{threading.get_ident()}.partial"
+            try:
+                with open(partial, "wb") as copy:
+                    copy.write(empty_shard(self))
+                os.link(partial, path)  # the shard appears whole, or not if another made it
+            except OSError:  # made meanwhile (FileExistsError), or no hard links here
+                super()._initdb(engine, for_index_shard)
+            finally:
+                if os.path.exists(partial):
+                    os.unlink(partial)
+
+    PrebuiltShardSqliteEventLogStorage.__module__ = __name__
+    PrebuiltShardSqliteEventLogStorage.__qualname__ = PREBUILT_SHARD_STORAGE
+    return PrebuiltShardSqliteEventLogStorage

@@ -178,6 +178,16 @@ class ParseLog:
         when they differ from the partition key."""
         self.redactor.keep_as_is(names)
 
+    def note(self, message: str, logger_name: str = CAPTURED_LOGGER) -> None:
+        """An INFO line in this parse's log only, redacted like every other line. A line that
+        `context.log` or a `credflow` logger emits is also one more event Dagster stores (a
+        write to the instance's storage, about 1/20 of a short run's own cost): this is for
+        progress lines worth keeping with the parse but not in the run's event log."""
+        record = logging.makeLogRecord({"name": logger_name, "levelno": logging.INFO,
+                                        "levelname": "INFO", "msg": message})
+        self._write(f"{_ScopedHandler._formatter.formatTime(record)} INFO {logger_name}: "
+                    f"{self.redactor(message)}")
+
     def metadata(self) -> dict[str, dg.MetadataValue]:
         if self.uri:
             # The s3:// address for tools, and a link a person opens (local object or console).

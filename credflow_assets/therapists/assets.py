@@ -21,7 +21,7 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from credflow_assets.common.messages import markdown_table
-from credflow_assets.common.parse_logs import parse_log
+from credflow_assets.common.parse_logs import ParseLog, parse_log
 from credflow_assets.resources.drive import DOCUMENT_MIME, DriveError, DriveResource
 from credflow_assets.resources.s3 import head_object_or_none, object_url, prefix_url
 from credflow_assets.resources.sql import SqlResource
@@ -104,9 +104,10 @@ def therapist_mpf(
         with parse_log(context, flow="therapists", s3_client=client,
                        bucket=therapist_settings.logs_bucket) as log:
             log.redact_values([therapist.first_name, therapist.last_name])
-            entries = _render_all(context, client, therapist_settings, uploads, Path(work))
-        yield dg.MaterializeResult(asset_key=RENDITIONS_KEY,
-                                   metadata={**log.metadata(), **_renditions_metadata(entries)})
+            entries, rendering = _render_all(context, log, client, therapist_settings, uploads,
+                                             Path(work))
+        yield dg.MaterializeResult(asset_key=RENDITIONS_KEY, metadata={
+            **log.metadata(), **_renditions_metadata(entries), **rendering})
         yield from _fill_folder(context, client, drive, therapist_settings, therapist, uploads,
                                 entries, Path(work))
 
@@ -141,10 +142,11 @@ def _renditions_metadata(entries: list[dict]) -> dict:
     }
 
 
-def _render_all(context, client, settings: TherapistFlowSettings, uploads: list[dict],
-                work: Path) -> list[dict]:
-    """An entry per upload; the PDFs not rendered before are rendered together (one
-    LibreOffice call for all the office files) and stored under their source etag."""
+def _render_all(context, log: ParseLog, client, settings: TherapistFlowSettings,
+                uploads: list[dict], work: Path) -> tuple[list[dict], dict]:
+    """An entry per upload, and the rendering's metadata; the PDFs not rendered before are
+    rendered together (one LibreOffice call for all the office files) and stored under their
+    source etag."""
     entries, pending = [], {}
     for index, upload in enumerate(uploads):
         entry, source = _entry(client, settings, upload, work / str(index))
@@ -152,10 +154,15 @@ def _render_all(context, client, settings: TherapistFlowSettings, uploads: list[
         if source is not None:
             pending[source] = entry
     if not pending:
-        return entries
+        return entries, {"pdf_rendered": 0}
     started = time.monotonic()
     results = render_pdfs(list(pending))
-    context.log.info(f"{len(pending)} PDF rendition(s) made in {time.monotonic() - started:.1f}s")
+    seconds = round(time.monotonic() - started, 1)
+    made = sum(1 for result in results.values() if not isinstance(result, RenditionError))
+    # In the parse log and the materialization's metadata, not as a log event of its own (one
+    # more write to the instance's storage per run, bench/RESULTS.md §4 session 9).
+    log.note(f"{made} of {len(pending)} PDF rendition(s) made in {seconds:.1f}s",
+             "credflow.therapists")
     for source, result in results.items():
         entry = pending[source]
         if isinstance(result, RenditionError):
@@ -167,7 +174,7 @@ def _render_all(context, client, settings: TherapistFlowSettings, uploads: list[
         entry["pdf_key"] = pdf_key
         entry["pdf_is_original"] = (result.resolve() == source.resolve()
                                     or entry["mime_type"] == "application/pdf")
-    return entries
+    return entries, {"pdf_rendered": made, "pdf_render_seconds": seconds}
 
 
 def _entry(client, settings: TherapistFlowSettings, upload: dict,
