@@ -70,12 +70,14 @@ def pytest_xdist_make_scheduler(config, log):
 def pytest_collection_modifyitems(config, items):
     """A new module on the UI stack must join UI_STACK_MODULES, or two workers start it.
 
-    Tests marked `prunes_dagster_ui` prune the `dagster_ui` stack's instance: they run after
-    every other test, so the others (and the UI screenshots) see the daemon's runs whole.
+    Tests marked `fails_a_file_on_dagster_ui` leave a failed partition on the `dagster_ui`
+    stack: they run after the other tests, some of which check that nothing the daemon did
+    failed. Tests marked `prunes_dagster_ui` prune the stack's instance: they run after every
+    other test, so the others (and the UI screenshots) see the daemon's runs whole.
     """
-    pruning = [item for item in items if item.get_closest_marker("prunes_dagster_ui")]
-    if pruning:
-        items[:] = [item for item in items if item not in pruning] + pruning
+    for mark in ("fails_a_file_on_dagster_ui", "prunes_dagster_ui"):
+        last = [item for item in items if item.get_closest_marker(mark)]
+        items[:] = [item for item in items if item not in last] + last
     missing = sorted({item.path.name for item in items
                       if "dagster_ui" in getattr(item, "fixturenames", ())} - UI_STACK_MODULES)
     if missing:

@@ -256,6 +256,7 @@ def test_the_run_page_shows_the_sensors_run(browser, dagster_ui, daemon_processe
            "run.png")
 
 
+@pytest.mark.fails_a_file_on_dagster_ui
 def test_a_rejected_staged_upload_says_why_on_its_run_page(browser, dagster_ui,
                                                            daemon_processed_files):
     """An analyst's CSV with the wrong columns, dropped while the daemon runs: its run fails, the

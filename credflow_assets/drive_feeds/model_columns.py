@@ -41,10 +41,8 @@ class UnknownSchemaError(LookupError):
 def model_columns(schema_name: str, digest_file: Path = DIGEST_FILE) -> list[ModelColumn]:
     """The columns of the DataFrameModel called `schema_name`, in the model's order."""
     models = _digested_models(digest_file)
-    if models is None:
+    if models is None or schema_name not in models:  # a model the digest cannot know of
         return columns_from_model(schema_name)
-    if schema_name not in models:
-        raise UnknownSchemaError(unknown_model_message(schema_name, sorted(models)))
     return [ModelColumn(**column) for column in models[schema_name]]
 
 
