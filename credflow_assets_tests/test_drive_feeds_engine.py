@@ -32,7 +32,6 @@ from credflow_assets.drive_feeds.sheets import (
 from credflow_assets.drive_feeds.sheet_errors import column_ranges
 from credflow_assets.drive_feeds.store import (
     FeedTables,
-    files_table,
     processed_file,
     rejections_table,
 )
@@ -42,6 +41,7 @@ from credflow_assets.local.seed_drive_feeds import sample_rows, write_csv
 from credflow_assets.resources.from_config import build_resources
 from credflow_assets.resources.sql import create_engine
 from credflow_assets_tests.conftest import DEFAULT_CONFIG
+from credflow_assets_tests.feed_ingest import assert_nothing_written, engine_for, ingest
 
 CONFIG = load_config(DEFAULT_CONFIG)
 NSSS = next(feed for feed in CONFIG.feeds if feed.name == "nsss")
@@ -412,32 +412,18 @@ def test_a_clean_chunk_skips_pandera_and_every_broken_rule_is_still_caught(tmp_p
 
 # -- ingest -------------------------------------------------------------------------------------------
 
-def _ingest(engine, feed: FeedConfig, path: Path, revision: str, chunk_rows: int = 4):
-    plan = build_plan(feed)
-    return ingest_file(engine, plan, SheetReader(path, "csv", feed.date_formats),
-                       SourceFile(feed.name, "file-1", revision, path.name),
-                       chunk_rows=chunk_rows, run_id=f"run-{revision}")
-
-
 def _scenario(engine, tmp_path, feed: FeedConfig):
     """A first file with duplicates across chunks, then a correction of one tracked and one
     untracked column."""
     rows = sample_rows(feed, 10)
     rows[7][feed.id_column] = rows[1][feed.id_column]  # the same id in chunks 1 and 2
-    first = _ingest(engine, feed, write_csv(tmp_path / "v1.csv", feed, rows), "r1")
+    first = ingest(engine, feed, write_csv(tmp_path / "v1.csv", feed, rows), "r1")
     corrected = sample_rows(feed, 10)
     corrected[2]["address_line_1"] = "1 New Road"  # tracked
     corrected[3]["phone_number"] = "07700 900999"  # not tracked
-    second = _ingest(engine, feed, write_csv(tmp_path / "v2.csv", feed, corrected), "r2")
-    again = _ingest(engine, feed, write_csv(tmp_path / "v2.csv", feed, corrected), "r2")
+    second = ingest(engine, feed, write_csv(tmp_path / "v2.csv", feed, corrected), "r2")
+    again = ingest(engine, feed, write_csv(tmp_path / "v2.csv", feed, corrected), "r2")
     return rows, first, second, again
-
-
-def _engine_for(backend: str, tmp_path: Path, request):
-    """A tables database on `backend`: a SQLite file, or a fresh PostgreSQL database."""
-    url = (f"sqlite:///{tmp_path / 'tables.db'}" if backend == "sqlite"
-           else request.getfixturevalue("postgres_url"))
-    return create_engine(url)
 
 
 def _contents(engine, tables: FeedTables) -> tuple[list, list]:
@@ -452,7 +438,7 @@ def _contents(engine, tables: FeedTables) -> tuple[list, list]:
                                                             marks=pytest.mark.postgres)])
 def test_an_older_file_run_again_does_not_undo_a_newer_one(backend, tmp_path, request):
     """A reparse of an upload after its correction: the correction's rows stay, no history."""
-    engine = _engine_for(backend, tmp_path, request)
+    engine = engine_for(backend, tmp_path, request)
     feed = _feed(tracked_columns=["address_line_1"])
     plan = build_plan(feed)
     upload = write_csv(tmp_path / "upload.csv", feed, sample_rows(feed, 6))
@@ -493,7 +479,7 @@ def test_an_older_file_run_again_does_not_undo_a_newer_one(backend, tmp_path, re
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql",
                                                             marks=pytest.mark.postgres)])
 def test_bulk_upsert_history_and_duplicates(backend, tmp_path, request):
-    engine = _engine_for(backend, tmp_path, request)
+    engine = engine_for(backend, tmp_path, request)
     feed = _feed(tracked_columns=["address_line_1", "postcode"])
     try:
         rows, first, second, again = _scenario(engine, tmp_path, feed)
@@ -532,7 +518,7 @@ def test_a_wrong_header_writes_nothing(tmp_path):
     path = write_csv(tmp_path / "bad.csv", NSSS, sample_rows(NSSS, 3),
                      headers={"nss_id": "NSS Number"})
     with pytest.raises(HeaderMismatch) as raised:
-        _ingest(engine, NSSS, path, "r1")
+        ingest(engine, NSSS, path, "r1")
     assert raised.value.problem.missing == ["nss_id"]
     assert raised.value.problem.unexpected == ["NSS Number"]
     assert sa.inspect(engine).get_table_names() == []
@@ -549,7 +535,7 @@ def test_rows_that_break_the_models_rules_are_rejected_with_their_reasons(tmp_pa
     rows[5]["nhs_number"] = "123"  # row 7
     rows[6]["email"] = "  ann@example.org  "  # row 8: padded, still good
     try:
-        report = _ingest(engine, NSSS, write_csv(tmp_path / "rules.csv", NSSS, rows), "r1")
+        report = ingest(engine, NSSS, write_csv(tmp_path / "rules.csv", NSSS, rows), "r1")
         with engine.connect() as connection:
             rejections = connection.execute(
                 sa.select(rejections_table.c.row_number, rejections_table.c.column_name,
@@ -575,7 +561,7 @@ def test_rows_that_break_the_models_rules_are_rejected_with_their_reasons(tmp_pa
                                                             marks=pytest.mark.postgres)])
 def test_cells_reach_the_table_as_written_and_a_rerun_changes_nothing(backend, tmp_path,
                                                                         request):
-    engine = _engine_for(backend, tmp_path, request)
+    engine = engine_for(backend, tmp_path, request)
     feed = _feed(date_formats={})  # ISO 8601: a timestamp column
     rows = sample_rows(feed, 4, dates_as_text=False)
     rows[0]["address_line_1"] = 'Flat 2, "The Maltings"'
@@ -586,8 +572,8 @@ def test_cells_reach_the_table_as_written_and_a_rerun_changes_nothing(backend, t
         row["date_of_birth"] = row["date_of_birth"].isoformat()
     path = write_csv(tmp_path / "values.csv", feed, rows)
     try:
-        first = _ingest(engine, feed, path, "r1")
-        again = _ingest(engine, feed, path, "r2")
+        first = ingest(engine, feed, path, "r1")
+        again = ingest(engine, feed, path, "r2")
         records = FeedTables(build_plan(feed)).records
         with engine.connect() as connection:
             stored = {r.nss_id: r for r in connection.execute(sa.select(records))}
@@ -611,12 +597,8 @@ def test_a_file_malformed_after_its_first_chunks_writes_nothing(tmp_path):
     try:
         with pytest.raises(SheetError, match="malformed CSV: row 14 opens a quoted cell that "
                                               "never closes"):
-            _ingest(engine, NSSS, path, "r1")  # 4 rows a chunk: three chunks staged first
-        records = FeedTables(build_plan(NSSS)).records
-        with engine.connect() as connection:
-            assert connection.execute(sa.select(sa.func.count()).select_from(records)).scalar() == 0
-            assert connection.execute(
-                sa.select(sa.func.count()).select_from(rejections_table)).scalar() == 0
+            ingest(engine, NSSS, path, "r1")  # 4 rows a chunk: three chunks staged first
+        assert_nothing_written(engine, NSSS)
     finally:
         engine.dispose()
 
@@ -634,10 +616,10 @@ def test_the_staging_scratch_file_is_gone_after_an_ingest_that_worked_or_failed(
     with open(broken, "a", encoding="utf-8") as handle:
         handle.write('N9,"a quote that never closes\n')
     try:
-        assert _ingest(engine, NSSS, good, "r1").inserted == 12
+        assert ingest(engine, NSSS, good, "r1").inserted == 12
         assert list(scratch.iterdir()) == []
         with pytest.raises(SheetError):
-            _ingest(engine, NSSS, broken, "r2")
+            ingest(engine, NSSS, broken, "r2")
         assert list(scratch.iterdir()) == []
         with engine.connect() as connection:  # the pool's one connection, used by both
             attached = [row[1] for row in connection.exec_driver_sql("PRAGMA database_list")]
@@ -675,12 +657,8 @@ def test_a_row_with_more_fields_than_the_header_fails_the_file_naming_the_row(
     problem = f"malformed CSV: row {row} has {fields} fields, the header has 12"
     try:
         with pytest.raises(SheetError, match=problem):
-            _ingest(engine, NSSS, path, "r1", chunk_rows=4)
-        records = FeedTables(build_plan(NSSS)).records
-        with engine.connect() as connection:
-            for table in (records, rejections_table, files_table):
-                assert connection.execute(
-                    sa.select(sa.func.count()).select_from(table)).scalar() == 0
+            ingest(engine, NSSS, path, "r1", chunk_rows=4)
+        assert_nothing_written(engine, NSSS)
     finally:
         engine.dispose()
     # A Google Sheet arrives as Drive's CSV export and is read the same way.

@@ -6,7 +6,6 @@ whichever rows they are on, nothing written when the file fails part-way."""
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 
 import pandas as pd
 import pandera.pandas as pandera
@@ -15,29 +14,19 @@ import sqlalchemy as sa
 from pandera.typing import Series
 
 from credflow_assets.config import FeedConfig, load_config
-from credflow_assets.drive_feeds.ingest import SourceFile, ingest_file
+from credflow_assets.drive_feeds.ingest import SourceFile
 from credflow_assets.drive_feeds import schemas
 from credflow_assets.drive_feeds.first_load import FirstLoad
-from credflow_assets.drive_feeds.sheets import SheetError, SheetReader
+from credflow_assets.drive_feeds.sheets import SheetError
 from credflow_assets.drive_feeds.store import FeedTables, files_table, rejections_table
 from credflow_assets.drive_feeds.validation import build_plan
 from credflow_assets.local.seed_drive_feeds import sample_rows, write_csv
 from credflow_assets.resources.sql import create_engine
 from credflow_assets_tests.conftest import DEFAULT_CONFIG
+from credflow_assets_tests.feed_ingest import assert_nothing_written, engine_for, ingest
 
 NSSS = next(feed for feed in load_config(DEFAULT_CONFIG).feeds if feed.name == "nsss")
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-
-
-def _engine(backend: str, tmp_path: Path, request):
-    return create_engine(f"sqlite:///{tmp_path / 'tables.db'}" if backend == "sqlite"
-                         else request.getfixturevalue("postgres_url"))
-
-
-def _ingest(engine, feed: FeedConfig, path: Path, revision: str):
-    return ingest_file(engine, build_plan(feed), SheetReader(path, "csv", feed.date_formats),
-                       SourceFile(feed.name, "file-1", revision, path.name),
-                       chunk_rows=4, run_id=f"run-{revision}")
 
 
 def _rejections(engine, revision: str) -> list[tuple]:
@@ -60,7 +49,7 @@ def test_a_first_load_rejects_and_counts_as_the_stage_does(backend, tmp_path, re
     """The same file twice: first into the empty table (no stage), then as a new revision of it
     (through the stage, every good row unchanged). Rejections, their order, the report's
     sample and reasons must be the same."""
-    engine = _engine(backend, tmp_path, request)
+    engine = engine_for(backend, tmp_path, request)
     rows = sample_rows(NSSS, 14)
     rows[1]["email"] = "not an address"  # sheet row 3
     rows[4]["date_of_birth"] = "31/02/1990"  # row 6: no such day
@@ -69,8 +58,8 @@ def test_a_first_load_rejects_and_counts_as_the_stage_does(backend, tmp_path, re
     rows[9]["first_name"] = ""  # row 11, third chunk
     path = write_csv(tmp_path / "first.csv", NSSS, rows)
     try:
-        first = _ingest(engine, NSSS, path, "r1")
-        again = _ingest(engine, NSSS, path, "r2")
+        first = ingest(engine, NSSS, path, "r1")
+        again = ingest(engine, NSSS, path, "r2")
         first_rejections, again_rejections = _rejections(engine, "r1"), _rejections(engine, "r2")
         stored = _stored(engine, NSSS)
         with engine.connect() as connection:
@@ -96,13 +85,13 @@ def test_an_id_twice_in_a_first_file_rejects_every_row_with_it(backend, bad_row,
                                                                request):
     """Whether the repeat is on two good rows (the table's key refuses it) or on a row that was
     rejected anyway, every row with that id is rejected, naming the other."""
-    engine = _engine(backend, tmp_path, request)
+    engine = engine_for(backend, tmp_path, request)
     rows = sample_rows(NSSS, 10)
     rows[8]["nss_id"] = rows[2]["nss_id"]  # sheet rows 4 and 10, in the first and third chunks
     if bad_row:
         rows[8]["email"] = "not an address"
     try:
-        report = _ingest(engine, NSSS, write_csv(tmp_path / "twice.csv", NSSS, rows), "r1")
+        report = ingest(engine, NSSS, write_csv(tmp_path / "twice.csv", NSSS, rows), "r1")
         rejections = _rejections(engine, "r1")
         stored = _stored(engine, NSSS)
     finally:
@@ -118,7 +107,7 @@ def test_an_id_twice_in_a_first_file_rejects_every_row_with_it(backend, bad_row,
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_first_file_that_fails_part_way_leaves_the_tables_as_they_were(backend, tmp_path,
                                                                          request):
-    engine = _engine(backend, tmp_path, request)
+    engine = engine_for(backend, tmp_path, request)
     rows = sample_rows(NSSS, 12)
     rows[1]["email"] = "not an address"  # a rejection written before the file fails
     path = write_csv(tmp_path / "broken.csv", NSSS, rows)
@@ -126,12 +115,8 @@ def test_a_first_file_that_fails_part_way_leaves_the_tables_as_they_were(backend
         handle.write('N9,"a quote that never closes\n')
     try:
         with pytest.raises(SheetError, match="row 14 opens a quoted cell that never closes"):
-            _ingest(engine, NSSS, path, "r1")  # three chunks of 4 written first
-        records = FeedTables(build_plan(NSSS)).records
-        with engine.connect() as connection:
-            for table in (records, rejections_table, files_table):
-                assert connection.execute(
-                    sa.select(sa.func.count()).select_from(table)).scalar() == 0
+            ingest(engine, NSSS, path, "r1")  # three chunks of 4 written first
+        assert_nothing_written(engine, NSSS)
     finally:
         engine.dispose()
 
@@ -147,7 +132,7 @@ def test_a_table_changed_by_hand_is_loaded_through_the_stage(tmp_path, postgres_
         with engine.begin() as connection:
             connection.exec_driver_sql(
                 f"ALTER TABLE {NSSS.table} ALTER COLUMN date_of_birth TYPE timestamp")
-        report = _ingest(engine, NSSS, write_csv(tmp_path / "first.csv", NSSS, rows), "r1")
+        report = ingest(engine, NSSS, write_csv(tmp_path / "first.csv", NSSS, rows), "r1")
         with engine.connect() as connection:
             born = connection.exec_driver_sql(
                 f"SELECT date_of_birth FROM {NSSS.table} WHERE nss_id = %(id)s",
@@ -209,7 +194,7 @@ def test_a_first_load_writes_every_kind_of_value_as_postgresql_reads_it(tmp_path
                                          dt.datetime.now(dt.timezone.utc), 5).start()
             transaction.rollback()
         before = dt.datetime.now(dt.timezone.utc)
-        report = _ingest(engine, feed, path, "r1")
+        report = ingest(engine, feed, path, "r1")
         after = dt.datetime.now(dt.timezone.utc)
         with engine.connect() as connection:
             stored = connection.exec_driver_sql(
