@@ -19,7 +19,7 @@ Isolation, so that the test sees only its own file and its own run:
 - every sensor but `staging_events_sensor` is stopped before the daemon starts, as an operator
   would stop them in the UI: the staging reconciliation sensor would otherwise also request a run
   for the same upload whenever its first tick comes before the event sensor's (the daemon shuffles
-  the order), and the second run would fail as "no longer in staging";
+  the order), and the second run would check the promoted copy again: two runs, not one;
 - a Celery queue of its own (the launcher's `default_queue`, the worker's `-q`), deleted
   afterwards: RabbitMQ's default vhost is shared by every test session on this machine, and a
   worker of another session would take this run and fail to find it in its own database.

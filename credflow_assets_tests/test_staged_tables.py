@@ -7,6 +7,7 @@ The tests tell one story in order (module-scoped stack and instance), as an anal
 from __future__ import annotations
 
 import json
+from urllib.parse import unquote
 import logging
 
 import boto3
@@ -539,3 +540,83 @@ def test_big_files_are_promoted_with_a_managed_copy(flow):
     assert keys(flow, "prod/claims/x/") == ["prod/claims/x/big.csv"]
     s3.delete_object(Bucket=BUCKET, Key="prod/claims/x/big.csv")
     s3.delete_object(Bucket=BUCKET, Key="staging/claims/big.csv")
+
+
+def rerun(flow, key: str):
+    """The partition's run again, as the UI's Materialize button or a re-execution makes it."""
+    return flow["defs"].resolve_job_def(job_name("claims")).execute_in_process(
+        instance=flow["instance"], partition_key=partition_key_for(key), raise_on_error=False)
+
+
+def latest_metadata(flow, asset_key: dg.AssetKey, key: str) -> dict:
+    record = flow["instance"].fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition_key_for(key)]),
+        limit=1, ascending=False).records[0]
+    return {"run_id": record.run_id, **{name: value.value for name, value
+                                        in record.asset_materialization.metadata.items()}}
+
+
+def failure_sentence(result) -> str:
+    """The step failure's own sentence (the UI shows it under Dagster's class name)."""
+    failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data
+    return failure.user_failure_data.description
+
+
+def test_a_rerun_of_a_promoted_file_checks_its_prod_copy_and_registers_its_partition_again(flow):
+    """A promoted file has left staging; rerunning its partition (say, after its Glue partition
+    was dropped by hand) checks the prod copy again and registers the partition again, instead
+    of failing the partition for a file that did nothing wrong."""
+    key = upload(flow, "claims", "rerun.csv", CLAIMS, ["C-2021,Al,Ro,2024-03-02,7,paid"],
+                 ingest_date="2024-03-31")
+    assert run_sync(flow).ok
+    prod_key = "prod/claims/ingest_date=2024-03-31/rerun.csv"
+    promoted = latest_metadata(flow, prod_file_key("claims"), key)
+    assert key not in keys(flow, "staging/") and prod_key in keys(flow, "prod/")
+    body = flow["s3"].get_object(Bucket=BUCKET, Key=prod_key)["Body"].read()
+    flow["glue"].delete_partition(DatabaseName=DATABASE, TableName="claims",
+                                  PartitionValues=["2024-03-31"])
+
+    result = rerun(flow, key)
+
+    assert result.success
+    assert partitions(flow, "claims")["2024-03-31"].endswith("/prod/claims/ingest_date=2024-03-31/")
+    assert flow["s3"].get_object(Bucket=BUCKET, Key=prod_key)["Body"].read() == body
+    assert key not in keys(flow, "staging/")
+    checked = latest_metadata(flow, staging_file_key("claims"), key)
+    assert checked["run_id"] == result.run_id
+    assert checked["uploader_key"] == key and checked["rows"] == 1 and checked["checks_passed"]
+    assert checked["read_from"] == f"s3://{BUCKET}/{prod_key}"
+    assert checked["promoted_by_run"] == promoted["run_id"]
+    assert unquote(checked["file_url"]).endswith(prod_key)  # the link goes where the bytes are
+    assert checks_of(flow, key)["columns_match_table"]["passed"]
+    again = latest_metadata(flow, prod_file_key("claims"), key)
+    assert again["copy_method"] == f"already in prod (promoted by run {promoted['run_id']})"
+    assert again["promoted_by_run"] == promoted["promoted_by_run"] == promoted["run_id"]
+    assert again["source_etag"] == promoted["source_etag"]
+    glue = latest_metadata(flow, glue_table_key(DATABASE, "claims"), key)
+    assert glue["partition_action"] == "created" and glue["run_id"] == result.run_id
+    assert glue["staged_file"] == "already gone from staging"
+    assert rerun(flow, key).success  # and again: nothing else depends on the first promotion
+
+    # Its prod copy deleted since: the rerun says so, and what to do.
+    flow["s3"].delete_object(Bucket=BUCKET, Key=prod_key)
+    failed = rerun(flow, key)
+    assert not failed.success
+    assert failure_sentence(failed) == (
+        f"s3://{BUCKET}/{key} is no longer in staging: run {promoted['run_id']} promoted it to "
+        f"s3://{BUCKET}/{prod_key}, which has been deleted since. Upload the file again to "
+        "restore it.")
+    flow["glue"].delete_partition(DatabaseName=DATABASE, TableName="claims",
+                                  PartitionValues=["2024-03-31"])
+
+
+def test_a_rerun_of_a_file_deleted_before_its_check_says_so(flow):
+    key = upload(flow, "claims", "deleted.csv", CLAIMS)
+    flow["instance"].add_dynamic_partitions(table_partitions("claims").name,
+                                            [partition_key_for(key)])
+    flow["s3"].delete_object(Bucket=BUCKET, Key=key)
+    result = rerun(flow, key)
+    assert not result.success
+    assert failure_sentence(result) == (
+        f"s3://{BUCKET}/{key} is no longer in staging, and no run promoted it: it was deleted "
+        "before it was checked. Upload it again to process it.")

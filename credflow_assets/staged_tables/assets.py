@@ -32,6 +32,10 @@ The `ingest_date` is the date the upload names in its `ingest-date` metadata
 (`x-amz-meta-ingest-date: 2024-01-31`, to load an old export into its own partition), else the
 UTC date it was uploaded to staging; either way a rerun lands in the same place. A re-upload of
 the same name for the same date replaces that prod file (Glue then reads the new one).
+
+A rerun of a promoted file (the UI's Materialize, a re-execution, `credflow reparse`) finds it
+gone from staging and checks its prod copy instead (`observation.promoted_upload`): that copy
+stays where it is, and the Glue step registers its partition again.
 """
 
 
@@ -54,6 +58,8 @@ from credflow_assets.staged_tables.checks import check_specs
 from credflow_assets.staged_tables.layout import PARTITION_COLUMN, Layout
 from credflow_assets.staged_tables.names import (
     GROUP,
+    PROD_METADATA_SOURCE_ETAG,
+    PROD_METADATA_SOURCE_KEY,
     glue_table_key,
     job_name,
     prod_file_key,
@@ -63,10 +69,6 @@ from credflow_assets.staged_tables.names import (
 )
 from credflow_assets.staged_tables.observation import observe_and_check
 from credflow_assets.staged_tables.settings import StagedTablesSettings
-
-PROD_METADATA_SOURCE_KEY = "credflow-staged-key"
-PROD_METADATA_SOURCE_ETAG = "credflow-staged-etag"
-
 
 def build_table_assets(table: str, database: str, layout: Layout) -> list[dg.AssetsDefinition]:
     """The three assets of one configured table, upstream first."""
@@ -153,11 +155,16 @@ def promote(context: dg.AssetExecutionContext, table: str, s3: S3Resource, glue:
     client = s3.get_client()
     prod_key = layout.prod_key(table, staged["ingest_date"], staged["name"])
     started = time.monotonic()
-    copy = promote_object(
-        client, layout.bucket, staged["uploader_key"], staged["etag"], prod_key,
-        managed_copy_threshold=settings.managed_copy_threshold_bytes,
-        run_id=context.run.run_id,
-    )
+    promoted_by_run = str(staged.get("promoted_by_run") or context.run.run_id)
+    if staged.get("promoted_by_run"):
+        # A rerun of an upload promoted earlier: the copy the checks just read is in place.
+        copy = already_promoted(client, layout.bucket, prod_key, promoted_by_run)
+    else:
+        copy = promote_object(
+            client, layout.bucket, staged["uploader_key"], staged["etag"], prod_key,
+            managed_copy_threshold=settings.managed_copy_threshold_bytes,
+            run_id=context.run.run_id,
+        )
     context.log.info(f"{staged['file']} → s3://{layout.bucket}/{prod_key} "
                      f"({copy['method']}, {copy['size']} bytes)")
     return dg.MaterializeResult(metadata={
@@ -173,6 +180,7 @@ def promote(context: dg.AssetExecutionContext, table: str, s3: S3Resource, glue:
         "etag": copy["etag"],
         "source_etag": staged["etag"],
         "copy_method": copy["method"],
+        "promoted_by_run": promoted_by_run,
         "seconds": round(time.monotonic() - started, 3),
     })
 
@@ -344,6 +352,13 @@ def promote_object(client: Any, bucket: str, source_key: str, etag: str, target_
         raise dg.Failure(f"copy of s3://{bucket}/{source_key} to {target_key} has "
                          f"{copied['ContentLength']} bytes, not {size}; withdrawn")
     return {"method": method, "size": size, "etag": copied["ETag"].strip('"')}
+
+
+def already_promoted(client: Any, bucket: str, prod_key: str, run_id: str) -> dict[str, Any]:
+    """The prod copy an earlier run made, as `promote_object` would describe a new one."""
+    head = client.head_object(Bucket=bucket, Key=prod_key)
+    return {"method": f"already in prod (promoted by run {run_id})",
+            "size": head["ContentLength"], "etag": head["ETag"].strip('"')}
 
 
 def remove_staged_object(client: Any, bucket: str, key: str, etag: str) -> str:

@@ -69,8 +69,21 @@ UPLOADER_METADATA_KEYS = ("uploaded-by", "uploaded_by", "uploader", "user", "own
 
 
 @dataclass(frozen=True)
+class PromotedCopy:
+    """Where an upload that a run promoted (and removed from staging) is read from again."""
+
+    key: str  # prod/{table}/ingest_date=D/{name}
+    etag: str  # the prod copy's own
+    run_id: str  # the run that promoted it
+
+
+@dataclass(frozen=True)
 class StagedObject:
-    """The staged upload a run checks: where it is and which version of it."""
+    """The staged upload a run checks: where it is and which version of it.
+
+    `promoted` is set when the upload has left staging because an earlier run promoted it: its
+    bytes are then read from that prod copy (`read_key`, `read_etag`), the upload's own key,
+    etag and version still name it."""
 
     bucket: str
     key: str
@@ -87,6 +100,19 @@ class StagedObject:
         return f"s3://{self.bucket}/{self.key}"
 
     requested_ingest_date: str | None = None  # x-amz-meta-ingest-date, when a valid date
+    promoted: PromotedCopy | None = None
+
+    @property
+    def read_key(self) -> str:
+        return self.promoted.key if self.promoted else self.key
+
+    @property
+    def read_etag(self) -> str:
+        return self.promoted.etag if self.promoted else self.etag
+
+    @property
+    def read_uri(self) -> str:
+        return f"s3://{self.bucket}/{self.read_key}"
 
     @property
     def ingest_date(self) -> str:

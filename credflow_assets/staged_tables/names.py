@@ -25,6 +25,10 @@ from credflow_assets.staged_tables.layout import (  # noqa: F401
 )
 
 GROUP = "staged_tables"
+
+# A prod copy's S3 user metadata names the staged upload it was promoted from (key, etag).
+PROD_METADATA_SOURCE_KEY = "credflow-staged-key"
+PROD_METADATA_SOURCE_ETAG = "credflow-staged-etag"
 AUDIT_JOB_NAME = "staged_tables_audit_job"
 
 _JOB_PREFIX, _JOB_SUFFIX = "staged_", "_job"

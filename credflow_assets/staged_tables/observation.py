@@ -10,7 +10,9 @@ import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
+from urllib.parse import unquote
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
@@ -21,6 +23,7 @@ from credflow_assets.common.parse_logs import parse_log
 from credflow_assets.resources.glue import GlueResource
 from credflow_assets.resources.s3 import object_url
 from credflow_assets.staged_tables.checks import (
+    PromotedCopy,
     StagedObject,
     columns_check_result,
     requested_ingest_date,
@@ -36,7 +39,16 @@ from credflow_assets.staged_tables.columns import (
     resolve_table_columns,
 )
 from credflow_assets.staged_tables.layout import Layout, StagedFile, object_key_for
-from credflow_assets.staged_tables.names import GROUP, VERSION_TAG, job_name, object_version
+from credflow_assets.staged_tables.names import (
+    GROUP,
+    PROD_METADATA_SOURCE_ETAG,
+    PROD_METADATA_SOURCE_KEY,
+    VERSION_TAG,
+    job_name,
+    object_version,
+    prod_file_key,
+    staging_file_key,
+)
 from credflow_assets.staged_tables.rejection import rejection_sentence, report_header_problems
 from credflow_assets.staged_tables.settings import StagedTablesSettings
 from credflow_assets.staged_tables.validation import RowsReport, validate_rows
@@ -76,10 +88,16 @@ def observe_and_check(context: dg.AssetExecutionContext, table: str, s3: S3Resou
         rejection = None if checks_passed else rejection_sentence(
             staged.key, found.comparison, found.header_error, found.report,
             error_report_stored=errors.uri is not None)
+        if rejection is not None and staged.promoted:
+            rejection += (f" Its prod copy {staged.read_uri}, promoted by run "
+                          f"{staged.promoted.run_id}, is left as it is.")
         if rejection is None:
-            context.log.info(f"{staged.uri}: both checks passed; promoting")
+            context.log.info(f"{staged.uri}: both checks passed; "
+                             + ("registering its prod copy's partition again" if staged.promoted
+                                else "promoting"))
         else:
-            context.log.warning(f"{rejection} The file stays in staging.")
+            context.log.warning(rejection if staged.promoted
+                                else f"{rejection} The file stays in staging.")
 
     yield dg.MaterializeResult(metadata={
         **_observation_metadata(client, layout, staged, found, checks_passed),
@@ -106,6 +124,10 @@ def _upload_to_check(context: dg.AssetExecutionContext, client, layout: Layout,
     the upload the run was requested for (the newer upload has a run of its own)."""
     target = _target(layout, context.partition_key, table)
     staged = head_staged(client, layout.bucket, target, log=context.log)
+    if staged is None:
+        staged = promoted_upload(context.instance, client, layout, target, context.partition_key)
+        context.log.info(f"{staged.uri} was promoted by run {staged.promoted.run_id} and left "
+                         f"staging; checking its prod copy {staged.read_uri} again")
     requested = context.run.tags.get(VERSION_TAG)
     if requested and requested != staged.version:
         raise dg.Failure(
@@ -139,7 +161,8 @@ def _inspect_upload(context, client, glue: GlueResource, settings: StagedTablesS
     context.log.info(f"{staged.uri} ({staged.size} bytes, etag {staged.etag}): table "
                      f"{staged.table}, columns from {found.reference.description}")
     try:
-        found.raw_header = read_header(client, layout.bucket, staged.key, etag=staged.etag)
+        found.raw_header = read_header(client, layout.bucket, staged.read_key,
+                                       etag=staged.read_etag)
     except HeaderError as error:
         found.header_error = str(error)
     if found.raw_header is not None:
@@ -158,7 +181,8 @@ def _observation_metadata(client, layout: Layout, staged: StagedObject, found: _
     table's columns' origin and the rows read (never a cell's value)."""
     metadata: dict[str, Any] = {
         "file": dg.MetadataValue.path(staged.uri),
-        "file_url": dg.MetadataValue.url(object_url(client, layout.bucket, staged.key)),
+        # Where the bytes are now: staging, or the prod copy of an upload promoted earlier.
+        "file_url": dg.MetadataValue.url(object_url(client, layout.bucket, staged.read_key)),
         "uploader_key": staged.key,
         "uploader": staged.uploader or "",
         "table": staged.table,
@@ -174,6 +198,9 @@ def _observation_metadata(client, layout: Layout, staged: StagedObject, found: _
         "rows": found.report.rows if found.report else 0,
         "checks_passed": checks_passed,
     }
+    if staged.promoted is not None:
+        metadata["read_from"] = dg.MetadataValue.path(staged.read_uri)
+        metadata["promoted_by_run"] = staged.promoted.run_id
     if found.report is not None and found.report.inferred_types is not None:
         metadata["inferred_types"] = dg.MetadataValue.json(found.report.inferred_types)
     return metadata
@@ -184,8 +211,8 @@ def _validate(client, layout: Layout, staged: StagedObject, comparison, referenc
     """Stream the file's rows (this version only) through validation; each problem, value
     included, goes to the error report."""
     started = time.monotonic()
-    body = client.get_object(Bucket=layout.bucket, Key=staged.key,
-                             IfMatch=f'"{staged.etag}"')["Body"]
+    body = client.get_object(Bucket=layout.bucket, Key=staged.read_key,
+                             IfMatch=f'"{staged.read_etag}"')["Body"]
     with closing(body):
         report = validate_rows(
             body, comparison.actual, model=model, glue_types=reference.glue_types,
@@ -221,18 +248,15 @@ def _unless_replaced(staged: StagedObject) -> Iterator[None]:
                          "being checked; the newer upload is checked by its own run") from None
 
 
-def head_staged(client: Any, bucket: str, target: StagedFile, log=None) -> StagedObject:
-    """The staged object as it is now; a Failure naming it when it is gone."""
+def head_staged(client: Any, bucket: str, target: StagedFile, log=None) -> StagedObject | None:
+    """The staged object as it is now; None when it is no longer in staging."""
     from botocore.exceptions import ClientError
 
     try:
         head = client.head_object(Bucket=bucket, Key=target.key)
     except ClientError as error:
         if error.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
-            raise dg.Failure(
-                f"s3://{bucket}/{target.key} is no longer in staging (promoted by an earlier "
-                "run, or deleted)"
-            ) from None
+            return None
         raise
     etag = head["ETag"].strip('"')
     ingest_date, warning = requested_ingest_date(head.get("Metadata", {}))
@@ -245,6 +269,66 @@ def head_staged(client: Any, bucket: str, target: StagedFile, log=None) -> Stage
         uploader=uploader_of(head.get("Metadata", {})),
         requested_ingest_date=ingest_date,
     )
+
+
+def promoted_upload(instance: dg.DagsterInstance, client: Any, layout: Layout,
+                    target: StagedFile, partition_key: str) -> StagedObject:
+    """The upload of a partition whose file left staging because a run promoted it, read from
+    its prod copy: a rerun of the partition (the UI's Materialize, a re-execution, a second
+    request for the same upload) checks that copy again and registers its partition again,
+    instead of failing on a file that did nothing wrong. A Failure when no run promoted it, or
+    when its prod copy is gone or is now another upload's."""
+    from botocore.exceptions import ClientError
+
+    gone = f"s3://{layout.bucket}/{target.key} is no longer in staging"
+    promotion = _latest_metadata(instance, prod_file_key(target.table), partition_key)
+    if promotion is None:
+        raise dg.Failure(f"{gone}, and no run promoted it: it was deleted before it was "
+                         "checked. Upload it again to process it.")
+    prod_key = str(promotion["prod_key"])
+    run_id = str(promotion.get("promoted_by_run") or promotion["run_id"])  # the one that copied
+    try:
+        head = client.head_object(Bucket=layout.bucket, Key=prod_key)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") not in {"404", "NoSuchKey", "NotFound"}:
+            raise
+        raise dg.Failure(f"{gone}: run {run_id} promoted it to s3://{layout.bucket}/{prod_key}, "
+                         "which has been deleted since. Upload the file again to restore "
+                         "it.") from None
+    source_key = unquote(head.get("Metadata", {}).get(PROD_METADATA_SOURCE_KEY, ""))
+    source_etag = head.get("Metadata", {}).get(PROD_METADATA_SOURCE_ETAG, "")
+    if source_key != target.key or source_etag != promotion["source_etag"]:
+        holder = f"upload {source_key}" if source_key else "a file credflow did not promote"
+        raise dg.Failure(f"{gone}: run {run_id} promoted it to s3://{layout.bucket}/{prod_key}, "
+                         f"which now holds {holder}; that copy is left as it is.")
+    checked = _latest_metadata(instance, staging_file_key(target.table), partition_key,
+                               run_id=run_id) or {}
+    return StagedObject(
+        bucket=layout.bucket, key=target.key, table=target.table, name=target.name,
+        size=head["ContentLength"], etag=source_etag,
+        last_modified=(datetime.fromisoformat(checked["last_modified"])
+                       if "last_modified" in checked else head["LastModified"]),
+        version=str(checked.get("version") or object_version(source_etag, head["LastModified"])),
+        uploader=uploader_of(head.get("Metadata", {})),
+        requested_ingest_date=str(promotion["ingest_date"]),
+        promoted=PromotedCopy(key=prod_key, etag=head["ETag"].strip('"'), run_id=run_id),
+    )
+
+
+def _latest_metadata(instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition_key: str,
+                     run_id: str | None = None) -> dict[str, Any] | None:
+    """The metadata (and run id) of the asset's latest materialization of this partition, or
+    of the one made by `run_id`."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition_key]),
+        limit=20 if run_id else 1, ascending=False,
+    ).records
+    for record in records:
+        if run_id is None or record.run_id == run_id:
+            metadata = record.asset_materialization.metadata
+            return {"run_id": record.run_id,
+                    **{name: value.value for name, value in metadata.items()}}
+    return None
 
 
 def _model_for(settings: StagedTablesSettings, table: str):
