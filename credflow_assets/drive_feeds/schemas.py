@@ -10,7 +10,9 @@ How the engine reads a model (see `validation.FeedPlan`):
   before anything is written.
 - Every cell arrives as text (stripped; empty is null). `pa.DateTime` columns are parsed with the
   feed's `date_formats` (ISO 8601 when the feed names no format); a cell that does not parse
-  rejects its row. Other non-text columns need `coerce=True` on their Field.
+  rejects its row. A boolean column's cells are read as yes/no words (true/false, yes/no, 1/0,
+  t/f, y/n, in any case; a sheet's own TRUE/FALSE cells too); any other value rejects its row.
+  Other non-text columns need `coerce=True` on their Field.
 - The feed's `id_column` must be non-null and unique in the file. Uniqueness is enforced across the
   whole file (not per chunk) by the engine; every other check runs per row, and a row that fails
   one is rejected with its row number and reason while the good rows go in.

@@ -177,6 +177,20 @@ def _row_schema(schema, columns: list[ColumnPlan]):
     return relaxed
 
 
+# What a yes/no cell may say, in any case: spreadsheets export TRUE/FALSE, people type yes/no.
+BOOLEAN_WORDS = {**dict.fromkeys(("true", "t", "yes", "y", "1"), True),
+                 **dict.fromkeys(("false", "f", "no", "n", "0"), False)}
+NOT_A_BOOLEAN = "not true or false (true/false, yes/no or 1/0)"
+
+
+def parse_booleans(cells: pd.Series) -> pd.Series:
+    """The cells as pandas' nullable boolean, <NA> where a cell is empty or not a yes/no word.
+
+    Every cell arrives as text, and pandas reads no text as a boolean (`astype("boolean")`
+    refuses "true"), so a model's boolean column is read here, as dates are."""
+    return cells.str.strip().str.lower().map(BOOLEAN_WORDS).astype("boolean")
+
+
 def human_date_format(fmt: str) -> str:
     """`%d/%m/%Y` → `DD/MM/YYYY`, for messages people read."""
     if fmt == "ISO8601":
@@ -198,7 +212,8 @@ class ChunkResult:
 
 
 def validate_chunk(plan: FeedPlan, chunk: pd.DataFrame) -> ChunkResult:
-    """Parse dates with the feed's formats and run the pandera schema lazily on one chunk."""
+    """Parse dates with the feed's formats and yes/no cells, then run the pandera schema lazily
+    on one chunk."""
     from credflow_assets.drive_feeds.dates import parse_dates
 
     blank = chunk.isna().all(axis=1)
@@ -217,6 +232,17 @@ def validate_chunk(plan: FeedPlan, chunk: pd.DataFrame) -> ChunkResult:
                 f"not a date in the format {human_date_format(column.date_format)}",
                 _value(value),
             ))
+            unparseable.add((int(row_number), column.name))
+        chunk[column.name] = parsed
+    for column in plan.columns:
+        if column.kind != "boolean":
+            continue
+        raw = chunk[column.name]
+        parsed = parse_booleans(raw)
+        bad = raw.notna() & parsed.isna()
+        for row_number, value in (raw[bad].items() if bad.any() else ()):
+            rejections.append(Rejection(int(row_number), column.name, NOT_A_BOOLEAN,
+                                        _value(value)))
             unparseable.add((int(row_number), column.name))
         chunk[column.name] = parsed
     checked = list(plan.row_schema.columns)
