@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -193,7 +194,11 @@ def test_an_unconvertible_file_keeps_its_original_and_says_why(flow):
     assert by_key["1003/license.txt"]["renditions"]["pdf"]["id"]
 
     log_lines = credflow(flow, "logs", "1003")[1]
-    assert "1003/scan.xyz: no PDF rendition: unknown file type .xyz" in log_lines
+    assert ("WARNING dagster: 1003/scan.xyz: no PDF rendition: unknown file type .xyz: only "
+            "PDFs, images and office documents are rendered\n") in log_lines
+    # The rendering's own line is the parse log's only (not an event), in the same format.
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO credflow.therapists: 0 of 2 PDF "
+                     r"rendition\(s\) made in \d+\.\ds$", log_lines, re.MULTILINE), log_lines
     assert "Adams" not in log_lines and "Erin" not in log_lines
 
 

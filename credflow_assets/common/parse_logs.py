@@ -114,10 +114,16 @@ class Redactor:
         )
 
 
+_FORMATTER = logging.Formatter()
+
+
+def _log_line(record: logging.LogRecord, message: str) -> str:
+    """One line of a parse log: time, level, logger, the (already redacted) message."""
+    return f"{_FORMATTER.formatTime(record)} {record.levelname} {record.name}: {message}"
+
+
 class _ScopedHandler(logging.Handler):
     """Writes a record to its parse log only when emitted inside that log's scope."""
-
-    _formatter = logging.Formatter()
 
     def __init__(self, parse_log: ParseLog) -> None:
         super().__init__(level=logging.INFO)
@@ -131,11 +137,8 @@ class _ScopedHandler(logging.Handler):
             # Redact the message with its arguments and any traceback; the timestamp stays.
             message = logged_message(record)
             if record.exc_info:
-                message += "\n" + self._formatter.formatException(record.exc_info)
-            self.parse_log._write(
-                f"{self._formatter.formatTime(record)} {record.levelname} {record.name}: "
-                f"{self.parse_log.redactor(message)}"
-            )
+                message += "\n" + _FORMATTER.formatException(record.exc_info)
+            self.parse_log._write(_log_line(record, self.parse_log.redactor(message)))
         except Exception:  # noqa: BLE001 - a log line must never break a parse
             self.handleError(record)
 
@@ -185,8 +188,7 @@ class ParseLog:
         progress lines worth keeping with the parse but not in the run's event log."""
         record = logging.makeLogRecord({"name": logger_name, "levelno": logging.INFO,
                                         "levelname": "INFO", "msg": message})
-        self._write(f"{_ScopedHandler._formatter.formatTime(record)} INFO {logger_name}: "
-                    f"{self.redactor(message)}")
+        self._write(_log_line(record, self.redactor(message)))
 
     def metadata(self) -> dict[str, dg.MetadataValue]:
         if self.uri:

@@ -114,7 +114,8 @@ def render_pdf(source: Path, output_dir: Path) -> Path:
         return result
     else:
         raise RenditionError(
-            f"unknown file type {source.suffix or '(no extension)'}: no PDF rendition"
+            f"unknown file type {source.suffix or '(no extension)'}: only PDFs, images and "
+            "office documents are rendered"
         )
     _check_pdf(target, what="the converted PDF")
     return target
