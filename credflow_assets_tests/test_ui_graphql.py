@@ -20,7 +20,12 @@ from credflow_assets.drive_feeds.names import (
     records_key,
     summary_key,
 )
-from credflow_assets.staged_tables.names import TABLE_TAG, staging_file_key
+from credflow_assets.staged_tables.names import (
+    TABLE_TAG,
+    prod_file_key,
+    staging_file_key,
+    table_asset_keys,
+)
 from credflow_assets.therapists.names import (
     ASSET_KEYS,
     MPF_AUDIT_CHECK,
@@ -57,6 +62,24 @@ mutation UiTestBackfill($params: LaunchBackfillParams!) {
     ... on PartitionSetNotFoundError { message }
     ... on InvalidStepError { invalidStepKey }
     ... on InvalidOutputError { invalidOutputName }
+  }
+}
+"""
+
+MATERIALIZATIONS = """
+query UiTestMaterializations($asset: AssetKeyInput!, $partition: String!) {
+  assetOrError(assetKey: $asset) {
+    ... on Asset {
+      assetMaterializations(partitions: [$partition], limit: 1) {
+        runId
+        metadataEntries {
+          label
+          ... on PathMetadataEntry { path }
+          ... on TextMetadataEntry { text }
+          ... on UrlMetadataEntry { url }
+        }
+      }
+    }
   }
 }
 """
@@ -219,6 +242,52 @@ def test_a_backfill_runs_each_file_with_its_flows_tags(dagster_ui, daemon_proces
     assert run["status"] == "SUCCESS", ui.run_failure(run["runId"])
     assert run["tag_map"][FEED_TAG] == name
     assert run["tag_map"]["dagster/partition"] == feed.partition_key
+
+
+def test_a_backfill_of_a_promoted_staged_file_checks_its_prod_copy_again(
+        dagster_ui, daemon_processed_files):
+    """What `credflow reparse --flow staged_tables` asks of the webserver: a promoted file has
+    left staging, and its partition's rerun reads the prod copy instead of failing."""
+    ui = dagster_ui
+    staged = daemon_processed_files["staged_tables"]
+    table = staged.details["table"]
+    database = ui.config.staged_tables.glue_database
+    glue = ui.aws("glue")
+
+    def shown(asset_key) -> tuple[str, dict[str, str]]:
+        """(run id, metadata) of the asset's latest materialization of the file, as the UI's
+        partition page shows them."""
+        found = ui.graphql(MATERIALIZATIONS, {"asset": {"path": list(asset_key.path)},
+                                              "partition": staged.partition_key})
+        [materialization] = found["assetOrError"]["assetMaterializations"]
+        return materialization["runId"], {
+            entry["label"]: entry.get("path") or entry.get("text") or entry.get("url")
+            for entry in materialization["metadataEntries"]}
+
+    promoting_run, promotion = shown(prod_file_key(table))
+    ingest_date = promotion["ingest_date"]
+    glue.delete_partition(DatabaseName=database, TableName=table,
+                          PartitionValues=[ingest_date])  # dropped by hand, say
+
+    answer = ui.graphql(LAUNCH_BACKFILL, {"params": {
+        "partitionNames": [staged.partition_key],
+        "assetSelection": [{"path": list(key.path)}
+                           for key in table_asset_keys(database, table)],
+        "title": "ui test: reparse a promoted staged file",
+    }})["launchPartitionBackfill"]
+    backfill_id = unwrap(answer, "LaunchBackfillSuccess")["backfillId"]
+    (run,) = ui.wait_for_runs(lambda run: True, tags={"dagster/backfill": backfill_id},
+                              timeout=150)
+
+    assert run["status"] == "SUCCESS", ui.run_failure(run["runId"])
+    (checked_by, checked), (copied_by, copied) = (shown(staging_file_key(table)),
+                                                  shown(prod_file_key(table)))
+    assert checked_by == copied_by == run["runId"]
+    assert checked["read_from"] == copied["file"] == promotion["file"]
+    assert copied["copy_method"] == f"already in prod (promoted by run {promoting_run})"
+    assert glue.get_partition(DatabaseName=database, TableName=table,
+                              PartitionValues=[ingest_date])["Partition"]["StorageDescriptor"][
+        "Location"].rstrip("/") == promotion["file"].rsplit("/", 1)[0]
 
 
 def test_sync_and_the_daemon_share_one_cursor_and_sync_runs_re_execute(
