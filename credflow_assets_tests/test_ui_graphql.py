@@ -157,6 +157,20 @@ def finished(ui, run_id: str, timeout: float = 120) -> dict:
     return run
 
 
+def backfill_one(ui, partition_key: str, asset_keys, title: str) -> dict:
+    """A backfill of one partition of `asset_keys`, as the UI (or `credflow reparse`) launches
+    it; its one run, finished."""
+    answer = ui.graphql(LAUNCH_BACKFILL, {"params": {
+        "partitionNames": [partition_key],
+        "assetSelection": [{"path": list(key.path)} for key in asset_keys],
+        "title": title,
+    }})["launchPartitionBackfill"]
+    backfill_id = unwrap(answer, "LaunchBackfillSuccess")["backfillId"]
+    (run,) = ui.wait_for_runs(lambda run: True, tags={"dagster/backfill": backfill_id},
+                              timeout=150)
+    return run
+
+
 def test_each_asset_lists_only_the_partitions_it_can_fill(dagster_ui, daemon_processed_files):
     feed = daemon_processed_files["drive_feeds"]
     other_feeds = [f.name for f in dagster_ui.config.feeds if f.name != feed.details["feed"]]
@@ -229,16 +243,9 @@ def test_a_backfill_runs_each_file_with_its_flows_tags(dagster_ui, daemon_proces
     feed = daemon_processed_files["drive_feeds"]
     name = feed.details["feed"]
 
-    answer = ui.graphql(LAUNCH_BACKFILL, {"params": {
-        "partitionNames": [feed.partition_key],
-        "assetSelection": [{"path": list(key(name).path)}
-                           for key in (inbound_key, records_key, summary_key)],
-        "title": "ui test: reparse one sheet",
-    }})["launchPartitionBackfill"]
-    backfill_id = unwrap(answer, "LaunchBackfillSuccess")["backfillId"]
-
-    (run,) = ui.wait_for_runs(lambda run: True, tags={"dagster/backfill": backfill_id},
-                              timeout=150)
+    run = backfill_one(ui, feed.partition_key,
+                       [key(name) for key in (inbound_key, records_key, summary_key)],
+                       "ui test: reparse one sheet")
     assert run["status"] == "SUCCESS", ui.run_failure(run["runId"])
     assert run["tag_map"][FEED_TAG] == name
     assert run["tag_map"]["dagster/partition"] == feed.partition_key
@@ -269,15 +276,8 @@ def test_a_backfill_of_a_promoted_staged_file_checks_its_prod_copy_again(
     glue.delete_partition(DatabaseName=database, TableName=table,
                           PartitionValues=[ingest_date])  # dropped by hand, say
 
-    answer = ui.graphql(LAUNCH_BACKFILL, {"params": {
-        "partitionNames": [staged.partition_key],
-        "assetSelection": [{"path": list(key.path)}
-                           for key in table_asset_keys(database, table)],
-        "title": "ui test: reparse a promoted staged file",
-    }})["launchPartitionBackfill"]
-    backfill_id = unwrap(answer, "LaunchBackfillSuccess")["backfillId"]
-    (run,) = ui.wait_for_runs(lambda run: True, tags={"dagster/backfill": backfill_id},
-                              timeout=150)
+    run = backfill_one(ui, staged.partition_key, table_asset_keys(database, table),
+                       "ui test: reparse a promoted staged file")
 
     assert run["status"] == "SUCCESS", ui.run_failure(run["runId"])
     (checked_by, checked), (copied_by, copied) = (shown(staging_file_key(table)),
