@@ -17,7 +17,6 @@ from credflow_assets.provider_feeds.memory import limit_malloc_arenas, release_f
 from credflow_assets.provider_feeds.metadata import timed
 from credflow_assets.provider_feeds.names import landed_key
 from credflow_assets.provider_feeds.open_uploads import RunUploads
-from credflow_assets.provider_feeds.rows import CsvRecordCounter
 from credflow_assets.provider_feeds.settings import ProviderFeed, ProviderFeedsSettings
 from credflow_assets.provider_feeds.streams import UploadSource
 from credflow_assets.provider_feeds.unpack import CONTENT_TYPES, HEAD_BYTES, detect_type_of_head
@@ -34,6 +33,9 @@ def land_one(client, settings: ProviderFeedsSettings, feed: ProviderFeed, ref: F
     category = detect_type_of_head(source.head(HEAD_BYTES), name)
     counter = None
     if category == "csv":
+        # Imported here: rows.py needs numpy, which no other flow's run process loads.
+        from credflow_assets.provider_feeds.rows import CsvRecordCounter
+
         counter = CsvRecordCounter(delimiter="\t" if name.lower().endswith(".tsv") else ",")
         source.observe = counter.feed
     key = landed_key(category, feed.folder, name)

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import IO, Optional
 
 from credflow_assets.provider_feeds.limits import Budget, ExpansionLimit, ExtractionLimitExceeded
-from credflow_assets.provider_feeds.rows import CsvRecordCounter
 
 __all__ = ["ExtractionLimitExceeded"]  # raised here too; limits.py defines it
 
@@ -333,6 +332,9 @@ def count_csv_rows(path: Path) -> tuple[int, Optional[str]]:
     quoted line breaks stay in their row. Returns (rows, note); the note says when the file
     ends inside an unterminated quoted field. The landing counts the same way while it
     uploads (`rows.CsvRecordCounter`); this is the same count for a file on disk."""
+    # Imported here: rows.py needs numpy, which no other flow's run process loads.
+    from credflow_assets.provider_feeds.rows import CsvRecordCounter
+
     counter = CsvRecordCounter(delimiter="\t" if path.name.lower().endswith(".tsv") else ",")
     with open(path, "rb") as raw:
         while chunk := raw.read(CHUNK):
