@@ -302,6 +302,17 @@ def mark_slot_starts(runs: list[dict[str, float]]) -> None:
         points["slot_start"] = max([points["RUN_STARTING"], *previous_ends])
 
 
+def _engine_error(event) -> str | None:
+    """The error an engine event carries (e.g. "Could not load job definition"), if any."""
+    if event.event_type_value != "ENGINE_EVENT":
+        return None
+    error = getattr(event.event_specific_data, "error", None)
+    if error:
+        return error.to_string()[-600:]
+    # A run process that died says so in words only (Dagster's get_run_crash_explanation).
+    return "" if "unexpectedly" in (event.message or "") else None
+
+
 def _epoch(value: datetime) -> float:
     return value.timestamp()
 
@@ -339,16 +350,22 @@ def read_runs(instance, available: float, writes: dict[int, list[tuple[float, fl
         kinds.update(entry.dagster_event.event_type_value if entry.dagster_event else "log line"
                      for entry in logs)
     statuses = [record.dagster_run.status.value for record in records]
-    failures = [entry.dagster_event.message for record in records
+    # A run that fails before its step (its process crashed, its code did not load) says why in
+    # an engine event; the RUN_FAILURE then says only that it was marked failed.
+    failures = [(entry.dagster_event.message or "", _engine_error(entry.dagster_event))
+                for record in records
                 if record.dagster_run.status.value != "SUCCESS"
                 for entry in instance.all_logs(record.dagster_run.run_id)
-                if entry.dagster_event and entry.dagster_event.event_type in (
-                    dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE)]
+                if entry.dagster_event and (entry.dagster_event.event_type in (
+                    dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE)
+                    or _engine_error(entry.dagster_event) is not None)]
+    failures = [message + (f": {error}" if error else "")
+                for message, error in failures]
     created = sorted(_epoch(record.create_timestamp) for record in records)
     return {
         "runs": len(records),
         "failed": sum(status != "SUCCESS" for status in statuses),
-        "failure_messages": [(message or "")[:300] for message in failures[:6]],
+        "failure_messages": [(message or "")[:900] for message in failures[:6]],
         "first_run_created_after": created[0] - available if created else None,
         "first_run_created": created[0] if created else available,
         "last_end": max([r.end_time for r in records if r.end_time] or [available]),
