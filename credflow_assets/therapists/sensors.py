@@ -47,10 +47,14 @@ from credflow_assets.therapists.settings import TherapistFlowSettings
 from credflow_assets.therapists.uploads import therapist_id_of, uploads_fingerprint
 
 
-# An upload waits for the sensor's next tick before its run is even created: at 30 s that was
-# most of a small batch's wall time under the daemon (bench/RESULTS.md §7). An empty tick is
-# one SQS receive; the daemon's sensor loop itself comes round every 5 s.
-UPLOAD_INTERVAL_SECONDS = 10
+# An upload waits for the sensor's next tick before its run is even created. The daemon's sensor
+# loop comes round every 5 s (Dagster's, not a setting) and ticks a sensor whose interval has
+# passed since its last tick *started*; a pass often comes a few ms short of that, so an interval
+# of 10 s gave a tick every 10 or 15 s (5 s would give 5 or 10). Just under 5 s, every pass
+# ticks: an upload's run exists within ~5 s, against 14-15 s after a batch's last upload at 10 s
+# (bench/RESULTS.md §7, session 10). An empty tick is one SQS receive (a 1 s long poll, ~0.03 s
+# of CPU) and one tick row of ~800 bytes: 17,280 a day, pruned after `retention.ticks_days`.
+UPLOAD_INTERVAL_SECONDS = 4
 
 
 @dg.sensor(name=UPLOAD_SENSOR_NAME, job_name=JOB_NAME,
