@@ -20,6 +20,9 @@ Every sensor but `signup_upload_sensor` is stopped. The daemon starts first, and
 uploaded once the sensor's first (empty) tick is recorded, as files arrive at a running
 deployment. Wall time runs from the moment every file is in the bucket (its S3 event in the
 queue) to the end of the last run, as Dagster recorded it; for `sync`, the sync call itself.
+CPU seconds cover the same stretch and every process below the benchmark (the mode's Dagster
+processes, what they started, and the local stack's servers): on a machine that others load, the
+CPU a file costs moves much less than its wall time.
 
 The per-run cost under the daemon is read from each run's event log and the run processes:
 sensor tick (files in → first run created), waiting (created → RUN_STARTING, the queued
@@ -174,12 +177,15 @@ def run_sync(config, stack_env, work: Path, therapists: int, prefix: str) -> dic
         seed(config, stack_env, therapists, prefix=prefix)
         available = time.time()
         timing = event_timing(work, "sync")
+        cpu_before = cpu_seconds_below(os.getpid())
         child = run_child([str(Path(__file__).with_name("mpf_throughput.py")), "--child",
                            json.dumps({})], env={**variables, **timing}, echo=False)
+        cpu = cpu_seconds_below(os.getpid()) - cpu_before
         with dg.DagsterInstance.get() as instance:
             result = read_runs(instance, available, event_intervals(timing))
     result["wall_seconds"] = child["wall_seconds_sync"]
     result["processing_seconds"] = child["wall_seconds_sync"]
+    result["cpu_seconds"] = cpu
     result["sync"] = {key: child[key] for key in (
         "runs_seconds", "work_seconds", "event_seconds", "events", "event_seconds_in_compute",
         "libreoffice_seconds", "failed_count", "peak_rss_mb")}
@@ -236,6 +242,7 @@ def run_daemon(mode: str, config, stack_env, work: Path, therapists: int, prefix
             ready = time.monotonic() - started
             seed(config, stack_env, therapists, prefix=prefix)
             available = time.time()
+            cpu_before = cpu_seconds_below(os.getpid())
             deadline = time.monotonic() + max(600, 30 * therapists)
             filters = dg.RunsFilter(job_name=JOB_NAME)
 
@@ -245,8 +252,10 @@ def run_daemon(mode: str, config, stack_env, work: Path, therapists: int, prefix
                 return len(records) >= therapists and len(finished) == len(records)
 
             wait(f"{therapists} runs to finish", all_finished, deadline, services)
+            cpu = cpu_seconds_below(os.getpid()) - cpu_before
             result = read_runs(instance, available, event_intervals(timing))
             result["daemon_ready_seconds"] = ready
+            result["cpu_seconds"] = cpu
     except BaseException:
         for service in services:
             print(f"===== {service.name} ({service.log_path}) =====\n{service.log[-3000:]}")
@@ -258,6 +267,35 @@ def run_daemon(mode: str, config, stack_env, work: Path, therapists: int, prefix
     result["wall_seconds"] = result["last_end"] - available
     result["processing_seconds"] = result["last_end"] - result["first_run_created"]
     return result
+
+
+def cpu_seconds_below(root: int) -> float:
+    """CPU seconds (user + system) of every process below `root`, alive or reaped: the local
+    stack's servers, the daemon, its code server and run processes, Celery's workers, sync's child
+    and whatever each started (LibreOffice). A difference of two readings is the CPU a mode cost
+    in between, which a busy machine does not inflate as it does wall time. `root` itself counts
+    only through the children it reaped (its own polling of the instance is left out)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile: its parent's reaped-children fields have it
+            continue
+        # after the name: state ppid … utime(11) stime(12) cutime(13) cstime(14)
+        stats[int(entry)] = (int(fields[1]), [int(value) for value in fields[11:15]])
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    total = sum(stats[root][1][2:]) if root in stats else 0
+    below = list(children.get(root, []))
+    while below:
+        pid = below.pop()
+        total += sum(stats[pid][1])
+        below.extend(children.get(pid, []))
+    return total / ticks
 
 
 # ------------------------------------------------------------------------------ the event log
@@ -400,11 +438,14 @@ def report(results: dict, therapists: int) -> None:
                      f"{result['first_run_created_after']:.1f}",
                      f"{result['processing_seconds']:.0f}",
                      f"{result['processing_seconds'] / base['processing_seconds']:.2f}×"
-                     if base else "-"])
+                     if base else "-",
+                     f"{result['cpu_seconds'] / files:.2f}",
+                     f"{result['cpu_seconds'] / base['cpu_seconds']:.2f}×" if base else "-"])
     print(f"\nMPF through each path: {therapists} therapists × 3 files, the same files per mode")
     print(table(["mode", "runs", "failed", "wall s", "files/hour", "s/file", "vs sync",
                  "run overhead (share of run time)", "first run after s",
-                 "first run → last end s", "vs sync, from first run"], rows))
+                 "first run → last end s", "vs sync, from first run",
+                 "CPU s/file (every process)", "CPU vs sync"], rows))
     print("\nper run, median seconds (from the event log):")
     print(table(["phase", *results], [
         [phase, *[_seconds(result["phase_median"][phase]) for result in results.values()]]
