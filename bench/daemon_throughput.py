@@ -108,7 +108,8 @@ def celery_home(work: Path, mode: str, queue: str, database: str) -> dict[str, s
         connection.execute(sa.text(f'CREATE DATABASE "{database}"'))
     admin.dispose()
     return {"DAGSTER_HOME": str(home), "DAGSTER_CELERY_BROKER_URL": BROKER_URL,
-            "DAGSTER_CELERY_BACKEND_URL": "rpc://",
+            # As deploy/dagster.celery.yaml asks: a store every process reads (run monitoring).
+            "DAGSTER_CELERY_BACKEND_URL": f"db+{POSTGRES_SERVER_URL}/{database}",
             **postgres_variables(f"{POSTGRES_SERVER_URL}/{database}")}
 
 

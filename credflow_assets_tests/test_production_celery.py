@@ -47,8 +47,12 @@ from credflow_assets_tests.conftest import DEFAULT_CONFIG, REPO, running_stack
 
 BIN = Path(sys.executable).parent
 BROKER_URL = os.environ.get("CREDFLOW_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
-# Results go back to the publisher over the broker: nothing else to run or clean up.
-BACKEND_URL = "rpc://"
+
+
+def backend_url(postgres_url: str) -> str:
+    """Celery's result backend: the deployment's PostgreSQL database, which every process reads
+    (run monitoring asks it for each started run's task state; `rpc://` would answer PENDING)."""
+    return "db+" + postgres_url
 
 SENSOR = "staging_events_sensor"
 BUCKET = "credflow-adhoc"
@@ -267,7 +271,7 @@ def test_a_sensor_launched_run_executes_on_a_celery_worker(stack, postgres_url, 
         **postgres_variables(postgres_url),
         "DAGSTER_HOME": str(home),
         "DAGSTER_CELERY_BROKER_URL": BROKER_URL,
-        "DAGSTER_CELERY_BACKEND_URL": BACKEND_URL,
+        "DAGSTER_CELERY_BACKEND_URL": backend_url(postgres_url),
     }
     for name, value in deployment_env.items():
         monkeypatch.setenv(name, value)
@@ -353,6 +357,12 @@ def test_a_sensor_launched_run_executes_on_a_celery_worker(stack, postgres_url, 
         assert daemon.process.pid not in lineage, (run_pid, lineage)
         assert os.getpgid(run_pid) == worker.process.pid
         assert b"celery" in Path(f"/proc/{run_pid}/cmdline").read_bytes()
+
+        # What Dagster's run monitoring reads of the run's worker, from another process than
+        # the one that sent the task: finished, not PENDING (which would fail a running run).
+        with dg.DagsterInstance.get() as instance:
+            health = instance.run_launcher.check_run_worker_health(instance.get_run_by_id(run_id))
+        assert health.status.name == "SUCCESS", health
 
         # What the analyst sees: the file promoted to prod (and gone from staging), the Glue
         # partition registered over its folder.
