@@ -490,8 +490,9 @@ def run_partition_data(instance: dg.DagsterInstance, runs_filter: dg.RunsFilter)
 # - readers, and every other use of a run's file (prune's deletes and VACUUM, Dagster's
 #   upgrade), keep Dagster's own connection per use; the held connection holds no lock between
 #   events, so VACUUM and deletes go through;
-# - a held file that was deleted or replaced meanwhile (prune, wipe) is let go, and the write
-#   goes to the file now at that path, as Dagster's would; wipe and dispose close every held one;
+# - a held file that was deleted or replaced meanwhile is let go, and the write goes to the
+#   file now at that path (built anew if none: Dagster's own write would fail on an empty file
+#   there); wipe and dispose close every held one;
 # - a forked child does not use its parent's connections (SQLite forbids it): it opens its own.
 #
 # dagster.yaml names the class; it is made on first use (module `__getattr__`), so importing
@@ -618,6 +619,7 @@ def _prebuilt_shard_storage_class():
                 if held is not None and held.inode != _inode(path):  # deleted or replaced
                     close_held(held)
                     held = None
+                    self._initialized_dbs.discard(run_id)  # a deleted one is built again
                 if held is None:
                     held = self._open_held(run_id, path)
                 try:
