@@ -145,7 +145,7 @@ def test_a_run_leaves_its_database_closed_whole_and_deletable(tmp_path):
         events = len(instance.all_logs(run_id))
         # Closed at RUN_SUCCESS, as Dagster leaves it: the WAL checkpointed into the file and
         # removed, every event in the file itself.
-        assert not [name for name in _open_files(runs_dir) if name.startswith(run_id)]
+        assert _open_files(runs_dir) == []  # neither the run's file nor the index held
         assert sorted(path.name for path in runs_dir.glob(f"{run_id}*")) == [f"{run_id}.db"]
         connection = sqlite3.connect(f"file:{runs_dir / run_id}.db?mode=ro", uri=True)
         assert connection.execute("SELECT count(*) FROM event_logs").fetchone()[0] == events > 10

@@ -471,25 +471,28 @@ def run_partition_data(instance: dg.DagsterInstance, runs_filter: dg.RunsFilter)
 # revision, WAL mode). Every other case goes to Dagster's own code: the index shard, a shard
 # that exists, one that another process creates at the same moment.
 #
-# It also keeps the connection a run's events are written through. Dagster opens a new engine
-# and connection for every event, and since that connection is the file's only one, closing it
+# It also keeps the connections a run's events are written through. Dagster opens a new engine
+# and connection for every use, and since that connection is the file's only one, closing it
 # checkpoints the WAL into the file and removes -wal/-shm: some 5 of the 6 ms an event write to
-# the run's file takes (bench/event_timing/event_write_cost.py, RESULTS §4 session 10). Here
-# the process that writes a run's events keeps one connection to that run's file, each event
-# still its own transaction, committed with its fsync as before (synchronous=FULL unchanged: no
-# durability given up), until the run's end event (RUN_SUCCESS, RUN_FAILURE, RUN_CANCELED), when
-# it is closed and the file left as Dagster leaves it. At most HELD_RUN_SHARDS files are held
-# (the least recently written is closed first), so a `credflow sync` of 1,000 runs, or the
-# daemon writing a few events for each run it queues and starts, never holds many files open.
+# the run's file takes, and as much for each of the index's (asset, check and run-status events
+# are copied there): bench/event_timing/, RESULTS §4 session 10. Here the process writing a
+# run's events keeps one connection to that run's file, and one to the index while it holds any
+# run's, each event still its own transaction, committed with its fsync as before
+# (synchronous=FULL unchanged: no durability given up). At the run's end event (RUN_SUCCESS,
+# RUN_FAILURE, RUN_CANCELED) the run's is closed, and the index's if no other run's is held,
+# leaving the files as Dagster leaves them. At most HELD_RUN_SHARDS run files are held (the least
+# recently written is closed first), so a `credflow sync` of 1,000 runs, or the daemon writing
+# a few events for each run it queues and starts (it never sees their end: it may hold its
+# last few runs' files, and the index, for as long as it runs), never holds many files open.
 # What others rely on stays:
 # - each event is committed before store_event returns: any other connection or process
-#   (the webserver, `credflow instance prune`) reads it, as before;
+#   (the webserver, the daemon's sensors, `credflow instance prune`) reads it, as before;
+# - only store_event's writes use the held connections; every read, and every other use of a
+#   file (prune's deletes and VACUUM, wipe, upgrade), keeps Dagster's connection per use; a held
+#   connection holds no lock between events, so VACUUM and other writers go through;
 # - the UI's live run log (Dagster's watchdog on the run's .db file) is woken by a change to the
 #   .db file itself, which Dagster's checkpoint at each close made: the file's times are set
 #   after each commit instead (an inotify attribute change, which watchdog reports as modified);
-# - readers, and every other use of a run's file (prune's deletes and VACUUM, Dagster's
-#   upgrade), keep Dagster's own connection per use; the held connection holds no lock between
-#   events, so VACUUM and deletes go through;
 # - a held file that was deleted or replaced meanwhile is let go, and the write goes to the
 #   file now at that path (built anew if none: Dagster's own write would fail on an empty file
 #   there); wipe and dispose close every held one;
@@ -611,38 +614,48 @@ def _prebuilt_shard_storage_class():
                 return self._held_connection(run_id)
             return super().run_connection(run_id)
 
+        def index_connection(self):
+            if self.hold_index and getattr(self._writing, "run_id", None):
+                return self._held_connection(INDEX_SHARD_NAME)
+            return super().index_connection()
+
+        hold_index = True  # False: only the run's file held (bench/event_timing compares them)
+
         @contextmanager
-        def _held_connection(self, run_id: str):
-            path = self.path_for_shard(run_id)
+        def _held_connection(self, shard: str):
+            path = self.path_for_shard(shard)
             with self._db_lock:  # Dagster's own lock for its connections, one thread at a time
-                held = self._held_shards().pop(run_id, None)
+                shards = self._held_shards()
+                held = shards.pop(shard, None)
                 if held is not None and held.inode != _inode(path):  # deleted or replaced
                     close_held(held)
                     held = None
-                    self._initialized_dbs.discard(run_id)  # a deleted one is built again
+                    self._initialized_dbs.discard(shard)  # a deleted one is built again
                 if held is None:
-                    held = self._open_held(run_id, path)
+                    held = self._open_held(shard, path)
                 try:
                     with held.connection.begin():
                         yield held.connection
                 except BaseException:
                     close_held(held)  # as Dagster's would be; the next event opens another
                     raise
-                self._held_shards()[run_id] = held  # the most recently written last
-                with suppress(OSError):  # wakes the UI's live run log (Dagster's watchdog)
-                    os.utime(path)
-                while len(self._held_shards()) > HELD_RUN_SHARDS:
-                    close_held(self._held_shards().popitem(last=False)[1])
+                shards[shard] = held  # the most recently written last
+                if shard != INDEX_SHARD_NAME:
+                    with suppress(OSError):  # wakes the UI's live run log (Dagster's watchdog)
+                        os.utime(path)
+                runs = [name for name in shards if name != INDEX_SHARD_NAME]
+                for oldest in runs[:max(len(runs) - HELD_RUN_SHARDS, 0)]:
+                    close_held(shards.pop(oldest))
 
-        def _open_held(self, run_id: str, path: str) -> HeldShard:
+        def _open_held(self, shard: str, path: str) -> HeldShard:
             engine = sa.create_engine(
-                self.conn_string_for_shard(run_id), poolclass=sa.pool.NullPool,
+                self.conn_string_for_shard(shard), poolclass=sa.pool.NullPool,
                 # used under _db_lock by whichever thread writes the run's events
                 connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS,
                               "check_same_thread": False})
-            if run_id not in self._initialized_dbs:
+            if shard not in self._initialized_dbs:
                 self._initdb(engine)
-                self._initialized_dbs.add(run_id)
+                self._initialized_dbs.add(shard)
             connection = engine.connect()
             return HeldShard(engine, connection, _inode(path))
 
@@ -653,13 +666,16 @@ def _prebuilt_shard_storage_class():
             return self._held
 
         def _let_go(self, run_id: str | None = None) -> None:
-            """Close the held connection of `run_id`, or all of them."""
+            """Close the held connection of `run_id` (and the index's, when no run's is left
+            held), or all of them."""
             with self._db_lock:
                 shards = self._held_shards()
-                for held_run in [run_id] if run_id else list(shards):
-                    held = shards.pop(held_run, None)
+                for shard in [run_id] if run_id else list(shards):
+                    held = shards.pop(shard, None)
                     if held is not None:
                         close_held(held)
+                if list(shards) == [INDEX_SHARD_NAME]:
+                    close_held(shards.pop(INDEX_SHARD_NAME))
 
         def wipe(self) -> None:
             self._let_go()  # before Dagster deletes the files
