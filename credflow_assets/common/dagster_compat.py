@@ -533,7 +533,7 @@ def _prebuilt_shard_storage_class():
     class HeldShard(NamedTuple):
         engine: sa.Engine
         connection: sa.Connection
-        inode: int  # the file it was opened on: another at that path means it was replaced
+        inode: int | None  # the file it was opened on: another at that path means it was replaced
 
     def close_held(held: HeldShard) -> None:
         with suppress(Exception):  # a connection that is unusable is let go all the same
