@@ -136,7 +136,7 @@ def _log_line(run_id: str, message: str) -> dg.EventLogEntry:
                             timestamp=time.time())
 
 
-def test_a_run_leaves_its_database_closed_whole_and_deletable(tmp_path):
+def test_a_run_leaves_its_database_closed_and_whole(tmp_path):
     home = _home(tmp_path)
     runs_dir = home / "history" / "runs"
     with dg.DagsterInstance.from_config(str(home)) as instance:
@@ -159,15 +159,16 @@ def test_at_most_a_few_run_databases_are_held_open_and_each_event_is_readable(tm
     with dg.DagsterInstance.from_config(str(home)) as writer, \
             dg.DagsterInstance.from_config(str(home)) as reader:
         for round_ in range(2):  # runs that never end (a process killed mid-run)
-            for run_id in runs:
+            for n, run_id in enumerate(runs):
                 writer.event_log_storage.store_event(_log_line(run_id, f"line {round_}"))
                 held = {name.split(".")[0] for name in _open_files(runs_dir)} - {"index"}
-                assert len(held) <= HELD_RUN_SHARDS
+                assert run_id in held
+                assert len(held) == min(n + 1 + round_ * len(runs), HELD_RUN_SHARDS)
                 # Committed before store_event returned: another connection reads it now.
                 assert [entry.user_message for entry in reader.all_logs(run_id)][-1] == \
                     f"line {round_}"
-        # A held file deleted meanwhile (a wipe, a prune of the run elsewhere) is let go: the
-        # next event goes to a file at the run's path, where readers look.
+        # A held file deleted meanwhile (by another process's wipe, or by hand) is let go: the
+        # next event goes to a new file at the run's path, where readers look.
         last = runs[-1]
         for suffix in (".db", ".db-wal", ".db-shm"):
             (runs_dir / f"{last}{suffix}").unlink(missing_ok=True)
