@@ -471,10 +471,40 @@ def run_partition_data(instance: dg.DagsterInstance, runs_filter: dg.RunsFilter)
 # revision, WAL mode). Every other case goes to Dagster's own code: the index shard, a shard
 # that exists, one that another process creates at the same moment.
 #
+# It also keeps the connections a run's events are written through. Dagster opens a new engine
+# and connection for every use, and since that connection is the file's only one, closing it
+# checkpoints the WAL into the file and removes -wal/-shm: some 5 of the 6 ms an event write to
+# the run's file takes, and as much for each of the index's (asset, check and run-status events
+# are copied there): bench/event_timing/, RESULTS §4 session 10. Here the process writing a
+# run's events keeps one connection to that run's file, and one to the index while it holds any
+# run's, each event still its own transaction, committed with its fsync as before
+# (synchronous=FULL unchanged: no durability given up). At the run's end event (RUN_SUCCESS,
+# RUN_FAILURE, RUN_CANCELED) the run's is closed, and the index's if no other run's is held,
+# leaving the files as Dagster leaves them. At most HELD_RUN_SHARDS run files are held (the least
+# recently written is closed first), so a `credflow sync` of 1,000 runs, or the daemon writing
+# a few events for each run it queues and starts (it never sees their end: it may hold its
+# last few runs' files, and the index, for as long as it runs), never holds many files open.
+# What others rely on stays:
+# - each event is committed before store_event returns: any other connection or process
+#   (the webserver, the daemon's sensors, `credflow instance prune`) reads it, as before;
+# - only store_event's writes use the held connections; every read, and every other use of a
+#   file (prune's deletes and VACUUM, wipe, upgrade), keeps Dagster's connection per use; a held
+#   connection holds no lock between events, so VACUUM and other writers go through;
+# - the UI's live run log (Dagster's watchdog on the run's .db file) is woken by a change to the
+#   .db file itself, which Dagster's checkpoint at each close made: the file's times are set
+#   after each commit instead (an inotify attribute change, which watchdog reports as modified);
+# - a held file that was deleted or replaced meanwhile is let go, and the write goes to the
+#   file now at that path (built anew if none: Dagster's own write would fail on an empty file
+#   there); wipe and dispose close every held one;
+# - a forked child does not use its parent's connections (SQLite forbids it): it opens its own.
+#
 # dagster.yaml names the class; it is made on first use (module `__getattr__`), so importing
 # this module does not import Dagster's storage (Alembic and its templates, about 0.4 s).
 
 PREBUILT_SHARD_STORAGE = "PrebuiltShardSqliteEventLogStorage"
+# Run files a process keeps a connection to: `credflow sync` writes one run at a time, a run
+# process one, the daemon's run queue up to its max_concurrent_runs (4) at once.
+HELD_RUN_SHARDS = 4
 
 
 def __getattr__(name: str):
@@ -488,10 +518,27 @@ def _prebuilt_shard_storage_class():
     import os
     import tempfile
     import threading
+    from collections import OrderedDict
+    from contextlib import contextmanager, suppress
+    from typing import NamedTuple
 
     import sqlalchemy as sa
     from dagster._core.storage.event_log import SqliteEventLogStorage
     from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME
+    from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
+
+    run_ends = frozenset({dg.DagsterEventType.RUN_SUCCESS, dg.DagsterEventType.RUN_FAILURE,
+                          dg.DagsterEventType.RUN_CANCELED})
+
+    class HeldShard(NamedTuple):
+        engine: sa.Engine
+        connection: sa.Connection
+        inode: int | None  # the file it was opened on: another at that path means it was replaced
+
+    def close_held(held: HeldShard) -> None:
+        with suppress(Exception):  # a connection that is unusable is let go all the same
+            held.connection.close()  # the file's last connection: the WAL checkpointed into it
+        held.engine.dispose()
 
     shard_bytes: list[bytes] = []
     lock = threading.Lock()
@@ -516,6 +563,7 @@ def _prebuilt_shard_storage_class():
 
         def __init__(self, base_dir: str | None = None, inst_data=None):
             self._deferred_inst_data = inst_data
+            self._writing = threading.local()  # the run whose event this thread is writing
             if base_dir is not None:
                 super().__init__(base_dir, inst_data)
 
@@ -548,6 +596,100 @@ def _prebuilt_shard_storage_class():
             finally:
                 if os.path.exists(partial):
                     os.unlink(partial)
+
+        # -- the connection a run's events are written through (see the module comment) -------
+
+        def store_event(self, event) -> None:
+            writing = self._writing
+            writing.run_id = event.run_id  # run_connection() below gives this run's held one
+            try:
+                super().store_event(event)
+            finally:
+                writing.run_id = None
+            if event.is_dagster_event and event.dagster_event_type in run_ends:
+                self._let_go(event.run_id)
+
+        def run_connection(self, run_id=None):
+            if run_id and run_id == getattr(self._writing, "run_id", None):
+                return self._held_connection(run_id)
+            return super().run_connection(run_id)
+
+        def index_connection(self):
+            if self.hold_index and getattr(self._writing, "run_id", None):
+                return self._held_connection(INDEX_SHARD_NAME)
+            return super().index_connection()
+
+        hold_index = True  # False: only the run's file held (bench/event_timing compares them)
+
+        @contextmanager
+        def _held_connection(self, shard: str):
+            path = self.path_for_shard(shard)
+            with self._db_lock:  # Dagster's own lock for its connections, one thread at a time
+                shards = self._held_shards()
+                held = shards.pop(shard, None)
+                if held is not None and held.inode != _inode(path):  # deleted or replaced
+                    close_held(held)
+                    held = None
+                    self._initialized_dbs.discard(shard)  # a deleted one is built again
+                if held is None:
+                    held = self._open_held(shard, path)
+                try:
+                    with held.connection.begin():
+                        yield held.connection
+                except BaseException:
+                    close_held(held)  # as Dagster's would be; the next event opens another
+                    raise
+                shards[shard] = held  # the most recently written last
+                if shard != INDEX_SHARD_NAME:
+                    with suppress(OSError):  # wakes the UI's live run log (Dagster's watchdog)
+                        os.utime(path)
+                runs = [name for name in shards if name != INDEX_SHARD_NAME]
+                for oldest in runs[:max(len(runs) - HELD_RUN_SHARDS, 0)]:
+                    close_held(shards.pop(oldest))
+
+        def _open_held(self, shard: str, path: str) -> HeldShard:
+            engine = sa.create_engine(
+                self.conn_string_for_shard(shard), poolclass=sa.pool.NullPool,
+                # used under _db_lock by whichever thread writes the run's events
+                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS,
+                              "check_same_thread": False})
+            if shard not in self._initialized_dbs:
+                self._initdb(engine)
+                self._initialized_dbs.add(shard)
+            connection = engine.connect()
+            return HeldShard(engine, connection, _inode(path))
+
+        def _held_shards(self) -> OrderedDict:
+            """This process's held connections (a forked child starts with none of its own)."""
+            if getattr(self, "_held_pid", None) != os.getpid():
+                self._held, self._held_pid = OrderedDict(), os.getpid()
+            return self._held
+
+        def _let_go(self, run_id: str | None = None) -> None:
+            """Close the held connection of `run_id` (and the index's, when no run's is left
+            held), or all of them."""
+            with self._db_lock:
+                shards = self._held_shards()
+                for shard in [run_id] if run_id else list(shards):
+                    held = shards.pop(shard, None)
+                    if held is not None:
+                        close_held(held)
+                if list(shards) == [INDEX_SHARD_NAME]:
+                    close_held(shards.pop(INDEX_SHARD_NAME))
+
+        def wipe(self) -> None:
+            self._let_go()  # before Dagster deletes the files
+            super().wipe()
+
+        def dispose(self) -> None:
+            self._let_go()
+            super().dispose()
+
+    def _inode(path: str) -> int | None:
+        try:
+            return os.stat(path).st_ino
+        except FileNotFoundError:
+            return None
 
     PrebuiltShardSqliteEventLogStorage.__module__ = __name__
     PrebuiltShardSqliteEventLogStorage.__qualname__ = PREBUILT_SHARD_STORAGE
