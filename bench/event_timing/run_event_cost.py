@@ -11,6 +11,7 @@ instance of each kind, interleaved run by run, and times every connection the ev
 import argparse
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -21,15 +22,14 @@ from pathlib import Path
 import dagster as dg
 from dagster._core.storage.event_log import SqliteEventLogStorage
 
-LOCAL_YAML = Path(__file__).resolve().parents[2] / "credflow_assets/local/dagster.yaml"
-files = dg.DynamicPartitionsDefinition(name="files")
-
-
-@dg.asset(partitions_def=files, check_specs=[dg.AssetCheckSpec("has_rows", asset="landed")])
-def landed(context: dg.AssetExecutionContext):
-    context.log.info(f"landing {context.partition_key}")
-    yield dg.MaterializeResult(metadata={"rows": 3})
-    yield dg.AssetCheckResult(check_name="has_rows", passed=True)
+# The same small partitioned asset with a check as the storage's own tests run (the tests
+# package is the repository's, not installed).
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from credflow_assets_tests.test_mpf_event_log_storage import (  # noqa: E402
+    LOCAL_DAGSTER_YAML as LOCAL_YAML,
+    files,
+    landed,
+)
 
 
 def timed_storage(instance, totals):
