@@ -571,6 +571,7 @@ def test_a_rerun_of_a_promoted_file_checks_its_prod_copy_and_registers_its_parti
     assert run_sync(flow).ok
     prod_key = "prod/claims/ingest_date=2024-03-31/rerun.csv"
     promoted = latest_metadata(flow, prod_file_key("claims"), key)
+    uploaded = latest_metadata(flow, staging_file_key("claims"), key)
     assert key not in keys(flow, "staging/") and prod_key in keys(flow, "prod/")
     body = flow["s3"].get_object(Bucket=BUCKET, Key=prod_key)["Body"].read()
     flow["glue"].delete_partition(DatabaseName=DATABASE, TableName="claims",
@@ -587,6 +588,9 @@ def test_a_rerun_of_a_promoted_file_checks_its_prod_copy_and_registers_its_parti
     assert checked["uploader_key"] == key and checked["rows"] == 1 and checked["checks_passed"]
     assert checked["read_from"] == f"s3://{BUCKET}/{prod_key}"
     assert checked["promoted_by_run"] == promoted["run_id"]
+    # Still named as the upload that was promoted, not as its copy.
+    assert [checked[name] for name in ("version", "last_modified", "etag", "ingest_date")] == \
+        [uploaded[name] for name in ("version", "last_modified", "etag", "ingest_date")]
     assert unquote(checked["file_url"]).endswith(prod_key)  # the link goes where the bytes are
     assert checks_of(flow, key)["columns_match_table"]["passed"]
     again = latest_metadata(flow, prod_file_key("claims"), key)

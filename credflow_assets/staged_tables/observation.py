@@ -318,17 +318,22 @@ def promoted_upload(instance: dg.DagsterInstance, client: Any, layout: Layout,
 def _latest_metadata(instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition_key: str,
                      run_id: str | None = None) -> dict[str, Any] | None:
     """The metadata (and run id) of the asset's latest materialization of this partition, or
-    of the one made by `run_id`."""
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition_key]),
-        limit=20 if run_id else 1, ascending=False,
-    ).records
-    for record in records:
-        if run_id is None or record.run_id == run_id:
-            metadata = record.asset_materialization.metadata
-            return {"run_id": record.run_id,
-                    **{name: value.value for name, value in metadata.items()}}
-    return None
+    of the one made by run `run_id` (however many reruns came since)."""
+    if run_id is None:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition_key]),
+            limit=1, ascending=False).records
+        materializations = [record.asset_materialization for record in records]
+    else:
+        records = instance.get_records_for_run(
+            run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+        materializations = [record.asset_materialization for record in records]
+        materializations = [m for m in materializations if m is not None
+                            and m.asset_key == asset_key and m.partition == partition_key]
+    if not materializations:
+        return None
+    return {"run_id": run_id or records[0].run_id,
+            **{name: value.value for name, value in materializations[-1].metadata.items()}}
 
 
 def _model_for(settings: StagedTablesSettings, table: str):
