@@ -221,28 +221,17 @@ def validate_chunk(plan: FeedPlan, chunk: pd.DataFrame) -> ChunkResult:
     rejections: list[Rejection] = []
     unparseable: set[tuple[int, str]] = set()
     for column in plan.columns:
-        if column.kind not in ("date", "datetime"):
-            continue
+        if column.kind in ("date", "datetime"):
+            parsed = parse_dates(chunk[column.name], column.date_format)
+            reason = f"not a date in the format {human_date_format(column.date_format)}"
+        elif column.kind == "boolean":
+            parsed, reason = parse_booleans(chunk[column.name]), NOT_A_BOOLEAN
+        else:
+            continue  # text, or a number pandera coerces
         raw = chunk[column.name]
-        parsed = parse_dates(raw, column.date_format)
         bad = raw.notna() & parsed.isna()
         for row_number, value in (raw[bad].items() if bad.any() else ()):
-            rejections.append(Rejection(
-                int(row_number), column.name,
-                f"not a date in the format {human_date_format(column.date_format)}",
-                _value(value),
-            ))
-            unparseable.add((int(row_number), column.name))
-        chunk[column.name] = parsed
-    for column in plan.columns:
-        if column.kind != "boolean":
-            continue
-        raw = chunk[column.name]
-        parsed = parse_booleans(raw)
-        bad = raw.notna() & parsed.isna()
-        for row_number, value in (raw[bad].items() if bad.any() else ()):
-            rejections.append(Rejection(int(row_number), column.name, NOT_A_BOOLEAN,
-                                        _value(value)))
+            rejections.append(Rejection(int(row_number), column.name, reason, _value(value)))
             unparseable.add((int(row_number), column.name))
         chunk[column.name] = parsed
     checked = list(plan.row_schema.columns)
