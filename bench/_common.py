@@ -107,28 +107,54 @@ def bench_stack(work: Path, config_path: Path | None = None):
 # ------------------------------------------------------------------------------ children
 
 
-def _rss_tree_kb(pid: int) -> int:
-    """RSS of `pid` and all its descendants, from /proc (no psutil in the venv)."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
+def _processes() -> dict[int, list[str]]:
+    """Every process's /proc/PID/stat fields after "pid (comm)" (no psutil in the venv):
+    index 1 is the ppid, 11-14 utime, stime, cutime, cstime, 21 rss (in pages)."""
+    processes = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
+                processes[int(entry)] = handle.read().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
             continue
-        # after "pid (comm)": state ppid ... ; field 24 of the full line (index 21 here) is rss
-        children.setdefault(int(fields[1]), []).append(int(entry))
-        rss[int(entry)] = int(fields[21])
-    page_kb = os.sysconf("SC_PAGE_SIZE") // 1024
-    total, stack = 0, [pid]
+    return processes
+
+
+def _descendants(root: int, processes: dict[int, list[str]]) -> list[int]:
+    """The pids below `root` (not `root` itself) among `processes`."""
+    children: dict[int, list[int]] = {}
+    for pid, fields in processes.items():
+        children.setdefault(int(fields[1]), []).append(pid)
+    found, stack = [], list(children.get(root, []))
     while stack:
-        current = stack.pop()
-        total += rss.get(current, 0) * page_kb
-        stack.extend(children.get(current, []))
-    return total
+        pid = stack.pop()
+        found.append(pid)
+        stack.extend(children.get(pid, []))
+    return found
+
+
+def _rss_tree_kb(pid: int) -> int:
+    """RSS of `pid` and all its descendants."""
+    processes = _processes()
+    page_kb = os.sysconf("SC_PAGE_SIZE") // 1024
+    return sum(int(processes[current][21]) * page_kb
+               for current in [pid, *_descendants(pid, processes)] if current in processes)
+
+
+def cpu_seconds_below(root: int) -> float:
+    """CPU seconds (user + system) of every process below `root`, alive or reaped: the local
+    stack's servers, the daemon, its code server and run processes, Celery's workers, sync's child
+    and whatever each started (LibreOffice). A difference of two readings is the CPU a mode cost
+    in between, which a busy machine does not inflate as it does wall time. `root` itself counts
+    only through the children it reaped (its own polling of the instance is left out)."""
+    processes = _processes()
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = sum(int(value) for value in processes[root][13:15]) if root in processes else 0
+    for pid in _descendants(root, processes):
+        total += sum(int(value) for value in processes[pid][11:15])
+    return total / ticks
 
 
 def run_child(args: Sequence[str], *, env: dict[str, str] | None = None,

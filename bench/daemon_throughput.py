@@ -53,6 +53,7 @@ from _common import (  # noqa: E402
     REPO,
     bench_stack,
     bench_workdir,
+    cpu_seconds_below,
     print_machine,
     run_child,
     table,
@@ -268,35 +269,6 @@ def run_daemon(mode: str, config, stack_env, work: Path, therapists: int, prefix
     result["wall_seconds"] = result["last_end"] - available
     result["processing_seconds"] = result["last_end"] - result["first_run_created"]
     return result
-
-
-def cpu_seconds_below(root: int) -> float:
-    """CPU seconds (user + system) of every process below `root`, alive or reaped: the local
-    stack's servers, the daemon, its code server and run processes, Celery's workers, sync's child
-    and whatever each started (LibreOffice). A difference of two readings is the CPU a mode cost
-    in between, which a busy machine does not inflate as it does wall time. `root` itself counts
-    only through the children it reaped (its own polling of the instance is left out)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    stats = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # exited meanwhile: its parent's reaped-children fields have it
-            continue
-        # after the name: state ppid … utime(11) stime(12) cutime(13) cstime(14)
-        stats[int(entry)] = (int(fields[1]), [int(value) for value in fields[11:15]])
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in stats.items():
-        children.setdefault(ppid, []).append(pid)
-    total = sum(stats[root][1][2:]) if root in stats else 0
-    below = list(children.get(root, []))
-    while below:
-        pid = below.pop()
-        total += sum(stats[pid][1])
-        below.extend(children.get(pid, []))
-    return total / ticks
 
 
 # ------------------------------------------------------------------------------ the event log
