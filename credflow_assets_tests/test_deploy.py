@@ -58,7 +58,7 @@ def test_k8s_deploy_config_is_valid_for_the_launcher(tmp_path, postgres_url, mon
 
     config = yaml.safe_load((REPO / "deploy" / "dagster.k8s.yaml").read_text())
     assert config["run_launcher"]["class"] == "K8sRunLauncher"
-    assert "postgres" in config["storage"]
+    assert config["storage"]["custom"]["class"] == "PooledPostgresStorage"
     home = _dagster_home_with(tmp_path, "dagster.k8s.yaml", postgres_url, monkeypatch)
     # The launcher itself needs a cluster to start: its config is checked against its schema.
     assert instance_config_errors(str(home), "run_launcher", K8sRunLauncher) == []
