@@ -766,6 +766,10 @@ def _pooled_postgres_storage_class():
                 super().__init__(*args, **kwargs)  # Dagster's table check, on its own engine
                 self._engine = kept_connection_engine(self)
 
+            def optimize_for_webserver(self, *args, **kwargs) -> None:
+                self._engine.dispose()  # the webserver's own pool replaces this one
+                super().optimize_for_webserver(*args, **kwargs)
+
             def dispose(self) -> None:
                 super().dispose()
                 self._engine.dispose()
