@@ -29,6 +29,17 @@ gpg and gunzip processes plus this process's boto3 upload; and, for each half, t
 S3 calls by operation (`botocore`'s `_make_api_call`, wrapped for the measurement only):
 the wall seconds its threads waited on S3, e.g. for moto to assemble a completed upload.
 
+`--daemon [default|celery1|celery2]` lands the files under `dagster-daemon run` instead of
+`credflow sync`: a fresh instance with the local stack's dagster.yaml (the default run launcher,
+up to 4 runs at once), or with deploy/dagster.celery.yaml (PostgreSQL, 1 or 2 Celery workers of
+one process each, as bench/daemon_throughput.py starts them), every sensor stopped but the
+provider's, the files in the outbox before the daemon starts. Its
+time runs from the first run's creation (the sensor's tick that found the files; the sensor
+polls every 60 s, a latency the chain has no equivalent of) to the last run's end, as Dagster
+recorded them; the daemon's start and first tick are printed beside it. Peak RSS is the
+largest of the run processes' (each lands one file), read at their exit by the daemon's
+sampler below. No 2 GiB file is landed in this mode.
+
 `--same-work` also runs the chain with an `upload_file` of each encrypted file, the raw copy
 credflow keeps (nothing lost) and the issue's chain does not; it is printed beside the
 issue's chain, which stays the baseline of the target.
@@ -439,6 +450,92 @@ def _sftp_readers(server: dict, target: Path, size: int) -> list:
 # ------------------------------------------------------------------------------ main
 
 
+def credflow_under_daemon(work: Path, files: int, mode: str) -> dict:
+    """The provider sensor and its runs under `dagster-daemon run` (see the docstring)."""
+    import uuid
+
+    import dagster as dg
+
+    from credflow_assets.provider_feeds.names import job_name
+    from credflow_assets_tests.test_production_celery import stop_every_sensor_but, stop_services
+    from daemon_throughput import (
+        BIN,
+        Environment,
+        celery_home,
+        drop_celery_resources,
+        sqlite_home,
+        start_daemon_services,
+        wait,
+    )
+
+    from _common import _descendants, _processes, cpu_seconds_below
+
+    workers = int(mode.removeprefix("celery")) if mode.startswith("celery") else 0
+    queue = f"credflow-bench-{uuid.uuid4().hex[:10]}" if workers else None
+    database = f"credflow_bench_{uuid.uuid4().hex[:10]}"
+    variables = (celery_home(work, f"landing-{mode}", queue, database) if workers
+                 else sqlite_home(work, f"landing-{mode}"))
+    env = {**os.environ, **variables, "PYTHONUNBUFFERED": "1",
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    filters = dg.RunsFilter(job_name=job_name(PROVIDER))
+    services, peak_kb = [], 0
+    with Environment(variables), dg.DagsterInstance.get() as instance:
+        stop_every_sensor_but(instance, SENSOR)
+        started = time.time()
+        try:
+            services = start_daemon_services(f"landing-{mode}", work, env, queue, workers)
+
+            def all_finished():
+                nonlocal peak_kb
+                processes = _processes()
+                for service in services:  # the run processes, each landing one file
+                    for pid in _descendants(service.process.pid, processes):
+                        peak_kb = max(peak_kb, _hwm_kb(pid))
+                records = instance.get_run_records(filters=filters)
+                return (len(records) >= files and all(
+                    record.dagster_run.status.value in ("SUCCESS", "FAILURE", "CANCELED")
+                    for record in records))
+
+            wait(f"{files} landing runs to finish", all_finished, time.monotonic() + 1800,
+                 services)
+            cpu = sum(_own_cpu(service.process.pid) + cpu_seconds_below(service.process.pid)
+                      for service in services)
+        finally:
+            stop_services(services)
+        records = instance.get_run_records(filters=filters)
+        created = min(record.create_timestamp.timestamp() for record in records)
+        ends = [record.end_time for record in records if record.end_time]
+        failed = [f"{record.dagster_run.tags.get('dagster/partition')}: "
+                  f"{record.dagster_run.status.value}" for record in records
+                  if record.dagster_run.status != dg.DagsterRunStatus.SUCCESS]
+    if workers:  # the instance's connections let go first
+        drop_celery_resources(queue, database)
+    return {"sync_seconds": max(ends) - created, "first_run_after": created - started,
+            "from_daemon_start": max(ends) - started, "runs": len(records), "failed": failed,
+            "peak_rss_mb": peak_kb / 1024, "tree_peak_rss_mb": float("nan"),
+            "cpu_seconds": cpu, "stages": {}, "s3_calls": {}}
+
+
+def _hwm_kb(pid: int) -> int:
+    """VmHWM of a process still running (the run processes exit between two samples: the peak
+    of the last moments of a run may be missed, so this is a floor)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return next((int(line.split()[1]) for line in status if line.startswith("VmHWM")), 0)
+    except OSError:
+        return 0
+
+
+def _own_cpu(pid: int) -> float:
+    """User + system seconds of one process itself (`cpu_seconds_below` counts what is below)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(value) for value in fields[11:13]) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (< 1 min)")
@@ -457,6 +554,11 @@ def main() -> None:
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
                         help="experiment: another default for a provider_feeds setting "
                         "(ProviderFeedsSettings), e.g. raw_copy_single_put_mib=0")
+    parser.add_argument("--daemon", nargs="?", const="default",
+                        choices=["default", "celery1", "celery2"],
+                        help="land the files under dagster-daemon instead of credflow sync: "
+                        "the default run launcher (SQLite), or 1 or 2 Celery workers "
+                        "(deploy/dagster.celery.yaml, PostgreSQL)")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--sftp-read", type=int, metavar="MIB",
                         help="only compare SFTP reads of one MIB file (see the docstring)")
@@ -497,18 +599,26 @@ def main() -> None:
                 env, names, work, config.buckets.provider_data, raw_copy=True))
             print(f"   {same['seconds']:.1f}s")
 
-        print(f"\n== credflow: sensor → raw → landed ({len(names)} files)")
         settings = dict(item.split("=", 1) for item in args.setting)
-        options = {"profile": args.profile, "no_drive_feeds": args.no_drive_feeds,
-                   "settings": settings}
-        cred, cred["service_cpu"] = measured(
-            state, lambda: run_child([__file__, "--child", json.dumps(options)]))
+        if args.daemon:
+            print(f"\n== credflow under dagster-daemon ({args.daemon}): sensor → raw → landed "
+                  f"({len(names)} files)")
+            cred, cred["service_cpu"] = measured(state, lambda: credflow_under_daemon(
+                work, len(names), args.daemon))
+            print(f"   first run {cred['first_run_after']:.1f}s after the daemon's start; first "
+                  f"run → last end {cred['sync_seconds']:.1f}s")
+        else:
+            print(f"\n== credflow: sensor → raw → landed ({len(names)} files)")
+            options = {"profile": args.profile, "no_drive_feeds": args.no_drive_feeds,
+                       "settings": settings}
+            cred, cred["service_cpu"] = measured(
+                state, lambda: run_child([__file__, "--child", json.dumps(options)]))
+            print(f"   sync {cred['sync_seconds']:.1f}s, child wall {cred['wall_seconds']:.1f}s")
         if cred["failed"]:
             raise SystemExit(f"credflow runs failed: {cred['failed']}")
-        print(f"   sync {cred['sync_seconds']:.1f}s, child wall {cred['wall_seconds']:.1f}s")
 
         big = None
-        if big_mib:
+        if big_mib and not args.daemon:
             for name in names:
                 (outbox / name).unlink()
             print(f"\n== credflow: one {big_mib:,} MiB file")
@@ -526,7 +636,8 @@ def main() -> None:
     rows = [
         ["baseline: sftp, gpg, gunzip, upload_file", f"{encrypted / MiB:,.0f} MiB",
          base["seconds"], base_rate, "1.00", "-"],
-        ["credflow: sync (tick + raw + landed runs)", f"{encrypted / MiB:,.0f} MiB",
+        [f"credflow: daemon ({args.daemon}), first run → last end" if args.daemon
+         else "credflow: sync (tick + raw + landed runs)", f"{encrypted / MiB:,.0f} MiB",
          cred["sync_seconds"], cred_rate, f"{cred_rate / base_rate:.2f}",
          f"{cred['peak_rss_mb']:.0f} MB"],
     ]
