@@ -707,9 +707,10 @@ def _prebuilt_shard_storage_class():
 # (bench/RESULTS.md §7, session 11). `PooledPostgresStorage` is Dagster's own PostgreSQL storage
 # (its tables, statements, transactions, migrations) whose run and event-log storages keep one
 # connection between uses:
-# - at most one idle connection per storage and process: a second thread's use at the same time
-#   opens another, closed after it (the overflow is unbounded, as a pool-less engine never
-#   blocked), so the daemon keeps 2, and a Celery worker 2 while it runs a run (its task's
+# - at most one idle connection per storage of an instance: a second use at the same time (a
+#   second thread, or Dagster's own use inside another, as when it stores a materialization's
+#   tags) opens another, closed after it (the overflow is unbounded, as a pool-less engine never
+#   blocked). So the daemon keeps 2, and a Celery worker 2 while it runs a run (its task's
 #   instance is disposed at the task's end, and with it the connections);
 # - a kept connection is pinged before each use, so a restarted server or a connection a proxy
 #   dropped is replaced, not raised, and it is replaced after POOL_RECYCLE_SECONDS anyway;
