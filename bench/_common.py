@@ -205,11 +205,16 @@ def run_child(args: Sequence[str], *, env: dict[str, str] | None = None,
     return result
 
 
-def own_peak_rss_mb() -> float:
-    """This process's VmHWM (peak resident set since exec)."""
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """A process's VmHWM (peak resident set since exec), this one's by default; 0 for a process
+    that has exited."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return 0.0
 
 
@@ -230,7 +235,7 @@ def progress_with_rss(line: str) -> None:
 
 def child_result(payload: dict[str, Any]) -> None:
     """Print the child's result line, with its own peak RSS."""
-    payload = {**payload, "peak_rss_mb": own_peak_rss_mb()}
+    payload = {**payload, "peak_rss_mb": peak_rss_mb()}
     print(RESULT_MARKER + json.dumps(payload, default=str), flush=True)
 
 

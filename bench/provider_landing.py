@@ -468,7 +468,7 @@ def credflow_under_daemon(work: Path, files: int, mode: str) -> dict:
         wait,
     )
 
-    from _common import _descendants, _processes, cpu_seconds_below
+    from _common import _descendants, _processes, cpu_seconds_below, peak_rss_mb
 
     workers = int(mode.removeprefix("celery")) if mode.startswith("celery") else 0
     queue = f"credflow-bench-{uuid.uuid4().hex[:10]}" if workers else None
@@ -478,7 +478,9 @@ def credflow_under_daemon(work: Path, files: int, mode: str) -> dict:
     env = {**os.environ, **variables, "PYTHONUNBUFFERED": "1",
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     filters = dg.RunsFilter(job_name=job_name(PROVIDER))
-    services, peak_kb = [], 0
+    # The run processes' VmHWM, read at each poll: one that exits between two polls may have
+    # peaked after the last reading, so this is a floor.
+    services, peak_mb = [], 0.0
     with Environment(variables), dg.DagsterInstance.get() as instance:
         stop_every_sensor_but(instance, SENSOR)
         started = time.time()
@@ -486,11 +488,11 @@ def credflow_under_daemon(work: Path, files: int, mode: str) -> dict:
             services = start_daemon_services(f"landing-{mode}", work, env, queue, workers)
 
             def all_finished():
-                nonlocal peak_kb
+                nonlocal peak_mb
                 processes = _processes()
                 for service in services:  # the run processes, each landing one file
                     for pid in _descendants(service.process.pid, processes):
-                        peak_kb = max(peak_kb, _hwm_kb(pid))
+                        peak_mb = max(peak_mb, peak_rss_mb(pid))
                 records = instance.get_run_records(filters=filters)
                 return (len(records) >= files and all(
                     record.dagster_run.status.value in ("SUCCESS", "FAILURE", "CANCELED")
@@ -512,18 +514,8 @@ def credflow_under_daemon(work: Path, files: int, mode: str) -> dict:
         drop_celery_resources(queue, database)
     return {"sync_seconds": max(ends) - created, "first_run_after": created - started,
             "from_daemon_start": max(ends) - started, "runs": len(records), "failed": failed,
-            "peak_rss_mb": peak_kb / 1024, "tree_peak_rss_mb": float("nan"),
+            "peak_rss_mb": peak_mb, "tree_peak_rss_mb": float("nan"),
             "cpu_seconds": cpu, "stages": {}, "s3_calls": {}}
-
-
-def _hwm_kb(pid: int) -> int:
-    """VmHWM of a process still running (the run processes exit between two samples: the peak
-    of the last moments of a run may be missed, so this is a floor)."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            return next((int(line.split()[1]) for line in status if line.startswith("VmHWM")), 0)
-    except OSError:
-        return 0
 
 
 def _own_cpu(pid: int) -> float:
