@@ -143,15 +143,17 @@ def _rss_tree_kb(pid: int) -> int:
                for current in [pid, *_descendants(pid, processes)] if current in processes)
 
 
-def cpu_seconds_below(root: int) -> float:
+def cpu_seconds_below(root: int, *, including_root: bool = False) -> float:
     """CPU seconds (user + system) of every process below `root`, alive or reaped: the local
     stack's servers, the daemon, its code server and run processes, Celery's workers, sync's child
     and whatever each started (LibreOffice). A difference of two readings is the CPU a mode cost
     in between, which a busy machine does not inflate as it does wall time. `root` itself counts
-    only through the children it reaped (its own polling of the instance is left out)."""
+    only through the children it reaped (its own polling of the instance is left out), unless
+    `including_root` (a service whose own work counts, as the daemon's)."""
     processes = _processes()
     ticks = os.sysconf("SC_CLK_TCK")
-    total = sum(int(value) for value in processes[root][13:15]) if root in processes else 0
+    own = slice(11, 15) if including_root else slice(13, 15)
+    total = sum(int(value) for value in processes[root][own]) if root in processes else 0
     for pid in _descendants(root, processes):
         total += sum(int(value) for value in processes[pid][11:15])
     return total / ticks

@@ -114,6 +114,18 @@ def celery_home(work: Path, mode: str, queue: str, database: str) -> dict[str, s
             **postgres_variables(f"{POSTGRES_SERVER_URL}/{database}")}
 
 
+def mode_instance(work: Path, mode: str, name: str | None = None):
+    """(workers, queue, database, variables) for a daemon mode: `daemon` the local stack's
+    SQLite instance, `celeryN` PostgreSQL and a Celery queue of its own for N workers. `name`
+    (the mode's by default) names its DAGSTER_HOME under `work`."""
+    workers = int(mode.removeprefix("celery")) if mode.startswith("celery") else 0
+    queue = f"credflow-bench-{uuid.uuid4().hex[:10]}" if workers else None
+    database = f"credflow_bench_{uuid.uuid4().hex[:10]}"
+    variables = (celery_home(work, name or mode, queue, database) if workers
+                 else sqlite_home(work, name or mode))
+    return workers, queue, database, variables
+
+
 def drop_celery_resources(queue: str, database: str) -> None:
     import kombu
     import sqlalchemy as sa
@@ -225,11 +237,7 @@ def run_daemon(mode: str, config, stack_env, work: Path, therapists: int, prefix
     from credflow_assets.therapists.names import JOB_NAME
     from credflow_assets_tests.test_production_celery import stop_every_sensor_but, stop_services
 
-    workers = int(mode[len("celery"):]) if mode.startswith("celery") else 0
-    queue = f"credflow-bench-{uuid.uuid4().hex[:10]}" if workers else None
-    database = f"credflow_bench_{uuid.uuid4().hex[:10]}"
-    variables = (celery_home(work, mode, queue, database) if workers
-                 else sqlite_home(work, mode))
+    workers, queue, database, variables = mode_instance(work, mode)
     timing = event_timing(work, mode)
     child_env = {**os.environ, **variables, **timing, "PYTHONUNBUFFERED": "1",
                  "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}

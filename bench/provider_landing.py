@@ -37,8 +37,8 @@ provider's, the files in the outbox before the daemon starts. Its
 time runs from the first run's creation (the sensor's tick that found the files; the sensor
 polls every 60 s, a latency the chain has no equivalent of) to the last run's end, as Dagster
 recorded them; the daemon's start and first tick are printed beside it. Peak RSS is the
-largest of the run processes' (each lands one file), read at their exit by the daemon's
-sampler below. No 2 GiB file is landed in this mode.
+largest of the run processes' (each lands one file; under Celery, the worker's process), read
+once a second while they run: a floor, since one may peak after its last reading. No 2 GiB file is landed in this mode.
 
 `--same-work` also runs the chain with an `upload_file` of each encrypted file, the raw copy
 credflow keeps (nothing lost) and the issue's chain does not; it is printed beside the
@@ -452,29 +452,23 @@ def _sftp_readers(server: dict, target: Path, size: int) -> list:
 
 def credflow_under_daemon(work: Path, files: int, mode: str) -> dict:
     """The provider sensor and its runs under `dagster-daemon run` (see the docstring)."""
-    import uuid
-
     import dagster as dg
 
     from credflow_assets.provider_feeds.names import job_name
     from credflow_assets_tests.test_production_celery import stop_every_sensor_but, stop_services
     from daemon_throughput import (
         BIN,
+        TERMINAL,
         Environment,
-        celery_home,
         drop_celery_resources,
-        sqlite_home,
+        mode_instance,
         start_daemon_services,
         wait,
     )
 
     from _common import _descendants, _processes, cpu_seconds_below, peak_rss_mb
 
-    workers = int(mode.removeprefix("celery")) if mode.startswith("celery") else 0
-    queue = f"credflow-bench-{uuid.uuid4().hex[:10]}" if workers else None
-    database = f"credflow_bench_{uuid.uuid4().hex[:10]}"
-    variables = (celery_home(work, f"landing-{mode}", queue, database) if workers
-                 else sqlite_home(work, f"landing-{mode}"))
+    workers, queue, database, variables = mode_instance(work, mode, f"landing-{mode}")
     env = {**os.environ, **variables, "PYTHONUNBUFFERED": "1",
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     filters = dg.RunsFilter(job_name=job_name(PROVIDER))
@@ -495,12 +489,12 @@ def credflow_under_daemon(work: Path, files: int, mode: str) -> dict:
                         peak_mb = max(peak_mb, peak_rss_mb(pid))
                 records = instance.get_run_records(filters=filters)
                 return (len(records) >= files and all(
-                    record.dagster_run.status.value in ("SUCCESS", "FAILURE", "CANCELED")
+                    record.dagster_run.status.value in TERMINAL
                     for record in records))
 
             wait(f"{files} landing runs to finish", all_finished, time.monotonic() + 1800,
                  services)
-            cpu = sum(_own_cpu(service.process.pid) + cpu_seconds_below(service.process.pid)
+            cpu = sum(cpu_seconds_below(service.process.pid, including_root=True)
                       for service in services)
         finally:
             stop_services(services)
@@ -516,16 +510,6 @@ def credflow_under_daemon(work: Path, files: int, mode: str) -> dict:
             "from_daemon_start": max(ends) - started, "runs": len(records), "failed": failed,
             "peak_rss_mb": peak_mb, "tree_peak_rss_mb": float("nan"),
             "cpu_seconds": cpu, "stages": {}, "s3_calls": {}}
-
-
-def _own_cpu(pid: int) -> float:
-    """User + system seconds of one process itself (`cpu_seconds_below` counts what is below)."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return sum(int(value) for value in fields[11:13]) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
