@@ -68,6 +68,9 @@ BROKER_URL = os.environ.get("CREDFLOW_TEST_RABBITMQ_URL", "amqp://guest:guest@12
 POSTGRES_SERVER_URL = os.environ.get(
     "CREDFLOW_TEST_POSTGRES_URL", "postgresql+psycopg2://credflow:credflow@127.0.0.1:5432")
 TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
+# The workers' Celery app, as deploy/dagster.celery.yaml starts them (`--celery-app
+# dagster_celery.app` measures dagster-celery's own, which opens an instance for every run).
+CELERY_APP = "credflow_assets.celery_worker"
 # The run's milestones, in order; each phase is the time from one to the next.
 # (Dagster records no event when the queued coordinator dequeues a run: RUN_STARTING is its launch.
 # Under Celery a launched run then waits in the broker until a worker is free: its slot starts
@@ -207,14 +210,14 @@ def run_sync(config, stack_env, work: Path, therapists: int, prefix: str) -> dic
 
 
 def start_daemon_services(mode: str, work: Path, env: dict[str, str], queue: str | None,
-                          workers: int) -> list:
+                          workers: int, celery_app: str = CELERY_APP) -> list:
     from credflow_assets_tests.test_production_celery import start_service
 
     services = []
     for index in range(workers):
         name = f"{queue}-{index}"
         services.append(start_service(f"celery worker {index}", [
-            str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app",
+            str(BIN / "dagster-celery"), "worker", "start", "-A", celery_app,
             "-y", str(REPO / "deploy" / "celery.yaml"), "-q", queue, "-n", name,
             "--", "--concurrency", "1"], work / f"{mode}-worker{index}.log", env))
     services.append(start_service("dagster-daemon", [
@@ -230,7 +233,8 @@ def wait(what: str, condition, deadline: float, services):
     return wait_for(what, condition, deadline, services, poll=1.0)
 
 
-def run_daemon(mode: str, config, stack_env, work: Path, therapists: int, prefix: str) -> dict:
+def run_daemon(mode: str, config, stack_env, work: Path, therapists: int, prefix: str,
+               celery_app: str = CELERY_APP) -> dict:
     import dagster as dg
 
     from credflow_assets.common.dagster_compat import sensor_cursor
@@ -245,7 +249,7 @@ def run_daemon(mode: str, config, stack_env, work: Path, therapists: int, prefix
     try:
         with Environment(variables), dg.DagsterInstance.get() as instance:
             stop_every_sensor_but(instance, SENSOR)
-            services = start_daemon_services(mode, work, child_env, queue, workers)
+            services = start_daemon_services(mode, work, child_env, queue, workers, celery_app)
             started = time.monotonic()
             wait("the sensor's first tick", lambda: sensor_cursor(instance, SENSOR),
                  started + 300, services)
@@ -454,6 +458,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--therapists", type=int)
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--celery-app", default=CELERY_APP,
+                        help=f"the Celery workers' app (default {CELERY_APP}, as deployed)")
     parser.add_argument("--json")
     args = parser.parse_args()
     therapists = args.therapists or (10 if args.quick else 30)
@@ -472,7 +478,8 @@ def main() -> None:
             if mode == "sync":
                 results[mode] = run_sync(config, stack_env, work, therapists, prefix)
             else:
-                results[mode] = run_daemon(mode, config, stack_env, work, therapists, prefix)
+                results[mode] = run_daemon(mode, config, stack_env, work, therapists, prefix,
+                                           args.celery_app)
             loads[mode] = [round(value, 2) for value in os.getloadavg()]
             print(f"   wall {results[mode]['wall_seconds']:.0f}s, {results[mode]['runs']} runs, "
                   f"load after {loads[mode]}", flush=True)

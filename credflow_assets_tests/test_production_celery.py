@@ -5,6 +5,8 @@ An analyst's CSV lands in `staging/claims/`; `staging_events_sensor`, ticking un
 which publishes it to RabbitMQ; a `dagster-celery` worker (deploy/celery.yaml) consumes it and
 executes the run in its own pool process; everything is stored in PostgreSQL, where the test reads
 the run back. The test's own process only sets the scene (sensor states, the upload) and checks.
+Two files are uploaded, so that one pool process executes two runs, one after the other, on the
+instance it keeps (`credflow_assets/celery_worker.py`, the app the worker is started with).
 
 What the worker needs, as in production: the run executes inside its pool process, which loads
 the code location itself from the run's origin (module `credflow_assets.definitions`). So the
@@ -65,8 +67,8 @@ CLAIMS_CSV = (
     "C-3002,Erin,Adams,2024-05-19,80.00,submitted\n"
 )
 
-# From the daemon's start to the run's end takes 12-26 s on this 2-core machine (busier: longer).
-RUN_DEADLINE_SECONDS = 60
+# From the daemon's start to the runs' end takes 12-26 s on this 2-core machine (busier: longer).
+RUN_DEADLINE_SECONDS = 90
 TERMINAL_STATUSES = {"SUCCESS", "FAILURE", "CANCELED"}
 
 
@@ -229,6 +231,31 @@ def run_tags(engine, run_id: str) -> dict[str, str]:
             "SELECT key, value FROM run_tags WHERE run_id = :run_id"), {"run_id": run_id}).all())
 
 
+def postgres_connections_opened(engine, pid: int) -> list[float]:
+    """When each TCP connection that process `pid` holds to PostgreSQL was opened (epoch
+    seconds): its sockets, read from /proc, matched by client port to `pg_stat_activity`."""
+    sockets = set()
+    for descriptor in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(descriptor)
+        except OSError:  # closed while we looked
+            continue
+        if target.startswith("socket:["):
+            sockets.add(target[len("socket:["):-1])
+    client_ports = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote, inode = fields[1], fields[2], fields[9]
+            if inode in sockets and int(remote.rsplit(":", 1)[1], 16) == 5432:
+                client_ports.add(int(local.rsplit(":", 1)[1], 16))
+    with engine.connect() as connection:
+        started = connection.execute(sa.text(
+            "SELECT client_port, extract(epoch FROM backend_start) FROM pg_stat_activity "
+            "WHERE client_port IS NOT NULL")).all()
+    return sorted(float(opened) for port, opened in started if port in client_ports)
+
+
 def wait_for(what: str, condition, deadline: float, services: list[Service],
              poll: float = 0.25):
     """Poll `condition` every `poll` seconds until it returns something truthy; fail naming
@@ -285,19 +312,21 @@ def test_a_sensor_launched_run_executes_on_a_celery_worker(stack, postgres_url, 
         stopped = stop_every_sensor_but(instance, SENSOR)
     timings["instance and sensor states"] = time.monotonic() - began
 
-    # The upload comes before the daemon: the sensor's first tick (at the daemon's start) finds
-    # its event, instead of the next one 30 s later.
-    name = f"celery-{uuid.uuid4().hex[:8]}.csv"
-    staged_key = f"staging/{TABLE}/{name}"
+    # The uploads come before the daemon: the sensor's first tick (at the daemon's start) finds
+    # their events, instead of the next one 30 s later. Their runs go one after the other (one
+    # table's staged files never run at once, and the worker has one pool process).
+    names = [f"celery-{uuid.uuid4().hex[:8]}-{part}.csv" for part in ("a", "b")]
+    staged_keys = [f"staging/{TABLE}/{name}" for name in names]
     s3 = boto3.client("s3", endpoint_url=stack["AWS_ENDPOINT_URL"])
     glue = boto3.client("glue", endpoint_url=stack["AWS_ENDPOINT_URL"])
-    s3.put_object(Bucket=BUCKET, Key=staged_key, Body=CLAIMS_CSV.encode(), ContentType="text/csv",
-                  Metadata={"uploaded-by": "ana.analyst@example.com",
-                            "ingest-date": INGEST_DATE})
+    for staged_key in staged_keys:
+        s3.put_object(Bucket=BUCKET, Key=staged_key, Body=CLAIMS_CSV.encode(),
+                      ContentType="text/csv", Metadata={"uploaded-by": "ana.analyst@example.com",
+                                                        "ingest-date": INGEST_DATE})
 
     services = [
         start_service("dagster-celery worker", [
-            str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app",
+            str(BIN / "dagster-celery"), "worker", "start", "-A", "credflow_assets.celery_worker",
             "-y", str(REPO / "deploy" / "celery.yaml"), "-q", broker_queue, "-n", broker_queue,
             # One pool process: this machine has two cores, and the daemon needs one.
             "--", "--concurrency", "1",
@@ -306,74 +335,35 @@ def test_a_sensor_launched_run_executes_on_a_celery_worker(stack, postgres_url, 
             str(BIN / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml"),
         ], tmp_path / "daemon.log", child_env),
     ]
-    worker, daemon = services
+    daemon = services[1]
     engine = sa.create_engine(postgres_url)
-    partition_key = partition_key_for(staged_key)
+    partition_keys = [partition_key_for(staged_key) for staged_key in staged_keys]
     try:
         deadline = time.monotonic() + RUN_DEADLINE_SECONDS
-        launched = wait_for(f"a run of {partition_key}",
-                            lambda: runs_of_partition(engine, partition_key), deadline, services)
+        wait_for(f"a run of {partition_keys[0]}",
+                 lambda: runs_of_partition(engine, partition_keys[0]), deadline, services)
         timings["daemon start to run created"] = time.monotonic() - daemon.started
-        finished = wait_for(
-            "the run to finish",
-            lambda: [run for run in runs_of_partition(engine, partition_key)
-                     if run[1] in TERMINAL_STATUSES], deadline, services)
-        timings["daemon start to run finished"] = time.monotonic() - daemon.started
+        wait_for("both runs to finish",
+                 lambda: all(run[1] in TERMINAL_STATUSES
+                             for key in partition_keys for run in runs_of_partition(engine, key))
+                 and all(runs_of_partition(engine, key) for key in partition_keys),
+                 deadline, services)
+        timings["daemon start to runs finished"] = time.monotonic() - daemon.started
+        run_ends = []
+        for staged_key, partition_key in zip(staged_keys, partition_keys):
+            run_id, run_pid = check_celery_run(engine, services, staged_key, partition_key,
+                                               broker_queue, deadline, s3, glue)
+            with dg.DagsterInstance.get() as instance:
+                run_ends.append((instance.get_run_record_by_id(run_id).end_time, run_pid))
 
-        # One upload, one run, and it succeeded: read from PostgreSQL's `runs` table.
-        runs = runs_of_partition(engine, partition_key)
-        assert runs == finished and len(runs) == 1, runs
-        run_id, status = runs[0]
-        assert launched[0][0] == run_id
-        assert status == "SUCCESS", f"run {run_id} ended {status}"
-        tags = run_tags(engine, run_id)
-        assert tags["dagster/sensor_name"] == SENSOR
-        assert tags["credflow/staged_key"] == staged_key
-
-        # The launcher published it to this test's queue as a Celery task...
-        with dg.DagsterInstance.get() as instance:
-            engine_events = [entry.dagster_event for entry in instance.all_logs(
-                run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)]
-        # (The instance prefixes a launcher's engine events with its class name.)
-        forwarded = next(event for event in engine_events if event.message ==
-                         "[CeleryRunLauncher] Celery task has been forwarded to the broker.")
-        forwarded_metadata = {key: value.value for key, value in
-                              forwarded.engine_event_data.metadata.items()}
-        task_id = tags["dagster-celery/task_id"]
-        assert forwarded_metadata["Celery Task ID"] == task_id
-        assert forwarded_metadata["Celery Queue"] == broker_queue
-
-        # ...that the worker received and finished (its log names the task)...
-        wait_for(f"the worker to log task {task_id} succeeded",
-                 lambda: f"execute_job[{task_id}] succeeded" in worker.log, deadline, services)
-        assert f"execute_job[{task_id}] received" in worker.log
-
-        # ...and the run's process was one of the worker's pool processes, not a daemon child.
-        started = next(event for event in engine_events
-                       if event.message.startswith("Started process for run"))
-        run_pid = int(started.engine_event_data.metadata["pid"].value)
-        lineage = ancestors(run_pid)
-        assert worker.process.pid in lineage, (run_pid, lineage)
-        assert daemon.process.pid not in lineage, (run_pid, lineage)
-        assert os.getpgid(run_pid) == worker.process.pid
-        assert b"celery" in Path(f"/proc/{run_pid}/cmdline").read_bytes()
-
-        # What Dagster's run monitoring reads of the run's worker, from another process than
-        # the one that sent the task: finished, not PENDING (which would fail a running run).
-        with dg.DagsterInstance.get() as instance:
-            health = instance.run_launcher.check_run_worker_health(instance.get_run_by_id(run_id))
-        assert health.status.name == "SUCCESS", health
-
-        # What the analyst sees: the file promoted to prod (and gone from staging), the Glue
-        # partition registered over its folder.
-        prod_key = f"prod/{TABLE}/ingest_date={INGEST_DATE}/{name}"
-        promoted = s3.head_object(Bucket=BUCKET, Key=prod_key)
-        assert promoted["Metadata"]["credflow-run-id"] == run_id
-        assert s3.list_objects_v2(Bucket=BUCKET, Prefix=staged_key).get("KeyCount") == 0
-        partition = glue.get_partition(DatabaseName=DATABASE, TableName=TABLE,
-                                       PartitionValues=[INGEST_DATE])["Partition"]
-        assert partition["StorageDescriptor"]["Location"] == \
-            f"s3://{BUCKET}/prod/{TABLE}/ingest_date={INGEST_DATE}/"
+        # One pool process executed both runs, on the instance it keeps: the three connections
+        # its storage opened to PostgreSQL in the first run (runs one, events two) are still
+        # open after the second, ready for the next. dagster-celery's own app closes them at
+        # each run's end, leaving only the one Celery's result store holds.
+        (first_end, first_pid), (_, second_pid) = sorted(run_ends)
+        assert first_pid == second_pid, run_ends
+        kept = postgres_connections_opened(engine, first_pid)
+        assert len([opened for opened in kept if opened < first_end]) >= 3, (kept, run_ends)
     except BaseException:
         for service in services:
             print(f"===== {service.name} ({service.log_path}) =====\n{service.log}")
@@ -387,3 +377,66 @@ def test_a_sensor_launched_run_executes_on_a_celery_worker(stack, postgres_url, 
         print(f"stopped sensors: {', '.join(stopped)}")
         print("timings: " + ", ".join(f"{what} {seconds:.1f}s"
                                       for what, seconds in timings.items()))
+
+
+def check_celery_run(engine, services: list[Service], staged_key: str, partition_key: str,
+                     broker_queue: str, deadline: float, s3, glue) -> tuple[str, int]:
+    """What one upload's run should show; returns its run id and its run's process id."""
+    import dagster as dg
+
+    worker, daemon = services
+
+    # One upload, one run, and it succeeded: read from PostgreSQL's `runs` table.
+    runs = runs_of_partition(engine, partition_key)
+    assert len(runs) == 1, runs
+    run_id, status = runs[0]
+    assert status == "SUCCESS", f"run {run_id} ended {status}"
+    tags = run_tags(engine, run_id)
+    assert tags["dagster/sensor_name"] == SENSOR
+    assert tags["credflow/staged_key"] == staged_key
+
+    # The launcher published it to this test's queue as a Celery task...
+    with dg.DagsterInstance.get() as instance:
+        engine_events = [entry.dagster_event for entry in instance.all_logs(
+            run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)]
+    # (The instance prefixes a launcher's engine events with its class name.)
+    forwarded = next(event for event in engine_events if event.message ==
+                     "[CeleryRunLauncher] Celery task has been forwarded to the broker.")
+    forwarded_metadata = {key: value.value for key, value in
+                          forwarded.engine_event_data.metadata.items()}
+    task_id = tags["dagster-celery/task_id"]
+    assert forwarded_metadata["Celery Task ID"] == task_id
+    assert forwarded_metadata["Celery Queue"] == broker_queue
+
+    # ...that the worker received and finished (its log names the task)...
+    wait_for(f"the worker to log task {task_id} succeeded",
+             lambda: f"execute_job[{task_id}] succeeded" in worker.log, deadline, services)
+    assert f"execute_job[{task_id}] received" in worker.log
+
+    # ...and the run's process was one of the worker's pool processes, not a daemon child.
+    started = next(event for event in engine_events
+                   if event.message.startswith("Started process for run"))
+    run_pid = int(started.engine_event_data.metadata["pid"].value)
+    lineage = ancestors(run_pid)
+    assert worker.process.pid in lineage, (run_pid, lineage)
+    assert daemon.process.pid not in lineage, (run_pid, lineage)
+    assert os.getpgid(run_pid) == worker.process.pid
+    assert b"celery" in Path(f"/proc/{run_pid}/cmdline").read_bytes()
+
+    # What Dagster's run monitoring reads of the run's worker, from another process than
+    # the one that sent the task: finished, not PENDING (which would fail a running run).
+    with dg.DagsterInstance.get() as instance:
+        health = instance.run_launcher.check_run_worker_health(instance.get_run_by_id(run_id))
+    assert health.status.name == "SUCCESS", health
+
+    # What the analyst sees: the file promoted to prod (and gone from staging), the Glue
+    # partition registered over its folder.
+    prod_key = f"prod/{TABLE}/ingest_date={INGEST_DATE}/{staged_key.rsplit('/', 1)[1]}"
+    promoted = s3.head_object(Bucket=BUCKET, Key=prod_key)
+    assert promoted["Metadata"]["credflow-run-id"] == run_id
+    assert s3.list_objects_v2(Bucket=BUCKET, Prefix=staged_key).get("KeyCount") == 0
+    partition = glue.get_partition(DatabaseName=DATABASE, TableName=TABLE,
+                                   PartitionValues=[INGEST_DATE])["Partition"]
+    assert partition["StorageDescriptor"]["Location"] == \
+        f"s3://{BUCKET}/prod/{TABLE}/ingest_date={INGEST_DATE}/"
+    return run_id, run_pid

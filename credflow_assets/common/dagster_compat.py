@@ -100,6 +100,22 @@ def execute_run_in_process(
     return execute_run(InMemoryJob(job_def), run, instance)
 
 
+def execute_celery_launched_run(instance: dg.DagsterInstance, packed_run_args) -> int:
+    """Execute a run that dagster-celery's `CeleryRunLauncher` sent, as its `execute_job` task
+    does, but on an instance the caller keeps between runs (`credflow_assets/celery_worker.py`).
+    The task's body is Dagster's `execute_run` command body; no public API executes a launched
+    run by its id on a given instance. Returns the command's exit code."""
+    from dagster._cli.api import _execute_run_command_body
+    from dagster._grpc.types import ExecuteRunArgs
+    from dagster_shared.serdes import unpack_value
+
+    args = unpack_value(val=packed_run_args, as_type=ExecuteRunArgs)
+    return _execute_run_command_body(
+        run_id=args.run_id, instance=instance, write_stream_fn=lambda _event: None,
+        set_exit_code_on_failure=(True if args.set_exit_code_on_failure is None
+                                  else args.set_exit_code_on_failure))
+
+
 # -- sensor cursors ----------------------------------------------------------------------------
 
 def _instigator_origin(sensor_name: str):
@@ -705,13 +721,14 @@ def _prebuilt_shard_storage_class():
 # process, 2.4 ms here against 0.13 ms through a kept one, for every one of a run's ~28 event
 # writes and its run-status updates, and on the server a process forked for each
 # (bench/RESULTS.md §7, session 11). `PooledPostgresStorage` is Dagster's own PostgreSQL storage
-# (its tables, statements, transactions, migrations) whose run and event-log storages keep one
-# connection between uses:
-# - at most one idle connection per storage of an instance: a second use at the same time (a
-#   second thread, or Dagster's own use inside another, as when it stores a materialization's
-#   tags) opens another, closed after it (the overflow is unbounded, as a pool-less engine never
-#   blocked). So the daemon keeps 2, and a Celery worker 2 while it runs a run (its task's
-#   instance is disposed at the task's end, and with it the connections);
+# (its tables, statements, transactions, migrations) whose run and event-log storages keep
+# their connections between uses:
+# - the run storage keeps one idle connection, the event log two, since Dagster opens a second
+#   inside the first for each materialization or check result it stores (its tags table
+#   check); a further use at the same time (another thread) opens another, closed after it
+#   (the overflow is unbounded, as a pool-less engine never blocked). So a process using an
+#   instance keeps 3: the daemon, and each Celery pool process, which keeps its instance
+#   between runs (credflow_assets/celery_worker.py);
 # - a kept connection is pinged before each use, so a restarted server or a connection a proxy
 #   dropped is replaced, not raised, and it is replaced after POOL_RECYCLE_SECONDS anyway;
 # - a forked child never uses its parent's connections: it opens its own;
@@ -751,21 +768,21 @@ def _pooled_postgres_storage_class():
 
     os.register_at_fork(after_in_child=forget_the_parents_connections)
 
-    def kept_connection_engine(storage) -> sa.Engine:
+    def kept_connection_engine(storage, kept_connections: int) -> sa.Engine:
         options = storage._engine.url.query.get("options")
         engine = create_pg_engine(
             storage.postgres_url, storage._token_provider, isolation_level="AUTOCOMMIT",
-            pool_size=1, max_overflow=-1, pool_pre_ping=True, pool_recycle=POOL_RECYCLE_SECONDS,
+            pool_size=kept_connections, max_overflow=-1, pool_pre_ping=True, pool_recycle=POOL_RECYCLE_SECONDS,
             **({"connect_args": {"options": options}} if options else {}))
 
         kept_engines.add(engine)
         return engine
 
-    def keeping_a_connection(storage_class):
+    def keeping_connections(storage_class, kept_connections: int):
         class Kept(storage_class):
             def __init__(self, *args, **kwargs):
                 super().__init__(*args, **kwargs)  # Dagster's table check, on its own engine
-                self._engine = kept_connection_engine(self)
+                self._engine = kept_connection_engine(self, kept_connections)
 
             def optimize_for_webserver(self, *args, **kwargs) -> None:
                 self._engine.dispose()  # the webserver's own pool replaces this one
@@ -779,11 +796,11 @@ def _pooled_postgres_storage_class():
         Kept.__module__ = __name__
         return Kept
 
-    run_storage_class = keeping_a_connection(PostgresRunStorage)
-    event_log_storage_class = keeping_a_connection(PostgresEventLogStorage)
+    run_storage_class = keeping_connections(PostgresRunStorage, kept_connections=1)
+    event_log_storage_class = keeping_connections(PostgresEventLogStorage, kept_connections=2)
 
     class PooledPostgresStorage(DagsterPostgresStorage):
-        """Dagster's PostgreSQL storage, its run and event-log storages keeping a connection."""
+        """Dagster's PostgreSQL storage, its run and event-log storages keeping connections."""
 
         def __init__(self, postgres_url: str, should_autocreate_tables: bool = True,
                      inst_data=None, token_provider=None):
