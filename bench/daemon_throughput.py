@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/daemon_throughput.py                  # 30 therapists × 3 files a mode
     .venv/bin/python bench/daemon_throughput.py --quick          # 10 therapists
-    options: --therapists N  --modes sync,daemon,celery1,celery2  --json FILE
+    options: --therapists N  --modes sync,daemon,celery1,celery2  --celery-app APP  --json FILE
 
 One local stack (moto, sshd, the Drive server); for each mode a fresh Dagster instance and N new
 therapists (the same files as bench/mpf_throughput.py: a PDF, a PNG and a text CV each, under
@@ -14,7 +14,8 @@ ids of the mode's own, so no mode finds another's MPF folders or renditions in p
 - `daemon`: `dagster-daemon run` on the same dagster.yaml: the default run launcher (a
   process per run), credflow's queued run coordinator, SQLite storage.
 - `celery1`, `celery2`: `dagster-daemon run` on deploy/dagster.celery.yaml (PostgreSQL storage,
-  `CeleryRunLauncher` on RabbitMQ), with 1 or 2 `dagster-celery` workers of one pool process each.
+  `CeleryRunLauncher` on RabbitMQ), with 1 or 2 `dagster-celery` workers of one pool process each,
+  started as deployed (`-A credflow_assets.celery_worker`; `--celery-app` names another app).
 
 Every sensor but `signup_upload_sensor` is stopped. The daemon starts first, and the files are
 uploaded once the sensor's first (empty) tick is recorded, as files arrive at a running
