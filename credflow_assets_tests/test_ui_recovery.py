@@ -17,24 +17,31 @@ from pathlib import Path
 
 from credflow_assets_tests.dagster_ui import POLL_SECONDS, RUN_EVENTS_QUERY, unwrap
 
-ROWS = 1_500_000  # about 100 MB: the landing takes seconds, long enough to be killed
+ROWS = 1_500_000  # 50 MB encrypted, landed in about a second
+KILL_POLL_SECONDS = 0.1  # a run worker needs far longer than this to load the code location
 
 
 def test_a_killed_run_worker_is_failed_and_retried_by_the_daemon(dagster_ui,
                                                                  daemon_processed_files):
     ui = dagster_ui
     provider = ui.config.providers[0]
+    running_before = _run_workers(ui)
     name = _drop_big_provider_file(ui, provider)
 
-    first = _wait(lambda: _runs_of(ui, name), 150, "the sensor's run for the big file")[-1]
-    pid = _wait(lambda: _worker_pid(ui, first["runId"]), 60, "its run worker to start")
+    # The run worker is killed as soon as it exists, while it still loads the code location: the
+    # landing itself takes about a second here, so a kill timed from the UI (the run's "Started
+    # process" event, polled) could come after the run's end and test nothing.
+    pid = _wait(lambda: next(iter(_run_workers(ui) - running_before), None), 150,
+                "the sensor's run for the big file to start its worker", poll=KILL_POLL_SECONDS)
     os.kill(pid, signal.SIGKILL)
+    first = _wait(lambda: _runs_of(ui, name), 30, "the big file's run")[-1]
 
     runs = _wait(lambda: [run for run in _runs_of(ui, name) if run["status"] == "SUCCESS"]
                  and _runs_of(ui, name), 240, "the retry to land the file")
     killed = next(run for run in runs if run["runId"] == first["runId"])
     retry = next(run for run in runs if run["status"] == "SUCCESS")
     assert killed["status"] == "FAILURE"
+    assert _worker_pid(ui, killed["runId"]) in (None, pid)  # None: killed before it said so
     # Whoever noticed first says so: Dagster's code server (it watches the run worker it
     # started), the provider flow's scratch cleanup, or credflow's stopped_runs_sensor.
     assert any(reason in _messages(ui, killed["runId"]) for reason in (
@@ -87,16 +94,33 @@ def _worker_pid(ui, run_id: str) -> int | None:
     return None
 
 
+def _run_workers(ui) -> set[int]:
+    """The run workers of this UI's stack: the default launcher's code server starts each run in
+    a `multiprocessing` spawn child, which inherits the stack's DAGSTER_HOME."""
+    home = f"DAGSTER_HOME={ui.env['DAGSTER_HOME']}".encode()
+    workers = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (b"spawn_main" in (entry / "cmdline").read_bytes()
+                    and home in (entry / "environ").read_bytes().split(b"\0")):
+                workers.add(int(entry.name))
+        except OSError:  # exited while we looked
+            continue
+    return workers
+
+
 def _messages(ui, run_id: str) -> str:
     answer = unwrap(ui.graphql(RUN_EVENTS_QUERY, {"runId": run_id})["runOrError"], "Run")
     return "\n".join(event.get("message") or "" for event in answer["eventConnection"]["events"])
 
 
-def _wait(found, seconds: float, what: str):
+def _wait(found, seconds: float, what: str, poll: float = POLL_SECONDS):
     deadline = time.monotonic() + seconds
     while True:
         value = found()
         if value:
             return value
         assert time.monotonic() < deadline, f"timed out after {seconds:.0f}s waiting for {what}"
-        time.sleep(POLL_SECONDS)
+        time.sleep(poll)
