@@ -10,8 +10,8 @@ Dagster overhead on PostgreSQL (bench/RESULTS.md §7, session 12). Here a pool p
 instance at its first run and keeps it, with PooledPostgresStorage's kept connections, until the
 process exits. Everything else is dagster-celery's: the task names, queues and routing the
 `CeleryRunLauncher` sends to, the step task (`execute_plan`, for the celery executor) and the
-resume task (run monitoring's). A changed dagster.yaml, like changed code, takes a worker
-restart, as it does for the code a worker has imported.
+resume task (run monitoring's). A changed dagster.yaml takes a worker restart, as changed code
+already does.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
-"""Production's Dagster storage on PostgreSQL: Dagster's own, keeping a connection between uses.
+"""Production's Dagster storage on PostgreSQL: Dagster's own, keeping its connections between uses.
 
 dagster-postgres opens a new connection for every statement (a new server process each time),
 most of what a run's event writes cost under Celery (bench/RESULTS.md §7, session 11).
 deploy/dagster.celery.yaml and dagster.k8s.yaml name `PooledPostgresStorage`, whose run and
-event-log storages keep their connections (one for runs, two for events). What a user relies on must not change: every event
-committed and readable by the webserver at once, nothing held once the instance is done with, a
-restarted server or dropped connection not failing the next run, and a forked process never
-writing through its parent's connection.
+event-log storages keep their connections (one for runs, two for events). What a user relies on
+must not change: every event committed and readable by the webserver at once, nothing held once
+the instance is done with, a restarted server or dropped connection not failing the next run,
+and a forked process never writing through its parent's connection.
 """
 
 import os

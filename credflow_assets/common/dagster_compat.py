@@ -772,7 +772,8 @@ def _pooled_postgres_storage_class():
         options = storage._engine.url.query.get("options")
         engine = create_pg_engine(
             storage.postgres_url, storage._token_provider, isolation_level="AUTOCOMMIT",
-            pool_size=kept_connections, max_overflow=-1, pool_pre_ping=True, pool_recycle=POOL_RECYCLE_SECONDS,
+            pool_size=kept_connections, max_overflow=-1, pool_pre_ping=True,
+            pool_recycle=POOL_RECYCLE_SECONDS,
             **({"connect_args": {"options": options}} if options else {}))
 
         kept_engines.add(engine)
