@@ -6,7 +6,8 @@ which publishes it to RabbitMQ; a `dagster-celery` worker (deploy/celery.yaml) c
 executes the run in its own pool process; everything is stored in PostgreSQL, where the test reads
 the run back. The test's own process only sets the scene (sensor states, the upload) and checks.
 Two files are uploaded, so that one pool process executes two runs, one after the other, on the
-instance it keeps (`credflow_assets/celery_worker.py`, the app the worker is started with).
+instance it keeps (`credflow_assets/celery_worker.py`, the app the worker is started with). Last,
+`dagster-webserver` on the same dagster.yaml shows both runs as the UI would (GraphQL).
 
 What the worker needs, as in production: the run executes inside its pool process, which loads
 the code location itself from the run's origin (module `credflow_assets.definitions`). So the
@@ -41,9 +42,11 @@ from urllib.parse import urlparse
 
 import boto3
 import pytest
+import requests
 import sqlalchemy as sa
 import yaml
 
+from credflow_assets.local.process import free_port, wait_for_port
 from credflow_assets.staged_tables.layout import partition_key_for
 from credflow_assets_tests.conftest import DEFAULT_CONFIG, REPO, running_stack
 
@@ -69,6 +72,7 @@ CLAIMS_CSV = (
 
 # From the daemon's start to the runs' end takes 12-26 s on this 2-core machine (busier: longer).
 RUN_DEADLINE_SECONDS = 90
+WEBSERVER_DEADLINE_SECONDS = 120
 TERMINAL_STATUSES = {"SUCCESS", "FAILURE", "CANCELED"}
 
 
@@ -349,12 +353,13 @@ def test_a_sensor_launched_run_executes_on_a_celery_worker(stack, postgres_url, 
                  and all(runs_of_partition(engine, key) for key in partition_keys),
                  deadline, services)
         timings["daemon start to runs finished"] = time.monotonic() - daemon.started
-        run_ends = []
+        run_ends, run_pids = [], {}
         for staged_key, partition_key in zip(staged_keys, partition_keys):
             run_id, run_pid = check_celery_run(engine, services, staged_key, partition_key,
                                                broker_queue, deadline, s3, glue)
             with dg.DagsterInstance.get() as instance:
                 run_ends.append((instance.get_run_record_by_id(run_id).end_time, run_pid))
+            run_pids[run_id] = run_pid
 
         # One pool process executed both runs, on the instance it keeps: the three connections
         # its storage opened to PostgreSQL in the first run (runs one, events two) are still
@@ -364,6 +369,24 @@ def test_a_sensor_launched_run_executes_on_a_celery_worker(stack, postgres_url, 
         assert first_pid == second_pid, run_ends
         kept = postgres_connections_opened(engine, first_pid)
         assert len([opened for opened in kept if opened < first_end]) >= 3, (kept, run_ends)
+
+        # What the UI shows, from the webserver on the same dagster.yaml (its storage swaps the
+        # kept connections for a pool of its own): each run succeeded, in the worker's process,
+        # and materialized its file.
+        port = free_port()
+        services.append(start_service("dagster-webserver", [
+            str(BIN / "dagster-webserver"), "-w", str(REPO / "workspace.yaml"),
+            "-h", "127.0.0.1", "-p", str(port)], tmp_path / "webserver.log", child_env))
+        started = time.monotonic()
+        wait_for_port("dagster-webserver", port, process=services[-1].process,
+                      log_path=services[-1].log_path, timeout=WEBSERVER_DEADLINE_SECONDS)
+        timings["webserver start"] = time.monotonic() - started
+        for run_id, run_pid in run_pids.items():
+            shown = webserver_run(port, run_id)
+            assert shown["status"] == "SUCCESS", shown["status"]
+            messages = [event.get("message") or "" for event in shown["events"]]
+            assert f"Started process for run (pid: {run_pid})." in messages, messages
+            assert "MaterializationEvent" in {event["__typename"] for event in shown["events"]}
     except BaseException:
         for service in services:
             print(f"===== {service.name} ({service.log_path}) =====\n{service.log}")
@@ -379,12 +402,25 @@ def test_a_sensor_launched_run_executes_on_a_celery_worker(stack, postgres_url, 
                                       for what, seconds in timings.items()))
 
 
+def webserver_run(port: int, run_id: str) -> dict:
+    """A run's status and events as the UI asks the webserver for them (GraphQL)."""
+    query = """query ($runId: ID!) { runOrError(runId: $runId) { __typename
+        ... on Run { status eventConnection(limit: 500) { events { __typename
+            ... on MessageEvent { message } } } } } }"""
+    response = requests.post(f"http://127.0.0.1:{port}/graphql", timeout=60,
+                             json={"query": query, "variables": {"runId": run_id}})
+    response.raise_for_status()
+    run = response.json()["data"]["runOrError"]
+    assert run["__typename"] == "Run", run
+    return {"status": run["status"], "events": run["eventConnection"]["events"]}
+
+
 def check_celery_run(engine, services: list[Service], staged_key: str, partition_key: str,
                      broker_queue: str, deadline: float, s3, glue) -> tuple[str, int]:
     """What one upload's run should show; returns its run id and its run's process id."""
     import dagster as dg
 
-    worker, daemon = services
+    worker, daemon = services[:2]
 
     # One upload, one run, and it succeeded: read from PostgreSQL's `runs` table.
     runs = runs_of_partition(engine, partition_key)
