@@ -85,6 +85,7 @@ query UiTestRunEvents($runId: ID!) {
   runOrError(runId: $runId) {
     __typename
     ... on Run {
+      status
       eventConnection(limit: 5000) {
         events {
           __typename
@@ -196,19 +197,7 @@ class DagsterUI:
 
     def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict:
         """POST /graphql; the `data`, or GraphQLError naming the errors."""
-        response = requests.post(f"{self.url}/graphql",
-                                 json={"query": query, "variables": variables or {}}, timeout=60)
-        try:
-            payload = response.json()
-        except ValueError:
-            raise GraphQLError(f"POST {self.url}/graphql: HTTP {response.status_code}: "
-                               f"{response.text[:2000]}") from None
-        if payload.get("errors"):
-            messages = "; ".join(error.get("message", str(error)) for error in payload["errors"])
-            raise GraphQLError(f"GraphQL errors: {messages}")
-        if response.status_code != 200 or payload.get("data") is None:
-            raise GraphQLError(f"POST {self.url}/graphql: HTTP {response.status_code}: {payload}")
-        return payload["data"]
+        return post_graphql(self.url, query, variables)
 
     def runs(self, *, tags: dict[str, str] | None = None, job_name: str | None = None,
              statuses: Iterable[str] | None = None, limit: int = 200) -> list[dict]:
@@ -357,6 +346,24 @@ class DagsterUI:
             if name.endswith("_DB_URL"):
                 client.dispose()
         self._clients.clear()
+
+
+def post_graphql(url: str, query: str, variables: dict[str, Any] | None = None) -> dict:
+    """POST `url`/graphql (a webserver's API, what its UI asks); the `data`, or GraphQLError
+    naming the errors."""
+    response = requests.post(f"{url}/graphql",
+                             json={"query": query, "variables": variables or {}}, timeout=60)
+    try:
+        payload = response.json()
+    except ValueError:
+        raise GraphQLError(f"POST {url}/graphql: HTTP {response.status_code}: "
+                           f"{response.text[:2000]}") from None
+    if payload.get("errors"):
+        messages = "; ".join(error.get("message", str(error)) for error in payload["errors"])
+        raise GraphQLError(f"GraphQL errors: {messages}")
+    if response.status_code != 200 or payload.get("data") is None:
+        raise GraphQLError(f"POST {url}/graphql: HTTP {response.status_code}: {payload}")
+    return payload["data"]
 
 
 def unwrap(answer: dict, expected: str) -> dict:

@@ -42,13 +42,13 @@ from urllib.parse import urlparse
 
 import boto3
 import pytest
-import requests
 import sqlalchemy as sa
 import yaml
 
 from credflow_assets.local.process import free_port, wait_for_port
 from credflow_assets.staged_tables.layout import partition_key_for
 from credflow_assets_tests.conftest import DEFAULT_CONFIG, REPO, running_stack
+from credflow_assets_tests.dagster_ui import RUN_EVENTS_QUERY, post_graphql, unwrap
 
 BIN = Path(sys.executable).parent
 BROKER_URL = os.environ.get("CREDFLOW_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -353,22 +353,21 @@ def test_a_sensor_launched_run_executes_on_a_celery_worker(stack, postgres_url, 
                  and all(runs_of_partition(engine, key) for key in partition_keys),
                  deadline, services)
         timings["daemon start to runs finished"] = time.monotonic() - daemon.started
-        run_ends, run_pids = [], {}
-        for staged_key, partition_key in zip(staged_keys, partition_keys):
-            run_id, run_pid = check_celery_run(engine, services, staged_key, partition_key,
-                                               broker_queue, deadline, s3, glue)
-            with dg.DagsterInstance.get() as instance:
-                run_ends.append((instance.get_run_record_by_id(run_id).end_time, run_pid))
-            run_pids[run_id] = run_pid
+        checked = [check_celery_run(engine, services, staged_key, partition_key, broker_queue,
+                                    deadline, s3, glue)
+                   for staged_key, partition_key in zip(staged_keys, partition_keys)]
+        with dg.DagsterInstance.get() as instance:
+            ends = {run_id: instance.get_run_record_by_id(run_id).end_time
+                    for run_id, _ in checked}
 
         # One pool process executed both runs, on the instance it keeps: the three connections
         # its storage opened to PostgreSQL in the first run (runs one, events two) are still
         # open after the second, ready for the next. dagster-celery's own app closes them at
         # each run's end, leaving only the one Celery's result store holds.
-        (first_end, first_pid), (_, second_pid) = sorted(run_ends)
-        assert first_pid == second_pid, run_ends
+        (first_id, first_pid), (_, second_pid) = sorted(checked, key=lambda run: ends[run[0]])
+        assert first_pid == second_pid, checked
         kept = postgres_connections_opened(engine, first_pid)
-        assert len([opened for opened in kept if opened < first_end]) >= 3, (kept, run_ends)
+        assert len([opened for opened in kept if opened < ends[first_id]]) >= 3, (kept, ends)
 
         # What the UI shows, from the webserver on the same dagster.yaml (its storage swaps the
         # kept connections for a pool of its own): each run succeeded, in the worker's process,
@@ -381,12 +380,14 @@ def test_a_sensor_launched_run_executes_on_a_celery_worker(stack, postgres_url, 
         wait_for_port("dagster-webserver", port, process=services[-1].process,
                       log_path=services[-1].log_path, timeout=WEBSERVER_DEADLINE_SECONDS)
         timings["webserver start"] = time.monotonic() - started
-        for run_id, run_pid in run_pids.items():
-            shown = webserver_run(port, run_id)
+        for run_id, run_pid in checked:
+            shown = unwrap(post_graphql(f"http://127.0.0.1:{port}", RUN_EVENTS_QUERY,
+                                        {"runId": run_id})["runOrError"], "Run")
             assert shown["status"] == "SUCCESS", shown["status"]
-            messages = [event.get("message") or "" for event in shown["events"]]
+            events = shown["eventConnection"]["events"]
+            messages = [event.get("message") or "" for event in events]
             assert f"Started process for run (pid: {run_pid})." in messages, messages
-            assert "MaterializationEvent" in {event["__typename"] for event in shown["events"]}
+            assert "MaterializationEvent" in {event["__typename"] for event in events}
     except BaseException:
         for service in services:
             print(f"===== {service.name} ({service.log_path}) =====\n{service.log}")
@@ -400,19 +401,6 @@ def test_a_sensor_launched_run_executes_on_a_celery_worker(stack, postgres_url, 
         print(f"stopped sensors: {', '.join(stopped)}")
         print("timings: " + ", ".join(f"{what} {seconds:.1f}s"
                                       for what, seconds in timings.items()))
-
-
-def webserver_run(port: int, run_id: str) -> dict:
-    """A run's status and events as the UI asks the webserver for them (GraphQL)."""
-    query = """query ($runId: ID!) { runOrError(runId: $runId) { __typename
-        ... on Run { status eventConnection(limit: 500) { events { __typename
-            ... on MessageEvent { message } } } } } }"""
-    response = requests.post(f"http://127.0.0.1:{port}/graphql", timeout=60,
-                             json={"query": query, "variables": {"runId": run_id}})
-    response.raise_for_status()
-    run = response.json()["data"]["runOrError"]
-    assert run["__typename"] == "Run", run
-    return {"status": run["status"], "events": run["eventConnection"]["events"]}
 
 
 def check_celery_run(engine, services: list[Service], staged_key: str, partition_key: str,
