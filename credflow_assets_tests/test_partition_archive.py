@@ -10,17 +10,20 @@ event notifications off, so no other module's sensor receives their events.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
+from pathlib import Path
 
 import boto3
 import dagster as dg
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from credflow_assets.cli.main import main
 from credflow_assets.cli.reparse import reparse, select_partitions
-from credflow_assets.common.partition_archive import archive_directory, read_archive
+from credflow_assets.common.partition_archive import read_archive
 from credflow_assets.staged_tables.layout import partition_key_for
 from credflow_assets.staged_tables.names import table_partitions
 from credflow_assets_tests.conftest import DEFAULT_CONFIG
@@ -34,6 +37,14 @@ CLAIMS_FILES = table_partitions("claims").name
 def story(local_stack, credflow_config, tmp_path_factory):
     home = tmp_path_factory.mktemp("archive_dagster_home")
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    with processed_files(home, credflow_config) as told:
+        yield told
+
+
+@contextlib.contextmanager
+def processed_files(home: Path, credflow_config):
+    """Two staged claims files through `staged_claims_job` on the instance at `home`: one
+    promoted ("good"), one rejected for its header ("bad")."""
     stamp = uuid.uuid4().hex[:8]
     good, bad = (f"staging/claims/archive-{stamp}-{name}.csv" for name in ("good", "bad"))
     s3 = boto3.client("s3")
@@ -82,7 +93,7 @@ def test_a_dry_run_names_the_processed_file_and_changes_nothing(story):
     assert report["archived_keys"][CLAIMS_FILES] == [story["good"]]
     assert report["kept"][CLAIMS_FILES] == {"failed": 1}
     assert live(story) == before == [story["good"], story["bad"]]
-    assert not archive_directory(story["instance"], CLAIMS_FILES).exists()
+    assert read_archive(story["instance"], CLAIMS_FILES) == {}
 
 
 def test_nothing_younger_than_the_age_is_archived(story):
@@ -140,3 +151,54 @@ def test_the_scheduled_retention_job_archives_too(story):
     assert output.event_specific_data.metadata["partitions_archived"].value == 1
     assert live(story) == [story["bad"]]
     assert list(read_archive(story["instance"], CLAIMS_FILES)) == [story["good"]]
+
+
+def postgres_home(home: Path, postgres_url: str) -> Path:
+    """A machine of a production deployment: its own DAGSTER_HOME and storage directory, the
+    instance in the shared PostgreSQL database (deploy/'s storage)."""
+    home.mkdir()
+    (home / "dagster.yaml").write_text(yaml.safe_dump({
+        "telemetry": {"enabled": False},
+        "storage": {"custom": {
+            "module": "credflow_assets.common.dagster_compat", "class": "PooledPostgresStorage",
+            "config": {"postgres_url": postgres_url.replace("+psycopg2", "")}}}}))
+    return home
+
+
+def test_on_postgresql_another_machine_answers_for_a_file_archived_elsewhere(
+        local_stack, credflow_config, tmp_path, postgres_url):
+    """The retention job archives wherever the deployment runs it (a Celery worker, a
+    Kubernetes pod whose disk goes with it); `credflow lineage` on an engineer's machine, whose
+    storage directory is its own, still finds the archived file and says when it went."""
+    worker, laptop = (postgres_home(tmp_path / name, postgres_url)
+                      for name in ("worker", "laptop"))
+    with processed_files(worker, credflow_config) as told:
+        report = archive(told, "--older-than", "0d")
+
+        assert report["archived_keys"][CLAIMS_FILES] == [told["good"]]
+        found = json.loads(lineage({"home": laptop}, told["good"], "--json"))
+        assert found["archived_on"] == read_archive(told["instance"], CLAIMS_FILES)[told["good"]]
+        assert found["outcome"] == "promoted to prod"
+        # A reparse chosen on the laptop brings it back, for every machine.
+        with dg.DagsterInstance.from_config(str(laptop)) as instance:
+            assert select_partitions(instance, credflow_config, "staged_tables",
+                                     partitions=[told["good"]]) == [told["good"]]
+        assert json.loads(lineage(told, told["good"], "--json"))["archived_on"] is None
+    assert not list(tmp_path.glob("*/storage/partition_archive"))
+
+
+def test_an_archive_kept_in_files_by_an_earlier_version_is_moved_into_the_instance(tmp_path):
+    home = tmp_path / "home"
+    folder = home / "storage" / "partition_archive" / CLAIMS_FILES
+    folder.mkdir(parents=True)
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    lines = [{"key": "a.csv", "archived": "2025-01-02T03:04:05+00:00"},
+             {"key": "b.csv", "archived": "2025-01-02T03:04:05+00:00"},
+             {"key": "a.csv", "restored": "2025-02-01T00:00:00+00:00"}]
+    (folder / "2025.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert read_archive(instance, CLAIMS_FILES) == {"b.csv": "2025-01-02T03:04:05+00:00"}
+    assert sorted(path.name for path in folder.iterdir()) == ["2025.jsonl.imported"]
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert read_archive(instance, CLAIMS_FILES) == {"b.csv": "2025-01-02T03:04:05+00:00"}

@@ -398,6 +398,31 @@ def retention_watermark(instance: dg.DagsterInstance, key: str) -> float | None:
 def store_retention_watermark(instance: dg.DagsterInstance, key: str, value: float) -> None:
     instance.run_storage.set_cursor_values({key: repr(value)})
 
+
+# -- an append-only log in the instance's database (common/partition_archive.py) ---------------
+# The run storage's key-value table lives in the instance's own database (SQLite under
+# DAGSTER_HOME, or the deployment's PostgreSQL), so every process of a deployment reads the same
+# rows, whichever machine or pod it runs on. Its calls (`get_cursor_values`, `set_cursor_values`)
+# overwrite a key that exists; a log that two writers append to needs an insert the table's
+# unique key refuses instead, so that they never take the same entry.
+
+def read_instance_values(instance: dg.DagsterInstance, keys: set[str]) -> Mapping[str, str]:
+    """The values stored under those of `keys` that exist."""
+    return instance.run_storage.get_cursor_values(keys)
+
+
+def insert_instance_value(instance: dg.DagsterInstance, key: str, value: str) -> bool:
+    """Store `value` under `key` unless the key exists (then False, and nothing is written)."""
+    from dagster._core.storage.runs.schema import KeyValueStoreTable
+    from sqlalchemy.exc import IntegrityError
+
+    try:
+        with instance.run_storage.connect() as connection:
+            connection.execute(KeyValueStoreTable.insert().values(key=key, value=value))
+    except IntegrityError:
+        return False
+    return True
+
 # -- dynamic partitions in bulk ----------------------------------------------------------------
 
 # Keys per DELETE statement (and per batch of events): well under SQLite's 32,766 bound

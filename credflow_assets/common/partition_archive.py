@@ -14,40 +14,46 @@ its job or of the UI's asset job), succeeded and ended before the cutoff. Never:
 whose latest run failed (the file waits for a corrected upload; `keep_failed=False` archives
 those too), one with a run queued or under way, one never materialized.
 
-The archive is JSON lines under the instance's storage directory,
-`partition_archive/{partition set}/{year}.jsonl`: one file per partition set and year of
-archiving, about 150 bytes per archived file (100,000 files: 15 MB), appended to, never
-rewritten. Why there: it lives with the instance whose event log holds what lineage reads (a
-backup of DAGSTER_HOME keeps both), needs no other service, and the lines are written before a
-partition is deleted, so an interrupted archive loses nothing. A deployment whose CLI runs on
-other machines than the daemon mounts the storage directory on shared storage (deploy/).
+The archive is a log in the instance's own database (Dagster's key-value table, beside the
+retention's progress): per partition set, entries of up to 5,000 keys with the time they were
+archived, about 60 bytes a file (100,000 files: 6 MB), appended to, never rewritten. Why there:
+every process of a deployment reads it wherever it runs (the daemon, a Celery worker or a
+Kubernetes pod running the retention job, the CLI on an engineer's machine), a backup of the
+instance keeps it with the event log lineage reads, it needs no other service, and it is
+written before a partition is deleted, so an interrupted archive loses nothing. (Earlier
+versions kept it in files under the instance's storage directory; they are moved in when
+read.)
 
 A partition comes back (`restore_partitions`: a reparse of the file) by being added again and a
-`restored` line; the last line of a key wins. A re-uploaded file's sensor adds its key again by
+`restored` entry; a key's last entry wins. A re-uploaded file's sensor adds its key again by
 itself: a live key is never reported archived.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
-import os
 import time
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from functools import lru_cache
 from pathlib import Path
 
 import dagster as dg
 
 from credflow_assets.common.dagster_compat import (
     delete_dynamic_partitions,
+    insert_instance_value,
     latest_materialization_ids,
+    read_instance_values,
     run_partition_data,
 )
 from credflow_assets.common.flow import Flow
 
-ARCHIVE_DIRECTORY = "partition_archive"
+# Where versions before this one kept the archive, in files (`_import_archive_files`).
+FILES_ARCHIVE_DIRECTORY = "partition_archive"
 # The job Dagster gives a run the UI launches by the Materialize button or a backfill.
 ASSET_JOB_NAME = "__ASSET_JOB"
 FAILED_STATUSES = {dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
@@ -179,52 +185,106 @@ def _latest_runs(instance: dg.DagsterInstance, partition_set: PartitionSet,
 
 
 # ------------------------------------------------------------------------------ the archive
+# An append-only log per partition set in the instance's own database (Dagster's key-value
+# table, common/dagster_compat.py): entry n of a set is stored under `{ARCHIVE_PREFIX}{set}/n`,
+# n = 0, 1, 2, ... with no gap, each entry one action on up to ENTRY_KEYS keys. An entry is
+# written whole in one statement, and a writer takes the next free n by an insert the table
+# refuses when another writer took it first, so two archives at once never lose a line.
+
+ARCHIVE_PREFIX = "credflow/partition_archive/"
+ENTRY_KEYS = 5000
+# Entries read per query: one query reads up to 64 × 5,000 keys.
+ENTRIES_PER_READ = 64
 
 
-def archive_directory(instance: dg.DagsterInstance, partitions_def_name: str) -> Path:
-    return Path(instance.storage_directory()) / ARCHIVE_DIRECTORY / partitions_def_name
+@dataclass
+class _ArchiveLog:
+    """What a process has read of one set's log: entries never change, so only the ones
+    written since are read again."""
+
+    entries: int = 0
+    archived: dict[str, str] = field(default_factory=dict)  # key → when it was archived
+
+
+# Run storage → partition set → the log read so far (one instance's cache leaves with it).
+_logs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _entry_key(partitions_def_name: str, number: int) -> str:
+    return f"{ARCHIVE_PREFIX}{partitions_def_name}/{number}"
+
+
+def _archive_log(instance: dg.DagsterInstance, partitions_def_name: str) -> _ArchiveLog:
+    """The set's log, with the entries written since this process last read it."""
+    _import_archive_files(instance, partitions_def_name)
+    return _read_log(instance, partitions_def_name)
+
+
+def _read_log(instance: dg.DagsterInstance, partitions_def_name: str) -> _ArchiveLog:
+    log = _logs.setdefault(instance.run_storage, {}).setdefault(partitions_def_name,
+                                                                  _ArchiveLog())
+    while True:
+        numbers = range(log.entries, log.entries + ENTRIES_PER_READ)
+        values = read_instance_values(instance, {_entry_key(partitions_def_name, number)
+                                                 for number in numbers})
+        for number in numbers:
+            value = values.get(_entry_key(partitions_def_name, number))
+            if value is None:
+                return log
+            entry = json.loads(value)
+            for key in entry["keys"]:
+                if entry["action"] == "archived":
+                    log.archived[key] = entry["at"]
+                else:
+                    log.archived.pop(key, None)
+            log.entries += 1
 
 
 def _write_archive(instance: dg.DagsterInstance, partitions_def_name: str, keys: list[str],
                    now: datetime, action: str) -> None:
-    """Append one line per key to this year's file, on disk before anything is deleted."""
-    directory = archive_directory(instance, partitions_def_name)
-    directory.mkdir(parents=True, exist_ok=True)
-    stamp = now.isoformat(timespec="seconds")
-    with open(directory / f"{now.year}.jsonl", "a", encoding="utf-8") as handle:
-        for key in keys:
-            handle.write(json.dumps({"key": key, action: stamp}) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    """Append `action` ("archived" or "restored") for `keys`, in the instance's database
+    before anything is deleted."""
+    _import_archive_files(instance, partitions_def_name)
+    _append(instance, partitions_def_name, keys, now.isoformat(timespec="seconds"), action)
+
+
+def _append(instance: dg.DagsterInstance, partitions_def_name: str, keys: list[str],
+            stamp: str, action: str) -> None:
+    number = _read_log(instance, partitions_def_name).entries
+    for start in range(0, len(keys), ENTRY_KEYS):
+        entry = json.dumps({"action": action, "at": stamp,
+                            "keys": keys[start:start + ENTRY_KEYS]})
+        while not insert_instance_value(instance, _entry_key(partitions_def_name, number),
+                                        entry):
+            number += 1  # another archive or restore wrote this entry first
+        number += 1
+
+
+def _import_archive_files(instance: dg.DagsterInstance, partitions_def_name: str) -> None:
+    """Move an archive that earlier versions kept in files, on the machine that archived
+    (`storage/partition_archive/{set}/{year}.jsonl`, a line per key), into the log, in order;
+    each file is renamed `….imported` once its lines are in."""
+    directory = Path(instance.storage_directory()) / FILES_ARCHIVE_DIRECTORY / \
+        partitions_def_name
+    if not directory.is_dir():
+        return
+    for path in sorted(directory.glob("*.jsonl")):
+        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+                   if line.strip()]
+        # A line is {"key": …, "archived" or "restored": time}; consecutive lines of one
+        # action and time were written together, and go in as one entry.
+        for (action, stamp), lines in itertools.groupby(
+                records, key=lambda record: next((name, value) for name, value in record.items()
+                                                 if name != "key")):
+            _append(instance, partitions_def_name, [line["key"] for line in lines], stamp,
+                    action)
+        with contextlib.suppress(FileNotFoundError):  # another process imported it too
+            path.rename(path.with_name(path.name + ".imported"))
 
 
 def read_archive(instance: dg.DagsterInstance, partitions_def_name: str) -> dict[str, str]:
     """Each archived key and when it was archived (ISO time); restored keys are left out."""
-    directory = archive_directory(instance, partitions_def_name)
-    if not directory.is_dir():
-        return {}
-    archived: dict[str, str] = {}
-    for path in sorted(directory.glob("*.jsonl")):
-        for record in _records(path, *_signature(path)):
-            if "archived" in record:
-                archived[record["key"]] = record["archived"]
-            else:
-                archived.pop(record["key"], None)
-    return archived
-
-
-def _signature(path: Path) -> tuple[int, int]:
-    status = path.stat()
-    return status.st_mtime_ns, status.st_size
-
-
-@lru_cache(maxsize=32)
-def _records(path: Path, mtime_ns: int, size: int) -> tuple[dict, ...]:
-    """A year file's lines, parsed as one JSON array (a line at a time took 2 s per 90,000
-    lines here); kept while the file's size and time stay (lineage reads it twice)."""
-    text = path.read_text(encoding="utf-8").strip()
-    # json.dumps escapes line breaks inside values: every line break ends a record.
-    return tuple(json.loads(f"[{text.replace(chr(10), ',')}]")) if text else ()
+    return dict(_archive_log(instance, partitions_def_name).archived)
 
 
 def known_partition_keys(instance: dg.DagsterInstance, partitions_def_name: str) -> list[str]:
