@@ -101,6 +101,7 @@ def celery_home(work: Path, mode: str, queue: str, database: str) -> dict[str, s
     import sqlalchemy as sa
     import yaml
 
+    from credflow_assets.config import load_config
     from credflow_assets_tests.test_production_celery import postgres_variables
 
     home = work / f"dagster-{mode}"
@@ -115,6 +116,9 @@ def celery_home(work: Path, mode: str, queue: str, database: str) -> dict[str, s
     return {"DAGSTER_HOME": str(home), "DAGSTER_CELERY_BROKER_URL": BROKER_URL,
             # As deploy/dagster.celery.yaml asks: a store every process reads (run monitoring).
             "DAGSTER_CELERY_BACKEND_URL": f"db+{POSTGRES_SERVER_URL}/{database}",
+            # Each step's output in the stack's logs bucket, as in production.
+            "DAGSTER_COMPUTE_LOGS_BUCKET": load_config(Path(os.environ["CREDFLOW_CONFIG"]))
+            .buckets.logs,
             **postgres_variables(f"{POSTGRES_SERVER_URL}/{database}")}
 
 

@@ -12,6 +12,10 @@ process exits. Everything else is dagster-celery's: the task names, queues and r
 `CeleryRunLauncher` sends to, the step task (`execute_plan`, for the celery executor) and the
 resume task (run monitoring's). A changed dagster.yaml takes a worker restart, as changed code
 already does.
+
+After each run, the folders that deploy/'s S3 compute-log manager leaves on the worker's disk
+for the run's step output (uploaded, and its files deleted) are removed, so a worker that runs
+for months does not gather two empty folders a run.
 """
 
 from __future__ import annotations

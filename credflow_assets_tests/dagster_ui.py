@@ -91,12 +91,21 @@ query UiTestRunEvents($runId: ID!) {
           __typename
           ... on MessageEvent { message }
           ... on ExecutionStepFailureEvent { stepKey error { message } }
+          ... on LogsCapturedEvent { fileKey stepKeys }
         }
       }
     }
     ... on RunNotFoundError { message }
     ... on PythonError { message }
   }
+}
+"""
+
+# What the run page's stdout/stderr tabs load for a step (its log key: the run id,
+# "compute_logs", and the LogsCapturedEvent's fileKey).
+CAPTURED_LOGS_QUERY = """
+query UiTestCapturedLogs($logKey: [String!]!) {
+  capturedLogs(logKey: $logKey) { stdout stderr }
 }
 """
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 from urllib.parse import urlparse
 
+import dagster as dg
 import pytest
 import sqlalchemy as sa
 import yaml
@@ -62,3 +63,10 @@ def test_k8s_deploy_config_is_valid_for_the_launcher(tmp_path, postgres_url, mon
     home = _dagster_home_with(tmp_path, "dagster.k8s.yaml", postgres_url, monkeypatch)
     # The launcher itself needs a cluster to start: its config is checked against its schema.
     assert instance_config_errors(str(home), "run_launcher", K8sRunLauncher) == []
+    # Each step's output goes to S3 (a pod's disk goes with the pod), as with Celery.
+    monkeypatch.setenv("DAGSTER_COMPUTE_LOGS_BUCKET", "credflow-logs")
+    assert config["compute_logs"]["class"] == "S3ComputeLogManager"
+    assert config["compute_logs"] == yaml.safe_load(
+        (REPO / "deploy" / "dagster.celery.yaml").read_text())["compute_logs"]
+    with dg.DagsterInstance.get() as instance:
+        assert type(instance.compute_log_manager).__name__ == "S3ComputeLogManager"

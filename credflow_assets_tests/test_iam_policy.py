@@ -14,8 +14,9 @@ are checked by action only, never against the catalog/database/table ARNs; `sqs:
 checked by action only; moto calls `DeleteMessageBatch` an action of its own. S3 and the other
 SQS calls are checked against their real ARNs. Which
 actions the policy names at all is checked statically against the code's own boto3 calls
-(`test_the_policy_allows_exactly_the_actions_the_code_needs`). Conditions are not used: moto
-would not evaluate them.
+(`test_the_policy_allows_exactly_the_actions_the_code_needs`). One condition is used (the
+logs bucket listed only under compute_logs/), which moto cannot evaluate: it is checked
+statically instead.
 
 The stack's sshd and Drive server are real and unrestricted; only AWS is enforced. SQL and GnuPG
 are local. The Drive feeds flow is not run here: its only AWS use is the parse log, the same
@@ -27,6 +28,8 @@ from __future__ import annotations
 import ast
 import copy
 import json
+import os
+import sys
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +38,7 @@ import boto3
 import dagster as dg
 import pytest
 import sqlalchemy as sa
+import yaml
 from botocore.exceptions import ClientError
 
 from credflow_assets.config import load_config
@@ -81,7 +85,18 @@ CALL_TO_ACTIONS: dict[str, set[str]] = {
     "batch_create_partition": {"glue:BatchCreatePartition"},
     "update_partition": {"glue:UpdatePartition"},
     "delete_partition": {"glue:DeletePartition"},
+    # Dagster's S3ComputeLogManager (below): `generate_presigned_url` signs a GetObject (the
+    # UI's download link) with the caller's credentials; `delete_objects` needs DeleteObject.
+    "list_objects": {"s3:ListBucket"},
+    "download_fileobj": {"s3:GetObject"},
+    "delete_objects": {"s3:DeleteObject"},
+    "generate_presigned_url": {"s3:GetObject"},
 }
+
+# deploy/'s dagster.yaml stores each step's stdout and stderr with dagster-aws's
+# S3ComputeLogManager, in the processes that run credflow's steps and with their identity: its
+# calls are scanned as credflow's are, and the policy grants them in statements of their own.
+COMPUTE_LOG_STATEMENTS = {"StoreDagsterComputeLogs", "ListDagsterComputeLogs"}
 
 
 def boto3_operation_names() -> set[str]:
@@ -91,7 +106,7 @@ def boto3_operation_names() -> set[str]:
 
     session = botocore.session.get_session()
     names = {"upload_file", "upload_fileobj", "download_file", "download_fileobj", "copy",
-             "get_paginator"}
+             "get_paginator", "generate_presigned_url"}
     for service in ("s3", "sqs", "glue"):
         names |= {xform_name(op) for op in session.get_service_model(service).operation_names}
     return names
@@ -152,25 +167,52 @@ def aws_calls_in_the_code_location() -> dict[str, list[str]]:
     return calls
 
 
-def policy_actions(policy: dict) -> set[str]:
+def aws_calls_of_dagsters_compute_log_manager() -> dict[str, list[str]]:
+    """`{operation: [line, …]}` for every call dagster-aws's S3ComputeLogManager makes on its
+    client (`self._s3_session`)."""
+    import dagster_aws.s3.compute_log_manager as module
+
+    operations = boto3_operation_names()
+    source = Path(module.__file__)
+    calls: dict[str, list[str]] = {}
+    for node in ast.walk(ast.parse(source.read_text(), str(source))):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr in operations
+                and _receiver(node.func.value) == "self._s3_session"):
+            calls.setdefault(node.func.attr, []).append(f"{source.name}:{node.lineno}")
+    assert calls, f"no S3 call found in {source}: the scan no longer matches dagster-aws"
+    return calls
+
+
+def policy_actions(policy: dict, sids: set[str] | None = None, *,
+                   but: set[str] = frozenset()) -> set[str]:
+    """The actions of the policy's statements (of those named `sids`; but not those in `but`)."""
     actions: set[str] = set()
     for statement in policy["Statement"]:
+        if (sids is not None and statement["Sid"] not in sids) or statement["Sid"] in but:
+            continue
         named = statement["Action"]
         actions |= {named} if isinstance(named, str) else set(named)
     return actions
 
 
 def test_the_policy_allows_exactly_the_actions_the_code_needs():
+    policy = json.loads(RUNS_POLICY.read_text())
     calls = aws_calls_in_the_code_location()
-    unmapped = {name: where for name, where in calls.items() if name not in CALL_TO_ACTIONS}
-    assert not unmapped, f"credflow calls AWS operations the policy was not derived for: {unmapped}"
-    needed = set().union(*(CALL_TO_ACTIONS[name] for name in calls))
-    granted = policy_actions(json.loads(RUNS_POLICY.read_text()))
-    assert granted - needed == set(), "the policy grants actions no code path needs"
-    assert needed - granted == set(), "the code needs actions the policy does not grant"
-    assert "*" not in json.dumps(sorted(granted)), "a wildcard action"
+    compute_log_calls = aws_calls_of_dagsters_compute_log_manager()
+    for who, made in (("credflow", calls), ("Dagster's compute log manager", compute_log_calls)):
+        unmapped = {name: where for name, where in made.items() if name not in CALL_TO_ACTIONS}
+        assert not unmapped, f"{who} calls AWS operations the policy was not derived for: " \
+            f"{unmapped}"
+    for made, granted in (
+            (calls, policy_actions(policy, but=COMPUTE_LOG_STATEMENTS)),
+            (compute_log_calls, policy_actions(policy, COMPUTE_LOG_STATEMENTS))):
+        needed = set().union(*(CALL_TO_ACTIONS[name] for name in made))
+        assert granted - needed == set(), "the policy grants actions no code path needs"
+        assert needed - granted == set(), "the code needs actions the policy does not grant"
+        assert "*" not in json.dumps(sorted(granted)), "a wildcard action"
     # Operations the code no longer calls make the table lie: keep it honest.
-    assert set(CALL_TO_ACTIONS) - set(calls) == set()
+    assert set(CALL_TO_ACTIONS) - set(calls) - set(compute_log_calls) == set()
 
 
 def test_the_policy_prefixes_are_the_codes_own():
@@ -180,9 +222,25 @@ def test_the_policy_prefixes_are_the_codes_own():
 
     text = RUNS_POLICY.read_text()
     assert f"${{buckets.logs}}/{LOG_PREFIX}/*" in text
+    compute_logs = yaml.safe_load((REPO / "deploy" / "dagster.celery.yaml").read_text())[
+        "compute_logs"]["config"]["prefix"]
+    assert f"${{buckets.logs}}/{compute_logs}/*" in text
     assert all(key.startswith("raw/") for key in raw_keys("p", "outbox/x.csv", 1, 0))
     assert landed_key("csv", "p", "x.csv").startswith("data/")
     assert "${buckets.provider_data}/raw/*" in text and "${buckets.provider_data}/data/*" in text
+
+
+def test_the_compute_logs_listing_is_held_to_its_prefix():
+    """The logs bucket's listing, which Dagster's compute log manager needs, is granted only
+    under its prefix: the parse logs' names (files, therapist ids) stay unlisted. moto cannot
+    check the condition (`as_moto_enforces_it`), so it is checked here."""
+    prefix = yaml.safe_load((REPO / "deploy" / "dagster.celery.yaml").read_text())[
+        "compute_logs"]["config"]["prefix"]
+    statements = {s["Sid"]: s for s in json.loads(RUNS_POLICY.read_text())["Statement"]}
+    listing = statements["ListDagsterComputeLogs"]
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": [f"{prefix}/*"]}}
+    assert [s["Sid"] for s in statements.values() if "Condition" in s] == [
+        "ListDagsterComputeLogs"]
 
 
 @pytest.mark.parametrize("config_path", [DEFAULT_CONFIG, PRODUCTION_CONFIG],
@@ -222,12 +280,22 @@ def as_moto_enforces_it(policy: dict) -> dict:
       does not have (moto/sqs/responses.py `_determine_resource`), and checks "*".
     - `DeleteMessageBatch`: moto checks it as `sqs:DeleteMessageBatch`; AWS authorizes it as
       `sqs:DeleteMessage`, which is what the policy says. Added beside it, same queues.
+    - Conditions: moto evaluates only `sts:ExternalId`, and denies a statement whose other
+      conditions it cannot read. The one condition of the policy (compute logs' `ListBucket`
+      only under `compute_logs/`) is dropped; `test_the_compute_logs_listing_is_held_to_its_prefix`
+      checks it is there.
+    - S3's `DeleteObjects` (Dagster's compute log manager deletes a run's logs so): moto checks
+      `s3:DeleteObject` against the bucket's ARN, then each key against bucket policies only
+      (moto/s3/responses.py `_bucket_response_delete_keys`); AWS checks each key's ARN. The
+      buckets of the statements granting `s3:DeleteObject` get it in a statement of its own:
+      a single `DeleteObject` names a key's ARN, so it is still checked as written.
 
     Nothing else changes: every S3 statement and every other SQS grant is checked as written.
     """
     adapted = copy.deepcopy(policy)
     extra = []
     for statement in adapted["Statement"]:
+        statement.pop("Condition", None)
         actions = [statement["Action"]] if isinstance(statement["Action"], str) \
             else list(statement["Action"])
         if all(action.startswith("glue:") for action in actions):
@@ -238,6 +306,12 @@ def as_moto_enforces_it(policy: dict) -> dict:
             statement["Action"] = [action for action in actions if action != "sqs:GetQueueUrl"]
             extra.append({"Sid": "MotoChecksGetQueueUrlOnStar", "Effect": "Allow",
                           "Action": "sqs:GetQueueUrl", "Resource": "*"})
+        if "s3:DeleteObject" in actions:
+            resources = [statement["Resource"]] if isinstance(statement["Resource"], str) \
+                else statement["Resource"]
+            extra.append({"Sid": f"MotoChecksDeleteObjectsOnTheBucket{len(extra)}",
+                          "Effect": "Allow", "Action": "s3:DeleteObject",
+                          "Resource": sorted({arn.split("/", 1)[0] for arn in resources})})
     adapted["Statement"] += extra
     return adapted
 
@@ -253,7 +327,15 @@ def test_the_moto_adaptation_widens_only_what_moto_cannot_check():
     def by_service(document, service):
         return [s for s in document["Statement"] if service in services(s)]
 
-    assert by_service(adapted, "s3") == by_service(policy, "s3")  # checked exactly as written
+    # S3 is checked exactly as written, but for DeleteObjects, which moto checks on the bucket.
+    delete_objects = [s for s in adapted["Statement"]
+                      if s["Sid"].startswith("MotoChecksDeleteObjectsOnTheBucket")]
+    as_written = [{name: value for name, value in s.items() if name != "Condition"}
+                  for s in by_service(policy, "s3")]
+    assert [s for s in by_service(adapted, "s3") if s not in delete_objects] == as_written
+    assert {s["Action"] for s in delete_objects} == {"s3:DeleteObject"}
+    assert all(":s3:::" in arn and "/" not in arn
+               for s in delete_objects for arn in s["Resource"]), delete_objects
     assert {s["Sid"] for s in adapted["Statement"] if s["Resource"] == "*"} == {
         "CatalogTheStagedTables", "MotoChecksGetQueueUrlOnStar"}
     assert next(s for s in adapted["Statement"] if s["Sid"] == "MotoChecksGetQueueUrlOnStar")[
@@ -325,6 +407,38 @@ def test_enforcement_is_on(enforced):
     with pytest.raises(ClientError) as caught:
         anonymous.list_objects_v2(Bucket=enforced["config"].buckets.signup)
     assert caught.value.response["Error"]["Code"] == "InvalidAccessKeyId"
+
+
+def test_dagsters_compute_logs_are_stored_read_and_deleted_with_only_the_policy(enforced,
+                                                                              tmp_path,
+                                                                              monkeypatch):
+    """deploy/'s compute log manager, with the runs' identity: a step's output is uploaded, read
+    back as the webserver reads it (the local copy is gone by then), and deleted as the
+    retention prune deletes a run's; outside its prefix it is refused."""
+    from dagster_aws.s3.compute_log_manager import S3ComputeLogManager
+
+    prefix = yaml.safe_load((REPO / "deploy" / "dagster.celery.yaml").read_text())[
+        "compute_logs"]["config"]["prefix"]
+    bucket = enforced["config"].buckets.logs
+    manager = S3ComputeLogManager(bucket=bucket, prefix=prefix, local_dir=str(tmp_path))
+    log_key = ["iam-run", "compute_logs", "step"]
+    # Dagster captures the streams' file descriptors, which pytest's own capture objects hide.
+    monkeypatch.setattr(sys, "stdout", sys.__stdout__)
+    monkeypatch.setattr(sys, "stderr", sys.__stderr__)
+
+    with manager.capture_logs(log_key):
+        os.write(2, b"a step's line on stderr\n")
+
+    assert not [path for path in tmp_path.rglob("*") if path.is_file()]
+    assert manager.get_log_data(log_key).stderr == b"a step's line on stderr\n"
+    assert _keys(enforced["admin"]["s3"], bucket, f"{prefix}/")
+    manager.delete_logs(prefix=["iam-run"])
+    assert _keys(enforced["admin"]["s3"], bucket, f"{prefix}/") == []
+    elsewhere = S3ComputeLogManager(bucket=bucket, prefix="elsewhere", local_dir=str(tmp_path))
+    with pytest.raises(ClientError, match="AccessDenied"):
+        with elsewhere.capture_logs(log_key):
+            os.write(2, b"a line the policy does not let it store\n")
+    assert _keys(enforced["admin"]["s3"], bucket, "elsewhere/") == []
 
 
 def _seed(enforced) -> None:
@@ -477,8 +591,8 @@ OUTSIDE_THE_POLICY = {
         Bucket=c.buckets.adhoc, Key="scratch/x.csv", Body=b"x"),
     "read a parse log": lambda c, runs, queue: runs["s3"].get_object(
         Bucket=c.buckets.logs, Key="parsing_logs/therapists/t-9001/x.log.gz"),
-    "list the parse logs": lambda c, runs, queue: runs["s3"].list_objects_v2(
-        Bucket=c.buckets.logs),
+    # (Listing the logs bucket is granted under compute_logs/ only, by a condition moto does
+    # not evaluate: test_the_compute_logs_listing_is_held_to_its_prefix.)
     "write a log outside parsing_logs/": lambda c, runs, queue: runs["s3"].put_object(
         Bucket=c.buckets.logs, Key="other/x.log", Body=b"x"),
     "delete a rendition": lambda c, runs, queue: runs["s3"].delete_object(

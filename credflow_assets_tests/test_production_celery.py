@@ -48,7 +48,12 @@ import yaml
 from credflow_assets.local.process import free_port, wait_for_port
 from credflow_assets.staged_tables.layout import partition_key_for
 from credflow_assets_tests.conftest import DEFAULT_CONFIG, REPO, running_stack
-from credflow_assets_tests.dagster_ui import RUN_EVENTS_QUERY, post_graphql, unwrap
+from credflow_assets_tests.dagster_ui import (
+    CAPTURED_LOGS_QUERY,
+    RUN_EVENTS_QUERY,
+    post_graphql,
+    unwrap,
+)
 
 BIN = Path(sys.executable).parent
 BROKER_URL = os.environ.get("CREDFLOW_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -61,6 +66,7 @@ def backend_url(postgres_url: str) -> str:
 
 SENSOR = "staging_events_sensor"
 BUCKET = "credflow-adhoc"
+LOGS_BUCKET = "credflow-logs"
 DATABASE = "credflow_adhoc"
 TABLE = "claims"
 INGEST_DATE = "2024-05-31"
@@ -183,13 +189,16 @@ def start_service(name: str, command: list[str], log_path: Path, env: dict[str, 
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def write_dagster_home(home: Path, queue: str) -> Path:
+def write_dagster_home(home: Path, queue: str, compute_logs_dir: Path) -> Path:
     """DAGSTER_HOME/dagster.yaml: deploy/dagster.celery.yaml as shipped, but for the launcher's
-    queue, which is this test's own."""
+    queue, which is this test's own, and the compute logs' local folder (by default the
+    system's temporary directory), this test's own."""
     home.mkdir()
     config = yaml.safe_load((REPO / "deploy" / "dagster.celery.yaml").read_text())
     assert config["run_launcher"]["class"] == "CeleryRunLauncher"
     config["run_launcher"]["config"]["default_queue"] = queue
+    assert config["compute_logs"]["class"] == "S3ComputeLogManager"
+    config["compute_logs"]["config"]["local_dir"] = str(compute_logs_dir)
     (home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return home
 
@@ -297,10 +306,12 @@ def test_a_sensor_launched_run_executes_on_a_celery_worker(stack, postgres_url, 
     require_rabbitmq()
     timings: dict[str, float] = {}
     began = time.monotonic()
-    home = write_dagster_home(tmp_path / "dagster_home", broker_queue)
+    compute_logs_dir = tmp_path / "compute_logs"
+    home = write_dagster_home(tmp_path / "dagster_home", broker_queue, compute_logs_dir)
     deployment_env = {
         **postgres_variables(postgres_url),
         "DAGSTER_HOME": str(home),
+        "DAGSTER_COMPUTE_LOGS_BUCKET": LOGS_BUCKET,
         "DAGSTER_CELERY_BROKER_URL": BROKER_URL,
         "DAGSTER_CELERY_BACKEND_URL": backend_url(postgres_url),
     }
@@ -369,6 +380,17 @@ def test_a_sensor_launched_run_executes_on_a_celery_worker(stack, postgres_url, 
         kept = postgres_connections_opened(engine, first_pid)
         assert len([opened for opened in kept if opened < ends[first_id]]) >= 3, (kept, ends)
 
+        # Each run's step output went to S3, and the worker's machine kept nothing of it: no
+        # file, no folder (the daemon keeps one folder per sensor there for its ticks' logs).
+        for run_id, _ in checked:
+            stored = s3.list_objects_v2(Bucket=LOGS_BUCKET,
+                                        Prefix=f"compute_logs/storage/{run_id}/compute_logs/")
+            assert {Path(item["Key"]).suffix for item in stored.get("Contents", [])} \
+                >= {".out", ".err"}, stored.get("Contents")
+        left = [path for path in compute_logs_dir.rglob("*")
+                if path.is_file() or any(run_id in path.parts for run_id, _ in checked)]
+        assert not left, left
+
         # What the UI shows, from the webserver on the same dagster.yaml (its storage swaps the
         # kept connections for a pool of its own): each run succeeded, in the worker's process,
         # and materialized its file.
@@ -380,7 +402,7 @@ def test_a_sensor_launched_run_executes_on_a_celery_worker(stack, postgres_url, 
         wait_for_port("dagster-webserver", port, process=services[-1].process,
                       log_path=services[-1].log_path, timeout=WEBSERVER_DEADLINE_SECONDS)
         timings["webserver start"] = time.monotonic() - started
-        for run_id, run_pid in checked:
+        for (run_id, run_pid), staged_key in zip(checked, staged_keys):
             shown = unwrap(post_graphql(f"http://127.0.0.1:{port}", RUN_EVENTS_QUERY,
                                         {"runId": run_id})["runOrError"], "Run")
             assert shown["status"] == "SUCCESS", shown["status"]
@@ -388,6 +410,14 @@ def test_a_sensor_launched_run_executes_on_a_celery_worker(stack, postgres_url, 
             messages = [event.get("message") or "" for event in events]
             assert f"Started process for run (pid: {run_pid})." in messages, messages
             assert "MaterializationEvent" in {event["__typename"] for event in events}
+            # The run's stderr tab: the step's log lines, which the webserver reads from S3
+            # (Celery would have sent them to the worker's own log: deploy/celery.yaml).
+            [captured] = [event for event in events
+                          if event["__typename"] == "LogsCapturedEvent"]
+            logs = post_graphql(f"http://127.0.0.1:{port}", CAPTURED_LOGS_QUERY,
+                                {"logKey": [run_id, "compute_logs", captured["fileKey"]]})
+            assert f"s3://{BUCKET}/{staged_key}: both checks passed; promoting" in \
+                (logs["capturedLogs"]["stderr"] or ""), logs
     except BaseException:
         for service in services:
             print(f"===== {service.name} ({service.log_path}) =====\n{service.log}")

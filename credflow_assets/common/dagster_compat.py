@@ -110,10 +110,38 @@ def execute_celery_launched_run(instance: dg.DagsterInstance, packed_run_args) -
     from dagster_shared.serdes import unpack_value
 
     args = unpack_value(val=packed_run_args, as_type=ExecuteRunArgs)
-    return _execute_run_command_body(
-        run_id=args.run_id, instance=instance, write_stream_fn=lambda _event: None,
-        set_exit_code_on_failure=(True if args.set_exit_code_on_failure is None
-                                  else args.set_exit_code_on_failure))
+    try:
+        return _execute_run_command_body(
+            run_id=args.run_id, instance=instance, write_stream_fn=lambda _event: None,
+            set_exit_code_on_failure=(True if args.set_exit_code_on_failure is None
+                                      else args.set_exit_code_on_failure))
+    finally:
+        remove_emptied_compute_log_folders(instance, args.run_id)
+
+
+def remove_emptied_compute_log_folders(instance: dg.DagsterInstance, run_id: str) -> None:
+    """Remove the folders a cloud compute-log manager (deploy/'s `S3ComputeLogManager`) leaves
+    on this machine for a finished run.
+
+    Such a manager writes a step's output under `{local_dir}/{run_id}/compute_logs/`, uploads
+    it and deletes the files, but not their folders: a long-lived Celery worker would gather two
+    empty folders a run. A folder still holding a file (its upload failed) stays. Dagster's
+    manager classes are not public API."""
+    import contextlib
+    from pathlib import Path
+
+    from dagster._core.storage.cloud_storage_compute_log_manager import (
+        CloudStorageComputeLogManager,
+    )
+
+    manager = instance.compute_log_manager
+    if not isinstance(manager, CloudStorageComputeLogManager):
+        return
+    logs = Path(manager.local_manager.get_captured_local_path(
+        [run_id, "compute_logs", "any"], "err")).parent
+    for folder in (logs, logs.parent):
+        with contextlib.suppress(OSError):  # gone already, or holding a file not uploaded
+            folder.rmdir()
 
 
 # -- sensor cursors ----------------------------------------------------------------------------
