@@ -157,7 +157,7 @@ query UiTestSensors($selector: RepositorySelector!) {
     __typename
     ... on Sensors {
       results {
-        id name minIntervalSeconds
+        id name minIntervalSeconds sensorType
         targets { pipelineName }
         sensorState {
           status

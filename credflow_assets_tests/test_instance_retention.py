@@ -121,6 +121,10 @@ def test_a_pruned_instance_still_answers_lineage_and_the_partition_pages(
 
     ticked = ticks_before(ui, time.time())
     assert any(count > 1 for count in ticked.values()), f"no sensor ticked twice: {ticked}"
+    # Ticks that wrote a line kept it in a file of their own (per sensor, one per tick).
+    tick_logs = [path for path in (dagster_home / "storage" / "__repository__").rglob("*")
+                 if path.is_file()]
+    assert tick_logs, "no tick log to prune"
 
     dry = prune(ui, "--dry-run")
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
@@ -155,8 +159,11 @@ def test_a_pruned_instance_still_answers_lineage_and_the_partition_pages(
             assert (run["status"], run["startTime"], run["endTime"]) == \
                 (before["status"], before["startTime"], before["endTime"])
             assert before["tag_map"].items() <= run["tag_map"].items()
-    # Of the ticks from before the cutoff, each sensor keeps its newest only.
+    # Of the ticks from before the cutoff, each sensor keeps its newest only, and its log.
     assert {name: count for name, count in ticks_before(ui, cutoff).items() if count > 1} == {}
+    assert report["tick_log_files_removed"] > 0
+    kept_tick_logs = [path for path in tick_logs if path.exists()]
+    assert len(kept_tick_logs) <= len({path.parent for path in tick_logs}), kept_tick_logs
 
 
 def _timestamp(iso: str) -> float:

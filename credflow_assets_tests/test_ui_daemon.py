@@ -13,6 +13,7 @@ import csv
 import io
 import os
 import time
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -178,3 +179,21 @@ def test_a_staged_upload_both_staging_sensors_see_is_run_once(dagster_ui, daemon
     assert len(processed.runs) == 1 and processed.run["status"] == "SUCCESS", (
         f"{processed.source}, seen by {reconciliation} and then by {events} before its "
         f"promotion, made {len(processed.runs)} run(s):\n  " + "\n  ".join(runs))
+
+
+def test_a_sensor_tick_that_wrote_no_line_left_no_log(dagster_ui, daemon_processed_files):
+    """A tick's captured log is a file under the instance's storage (with deploy/'s S3 compute
+    logs, two objects): one left by a tick that wrote nothing would be one per tick, 17,000 a
+    day for a sensor ticking every 5 s (common/tick_log.py). By now the daemon has ticked every
+    sensor many times, and processed four files."""
+    # A run-status sensor's tick opens its log for each run it is told of (Dagster hands the
+    # log to the sensor's context): one per run, not per tick.
+    per_run = {sensor["name"] for sensor in dagster_ui.sensors()
+               if sensor["sensorType"] == "RUN_STATUS"}
+    assert per_run
+    logs = Path(dagster_ui.env["DAGSTER_HOME"]) / "storage" / "__repository__"
+    written = [path for path in logs.rglob("*")
+               if path.is_file() and path.parent.name not in per_run]
+    empty = [str(path.relative_to(logs)) for path in written if path.stat().st_size == 0]
+
+    assert not empty, f"{len(empty)} empty tick log(s) of {len(written)}: {empty[:10]}"

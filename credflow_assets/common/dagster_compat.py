@@ -339,17 +339,18 @@ def _vacuum_sqlite(path: str) -> int:
 
 
 def prune_ticks(instance: dg.DagsterInstance, before: float, *, batch_size: int,
-                dry_run: bool, progress=None) -> tuple[int, int]:
+                dry_run: bool, progress=None) -> tuple[int, int, int]:
     """Delete sensor and schedule ticks older than `before` (a Unix time), in batches, except
-    each sensor's or schedule's newest: the daemon resumes an interrupted tick from it.
-    Returns (ticks, bytes of their records)."""
+    each sensor's or schedule's newest: the daemon resumes an interrupted tick from it; and the
+    captured log each kept on this machine's disk (the local compute-log manager's). Returns
+    (ticks, bytes of their records, log files deleted)."""
     import sqlalchemy as sa
     from dagster._core.storage.schedules.schema import JobTickTable as ticks
     from dagster._time import datetime_from_timestamp
 
     storage = instance.schedule_storage
     if storage is None:
-        return 0, 0
+        return 0, 0, 0
     instigator = sa.func.coalesce(ticks.c.selector_id, ticks.c.job_origin_id)
     with _schedule_transaction(storage) as connection:
         newest = [row[0] for row in connection.execute(
@@ -357,19 +358,48 @@ def prune_ticks(instance: dg.DagsterInstance, before: float, *, batch_size: int,
     old = sa.and_(ticks.c.timestamp < datetime_from_timestamp(before), ticks.c.id.notin_(newest))
     if dry_run:
         with _schedule_transaction(storage) as connection:
-            return _count_and_delete(connection, ticks, old, ticks.c.tick_body, dry_run=True)
-    removed = size = 0
+            return (*_count_and_delete(connection, ticks, old, ticks.c.tick_body, dry_run=True),
+                    0)
+    removed = size = log_files = 0
     while True:
         with _schedule_transaction(storage) as connection:
-            ids = [row[0] for row in connection.execute(
-                sa.select(ticks.c.id).where(old).order_by(ticks.c.id).limit(batch_size))]
-            if not ids:
-                return removed, size
+            rows = connection.execute(sa.select(ticks.c.id, ticks.c.tick_body).where(old)
+                                      .order_by(ticks.c.id).limit(batch_size)).all()
+            if not rows:
+                return removed, size, log_files
             batch_rows, batch_size_chars = _count_and_delete(
-                connection, ticks, ticks.c.id.in_(ids), ticks.c.tick_body, dry_run=False)
+                connection, ticks, ticks.c.id.in_([row[0] for row in rows]), ticks.c.tick_body,
+                dry_run=False)
+        log_files += _delete_tick_logs(instance, [row[1] for row in rows])
         removed, size = removed + batch_rows, size + batch_size_chars
         if progress:
             progress(f"ticks: {removed} removed")
+
+
+def _delete_tick_logs(instance: dg.DagsterInstance, tick_bodies: Sequence[str]) -> int:
+    """Delete the files a local compute-log manager kept for these ticks' captured logs (a
+    tick's record names its log key); returns how many there were. A cloud manager's objects
+    are not looked up one tick at a time (a request each): the README says how they expire."""
+    import os
+
+    from dagster._core.scheduler.instigation import TickData
+    from dagster._core.storage.local_compute_log_manager import LocalComputeLogManager
+    from dagster_shared.serdes import deserialize_value
+
+    manager = instance.compute_log_manager
+    if not isinstance(manager, LocalComputeLogManager):
+        return 0
+    deleted = 0
+    for body in tick_bodies:
+        log_key = deserialize_value(body, TickData).log_key
+        if not log_key:
+            continue
+        for extension in ("err", "out", "complete"):
+            path = manager.get_captured_local_path(log_key, extension)
+            if os.path.isfile(path):
+                os.remove(path)
+                deleted += 1
+    return deleted
 
 
 def _schedule_transaction(storage):

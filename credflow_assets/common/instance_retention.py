@@ -80,6 +80,7 @@ class PruneReport:
     compute_logs_uncounted: bool = False  # a remote manager deletes without counting
     ticks_removed: int = 0
     tick_bytes_removed: int = 0
+    tick_log_files_removed: int = 0  # their captured logs on this machine's disk
     seconds: float = 0.0
     storage: str = ""  # the event-log storage's class, e.g. SqliteEventLogStorage
 
@@ -94,8 +95,8 @@ class PruneReport:
         return (f"{verb}: {self.event_rows_removed} event row(s) "
                 f"({_size(self.event_bytes_removed)}) of "
                 f"{self.runs_examined} run(s) finished before {self.run_events_before}; {logs}; "
-                f"{self.ticks_removed} tick(s) ({_size(self.tick_bytes_removed)}) from before "
-                f"{self.ticks_before}"
+                f"{self.ticks_removed} tick(s) ({_size(self.tick_bytes_removed)}, "
+                f"{self.tick_log_files_removed} log file(s)) from before {self.ticks_before}"
                 + (f"; {_size(self.disk_bytes_freed)} freed on disk" if self.disk_bytes_freed
                    else "") + f" [{self.storage}, {self.seconds:.1f}s]")
 
@@ -120,9 +121,9 @@ def prune_instance(instance: dg.DagsterInstance, older_than: timedelta, *,
         _prune_batch(instance, run_ids, report, dry_run=dry_run)
         say(f"runs: {report.runs_examined} examined, {report.event_rows_removed} event row(s) "
             f"({_size(report.event_bytes_removed)})" + ("" if dry_run else " removed"))
-    report.ticks_removed, report.tick_bytes_removed = dagster_compat.prune_ticks(
-        instance, ticks_cutoff.timestamp(), batch_size=batch_size * 5, dry_run=dry_run,
-        progress=say)
+    report.ticks_removed, report.tick_bytes_removed, report.tick_log_files_removed = \
+        dagster_compat.prune_ticks(instance, ticks_cutoff.timestamp(),
+                                   batch_size=batch_size * 5, dry_run=dry_run, progress=say)
     if not dry_run and (since is None or cutoff.timestamp() > since):
         dagster_compat.store_retention_watermark(instance, WATERMARK_KEY, cutoff.timestamp())
     report.seconds = round(time.monotonic() - started, 2)

@@ -18,6 +18,7 @@ import dagster as dg
 
 from credflow_assets.common.messages import error_message
 from credflow_assets.common.flow import FlowRuns
+from credflow_assets.common.tick_log import TickLog
 from credflow_assets.common.uploader_mail import UploaderOf, tell_uploader
 from credflow_assets.resources.mail import MailResource
 
@@ -107,7 +108,7 @@ def build_failure_notification_sensor(flows: list[FlowFailures]) -> dg.RunStatus
         notifier.notify(title, lines)
         if mail is not None and flow is not None and flow.uploader is not None:
             tell_uploader(context.instance, run, flow.name or flow.label, flow.uploader, mail,
-                          context.log)
+                          TickLog(context))
 
     # The mail resource only when some flow e-mails an uploader: definitions of one flow
     # without uploaders (tests) need not carry it.

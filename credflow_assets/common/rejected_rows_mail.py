@@ -23,6 +23,7 @@ from typing import Any
 import dagster as dg
 
 from credflow_assets.common.flow import FlowRuns
+from credflow_assets.common.tick_log import TickLog
 from credflow_assets.common.uploader_mail import (
     RunTeller,
     errors_url,
@@ -142,6 +143,6 @@ def build_rejected_rows_sensor(flows: list[FlowRows]) -> dg.RunStatusSensorDefin
                      if flow.runs.owns(run.job_name, list(run.asset_selection or ()))), None)
         if flow is not None:
             tell_rejected_rows(context.instance, run, flow.name, flow.rows_of, mail,
-                               context.log)
+                               TickLog(context))
 
     return rejected_rows_mail

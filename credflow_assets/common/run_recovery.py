@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import dagster as dg
 
 from credflow_assets.common import processes
+from credflow_assets.common.tick_log import TickLog
 
 RUN_PID_TAG = "credflow/run_pid"
 RUN_HOST_TAG = "credflow/run_host"
@@ -201,7 +202,7 @@ def _process_alive_since(pid: int, since: float) -> bool:
     "Dagster's run retries (dagster.yaml run_retries) then request them again.",
 )
 def stopped_runs_sensor(context: dg.SensorEvaluationContext) -> dg.SkipReason:
-    found = fail_stopped_runs(context.instance, progress=context.log.warning)
+    found = fail_stopped_runs(context.instance, progress=TickLog(context).warning)
     return dg.SkipReason(f"{len(found)} stopped run(s) marked failed" if found
                          else "no stopped run")
 

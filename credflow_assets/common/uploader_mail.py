@@ -27,6 +27,7 @@ from typing import Any
 import dagster as dg
 
 from credflow_assets.common.messages import error_message
+from credflow_assets.common.tick_log import TickLog
 from credflow_assets.resources.mail import MailResource
 
 NOTIFIED_TAG = "credflow/uploader_notified"
@@ -199,7 +200,7 @@ def build_uploader_mail_retry_sensor(
                                              limit=MAX_RETRIES_PER_TICK)
             for run in runs:
                 sent += bool(_tell_again(context.instance, run, flow, uploaders.get(flow),
-                                         succeeded.get(flow), mail, context.log))
+                                         succeeded.get(flow), mail, TickLog(context)))
         return dg.SkipReason(f"{sent} pending uploader message(s) sent")
 
     return uploader_mail_retries

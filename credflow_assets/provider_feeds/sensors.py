@@ -48,6 +48,7 @@ from credflow_assets.provider_feeds.settings import (
     s3_client_of,
 )
 from credflow_assets.resources.sftp import SftpError, SftpResource, SftpSession
+from credflow_assets.common.tick_log import TickLog
 
 
 class ProviderListingError(Exception):
@@ -97,7 +98,7 @@ def build_provider_sensor(provider: ProviderConfig) -> dg.SensorDefinition:
         # What a killed run left (scratch files, an unfinished run, open uploads) goes now,
         # not only when the next file arrives (cleanup.py).
         clean_up_after_dead_runs(context.instance, s3_client_of(context), settings.work_dir,
-                                 context.log)
+                                 TickLog(context))
         return evaluate_provider_feed(
             context,
             getattr(context.resources, feed_key),
@@ -182,11 +183,12 @@ def evaluate_provider_feed(
             tags={PROVIDER_TAG: feed.name, REMOTE_PATH_TAG: path, **ident.tags()},
         ))
     pending = {**{path: settled[path] for path in later}, **changing}
-    context.log.info(
-        f"provider {feed.name}: {len(listing)} file(s) in {feed.remote_dir!r}: "
-        f"{len(run_requests)} to run, {len(changing)} still being written, "
-        f"{len(later)} left for the next tick, {already} already stored"
-    )
+    if run_requests or changing or later:  # a quiet tick writes no log (common/tick_log.py)
+        context.log.info(
+            f"provider {feed.name}: {len(listing)} file(s) in {feed.remote_dir!r}: "
+            f"{len(run_requests)} to run, {len(changing)} still being written, "
+            f"{len(later)} left for the next tick, {already} already stored"
+        )
     return dg.SensorResult(
         run_requests=run_requests,
         dynamic_partitions_requests=(

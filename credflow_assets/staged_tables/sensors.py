@@ -50,6 +50,7 @@ from credflow_assets.common.reconciliation import (
     latest_metadata_by_partition,
     partitions_with_active_runs,
 )
+from credflow_assets.common.tick_log import TickLog
 from credflow_assets.resources.s3 import head_object_or_none
 from credflow_assets.resources.sqs import S3EventCursor, SqsResource
 from credflow_assets.staged_tables.layout import Layout, object_key_for, table_of_partition
@@ -148,7 +149,7 @@ def staging_events_tick(context: dg.SensorEvaluationContext, s3: S3Resource, sqs
         acknowledge=cursor.pending_receipts,
         max_messages=settings.max_events_per_tick,
         wait_time_seconds=settings.event_wait_seconds,
-        log=context.log,
+        log=TickLog(context),
     )
     latest: dict[str, Any] = {}
     for event in sorted(batch.events, key=lambda e: (e.event_time or "", e.sequencer or "")):

@@ -32,6 +32,7 @@ from credflow_assets.common.reconciliation import (
     latest_metadata_by_partition,
     partitions_with_active_runs,
 )
+from credflow_assets.common.tick_log import TickLog
 from credflow_assets.resources.sqs import S3EventCursor, SqsResource
 from credflow_assets.therapists.names import (
     JOB_NAME,
@@ -73,7 +74,7 @@ def signup_upload_sensor(
         sqs.queue_url(therapist_settings.signup_queue),
         acknowledge=cursor.pending_receipts,
         max_messages=therapist_settings.max_events_per_tick,
-        log=context.log,
+        log=TickLog(context),
     )
     uploads_by_therapist: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for event in batch.events:
