@@ -40,9 +40,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -490,6 +492,12 @@ def main() -> None:
                   f"load after {loads[mode]}", flush=True)
             for message in results[mode]["failure_messages"]:
                 print(f"   failed: {message}", flush=True)
+            if results[mode]["failure_messages"]:
+                # The work directory goes at the end: keep what tells why.
+                kept = Path(tempfile.mkdtemp(prefix=f"cfb-failed-{mode}-", dir="/tmp"))
+                for log in work.glob(f"{mode}-*.log"):
+                    shutil.copy(log, kept)
+                print(f"   its daemon's and workers' logs: {kept}", flush=True)
     report(results, therapists)
     write_json(args.json, {"machine": info, "therapists": therapists, "results": results,
                            "load_after_mode": loads})

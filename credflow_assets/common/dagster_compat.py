@@ -343,7 +343,7 @@ def prune_ticks(instance: dg.DagsterInstance, before: float, *, batch_size: int,
     """Delete sensor and schedule ticks older than `before` (a Unix time), in batches, except
     each sensor's or schedule's newest: the daemon resumes an interrupted tick from it; and the
     captured log each kept on this machine's disk (the local compute-log manager's). Returns
-    (ticks, bytes of their records, log files deleted)."""
+    (ticks, bytes of their records, log files deleted; a dry run does not look for those)."""
     import sqlalchemy as sa
     from dagster._core.storage.schedules.schema import JobTickTable as ticks
     from dagster._time import datetime_from_timestamp
