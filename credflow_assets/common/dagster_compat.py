@@ -394,11 +394,9 @@ def _delete_tick_logs(instance: dg.DagsterInstance, tick_bodies: Sequence[str]) 
         log_key = deserialize_value(body, TickData).log_key
         if not log_key:
             continue
-        for extension in ("err", "out", "complete"):
-            path = manager.get_captured_local_path(log_key, extension)
-            if os.path.isfile(path):
-                os.remove(path)
-                deleted += 1
+        deleted += sum(os.path.isfile(manager.get_captured_local_path(log_key, extension))
+                       for extension in ("err", "out", "complete"))
+        manager.delete_logs(log_key=log_key)  # its partial uploads' files too
     return deleted
 
 
