@@ -30,6 +30,7 @@ Isolation, so that the test sees only its own file and its own run:
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -78,6 +79,7 @@ CLAIMS_CSV = (
 
 # From the daemon's start to the runs' end takes 12-26 s on this 2-core machine (busier: longer).
 RUN_DEADLINE_SECONDS = 90
+SECOND_TICK_DEADLINE_SECONDS = 60
 WEBSERVER_DEADLINE_SECONDS = 120
 TERMINAL_STATUSES = {"SUCCESS", "FAILURE", "CANCELED"}
 
@@ -269,6 +271,20 @@ def postgres_connections_opened(engine, pid: int) -> list[float]:
     return sorted(float(opened) for port, opened in started if port in client_ports)
 
 
+def finished_ticks(engine) -> int:
+    """How many sensor and schedule ticks the daemon has finished, from PostgreSQL's table."""
+    with engine.connect() as connection:
+        return connection.execute(sa.text(
+            "SELECT count(*) FROM job_ticks WHERE status <> 'STARTED'")).scalar_one()
+
+
+def s3_keys(s3, prefix: str) -> set[str]:
+    """Every key under `prefix` of the logs bucket (the test's objects are few: one page)."""
+    listed = s3.list_objects_v2(Bucket=LOGS_BUCKET, Prefix=prefix)
+    assert not listed["IsTruncated"], prefix
+    return {item["Key"] for item in listed.get("Contents", [])}
+
+
 def wait_for(what: str, condition, deadline: float, services: list[Service],
              poll: float = 0.25):
     """Poll `condition` every `poll` seconds until it returns something truthy; fail naming
@@ -419,6 +435,32 @@ def test_a_sensor_launched_run_executes_on_a_celery_worker(stack, postgres_url, 
                                 {"logKey": [run_id, "compute_logs", captured["fileKey"]]})
             assert f"s3://{BUCKET}/{staged_key}: both checks passed; promoting" in \
                 (logs["capturedLogs"]["stderr"] or ""), logs
+
+        # The retention prune, as an operator runs it on any host of the deployment, deletes
+        # the runs' step output and the old ticks' logs from S3: the sensor's tick that found
+        # the uploads wrote a line, in an object of its own (its quiet ticks have none).
+        tick_logs_before = s3_keys(s3, "compute_logs/storage/__repository__/")
+        assert tick_logs_before, "no sensor tick wrote a log"
+        # The prune keeps each sensor's newest tick: wait for the one after it (the sensor ticks
+        # every 30 s, the only one running).
+        wait_for("the sensor's second tick", lambda: finished_ticks(engine) >= 2,
+                 time.monotonic() + SECOND_TICK_DEADLINE_SECONDS, services)
+        pruned = subprocess.run(
+            [str(BIN / "credflow"), "--config", str(DEFAULT_CONFIG), "instance", "prune",
+             "--older-than", "0d", "--ticks-older-than", "0d", "--json"],
+            capture_output=True, text=True, env=child_env, cwd=REPO, timeout=120)
+        assert pruned.returncode == 0, pruned.stderr
+        report = json.loads(pruned.stdout)
+        assert report["ticks_removed"] > 0 and report["tick_log_files_removed"] is None, report
+        for run_id, _ in checked:
+            assert not s3_keys(s3, f"compute_logs/storage/{run_id}/"), run_id
+        # Each sensor keeps its newest tick, and that tick's log if it wrote one.
+        kept = s3_keys(s3, "compute_logs/storage/__repository__/")
+        kept_ticks_by_sensor: dict[str, set[str]] = {}
+        for key in kept:
+            kept_ticks_by_sensor.setdefault(str(Path(key).parent), set()).add(Path(key).stem)
+        assert all(len(ticks) == 1 for ticks in kept_ticks_by_sensor.values()), kept
+        assert tick_logs_before - kept, "no tick log was deleted"
     except BaseException:
         for service in services:
             print(f"===== {service.name} ({service.log_path}) =====\n{service.log}")

@@ -339,12 +339,14 @@ def _vacuum_sqlite(path: str) -> int:
 
 
 def prune_ticks(instance: dg.DagsterInstance, before: float, *, batch_size: int,
-                dry_run: bool, progress=None) -> tuple[int, int, int]:
+                dry_run: bool, progress=None) -> tuple[int, int, int | None]:
     """Delete sensor and schedule ticks older than `before` (a Unix time), in batches, except
     each sensor's or schedule's newest: the daemon resumes an interrupted tick from it; and the
-    captured log each kept on this machine's disk (the local compute-log manager's). Returns
-    (ticks, bytes of their records, log files deleted; a dry run does not look for those)."""
+    captured log of each, wherever the compute-log manager keeps it. Returns (ticks, bytes of
+    their records, the local manager's log files deleted: None for a remote manager, whose
+    objects are deleted uncounted, and 0 for a dry run, which does not look)."""
     import sqlalchemy as sa
+    from dagster._core.storage.local_compute_log_manager import LocalComputeLogManager
     from dagster._core.storage.schedules.schema import JobTickTable as ticks
     from dagster._time import datetime_from_timestamp
 
@@ -360,7 +362,8 @@ def prune_ticks(instance: dg.DagsterInstance, before: float, *, batch_size: int,
         with _schedule_transaction(storage) as connection:
             return (*_count_and_delete(connection, ticks, old, ticks.c.tick_body, dry_run=True),
                     0)
-    removed = size = log_files = 0
+    removed = size = 0
+    log_files = 0 if isinstance(instance.compute_log_manager, LocalComputeLogManager) else None
     while True:
         with _schedule_transaction(storage) as connection:
             rows = connection.execute(sa.select(ticks.c.id, ticks.c.tick_body).where(old)
@@ -370,16 +373,19 @@ def prune_ticks(instance: dg.DagsterInstance, before: float, *, batch_size: int,
             batch_rows, batch_size_chars = _count_and_delete(
                 connection, ticks, ticks.c.id.in_([row[0] for row in rows]), ticks.c.tick_body,
                 dry_run=False)
-        log_files += _delete_tick_logs(instance, [row[1] for row in rows])
+        deleted = _delete_tick_logs(instance, [row[1] for row in rows])
+        log_files = None if log_files is None else log_files + deleted
         removed, size = removed + batch_rows, size + batch_size_chars
         if progress:
             progress(f"ticks: {removed} removed")
 
 
 def _delete_tick_logs(instance: dg.DagsterInstance, tick_bodies: Sequence[str]) -> int:
-    """Delete the files a local compute-log manager kept for these ticks' captured logs (a
-    tick's record names its log key); returns how many there were. A cloud manager's objects
-    are not looked up one tick at a time (a request each): the README says how they expire."""
+    """Delete these ticks' captured logs (a tick's record names its log key, when the tick
+    wrote a line) through the instance's compute-log manager: the local manager's files, or a
+    cloud manager's objects (S3's: one DeleteObjects request a tick, with no listing, since
+    the key names them). Returns how many files the local manager had; a cloud manager's
+    objects are not counted (that would be a request an object)."""
     import os
 
     from dagster._core.scheduler.instigation import TickData
@@ -387,16 +393,16 @@ def _delete_tick_logs(instance: dg.DagsterInstance, tick_bodies: Sequence[str]) 
     from dagster_shared.serdes import deserialize_value
 
     manager = instance.compute_log_manager
-    if not isinstance(manager, LocalComputeLogManager):
-        return 0
+    counted = isinstance(manager, LocalComputeLogManager)
     deleted = 0
     for body in tick_bodies:
         log_key = deserialize_value(body, TickData).log_key
         if not log_key:
             continue
-        deleted += sum(os.path.isfile(manager.get_captured_local_path(log_key, extension))
-                       for extension in ("err", "out", "complete"))
-        manager.delete_logs(log_key=log_key)  # its partial uploads' files too
+        if counted:
+            deleted += sum(os.path.isfile(manager.get_captured_local_path(log_key, extension))
+                           for extension in ("err", "out", "complete"))
+        manager.delete_logs(log_key=log_key)  # its partial uploads too
     return deleted
 
 

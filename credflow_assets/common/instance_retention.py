@@ -80,7 +80,8 @@ class PruneReport:
     compute_logs_uncounted: bool = False  # a remote manager deletes without counting
     ticks_removed: int = 0
     tick_bytes_removed: int = 0
-    tick_log_files_removed: int = 0  # their captured logs on this machine's disk
+    # Their captured logs on this machine's disk; None: a remote manager's, deleted uncounted.
+    tick_log_files_removed: int | None = 0
     seconds: float = 0.0
     storage: str = ""  # the event-log storage's class, e.g. SqliteEventLogStorage
 
@@ -92,11 +93,13 @@ class PruneReport:
         logs = ("compute logs deleted (uncounted)" if self.compute_logs_uncounted else
                 f"{self.compute_log_files_removed} compute log file(s) "
                 f"({_size(self.compute_log_bytes_removed)})")
+        tick_logs = ("logs deleted (uncounted)" if self.tick_log_files_removed is None else
+                     f"{self.tick_log_files_removed} log file(s)")
         return (f"{verb}: {self.event_rows_removed} event row(s) "
                 f"({_size(self.event_bytes_removed)}) of "
                 f"{self.runs_examined} run(s) finished before {self.run_events_before}; {logs}; "
                 f"{self.ticks_removed} tick(s) ({_size(self.tick_bytes_removed)}, "
-                f"{self.tick_log_files_removed} log file(s)) from before {self.ticks_before}"
+                f"{tick_logs}) from before {self.ticks_before}"
                 + (f"; {_size(self.disk_bytes_freed)} freed on disk" if self.disk_bytes_freed
                    else "") + f" [{self.storage}, {self.seconds:.1f}s]")
 
