@@ -6,6 +6,8 @@ The tests tell one story in order (module-scoped stack and instance), as an anal
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from urllib.parse import unquote
 import logging
@@ -376,6 +378,43 @@ def test_a_corrected_upload_then_passes(flow):
         "prod/claims/ingest_date=2024-02-29/2024-02_claims.csv",
         "prod/claims/ingest_date=2024-02-29/swapped.csv"]
     assert checks_of(flow, swapped)["columns_match_table"]["passed"]
+
+
+def test_what_athena_would_misread_stays_in_staging_and_is_named(flow):
+    """Two files valid as CSV that the table must not take: a quoted value holding a line
+    break (Athena's CSV reader splits rows at every line break, so analysts would get two
+    broken rows), and a row that is not UTF-8 under a good header (the header is fine: the
+    sentence must name the rows, not the header)."""
+    multiline = upload(flow, "claims", "multiline.csv", CLAIMS,
+                       ['C-2101,"Ann\r\nMarie",Lee,2024-01-03,5,paid',
+                        "C-2102,Bo,Ng,2024-01-03,5,paid"])
+    latin1 = "staging/claims/latin1 rows.csv"
+    flow["s3"].put_object(Bucket=BUCKET, Key=latin1, Metadata={"uploaded-by": "ana@example.com"},
+                          Body=(CLAIMS + "\nC-2103,Jos\xe9,P\xe9rez,2024-01-03,5,paid\n")
+                          .encode("latin-1"))
+    prod_before, partitions_before = keys(flow, "prod/"), partitions(flow, "claims")
+
+    report = run_sync(flow)
+    errors = {run.partition: run.error for run in report.failed}
+    assert errors == {
+        partition_key_for(multiline): (
+            f"{multiline}: row 1 breaks the table's rules (first_name: a line break inside a "
+            "value); its error report lists each value. Upload a corrected file to the same "
+            "key."),
+        partition_key_for(latin1): (
+            f"{latin1}: not UTF-8 text (at row 1 or after): save the file as CSV UTF-8. "
+            "Upload a corrected file to the same key.")}
+    assert keys(flow, "prod/") == prod_before and partitions(flow, "claims") == partitions_before
+    assert {multiline, latin1} <= set(keys(flow, "staging/claims/"))
+
+    rows = checks_of(flow, multiline)["rows_match_schema"]
+    assert rows["failing_row_numbers"] == [1] and rows["failing_columns"] == ["first_name"]
+    assert list(csv.reader(io.StringIO(error_report_of(flow, rows), newline="")))[1:] == [
+        ["1", "first_name", "Athena's CSV reader: a line break inside the value (Athena would "
+         "read each line as a row)", "Ann\r\nMarie"]]
+    assert checks_of(flow, latin1)["columns_match_table"]["passed"]
+    for key in (multiline, latin1):  # the analyst withdraws them (the later audit lists rejects)
+        flow["s3"].delete_object(Bucket=BUCKET, Key=key)
 
 
 def test_reconciliation_finds_an_upload_whose_event_was_lost(flow):

@@ -65,6 +65,11 @@ def read_header(client: Any, bucket: str, key: str, *, etag: str | None = None) 
             try:
                 text = codecs.decode(cut, "utf-8-sig")
             except UnicodeDecodeError as error:
+                # What was read holds rows too: a byte that is not UTF-8 after the header's
+                # line is the rows' problem, which the row check reports by row.
+                header = _header_before(cut[:error.start])
+                if header is not None:
+                    return header
                 raise HeaderError(
                     f"the header is not UTF-8 text (byte {error.start}): save the file as "
                     "CSV UTF-8"
@@ -87,6 +92,12 @@ def _total_size(response: dict, received: int) -> int:
         if total.isdigit():
             return int(total)
     return received  # no range in the answer: the whole object came back
+
+
+def _header_before(valid: bytes) -> list[str] | None:
+    """The first record, if it ends (with its line) within `valid`, UTF-8 text."""
+    return _first_record(codecs.decode(valid[: valid.rfind(b"\n") + 1], "utf-8-sig"),
+                         complete=False)
 
 
 def _first_record(text: str, complete: bool) -> list[str] | None:

@@ -18,7 +18,11 @@ from __future__ import annotations
 from credflow_assets.common.error_reports import ErrorReport
 from credflow_assets.staged_tables.columns import ColumnComparison
 from credflow_assets.staged_tables.layout import PARTITION_COLUMN
-from credflow_assets.staged_tables.validation import EXTRA_FIELDS_COLUMN, RowsReport
+from credflow_assets.staged_tables.validation import (
+    ATHENA_READER,
+    EXTRA_FIELDS_COLUMN,
+    RowsReport,
+)
 
 WHAT_TO_DO = "Upload a corrected file to the same key."
 # Row numbers a sentence names before it says "and N more".
@@ -75,14 +79,22 @@ def column_phrases(comparison: ColumnComparison) -> list[str]:
 
 def rows_phrase(report: RowsReport) -> str:
     """`rows 1, 2 break the table's rules (service_date, amount_usd, status)`: the failing
-    columns in the file's order, extra fields last."""
+    columns in the file's order, extra fields last; a column with a line break inside a value
+    says so, since no other rule of the table explains it."""
     if report.file_error:
         return report.file_error
     position = {column: index for index, column in enumerate(report.columns)}
+    line_breaks = {column for (schema, column, _) in report.by_check if schema == ATHENA_READER}
+
+    def as_listed(column: str) -> str:
+        if column == EXTRA_FIELDS_COLUMN:
+            return "more fields than the header"
+        return f"{column}: a line break inside a value" if column in line_breaks else column
+
     columns = ", ".join(
-        "more fields than the header" if column == EXTRA_FIELDS_COLUMN else column
-        for column in sorted(report.failing_columns,
-                             key=lambda column: (position.get(column, len(position)), column)))
+        as_listed(column) for column in sorted(
+            report.failing_columns, key=lambda column: (position.get(column, len(position)),
+                                                        column)))
     count, named = report.failing_row_count, report.failing_row_numbers[:NAMED_ROWS]
     if not count:  # pandera found only column-level failures
         return f"the columns break the table's rules ({columns})"
