@@ -417,6 +417,28 @@ def test_what_athena_would_misread_stays_in_staging_and_is_named(flow):
         flow["s3"].delete_object(Bucket=BUCKET, Key=key)
 
 
+def test_an_ingest_date_that_is_not_a_date_keeps_the_file_in_staging(flow):
+    """A typo in the partition an analyst asks for must not land the rows in another one (the
+    upload's date, where nobody would look for them)."""
+    typo = upload(flow, "claims", "typo date.csv", CLAIMS, ["C-2201,Bo,Ng,2024-01-03,5,paid"],
+                  ingest_date="2024-13-31")
+    prod_before, partitions_before = keys(flow, "prod/"), partitions(flow, "claims")
+
+    report = run_sync(flow)
+    assert [(run.partition, run.error) for run in report.failed] == [(
+        partition_key_for(typo),
+        f"{typo}: its ingest-date metadata '2024-13-31' is not a YYYY-MM-DD date (leave it out "
+        "to use the upload's date). Upload a corrected file to the same key.")]
+    assert keys(flow, "prod/") == prod_before and partitions(flow, "claims") == partitions_before
+    assert typo in keys(flow, "staging/claims/")
+
+    # Uploaded again with the date meant, it joins that partition.
+    upload(flow, "claims", "typo date.csv", CLAIMS, ["C-2201,Bo,Ng,2024-01-03,5,paid"],
+           ingest_date="2024-12-31")
+    assert run_sync(flow).ok
+    assert "prod/claims/ingest_date=2024-12-31/typo date.csv" in keys(flow, "prod/")
+
+
 def test_reconciliation_finds_an_upload_whose_event_was_lost(flow):
     sqs = boto3.client("sqs", endpoint_url=flow["env"]["AWS_ENDPOINT_URL"])
     key = upload(flow, "claims", "missing.csv", CLAIMS, ["C-2007,Ann,Lee,2024-01-03,9,paid"])

@@ -100,6 +100,9 @@ class StagedObject:
         return f"s3://{self.bucket}/{self.key}"
 
     requested_ingest_date: str | None = None  # x-amz-meta-ingest-date, when a valid date
+    # Why the upload's ingest-date cannot be used (not a date): the file is refused, since
+    # the partition it asked for is unknown and the upload's date would be a guess.
+    ingest_date_problem: str | None = None
     promoted: PromotedCopy | None = None
 
     @property
@@ -126,7 +129,7 @@ INGEST_DATE_METADATA_KEY = "ingest-date"
 
 
 def requested_ingest_date(user_metadata: dict[str, str]) -> tuple[str | None, str | None]:
-    """(the `ingest-date` the upload asks for, or None; a warning when it is not a date)."""
+    """(the `ingest-date` the upload asks for, or None; the problem when it is not a date)."""
     from datetime import date
 
     value = {k.lower(): v for k, v in (user_metadata or {}).items()}.get(INGEST_DATE_METADATA_KEY)
@@ -135,8 +138,8 @@ def requested_ingest_date(user_metadata: dict[str, str]) -> tuple[str | None, st
     try:
         return date.fromisoformat(value.strip()).isoformat(), None
     except ValueError:
-        return None, (f"x-amz-meta-{INGEST_DATE_METADATA_KEY} {value!r} is not a YYYY-MM-DD "
-                      "date; the upload date is used")
+        return None, (f"its {INGEST_DATE_METADATA_KEY} metadata {value!r} is not a YYYY-MM-DD "
+                      "date (leave it out to use the upload's date)")
 
 
 def uploader_of(user_metadata: dict[str, str]) -> str | None:

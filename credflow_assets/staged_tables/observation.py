@@ -85,9 +85,10 @@ def observe_and_check(context: dg.AssetExecutionContext, table: str, s3: S3Resou
             staged, found.report, not_run_reason=found.header_error or "the header is unreadable",
             error_report=errors.metadata())
         checks_passed = columns_result.passed and rows_result.passed
-        rejection = None if checks_passed else rejection_sentence(
-            staged.key, found.comparison, found.header_error, found.report,
-            error_report_stored=errors.uri is not None)
+        rejection = None if checks_passed and not staged.ingest_date_problem else \
+            rejection_sentence(staged.key, found.comparison, found.header_error, found.report,
+                               error_report_stored=errors.uri is not None,
+                               upload_problem=staged.ingest_date_problem)
         if rejection is not None and staged.promoted:
             rejection += (f" Its prod copy {staged.read_uri}, promoted by run "
                           f"{staged.promoted.run_id}, is left as it is.")
@@ -123,7 +124,7 @@ def _upload_to_check(context: dg.AssetExecutionContext, client, layout: Layout,
     """The staged object of this run's partition, as it is now; a Failure when it is no longer
     the upload the run was requested for (the newer upload has a run of its own)."""
     target = _target(layout, context.partition_key, table)
-    staged = head_staged(client, layout.bucket, target, log=context.log)
+    staged = head_staged(client, layout.bucket, target)
     if staged is None:
         staged = promoted_upload(context.instance, client, layout, target, context.partition_key)
         context.log.info(f"{staged.uri} was promoted by run {staged.promoted.run_id} and left "
@@ -248,7 +249,7 @@ def _unless_replaced(staged: StagedObject) -> Iterator[None]:
                          "being checked; the newer upload is checked by its own run") from None
 
 
-def head_staged(client: Any, bucket: str, target: StagedFile, log=None) -> StagedObject | None:
+def head_staged(client: Any, bucket: str, target: StagedFile) -> StagedObject | None:
     """The staged object as it is now; None when it is no longer in staging."""
     from botocore.exceptions import ClientError
 
@@ -259,15 +260,13 @@ def head_staged(client: Any, bucket: str, target: StagedFile, log=None) -> Stage
             return None
         raise
     etag = head["ETag"].strip('"')
-    ingest_date, warning = requested_ingest_date(head.get("Metadata", {}))
-    if warning and log is not None:
-        log.warning(f"s3://{bucket}/{target.key}: {warning}")
+    ingest_date, ingest_date_problem = requested_ingest_date(head.get("Metadata", {}))
     return StagedObject(
         bucket=bucket, key=target.key, table=target.table, name=target.name,
         size=head["ContentLength"], etag=etag, last_modified=head["LastModified"],
         version=object_version(etag, head["LastModified"]),
         uploader=uploader_of(head.get("Metadata", {})),
-        requested_ingest_date=ingest_date,
+        requested_ingest_date=ingest_date, ingest_date_problem=ingest_date_problem,
     )
 
 

@@ -30,9 +30,20 @@ NAMED_ROWS = 5
 
 
 def rejection_sentence(key: str, comparison: ColumnComparison | None, header_error: str | None,
-                       report: RowsReport | None, *, error_report_stored: bool = False) -> str:
-    return f"{key}: {what_is_wrong(comparison, header_error, report, error_report_stored)}. " \
-        + WHAT_TO_DO
+                       report: RowsReport | None, *, error_report_stored: bool = False,
+                       upload_problem: str | None = None) -> str:
+    """`upload_problem`: what is wrong with the upload itself (its metadata), said first; the
+    file's own problems follow, if it has any."""
+    problems = [upload_problem] if upload_problem else []
+    if not (problems and _file_passed(comparison, header_error, report)):
+        problems.append(what_is_wrong(comparison, header_error, report, error_report_stored))
+    return f"{key}: {'; '.join(problems)}. {WHAT_TO_DO}"
+
+
+def _file_passed(comparison: ColumnComparison | None, header_error: str | None,
+                 report: RowsReport | None) -> bool:
+    return (header_error is None and comparison is not None and comparison.passed
+            and (report is None or report.passed))
 
 
 def what_is_wrong(comparison: ColumnComparison | None, header_error: str | None,
