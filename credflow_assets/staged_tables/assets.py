@@ -30,7 +30,8 @@ last-modified time). If the object changed since, the run fails as superseded an
 upload's own run checks it; the copy is conditional on the checked etag (`CopySourceIfMatch`).
 The `ingest_date` is the date the upload names in its `ingest-date` metadata
 (`x-amz-meta-ingest-date: 2024-01-31`, to load an old export into its own partition), else the
-UTC date it was uploaded to staging; either way a rerun lands in the same place. A re-upload of
+UTC date it was uploaded to staging (an `ingest-date` that is not a date refuses the file);
+either way a rerun lands in the same place. A re-upload of
 the same name for the same date replaces that prod file (Glue then reads the new one).
 
 A rerun of a promoted file (the UI's Materialize, a re-execution, `credflow reparse`) finds it
