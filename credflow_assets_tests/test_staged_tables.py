@@ -381,13 +381,17 @@ def test_a_corrected_upload_then_passes(flow):
 
 
 def test_what_athena_would_misread_stays_in_staging_and_is_named(flow):
-    """Two files valid as CSV that the table must not take: a quoted value holding a line
+    """Three files valid as CSV that the table must not take: a quoted value holding a line
     break (Athena's CSV reader splits rows at every line break, so analysts would get two
-    broken rows), and a row that is not UTF-8 under a good header (the header is fine: the
-    sentence must name the rows, not the header)."""
+    broken rows), blank lines and a row of separators only (rows of nulls or empty strings to
+    Athena), and a row that is not UTF-8 under a good header (the header is fine: the sentence
+    must name the rows, not the header)."""
     multiline = upload(flow, "claims", "multiline.csv", CLAIMS,
                        ['C-2101,"Ann\r\nMarie",Lee,2024-01-03,5,paid',
                         "C-2102,Bo,Ng,2024-01-03,5,paid"])
+    blank = upload(flow, "claims", "blank lines.csv", CLAIMS,
+                   ["C-2104,Bo,Ng,2024-01-03,5,paid", "", "C-2105,Bo,Ng,2024-01-03,5,paid",
+                    ",,,,,", ""])
     latin1 = "staging/claims/latin1 rows.csv"
     flow["s3"].put_object(Bucket=BUCKET, Key=latin1, Metadata={"uploaded-by": "ana@example.com"},
                           Body=(CLAIMS + "\nC-2103,Jos\xe9,P\xe9rez,2024-01-03,5,paid\n")
@@ -401,11 +405,14 @@ def test_what_athena_would_misread_stays_in_staging_and_is_named(flow):
             f"{multiline}: row 1 breaks the table's rules (first_name: a line break inside a "
             "value); its error report lists each value. Upload a corrected file to the same "
             "key."),
+        partition_key_for(blank): (
+            f"{blank}: rows 2, 4, 5 break the table's rules (no value in any column); its error "
+            "report lists each value. Upload a corrected file to the same key."),
         partition_key_for(latin1): (
             f"{latin1}: not UTF-8 text (at row 1 or after): save the file as CSV UTF-8. "
             "Upload a corrected file to the same key.")}
     assert keys(flow, "prod/") == prod_before and partitions(flow, "claims") == partitions_before
-    assert {multiline, latin1} <= set(keys(flow, "staging/claims/"))
+    assert {multiline, blank, latin1} <= set(keys(flow, "staging/claims/"))
 
     rows = checks_of(flow, multiline)["rows_match_schema"]
     assert rows["failing_row_numbers"] == [1] and rows["failing_columns"] == ["first_name"]
@@ -413,7 +420,7 @@ def test_what_athena_would_misread_stays_in_staging_and_is_named(flow):
         ["1", "first_name", "Athena's CSV reader: a line break inside the value (Athena would "
          "read each line as a row)", "Ann\r\nMarie"]]
     assert checks_of(flow, latin1)["columns_match_table"]["passed"]
-    for key in (multiline, latin1):  # the analyst withdraws them (the later audit lists rejects)
+    for key in (multiline, blank, latin1):  # withdrawn (the later audit lists rejected files)
         flow["s3"].delete_object(Bucket=BUCKET, Key=key)
 
 

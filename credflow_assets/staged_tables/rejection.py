@@ -20,6 +20,7 @@ from credflow_assets.staged_tables.columns import ColumnComparison
 from credflow_assets.staged_tables.layout import PARTITION_COLUMN
 from credflow_assets.staged_tables.validation import (
     ATHENA_READER,
+    EMPTY_ROW_COLUMN,
     EXTRA_FIELDS_COLUMN,
     RowsReport,
 )
@@ -95,11 +96,14 @@ def rows_phrase(report: RowsReport) -> str:
     if report.file_error:
         return report.file_error
     position = {column: index for index, column in enumerate(report.columns)}
-    line_breaks = {column for (schema, column, _) in report.by_check if schema == ATHENA_READER}
+    line_breaks = {column for (schema, column, _) in report.by_check
+                   if schema == ATHENA_READER and column != EMPTY_ROW_COLUMN}
 
     def as_listed(column: str) -> str:
         if column == EXTRA_FIELDS_COLUMN:
             return "more fields than the header"
+        if column == EMPTY_ROW_COLUMN:
+            return "no value in any column"
         return f"{column}: a line break inside a value" if column in line_breaks else column
 
     columns = ", ".join(

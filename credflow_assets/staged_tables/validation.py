@@ -2,7 +2,7 @@
 
 The file is read by the flows' one CSV engine (`credflow_assets.common.csv_chunks`: pyarrow's
 streaming reader), every cell as text, as uploaded (not trimmed: Athena reads it as it is; an
-empty cell is a null, nothing else is: `NA` and `null` stay text; blank lines are skipped),
+empty cell is a null, nothing else is: `NA` and `null` stay text; a blank line is a row),
 under the normalized header plus one extra column that keeps what a row has beyond the header's
 fields (Glue, reading by position, would shift such a row). Each chunk is validated, with
 `lazy=True`, by:
@@ -13,7 +13,9 @@ fields (Glue, reading by position, would shift such a row). Each chunk is valida
 - the field count (no row may have more fields than the header);
 - no line break inside a value: Athena's CSV readers (OpenCSVSerDe, which credflow's Glue
   tables name, as LazySimpleSerDe) split the table's files into rows at every line break, quoted
-  or not, so such a row would reach analysts as two broken rows.
+  or not, so such a row would reach analysts as two broken rows;
+- no empty row (a blank line, or only separators): OpenCSVSerDe reads a blank line as a row of
+  nulls and `,,,` as a row of empty strings, rows analysts would count and join on.
 
 A file that is not UTF-8, ends inside a quoted cell, or has a row longer than the engine's block
 (256 KiB) cannot be read to the end: that is the report's `file_error`.
@@ -61,6 +63,8 @@ EXTRA_FIELDS = "__credflow_extra_fields__"  # the engine's column for a row's ex
 EXTRA_FIELDS_COLUMN = "(extra fields)"
 ATHENA_READER = "Athena's CSV reader"  # the "schema" a line break inside a value breaks
 LINE_BREAK_RULE = "a line break inside the value (Athena would read each line as a row)"
+EMPTY_ROW_COLUMN = "(empty row)"  # how an empty row's failure is reported: as this column
+EMPTY_ROW_RULE = "no value in any column (Athena would read it as a row)"
 DEFAULT_CHUNK_ROWS = 50_000
 
 # Values each Glue type accepts (the forms Athena's OpenCSVSerDe reads); other types: any text.
@@ -205,7 +209,7 @@ def validate_rows(
         for chunk in collecting_cycles(csv_chunks(stream, _shape(names), chunk_rows)):
             report.rows += len(chunk)
             _count_extra_fields(record, chunk)
-            frame = chunk.drop(columns=[EXTRA_FIELDS])
+            frame = _without_empty_rows(record, chunk).drop(columns=[EXTRA_FIELDS])
             _count_line_breaks(record, frame)
             for schema_name, schema in schemas:
                 _validate_chunk(record, schema_name, schema, frame, reported_schema_level)
@@ -221,7 +225,7 @@ def validate_rows(
 
 def _shape(names: list[str]) -> CsvShape:
     """A staged file as Athena reads it: cells as uploaded, data rows numbered from 1."""
-    return CsvShape(names=tuple(names), first_row=1, strip=False, blank_lines_are_rows=False,
+    return CsvShape(names=tuple(names), first_row=1, strip=False, blank_lines_are_rows=True,
                     extra_fields_column=EXTRA_FIELDS, refuse_quote_open_at_end=True)
 
 
@@ -255,6 +259,17 @@ def _count_extra_fields(record: _Recorder, chunk: Any) -> None:
     for row in chunk.index[extra]:
         record("field count", EXTRA_FIELDS_COLUMN, "more fields than the header", int(row),
                chunk.at[row, EXTRA_FIELDS])
+
+
+def _without_empty_rows(record: _Recorder, chunk: Any) -> Any:
+    """The chunk without its empty rows, each reported once (and not again, column by column,
+    by the table's rules)."""
+    empty = chunk.isna().all(axis=1)
+    if not empty.any():
+        return chunk
+    for row in chunk.index[empty.to_numpy(dtype=bool)]:
+        record(ATHENA_READER, EMPTY_ROW_COLUMN, EMPTY_ROW_RULE, int(row), None)
+    return chunk[~empty]
 
 
 def _count_line_breaks(record: _Recorder, frame: Any) -> None:
