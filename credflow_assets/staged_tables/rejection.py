@@ -22,6 +22,7 @@ from credflow_assets.staged_tables.validation import (
     ATHENA_READER,
     EMPTY_ROW_COLUMN,
     EXTRA_FIELDS_COLUMN,
+    MISREAD_VALUES,
     RowsReport,
 )
 
@@ -91,20 +92,23 @@ def column_phrases(comparison: ColumnComparison) -> list[str]:
 
 def rows_phrase(report: RowsReport) -> str:
     """`rows 1, 2 break the table's rules (service_date, amount_usd, status)`: the failing
-    columns in the file's order, extra fields last; a column with a line break inside a value
-    says so, since no other rule of the table explains it."""
+    columns in the file's order, extra fields last; a column holding what Athena would misread
+    (a line break, a backslash) says so, since no rule of the table's explains it."""
     if report.file_error:
         return report.file_error
     position = {column: index for index, column in enumerate(report.columns)}
-    line_breaks = {column for (schema, column, _) in report.by_check
-                   if schema == ATHENA_READER and column != EMPTY_ROW_COLUMN}
+    short_names = {rule: short for _, rule, short in MISREAD_VALUES}
+    misread: dict[str, list[str]] = {}  # column → what Athena would misread in it
+    for schema, column, check in report.by_check:
+        if schema == ATHENA_READER and check in short_names:
+            misread.setdefault(column, []).append(short_names[check])
 
     def as_listed(column: str) -> str:
         if column == EXTRA_FIELDS_COLUMN:
             return "more fields than the header"
         if column == EMPTY_ROW_COLUMN:
             return "no value in any column"
-        return f"{column}: a line break inside a value" if column in line_breaks else column
+        return f"{column}: {', '.join(misread[column])}" if column in misread else column
 
     columns = ", ".join(
         as_listed(column) for column in sorted(
