@@ -11,7 +11,7 @@ import pytest
 from credflow_assets.common.csv_chunks import CsvChunkError, CsvShape, csv_chunks, is_missing
 from credflow_assets.common.csv_columns import normalize_header, normalize_headers
 from credflow_assets.drive_feeds.sheets import check_header
-from credflow_assets.staged_tables.columns import compare_columns, read_header
+from credflow_assets.staged_tables.columns import HeaderError, compare_columns, read_header
 from credflow_assets.staged_tables.validation import (
     ATHENA_READER,
     LINE_BREAK_RULE,
@@ -44,6 +44,28 @@ def test_the_same_header_is_the_same_column_in_both_flows(header):
     raw = read_header(_OneObjectS3(line), "bucket", "staging/people/x.csv")
     assert normalize_headers(raw) == ["date_of_birth", "id"]
     assert compare_columns(normalize_headers(raw), ["date_of_birth", "id"]).passed
+
+
+@pytest.mark.parametrize("data, plural", [
+    (b"claim_id;first_name;amount\nC-1;Ann;5\n", "semicolons"),
+    (b"claim_id\tfirst_name\nC-1\tAnn\n", "tabs"),
+    (b"Claim ID|First Name\n", "vertical bars"),
+])
+def test_a_staged_header_separated_otherwise_than_by_commas_is_refused(data, plural):
+    # Normalized, `claim_id;first_name;amount` would be one valid name: a one-column table.
+    with pytest.raises(HeaderError) as refused:
+        read_header(_OneObjectS3(data), "bucket", "staging/people/x.csv")
+    assert str(refused.value) == (f"the header is one column holding {plural}: the file is "
+                                  f"separated by {plural}, not commas; save it as CSV "
+                                  "(comma-separated)")
+    assert read_header(_OneObjectS3(b"note\nsee; also\n"), "b", "k") == ["note"]
+
+
+def test_a_staged_header_is_read_past_rows_that_are_not_utf8():
+    latin1 = "id,name\n1,Jos\xe9\n".encode("latin-1")
+    assert read_header(_OneObjectS3(latin1), "bucket", "staging/people/x.csv") == ["id", "name"]
+    with pytest.raises(HeaderError, match=r"the header is not UTF-8 text \(byte 4\)"):
+        read_header(_OneObjectS3("id,n\xe4me\n1,2\n".encode("latin-1")), "b", "k")
 
 
 def test_punctuation_is_one_underscore_and_none_at_either_end():

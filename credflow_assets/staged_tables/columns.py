@@ -69,14 +69,14 @@ def read_header(client: Any, bucket: str, key: str, *, etag: str | None = None) 
                 # line is the rows' problem, which the row check reports by row.
                 header = _header_before(cut[:error.start])
                 if header is not None:
-                    return header
+                    return _comma_separated(header)
                 raise HeaderError(
                     f"the header is not UTF-8 text (byte {error.start}): save the file as "
                     "CSV UTF-8"
                 ) from None
             record = _first_record(text, complete)
             if record is not None:
-                return record
+                return _comma_separated(record)
         if complete or wanted >= MAX_HEADER_BYTES:
             raise HeaderError(
                 "the header line is incomplete" if complete
@@ -92,6 +92,23 @@ def _total_size(response: dict, received: int) -> int:
         if total.isdigit():
             return int(total)
     return received  # no range in the answer: the whole object came back
+
+
+# Separators spreadsheet tools save "CSV" with in some locales, or as text files.
+_OTHER_SEPARATORS = {";": "semicolons", "\t": "tabs", "|": "vertical bars"}
+
+
+def _comma_separated(header: list[str]) -> list[str]:
+    """The header, unless it is one field holding another separator: a file separated by
+    semicolons (or tabs, or bars) read as CSV has one column, whose name, normalized, would
+    even be a valid one (`claim_id_first_name_…`) and found a table of one column."""
+    if len(header) == 1:
+        for separator, plural in _OTHER_SEPARATORS.items():
+            if separator in header[0]:
+                raise HeaderError(f"the header is one column holding {plural}: the file is "
+                                  f"separated by {plural}, not commas; save it as CSV "
+                                  "(comma-separated)")
+    return header
 
 
 def _header_before(valid: bytes) -> list[str] | None:
