@@ -1,6 +1,7 @@
 """`credflow sync` against a small real code location: a directory sensor and a per-file asset."""
 
 import json
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -141,6 +142,29 @@ def test_a_changed_file_gets_a_new_run(defs, folders, instance):
 
     assert [run.partition for run in again.runs] == ["a.txt"]
     assert (Path(folders.outbox) / "a.txt").read_text() == "ALPHA, CORRECTED"
+
+
+def test_sync_leaves_the_sensors_to_a_live_daemon_and_takes_them_back_once_it_stopped(
+        defs, folders, instance):
+    """A daemon that stopped (`credflow dev` ended, a crash) leaves its last heartbeat behind:
+    a few minutes later sync ticks the sensors again, not half an hour later."""
+    from dagster._daemon.types import DaemonHeartbeat  # what a daemon writes (test scaffolding)
+
+    (Path(folders.inbox) / "a.txt").write_text("a")
+    lines: list[str] = []
+
+    def heartbeat(seconds_ago: float) -> None:
+        instance.add_daemon_heartbeat(DaemonHeartbeat(
+            timestamp=time.time() - seconds_ago, daemon_type="SENSOR", daemon_id="daemon-1",
+            errors=[]))
+
+    heartbeat(10)
+    assert sync(defs, instance, progress=lines.append).runs == []
+    assert "sensor inbox_sensor: the Dagster daemon is running it; skipped" in lines
+    heartbeat(5 * 60)  # Dagster's own status still calls it healthy (for 30 minutes)
+    assert instance.get_daemon_statuses(["SENSOR"])["SENSOR"].healthy
+    report = sync(defs, instance, progress=lines.append)
+    assert [run.partition for run in report.runs] == ["a.txt"] and report.ok
 
 
 def test_an_unknown_sensor_name_is_refused(defs, instance):

@@ -175,12 +175,19 @@ def _tick_sensors(defs, instance, report: SyncReport, sensors: list, progress,
             progress(f"sensor {sensor.name} failed: {type(error).__name__}: {error}")
 
 
+# The sensor daemon writes a heartbeat every 30 s. Dagster's own status calls a daemon healthy
+# for 30 minutes after its last one, which kept sync from ticking any sensor for half an hour
+# after `credflow dev` stopped; missing four heartbeats, the daemon is gone.
+DAEMON_GONE_AFTER_SECONDS = 120
+
+
 def daemon_running(instance: dg.DagsterInstance) -> bool:
     """Whether a Dagster daemon is ticking this instance's sensors now (its heartbeat)."""
     if not instance.is_persistent:
         return False
-    status = instance.get_daemon_statuses(["SENSOR"]).get("SENSOR")
-    return bool(status and status.healthy)
+    heartbeat = instance.get_daemon_heartbeats().get("SENSOR")
+    return heartbeat is not None and time.time() - heartbeat.timestamp <= \
+        DAEMON_GONE_AFTER_SECONDS
 
 
 @contextmanager
