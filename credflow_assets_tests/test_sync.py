@@ -167,6 +167,16 @@ def test_sync_leaves_the_sensors_to_a_live_daemon_and_takes_them_back_once_it_st
     assert [run.partition for run in report.runs] == ["a.txt"] and report.ok
 
 
+def test_a_sensor_that_fails_is_reported_by_its_message(defs, folders, instance):
+    Path(folders.inbox).rmdir()  # what the sensor reads is gone (an outage, for a real one)
+    lines: list[str] = []
+    report = sync(defs, instance, progress=lines.append)
+    said = f"[Errno 2] No such file or directory: '{folders.inbox}'"
+    assert report.sensor_errors == {"inbox_sensor": said} and not report.ok
+    assert f"sensor inbox_sensor failed: {said}" in lines
+    assert not any("FileNotFoundError" in line for line in lines)
+
+
 def test_an_unknown_sensor_name_is_refused(defs, instance):
     with pytest.raises(ValueError, match="no such sensor: nope"):
         sync(defs, instance, sensor_names=["nope"])
