@@ -45,4 +45,6 @@ def test_a_report_that_cannot_be_stored_says_so(local_stack):
     with error_report(flow="tests", partition="feed/x.csv", run_id="run-3",
                       s3_client=boto3.client("s3"), bucket="no-such-bucket") as errors:
         errors.add(1, "id", "not empty", None)
-    assert errors.metadata()["errors_uri"].value.startswith("not stored: ")
+    said = errors.metadata()["errors_uri"].value
+    assert said.startswith("not stored: ") and "NoSuchBucket" in said
+    assert "Error:" not in said  # the message, not the exception's class

@@ -123,6 +123,7 @@ def test_a_log_that_cannot_be_stored_does_not_hide_the_outcome(local_stack, inst
     metadata = result.asset_materializations_for_node("parsed_file")[0].metadata
     assert metadata["log_uri"].value.startswith("not stored: ")
     assert "NoSuchBucket" in metadata["log_uri"].value
+    assert "Error:" not in metadata["log_uri"].value  # the message, not the exception's class
 
 
 def test_a_parse_log_opens_in_a_browser_from_its_link(logs_bucket, instance):
