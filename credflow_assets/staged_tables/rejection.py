@@ -36,20 +36,15 @@ def rejection_sentence(key: str, comparison: ColumnComparison | None, header_err
                        upload_problem: str | None = None) -> str:
     """`upload_problem`: what is wrong with the upload itself (its metadata), said first; the
     file's own problems follow, if it has any."""
-    problems = [upload_problem] if upload_problem else []
-    if not (problems and _file_passed(comparison, header_error, report)):
-        problems.append(what_is_wrong(comparison, header_error, report, error_report_stored))
-    return f"{key}: {'; '.join(problems)}. {WHAT_TO_DO}"
-
-
-def _file_passed(comparison: ColumnComparison | None, header_error: str | None,
-                 report: RowsReport | None) -> bool:
-    return (header_error is None and comparison is not None and comparison.passed
-            and (report is None or report.passed))
+    problems = [problem for problem in (
+        upload_problem, what_is_wrong(comparison, header_error, report, error_report_stored))
+        if problem]
+    return f"{key}: {'; '.join(problems or ['rejected'])}. {WHAT_TO_DO}"
 
 
 def what_is_wrong(comparison: ColumnComparison | None, header_error: str | None,
-                  report: RowsReport | None, error_report_stored: bool = False) -> str:
+                  report: RowsReport | None, error_report_stored: bool = False) -> str | None:
+    """What is wrong with the file itself; None when its columns and rows passed."""
     if header_error is not None or comparison is None:
         return header_error or "no header"
     if not comparison.passed:
@@ -59,7 +54,7 @@ def what_is_wrong(comparison: ColumnComparison | None, header_error: str | None,
     if report is not None and not report.passed:
         return rows_phrase(report) + ("; its error report lists each value"
                                       if error_report_stored and not report.file_error else "")
-    return "rejected"
+    return None
 
 
 def column_phrases(comparison: ColumnComparison) -> list[str]:
