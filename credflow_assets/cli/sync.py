@@ -42,8 +42,10 @@ from credflow_assets.common.dagster_compat import (
     sensor_stopped,
     store_sensor_cursor,
 )
-from credflow_assets.common.messages import error_message as innermost_error_message
-from credflow_assets.common.messages import message_without_exception_class
+from credflow_assets.common.messages import (
+    error_message as innermost_error_message,
+    exception_message,
+)
 from credflow_assets.common.reconciliation import ReconcileCursor, is_reconciliation_sensor
 from credflow_assets.common.run_recovery import (
     AUTO_RETRY_RUN_ID_TAG,
@@ -173,8 +175,7 @@ def _tick_sensors(defs, instance, report: SyncReport, sensors: list, progress,
                                          for key in sensor.required_resource_keys})
         except Exception as error:  # one broken sensor must not hide the others' work
             # Its message, as a failed run's reads: the class is for the traceback's reader.
-            report.sensor_errors[sensor.name] = message_without_exception_class(
-                str(error), type(error).__name__)
+            report.sensor_errors[sensor.name] = exception_message(error)
             progress(f"sensor {sensor.name} failed: {report.sensor_errors[sensor.name]}")
 
 

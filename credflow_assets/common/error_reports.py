@@ -30,7 +30,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from credflow_assets.common.messages import message_without_exception_class
+from credflow_assets.common.messages import exception_message
 from credflow_assets.common.parse_logs import LOG_PREFIX, list_logs
 from credflow_assets.resources.s3 import object_url
 
@@ -99,8 +99,7 @@ class ErrorReport:
             self.uri = f"s3://{bucket}/{self.key}"
             self.url = object_url(s3_client, bucket, self.key)
         except Exception as error:  # noqa: BLE001 - the parse's own outcome must still be told
-            self.not_stored_reason = message_without_exception_class(
-                str(error), type(error).__name__)
+            self.not_stored_reason = exception_message(error)
             logger.warning("the error report of %s was not stored: %s", self.partition,
                            self.not_stored_reason)
 

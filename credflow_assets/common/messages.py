@@ -45,6 +45,11 @@ def message_without_exception_class(message: str, cls_name: str | None = None) -
     return first
 
 
+def exception_message(error: BaseException) -> str:
+    """A raised exception's message as a person reads it: without its class."""
+    return message_without_exception_class(str(error), type(error).__name__)
+
+
 def markdown_table(header: list[str], rows: list[list]) -> str:
     """A markdown table for `dg.MetadataValue.md`; a `|` in a value is escaped."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

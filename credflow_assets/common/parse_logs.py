@@ -31,7 +31,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from credflow_assets.common.messages import message_without_exception_class
+from credflow_assets.common.messages import exception_message
 from credflow_assets.resources.s3 import object_url
 
 LOG_PREFIX = "parsing_logs"
@@ -274,8 +274,7 @@ def _upload(context, log: ParseLog, s3_client, bucket: str) -> None:
         log.uri = f"s3://{bucket}/{log.key}"
         log.url = object_url(s3_client, bucket, log.key)
     except Exception as error:  # noqa: BLE001 - the parse's own outcome must still be reported
-        log.not_stored_reason = message_without_exception_class(
-            str(error), type(error).__name__)
+        log.not_stored_reason = exception_message(error)
         context.log.warning(f"the parse log of {log.partition} was not stored: "
                             f"{log.not_stored_reason}")
 
